@@ -1,0 +1,58 @@
+# Weir: `make demo` runs the main job on the local stack; `make test` runs every test.
+SHELL := /bin/bash
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/weir/target
+export WEIR_CACHE ?= $(HOME)/.cache/weir
+STACK := e2e/stack/stack.sh
+WORKER := $(CARGO_TARGET_DIR)/debug/weir-worker
+
+.PHONY: all deps build release stack-install stack-up stack-down stack-status test test-unit test-e2e lint demo bench crds clean
+
+all: build
+
+deps:
+	@scripts/install-deps.sh
+
+build: deps
+	cargo build --workspace --locked
+
+release: deps
+	cargo build --release --locked -p weir-worker
+
+stack-install: deps
+	$(STACK) install
+
+stack-up: build stack-install
+	$(STACK) up
+
+stack-down:
+	$(STACK) down
+
+stack-status:
+	$(STACK) status
+
+## Unit and component tests (no services needed).
+test-unit: build
+	cargo test --workspace --locked --exclude weir-e2e 2>&1 | tee $(WEIR_CACHE)/test-unit.log | grep -E '^(test result|running|error|failures:|---- )' ; exit $${PIPESTATUS[0]}
+
+## End-to-end tests against the real local stack (started if needed).
+test-e2e: stack-up
+	cargo test --locked -p weir-e2e -- --test-threads=1 2>&1 | tee $(WEIR_CACHE)/test-e2e.log | grep -E '^(test |test result|running|error|failures:|---- )' ; exit $${PIPESTATUS[0]}
+
+test: lint test-unit test-e2e
+	@echo "make test: all suites passed"
+
+lint: deps
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+crds:
+	cargo run -q -p weir-crds --bin crdgen > crds/streamjob.yaml
+
+demo: stack-up
+	e2e/demo.sh
+
+bench: release
+	bench/run.sh
+
+clean:
+	$(STACK) down --purge

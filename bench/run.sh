@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# `make bench`: single-worker throughput of the engine on ~500-byte JSON payment events, from a
+# file and from Kafka, for stateless filter+projection, tumbling, sliding and session windows,
+# and state larger than the in-memory cache. Start-up is excluded: the worker reports the time
+# from its first record read to everything processed and committed.
+# Env: BENCH_EVENTS (default 1000000), BENCH_KAFKA=0 to skip the Kafka runs.
+set -euo pipefail
+source "$(dirname "$0")/../e2e/stack/lib.sh"
+EVENTS=${BENCH_EVENTS:-1000000}
+WORKER=${CARGO_TARGET_DIR:-$WEIR_CACHE/target}/release/weir-worker
+[[ -x $WORKER ]] || die "$WORKER is missing; run make release"
+BENCH=$WEIR_CACHE/bench
+mkdir -p "$BENCH"
+DATA=$BENCH/payments-$EVENTS.jsonl
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+
+SCHEMA='{id: string, card_id: string, merchant_id: string, amount: double, status: string, country: string, ts: timestamp}'
+# Data: datagen -> file (a passthrough writes the records as generated), made once per size.
+if [[ ! -s $DATA ]]; then
+  log "generating $EVENTS payment events into $DATA"
+  cat >"$WORK/gen.yaml" <<YAML
+metadata: {name: bench-gen}
+spec:
+  pipeline:
+    sources: {gen: {datagen: {kind: payments, count: $EVENTS, seed: 11, keys: 100000, startTime: 1795564800000, eventRate: 2000}}}
+    sinks: {out: {from: gen, file: {path: $DATA}}}
+YAML
+  "$WORKER" run -f "$WORK/gen.yaml" 2>/dev/null
+fi
+
+query() { # NAME -> the streams and sinks of a query
+  case $1 in
+    filter_project) cat <<Q
+    streams:
+      q: {from: payments, where: "amount > 100 AND status = 'approved'", select: {id: id, card_id: card_id, amount: amount, ts: ts}}
+Q
+    ;;
+    tumbling_1m) cat <<Q
+    streams:
+      q: {from: payments, keyBy: [card_id], window: {tumbling: 1m}, aggregate: {n: "count(*)", total: "sum(amount)", max_amount: "max(amount)"}}
+Q
+    ;;
+    sliding_5m_1m) cat <<Q
+    streams:
+      q: {from: payments, keyBy: [card_id], window: {sliding: {size: 5m, slide: 1m}}, aggregate: {n: "count(*)", total: "sum(amount)"}}
+Q
+    ;;
+    session_2m) cat <<Q
+    streams:
+      q: {from: payments, keyBy: [card_id], window: {session: {gap: 2m}}, aggregate: {n: "count(*)", total: "sum(amount)"}}
+Q
+    ;;
+  esac
+}
+
+# run_one LABEL SOURCE_YAML QUERY [WORKER ARGS...]: prints one result row.
+run_one() {
+  local label=$1 source=$2 q=$3; shift 3
+  cat >"$WORK/$q.yaml" <<YAML
+metadata: {name: bench-$q}
+spec:
+  pipeline:
+    sources:
+      payments:
+        $source
+        schema: $SCHEMA
+        eventTime: {field: ts, maxOutOfOrderness: 5s}
+$(query "$q")
+    sinks:
+      out: {from: q, file: {path: $WORK/out-$q.jsonl}}
+YAML
+  local stats
+  stats=$( { /usr/bin/time -f 'RSS_KB=%M CPU_S=%U+%S' "$WORKER" run -f "$WORK/$q.yaml" --state-dir "$WORK/state-$q-$label" "$@" >/dev/null; } 2>&1 )
+  rm -rf "$WORK/state-$q-$label"
+  local line rate secs rss cpu
+  line=$(grep -o 'processed [0-9]* records in [0-9.]* s ([0-9]* records/s)' <<<"$stats" || true)
+  [[ -n $line ]] || { echo "$stats" >&2; die "benchmark $q ($label) failed"; }
+  secs=$(awk '{print $5}' <<<"$line"); rate=$(sed 's/.*(\([0-9]*\) records.*/\1/' <<<"$line")
+  rss=$(grep -o 'RSS_KB=[0-9]*' <<<"$stats" | cut -d= -f2); cpu=$(grep -o 'CPU_S=[0-9.+]*' <<<"$stats" | cut -d= -f2)
+  printf '%-8s %-22s %10s %9s s %12s ev/s %8s MiB  cpu %s s\n' "$label" "$q" "$EVENTS" "$secs" "$rate" $((rss / 1024)) "$cpu"
+}
+
+echo "== weir-worker, 1 task, $EVENTS events of $(($(stat -c %s "$DATA") / EVENTS)) bytes, $(nproc) cores"
+for q in filter_project tumbling_1m sliding_5m_1m session_2m; do
+  run_one file "file: {path: $DATA}" "$q"
+done
+# State larger than the cache: 100,000 cards, only 1,000 kept decoded, an 8 MiB block cache.
+run_one file-smallcache "file: {path: $DATA}" sliding_5m_1m --max-cached-keys 1000 --state-memory-mib 8
+
+if [[ ${BENCH_KAFKA:-1} != 0 ]]; then
+  port_open "$KAFKA_PORT" || die "Kafka is not running; make stack-up (or BENCH_KAFKA=0)"
+  TOPIC=bench-payments-$EVENTS
+  if ! "$STACK_DIR/kafka.sh" topics --describe --topic "$TOPIC" >/dev/null 2>&1; then
+    log "loading $DATA into topic $TOPIC"
+    "$STACK_DIR/kafka.sh" topics --create --topic "$TOPIC" --partitions 1 >/dev/null
+    cat >"$WORK/load.yaml" <<YAML
+metadata: {name: bench-load}
+spec:
+  pipeline:
+    sources: {f: {file: {path: $DATA}, schema: $SCHEMA}}
+    sinks: {k: {from: f, kafka: {brokers: "127.0.0.1:$KAFKA_PORT", topic: $TOPIC}}}
+YAML
+    "$WORKER" run -f "$WORK/load.yaml" 2>/dev/null
+  fi
+  for q in filter_project tumbling_1m sliding_5m_1m session_2m; do
+    run_one kafka "kafka: {brokers: \"127.0.0.1:$KAFKA_PORT\", topic: $TOPIC, startFrom: earliest, bounded: true, group: bench-$q-$RANDOM}" "$q"
+  done
+fi

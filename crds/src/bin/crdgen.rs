@@ -1,0 +1,5 @@
+//! Prints the StreamJob CustomResourceDefinition generated from the Rust types.
+
+fn main() {
+    print!("{}", weir_crds::crd_yaml());
+}

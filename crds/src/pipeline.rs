@@ -1,0 +1,287 @@
+//! The pipeline spec: sources, side-input tables, named stream steps and sinks (PIPELINE.md).
+//! Component kinds are optional fields rather than enums so that a manifest naming none or two
+//! of them gets a validation error with its path instead of an opaque parse error.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::Duration;
+
+/// The dataflow of a job.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PipelineSpec {
+    /// Input streams by name.
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceSpec>,
+    /// Side inputs looked up by key.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tables: BTreeMap<String, TableSpec>,
+    /// Named steps; each reads `from` a source or another step.
+    #[serde(default)]
+    pub streams: BTreeMap<String, StreamSpec>,
+    /// Outputs by name.
+    #[serde(default)]
+    pub sinks: BTreeMap<String, SinkSpec>,
+    /// The sink that receives records that fail to decode, with the error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<String>,
+}
+
+/// One input stream.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SourceSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaSourceSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datagen: Option<DatagenSpec>,
+    #[serde(default)]
+    pub format: Format,
+    /// Field name to type. Optional for `datagen`, whose kind implies it.
+    #[serde(default)]
+    pub schema: BTreeMap<String, FieldType>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_time: Option<EventTimeSpec>,
+}
+
+/// Record encoding.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    #[default]
+    Json,
+}
+
+/// Field types a schema can declare.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FieldType {
+    String,
+    #[serde(alias = "int", alias = "bigint")]
+    Long,
+    #[serde(alias = "float")]
+    Double,
+    #[serde(alias = "bool")]
+    Boolean,
+    /// Epoch milliseconds (integer) or an RFC 3339 string.
+    Timestamp,
+}
+
+/// Where a record's event time comes from, and how out of order records may be.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EventTimeSpec {
+    pub field: String,
+    #[serde(default = "zero")]
+    pub max_out_of_orderness: Duration,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Duration>,
+}
+
+fn zero() -> Duration {
+    Duration::from("0s")
+}
+
+/// A Kafka topic read as a source or a table.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KafkaSourceSpec {
+    pub brokers: String,
+    pub topic: String,
+    #[serde(default)]
+    pub start_from: StartFrom,
+    /// With `startFrom: timestamp`: epoch milliseconds or RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_timestamp: Option<String>,
+    /// Read up to the end offsets found at start, then finish (backfills, benchmarks).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bounded: bool,
+    /// Consumer group; defaults to `weir.<namespace>.<job>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Extra librdkafka properties (security settings and tuning).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// Where a Kafka source starts when it restores no state and its group has no offset.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StartFrom {
+    #[default]
+    Committed,
+    Earliest,
+    Latest,
+    Timestamp,
+}
+
+/// A local JSON-lines file (a bounded source, or a sink).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileSpec {
+    pub path: String,
+}
+
+/// Generated events for demos and benchmarks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DatagenSpec {
+    pub kind: DatagenKind,
+    /// Events per second of wall-clock time; unlimited when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<u64>,
+    /// Events per second of event time (spacing of `ts`); `rate`, else 10,000, when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_rate: Option<u64>,
+    #[serde(default)]
+    pub seed: u64,
+    /// Number of events; the source is unbounded when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// Number of distinct cards (keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<u64>,
+    /// Event time of the first event (epoch ms); the wall clock at start when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<i64>,
+}
+
+/// What `datagen` generates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DatagenKind {
+    Payments,
+}
+
+/// A side input: a compacted topic kept as keyed state.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TableSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaSourceSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileSpec>,
+    pub key: String,
+    #[serde(default)]
+    pub format: Format,
+    #[serde(default)]
+    pub schema: BTreeMap<String, FieldType>,
+}
+
+/// A named step.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StreamSpec {
+    /// The source or step this one reads.
+    #[serde(default)]
+    pub from: String,
+    /// A filter: a SQL boolean expression over the input fields.
+    #[serde(default, rename = "where", skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+    /// A projection: output field to SQL expression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub select: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_by: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<WindowSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_lateness: Option<Duration>,
+    /// Output field to aggregate call, e.g. `total: sum(amount)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregate: Option<BTreeMap<String, String>>,
+    /// The sink that receives events too late for every window they belong to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late_output: Option<String>,
+    /// How long a key's state lives without updates (like Flink's StateTtlConfig).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_ttl: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrich: Option<EnrichSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<PatternSpec>,
+}
+
+/// One window kind.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WindowSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tumbling: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding: Option<SlidingSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionSpec>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SlidingSpec {
+    pub size: Duration,
+    pub slide: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SessionSpec {
+    pub gap: Duration,
+}
+
+/// Enrichment from a side-input table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnrichSpec {
+    pub table: String,
+    pub on: String,
+    #[serde(default)]
+    pub fields: Vec<String>,
+}
+
+/// A sequence of conditions matched per key within a time bound.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PatternSpec {
+    pub within: Duration,
+    pub sequence: Vec<PatternStep>,
+    /// Output field to a reference such as `hit.amount` or a key field.
+    pub emit: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PatternStep {
+    pub name: String,
+    #[serde(rename = "where")]
+    pub condition: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub times: Option<u32>,
+}
+
+/// One output.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SinkSpec {
+    /// The step or source written; absent for late-output and dead-letter sinks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaSinkSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileSpec>,
+}
+
+/// A Kafka topic written with one JSON object per message.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KafkaSinkSpec {
+    pub brokers: String,
+    pub topic: String,
+    /// Extra librdkafka properties.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
+}

@@ -1,0 +1,205 @@
+//! Manifest parsing and validation tests: the PIPELINE.md contract parses, and bad manifests
+//! report every error with its path.
+
+use crate::*;
+
+const CONTRACT: &str = r#"
+apiVersion: weir.dev/v1alpha1
+kind: StreamJob
+metadata:
+  name: card-fraud
+spec:
+  image: weir-worker:0.1.0
+  parallelism: 3
+  upgradeMode: savepoint
+  delivery: exactly-once
+  checkpointing:
+    interval: 30s
+    storage: s3://weir/checkpoints/card-fraud
+  autoscaler: {enabled: true, minParallelism: 1, maxParallelism: 12, targetUtilization: 0.7,
+               catchUpDuration: 5m, scaleDownDelay: 10m}
+  pipeline:
+    sources:
+      payments:
+        kafka: {brokers: "127.0.0.1:9092", topic: payments, startFrom: committed}
+        format: json
+        schema: {id: string, card_id: string, merchant_id: string, amount: double, ts: timestamp}
+        eventTime: {field: ts, maxOutOfOrderness: 30s, idleTimeout: 1m}
+    tables:
+      merchants:
+        kafka: {brokers: "127.0.0.1:9092", topic: merchants}
+        key: merchant_id
+        schema: {merchant_id: string, category: string, country: string}
+    streams:
+      large:
+        from: payments
+        where: "amount > 100"
+      enriched:
+        from: large
+        enrich: {table: merchants, on: merchant_id, fields: [category, country]}
+      per_card_minute:
+        from: payments
+        keyBy: [card_id]
+        window: {tumbling: 1m}
+        allowedLateness: 0s
+        aggregate: {n: "count(*)", total: "sum(amount)", max_amount: "max(amount)"}
+        lateOutput: corrections
+      fraud_alerts:
+        from: payments
+        keyBy: [card_id]
+        pattern:
+          within: 5m
+          sequence:
+            - {name: probe, where: "amount < 2", times: 3}
+            - {name: hit, where: "amount > 500"}
+          emit: {card_id: card_id, hit_amount: hit.amount, hit_ts: hit.ts}
+    sinks:
+      alerts: {from: fraud_alerts, kafka: {brokers: "127.0.0.1:9092", topic: fraud-alerts}}
+      minute_file: {from: per_card_minute, file: {path: out/per_card_minute.jsonl}}
+      corrections: {kafka: {brokers: "127.0.0.1:9092", topic: payments-corrections}}
+"#;
+
+fn errors(yaml: &str) -> Vec<FieldError> {
+    match Manifest::from_yaml(yaml, "t") {
+        Err(ManifestError::Invalid(e)) => e.0,
+        Err(e) => panic!("expected validation errors, got {e}"),
+        Ok(_) => panic!("expected validation errors, the manifest was accepted"),
+    }
+}
+
+fn has(errs: &[FieldError], path: &str, needle: &str) -> bool {
+    errs.iter().any(|e| e.path == path && e.message.contains(needle))
+}
+
+#[test]
+fn the_contract_example_parses_and_validates() {
+    let m = Manifest::from_yaml(CONTRACT, "x").expect("the PIPELINE.md example is valid");
+    assert_eq!(m.metadata.name, "card-fraud");
+    assert_eq!(m.spec.parallelism, Some(3));
+    assert_eq!(
+        m.spec.pipeline.streams["per_card_minute"].window.as_ref().unwrap().tumbling,
+        Some(Duration::from("1m"))
+    );
+    assert_eq!(m.spec.pipeline.sources["payments"].schema["ts"], FieldType::Timestamp);
+}
+
+#[test]
+fn only_the_pipeline_is_required() {
+    let m = Manifest::from_yaml(
+        "spec:\n  pipeline:\n    sources:\n      p: {datagen: {kind: payments, count: 10}}\n    sinks:\n      o: {from: p, file: {path: o.jsonl}}\n",
+        "from-file-name",
+    )
+    .unwrap();
+    assert_eq!(m.metadata.name, "from-file-name");
+    assert_eq!(m.spec.delivery, Delivery::ExactlyOnce);
+}
+
+#[test]
+fn reports_every_error_at_once_with_paths() {
+    let bad = r#"
+spec:
+  pipeline:
+    sources:
+      payments:
+        file: {path: p.jsonl}
+        kafka: {brokers: "", topic: p}
+        schema: {card_id: string, amount: double, ts: timestamp}
+        eventTime: {field: when, maxOutOfOrderness: -5s}
+    streams:
+      a:
+        from: nowhere
+      w:
+        from: payments
+        window: {sliding: {size: 5m, slide: 2m}}
+        aggregate: {n: "count(*)", m: "median(amount)"}
+      s:
+        from: payments
+        keyBy: [card_id, nope]
+        window: {session: {gap: 0s}}
+        aggregate: {n: "count(*)"}
+        lateOutput: missing
+    sinks:
+      out: {from: w, file: {path: o.jsonl}}
+      orphan: {file: {path: x.jsonl}}
+"#;
+    let errs = errors(bad);
+    let expect = [
+        ("spec.pipeline.sources.payments", "exactly one of kafka, file, datagen"),
+        ("spec.pipeline.sources.payments.kafka.brokers", "host:port"),
+        ("spec.pipeline.sources.payments.eventTime.field", "`when` is not a field"),
+        ("spec.pipeline.sources.payments.eventTime.maxOutOfOrderness", "negative"),
+        ("spec.pipeline.streams.a.from", "`nowhere` is not a source or a step"),
+        ("spec.pipeline.streams.w.window", "needs keyBy"),
+        ("spec.pipeline.streams.w.window.sliding.slide", "does not divide"),
+        ("spec.pipeline.streams.w.aggregate.m", "unknown aggregate `median`"),
+        ("spec.pipeline.streams.s.keyBy", "`nope` is not a field"),
+        ("spec.pipeline.streams.s.window.session.gap", "above zero"),
+        ("spec.pipeline.streams.s.lateOutput", "`missing` is not a sink"),
+        ("spec.pipeline.sinks.orphan.from", "needs `from`"),
+    ];
+    for (path, needle) in expect {
+        assert!(has(&errs, path, needle), "missing error at {path} containing {needle:?}; got {errs:#?}");
+    }
+    assert_eq!(errs.len(), expect.len(), "unexpected extra errors: {errs:#?}");
+}
+
+#[test]
+fn unknown_fields_are_rejected_with_their_path() {
+    let bad = "spec:\n  pipeline:\n    sources:\n      p: {datagen: {kind: payments}, colour: red}\n";
+    match Manifest::from_yaml(bad, "t") {
+        Err(ManifestError::Parse { path, message }) => {
+            assert_eq!(path, "spec.pipeline.sources.p.colour");
+            assert!(message.contains("unknown field `colour`"), "{message}");
+        }
+        other => panic!("expected a parse error, got {other:?}"),
+    }
+}
+
+#[test]
+fn cycles_are_reported() {
+    let bad = r#"
+spec:
+  pipeline:
+    sources: {p: {datagen: {kind: payments}}}
+    streams:
+      a: {from: b}
+      b: {from: a}
+    sinks: {o: {from: a, file: {path: o}}}
+"#;
+    let errs = errors(bad);
+    assert!(has(&errs, "spec.pipeline.streams", "cycle"), "{errs:#?}");
+}
+
+#[test]
+fn window_output_fields_feed_later_steps() {
+    let ok = r#"
+spec:
+  pipeline:
+    sources: {p: {datagen: {kind: payments}}}
+    streams:
+      w: {from: p, keyBy: [card_id], window: {tumbling: 1m}, aggregate: {n: "count(*)"}}
+      big: {from: w, keyBy: [window_start], window: {tumbling: 1h}, aggregate: {cards: "count(card_id)"}}
+    sinks: {o: {from: big, file: {path: o}}}
+"#;
+    Manifest::from_yaml(ok, "t").expect("window_start is a field of a window step's output");
+    let bad = ok.replace("keyBy: [window_start]", "keyBy: [amount]");
+    assert!(has(&errors(&bad), "spec.pipeline.streams.big.keyBy", "`amount` is not a field of `w`"));
+}
+
+#[test]
+fn timestamps_parse_both_forms() {
+    assert_eq!(parse_timestamp_millis("1700000000000"), Some(1_700_000_000_000));
+    assert_eq!(parse_timestamp_millis("2026-11-25T00:00:00Z"), Some(1_795_564_800_000));
+    assert_eq!(parse_timestamp_millis("2026-11-25T01:00:00+01:00"), Some(1_795_564_800_000));
+    assert_eq!(parse_timestamp_millis("yesterday"), None);
+}
+
+#[test]
+fn checked_in_crd_matches_the_types() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/streamjob.yaml");
+    let on_disk = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        on_disk == crd_yaml(),
+        "crds/streamjob.yaml is out of date; run `cargo run -p weir-crds --bin crdgen > crds/streamjob.yaml`"
+    );
+}

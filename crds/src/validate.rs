@@ -1,0 +1,531 @@
+//! Semantic validation of a StreamJob spec: every error at once, each with its field path
+//! (`spec.pipeline.streams.per_card_minute.window`). Structural checks (types, unknown fields)
+//! happen when the manifest is parsed; expression checks that need the engine happen in the
+//! worker's planner, which reports in the same form.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use crate::{
+    datagen_payments_schema, parse_aggregate, CheckpointingSpec, Duration, FieldType, PipelineSpec, SinkSpec,
+    SourceSpec, StreamJobSpec, StreamSpec,
+};
+
+/// One problem in a manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
+}
+
+/// Every problem found in a manifest.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ValidationErrors(pub Vec<FieldError>);
+
+impl ValidationErrors {
+    pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError { path: path.into(), message: message.into() });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `Ok(())` when nothing was found.
+    pub fn into_result(self) -> Result<(), ValidationErrors> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(self)
+        }
+    }
+}
+
+impl fmt::Display for ValidationErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "the manifest has {} error(s):", self.0.len())?;
+        for e in &self.0 {
+            writeln!(f, "  - {}: {}", e.path, e.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ValidationErrors {}
+
+/// Checks a whole spec; the paths start at `spec.`.
+pub fn validate_spec(spec: &StreamJobSpec) -> Result<(), ValidationErrors> {
+    let mut errs = ValidationErrors::default();
+    if let Some(p) = spec.parallelism {
+        if p < 1 {
+            errs.push("spec.parallelism", format!("must be at least 1, got {p}"));
+        }
+    }
+    if let Some(d) = &spec.epoch_interval {
+        positive(&mut errs, "spec.epochInterval", d);
+    }
+    if let Some(c) = &spec.checkpointing {
+        check_checkpointing(&mut errs, c);
+    }
+    if let Some(a) = &spec.autoscaler {
+        let (min, max) = (a.min_parallelism.unwrap_or(1), a.max_parallelism.unwrap_or(i32::MAX));
+        if min < 1 {
+            errs.push("spec.autoscaler.minParallelism", format!("must be at least 1, got {min}"));
+        }
+        if max < min {
+            errs.push("spec.autoscaler.maxParallelism", format!("{max} is below minParallelism {min}"));
+        }
+        if let Some(u) = a.target_utilization {
+            if !(u > 0.0 && u <= 1.0) {
+                errs.push("spec.autoscaler.targetUtilization", format!("must be in (0, 1], got {u}"));
+            }
+        }
+        for (field, d) in [("catchUpDuration", &a.catch_up_duration), ("scaleDownDelay", &a.scale_down_delay)] {
+            if let Some(d) = d {
+                duration(&mut errs, &format!("spec.autoscaler.{field}"), d);
+            }
+        }
+    }
+    validate_pipeline(&spec.pipeline, &mut errs);
+    errs.into_result()
+}
+
+fn check_checkpointing(errs: &mut ValidationErrors, c: &CheckpointingSpec) {
+    positive(errs, "spec.checkpointing.interval", &c.interval);
+    if let Some(s) = &c.storage {
+        let ok = s.strip_prefix("s3://").is_some_and(|r| !r.is_empty() && !r.starts_with('/'))
+            || s.strip_prefix("file://").is_some_and(|r| r.starts_with('/'));
+        if !ok {
+            errs.push(
+                "spec.checkpointing.storage",
+                format!("`{s}` is not a storage URL; use s3://bucket/prefix or file:///absolute/path"),
+            );
+        }
+    }
+    if c.retained == Some(0) {
+        errs.push("spec.checkpointing.retained", "must keep at least 1 checkpoint");
+    }
+}
+
+/// The fields a source's records carry (declared, or implied by a datagen kind).
+pub fn source_fields(src: &SourceSpec) -> BTreeMap<String, FieldType> {
+    match (&src.datagen, src.schema.is_empty()) {
+        (Some(_), true) => datagen_payments_schema(),
+        _ => src.schema.clone(),
+    }
+}
+
+fn validate_pipeline(p: &PipelineSpec, errs: &mut ValidationErrors) {
+    let base = "spec.pipeline";
+    if p.sources.is_empty() {
+        errs.push(format!("{base}.sources"), "a pipeline needs at least one source");
+    }
+    if p.sinks.is_empty() {
+        errs.push(format!("{base}.sinks"), "a pipeline needs at least one sink");
+    }
+    for (kind, names) in [
+        ("sources", p.sources.keys().collect::<Vec<_>>()),
+        ("tables", p.tables.keys().collect()),
+        ("streams", p.streams.keys().collect()),
+        ("sinks", p.sinks.keys().collect()),
+    ] {
+        for name in names {
+            check_name(errs, &format!("{base}.{kind}.{name}"), name);
+        }
+    }
+    for (name, s) in &p.sources {
+        check_source(errs, &format!("{base}.sources.{name}"), s);
+    }
+    for (name, t) in &p.tables {
+        let path = format!("{base}.tables.{name}");
+        let kinds = [t.kafka.is_some(), t.file.is_some()].iter().filter(|b| **b).count();
+        if kinds != 1 {
+            errs.push(path.clone(), format!("a table needs exactly one of kafka, file; found {kinds}"));
+        }
+        if t.schema.is_empty() {
+            errs.push(format!("{path}.schema"), "a table needs a schema");
+        } else if !t.schema.contains_key(&t.key) {
+            errs.push(format!("{path}.key"), format!("`{}` is not a field of the table's schema", t.key));
+        }
+    }
+    let fields = stream_fields(p, errs);
+    for (name, s) in &p.streams {
+        check_stream(errs, p, &fields, name, s);
+    }
+    let late_targets: BTreeSet<&str> = p.streams.values().filter_map(|s| s.late_output.as_deref()).collect();
+    for (name, sink) in &p.sinks {
+        check_sink(errs, p, name, sink, &late_targets);
+    }
+    if let Some(dl) = &p.dead_letter {
+        match p.sinks.get(dl) {
+            None => errs.push(format!("{base}.deadLetter"), format!("`{dl}` is not a sink")),
+            Some(s) if s.from.is_some() => errs.push(
+                format!("{base}.deadLetter"),
+                format!("sink `{dl}` already reads `from` a stream; a dead-letter sink must have no `from`"),
+            ),
+            Some(_) => {}
+        }
+    }
+}
+
+fn check_name(errs: &mut ValidationErrors, path: &str, name: &str) {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+        && name.starts_with(|c: char| c.is_ascii_lowercase());
+    if !ok {
+        errs.push(
+            path,
+            format!("name `{name}` must start with a lowercase letter and hold only a-z, 0-9, _ and - (at most 63)"),
+        );
+    }
+}
+
+fn check_source(errs: &mut ValidationErrors, path: &str, s: &SourceSpec) {
+    let kinds = [s.kafka.is_some(), s.file.is_some(), s.datagen.is_some()].iter().filter(|b| **b).count();
+    if kinds != 1 {
+        errs.push(path, format!("a source needs exactly one of kafka, file, datagen; found {kinds}"));
+    }
+    if let Some(k) = &s.kafka {
+        if k.brokers.trim().is_empty() {
+            errs.push(format!("{path}.kafka.brokers"), "must list at least one host:port");
+        }
+        if k.topic.trim().is_empty() {
+            errs.push(format!("{path}.kafka.topic"), "must not be empty");
+        }
+        match (k.start_from, &k.start_timestamp) {
+            (crate::StartFrom::Timestamp, None) => errs.push(
+                format!("{path}.kafka.startTimestamp"),
+                "startFrom: timestamp needs startTimestamp (epoch ms or RFC 3339)",
+            ),
+            (crate::StartFrom::Timestamp, Some(t)) if crate::parse_timestamp_millis(t).is_none() => errs.push(
+                format!("{path}.kafka.startTimestamp"),
+                format!("`{t}` is neither epoch milliseconds nor an RFC 3339 time"),
+            ),
+            (sf, Some(_)) if sf != crate::StartFrom::Timestamp => {
+                errs.push(format!("{path}.kafka.startTimestamp"), "only used with startFrom: timestamp")
+            }
+            _ => {}
+        }
+    }
+    if s.datagen.is_none() && s.schema.is_empty() {
+        errs.push(format!("{path}.schema"), "a source needs a schema (field: type)");
+    }
+    if let Some(d) = &s.datagen {
+        if d.rate == Some(0) {
+            errs.push(format!("{path}.datagen.rate"), "must be above 0 (omit it for unlimited)");
+        }
+        if d.event_rate == Some(0) {
+            errs.push(format!("{path}.datagen.eventRate"), "must be above 0");
+        }
+        if d.keys == Some(0) {
+            errs.push(format!("{path}.datagen.keys"), "must be above 0");
+        }
+    }
+    if let Some(et) = &s.event_time {
+        let fields = source_fields(s);
+        match fields.get(&et.field) {
+            None => {
+                errs.push(format!("{path}.eventTime.field"), format!("`{}` is not a field of the schema", et.field))
+            }
+            Some(FieldType::Timestamp | FieldType::Long) => {}
+            Some(t) => errs.push(
+                format!("{path}.eventTime.field"),
+                format!("`{}` is a {t:?} field; event time needs a timestamp or long field", et.field),
+            ),
+        }
+        duration(errs, &format!("{path}.eventTime.maxOutOfOrderness"), &et.max_out_of_orderness);
+        if let Some(d) = &et.idle_timeout {
+            positive(errs, &format!("{path}.eventTime.idleTimeout"), d);
+        }
+    }
+}
+
+/// Output field names of every source and step, where they can be known without the engine.
+fn stream_fields(p: &PipelineSpec, errs: &mut ValidationErrors) -> BTreeMap<String, Option<BTreeSet<String>>> {
+    let mut out: BTreeMap<String, Option<BTreeSet<String>>> = BTreeMap::new();
+    for (name, s) in &p.sources {
+        out.insert(name.clone(), Some(source_fields(s).into_keys().collect()));
+    }
+    match topo_order(p) {
+        Ok(order) => {
+            for name in order {
+                let s = &p.streams[&name];
+                let input = out.get(&s.from).cloned().flatten();
+                out.insert(name.clone(), step_output_fields(p, s, input));
+            }
+        }
+        Err(cycle) => errs.push("spec.pipeline.streams", format!("the steps form a cycle: {}", cycle.join(" -> "))),
+    }
+    out
+}
+
+fn step_output_fields(p: &PipelineSpec, s: &StreamSpec, input: Option<BTreeSet<String>>) -> Option<BTreeSet<String>> {
+    if let Some(agg) = &s.aggregate {
+        let mut f: BTreeSet<String> = s.key_by.iter().flatten().cloned().collect();
+        f.extend(["window_start".to_string(), "window_end".to_string()]);
+        f.extend(agg.keys().cloned());
+        return Some(f);
+    }
+    if let Some(pat) = &s.pattern {
+        return Some(pat.emit.keys().cloned().collect());
+    }
+    if let Some(sel) = &s.select {
+        return Some(sel.keys().cloned().collect());
+    }
+    let mut f = input?;
+    if let Some(e) = &s.enrich {
+        if let Some(t) = p.tables.get(&e.table) {
+            if e.fields.is_empty() {
+                f.extend(t.schema.keys().cloned());
+            } else {
+                f.extend(e.fields.iter().cloned());
+            }
+        }
+    }
+    Some(f)
+}
+
+/// Steps in an order where every step comes after the step it reads; `Err` names a cycle.
+/// Steps that read an unknown name are placed first (reported separately).
+pub fn topo_order(p: &PipelineSpec) -> Result<Vec<String>, Vec<String>> {
+    let mut order = Vec::new();
+    let mut state: BTreeMap<&str, u8> = BTreeMap::new(); // 1 = visiting, 2 = done
+    fn visit<'a>(
+        p: &'a PipelineSpec,
+        name: &'a str,
+        state: &mut BTreeMap<&'a str, u8>,
+        stack: &mut Vec<&'a str>,
+        order: &mut Vec<String>,
+    ) -> Result<(), Vec<String>> {
+        match state.get(name) {
+            Some(2) => return Ok(()),
+            Some(_) => {
+                let at = stack.iter().position(|n| *n == name).unwrap_or(0);
+                let mut cycle: Vec<String> = stack[at..].iter().map(|s| s.to_string()).collect();
+                cycle.push(name.to_string());
+                return Err(cycle);
+            }
+            None => {}
+        }
+        state.insert(name, 1);
+        stack.push(name);
+        let from = p.streams[name].from.as_str();
+        if p.streams.contains_key(from) {
+            visit(p, from, state, stack, order)?;
+        }
+        stack.pop();
+        state.insert(name, 2);
+        order.push(name.to_string());
+        Ok(())
+    }
+    for name in p.streams.keys() {
+        visit(p, name, &mut state, &mut Vec::new(), &mut order)?;
+    }
+    Ok(order)
+}
+
+fn check_stream(
+    errs: &mut ValidationErrors,
+    p: &PipelineSpec,
+    fields: &BTreeMap<String, Option<BTreeSet<String>>>,
+    name: &str,
+    s: &StreamSpec,
+) {
+    let path = format!("spec.pipeline.streams.{name}");
+    if s.from.is_empty() {
+        errs.push(format!("{path}.from"), "every step needs `from` (a source or another step)");
+    } else if !p.sources.contains_key(&s.from) && !p.streams.contains_key(&s.from) {
+        let hint = if p.sinks.contains_key(&s.from) || p.tables.contains_key(&s.from) {
+            " (it is a sink or a table; a step reads a source or another step)"
+        } else {
+            ""
+        };
+        errs.push(format!("{path}.from"), format!("`{}` is not a source or a step{hint}", s.from));
+    }
+    let input = fields.get(&s.from).cloned().flatten();
+    let operators = [s.aggregate.is_some(), s.enrich.is_some(), s.pattern.is_some()].iter().filter(|b| **b).count();
+    if operators > 1 {
+        errs.push(path.clone(), "a step has at most one of aggregate, enrich, pattern; split it into several steps");
+    }
+    if let Some(f) = &s.filter {
+        if f.trim().is_empty() {
+            errs.push(format!("{path}.where"), "must not be empty");
+        }
+    }
+    if let Some(sel) = &s.select {
+        if sel.is_empty() {
+            errs.push(format!("{path}.select"), "must name at least one output field");
+        }
+        if s.aggregate.is_some() || s.pattern.is_some() {
+            errs.push(format!("{path}.select"), "select cannot be combined with aggregate or pattern in one step");
+        }
+    }
+    if let (Some(keys), Some(input)) = (&s.key_by, &input) {
+        for k in keys {
+            if !input.contains(k) {
+                errs.push(format!("{path}.keyBy"), format!("`{k}` is not a field of `{}`", s.from));
+            }
+        }
+    }
+    if s.key_by.as_ref().is_some_and(|k| k.is_empty()) {
+        errs.push(format!("{path}.keyBy"), "must name at least one field");
+    }
+    check_window(errs, &path, s);
+    if let Some(agg) = &s.aggregate {
+        if agg.is_empty() {
+            errs.push(format!("{path}.aggregate"), "must name at least one output field");
+        }
+        for (out, call) in agg {
+            if let Err(e) = parse_aggregate(call) {
+                errs.push(format!("{path}.aggregate.{out}"), e);
+            }
+            if s.key_by.iter().flatten().any(|k| k == out) || out == "window_start" || out == "window_end" {
+                errs.push(format!("{path}.aggregate.{out}"), format!("`{out}` clashes with a key or window field"));
+            }
+        }
+    }
+    if let Some(late) = &s.late_output {
+        if s.window.is_none() {
+            errs.push(format!("{path}.lateOutput"), "only a windowed step has late events");
+        }
+        match p.sinks.get(late) {
+            None => errs.push(format!("{path}.lateOutput"), format!("`{late}` is not a sink")),
+            Some(sink) if sink.from.is_some() => errs.push(
+                format!("{path}.lateOutput"),
+                format!("sink `{late}` already reads `from` a stream; a late-output sink must have no `from`"),
+            ),
+            Some(_) => {}
+        }
+    }
+    if let Some(ttl) = &s.state_ttl {
+        positive(errs, &format!("{path}.stateTtl"), ttl);
+    }
+    if let Some(e) = &s.enrich {
+        match p.tables.get(&e.table) {
+            None => errs.push(format!("{path}.enrich.table"), format!("`{}` is not a table", e.table)),
+            Some(t) => {
+                for f in &e.fields {
+                    if !t.schema.contains_key(f) {
+                        errs.push(
+                            format!("{path}.enrich.fields"),
+                            format!("`{f}` is not a field of table `{}`", e.table),
+                        );
+                    }
+                }
+            }
+        }
+        if let Some(input) = &input {
+            if !input.contains(&e.on) {
+                errs.push(format!("{path}.enrich.on"), format!("`{}` is not a field of `{}`", e.on, s.from));
+            }
+        }
+    }
+    if let Some(pat) = &s.pattern {
+        if s.key_by.is_none() {
+            errs.push(format!("{path}.keyBy"), "a pattern is matched per key; add keyBy");
+        }
+        positive(errs, &format!("{path}.pattern.within"), &pat.within);
+        if pat.sequence.is_empty() {
+            errs.push(format!("{path}.pattern.sequence"), "needs at least one step");
+        }
+        let mut seen = BTreeSet::new();
+        for (i, st) in pat.sequence.iter().enumerate() {
+            if !seen.insert(st.name.as_str()) {
+                errs.push(format!("{path}.pattern.sequence[{i}].name"), format!("`{}` is used twice", st.name));
+            }
+            if st.times == Some(0) {
+                errs.push(format!("{path}.pattern.sequence[{i}].times"), "must be at least 1");
+            }
+        }
+    }
+}
+
+fn check_window(errs: &mut ValidationErrors, path: &str, s: &StreamSpec) {
+    let Some(w) = &s.window else {
+        if s.aggregate.is_some() {
+            errs.push(format!("{path}.window"), "aggregate needs a window (tumbling, sliding or session)");
+        }
+        if s.allowed_lateness.is_some() {
+            errs.push(format!("{path}.allowedLateness"), "only a windowed step has allowed lateness");
+        }
+        return;
+    };
+    let wpath = format!("{path}.window");
+    let kinds = [w.tumbling.is_some(), w.sliding.is_some(), w.session.is_some()].iter().filter(|b| **b).count();
+    if kinds != 1 {
+        errs.push(wpath.clone(), format!("a window needs exactly one of tumbling, sliding, session; found {kinds}"));
+    }
+    if s.key_by.is_none() {
+        errs.push(wpath.clone(), "a window needs keyBy (the fields results are grouped by)");
+    }
+    if s.aggregate.is_none() {
+        errs.push(format!("{path}.aggregate"), "a window needs aggregate (what to compute per key and window)");
+    }
+    if let Some(t) = &w.tumbling {
+        positive(errs, &format!("{wpath}.tumbling"), t);
+    }
+    if let Some(sl) = &w.sliding {
+        let size = positive(errs, &format!("{wpath}.sliding.size"), &sl.size);
+        let slide = positive(errs, &format!("{wpath}.sliding.slide"), &sl.slide);
+        if let (Some(size), Some(slide)) = (size, slide) {
+            if slide > size {
+                errs.push(
+                    format!("{wpath}.sliding.slide"),
+                    format!("slide {} is larger than size {}", sl.slide, sl.size),
+                );
+            } else if !size.is_multiple_of(slide) {
+                errs.push(
+                    format!("{wpath}.sliding.slide"),
+                    format!("slide {} does not divide size {}", sl.slide, sl.size),
+                );
+            }
+        }
+    }
+    if let Some(se) = &w.session {
+        positive(errs, &format!("{wpath}.session.gap"), &se.gap);
+    }
+    if let Some(l) = &s.allowed_lateness {
+        duration(errs, &format!("{path}.allowedLateness"), l);
+    }
+}
+
+fn check_sink(errs: &mut ValidationErrors, p: &PipelineSpec, name: &str, sink: &SinkSpec, late: &BTreeSet<&str>) {
+    let path = format!("spec.pipeline.sinks.{name}");
+    let kinds = [sink.kafka.is_some(), sink.file.is_some()].iter().filter(|b| **b).count();
+    if kinds != 1 {
+        errs.push(path.clone(), format!("a sink needs exactly one of kafka, file; found {kinds}"));
+    }
+    match &sink.from {
+        Some(from) if !p.streams.contains_key(from) && !p.sources.contains_key(from) => {
+            errs.push(format!("{path}.from"), format!("`{from}` is not a source or a step"));
+        }
+        None if !late.contains(name) && p.dead_letter.as_deref() != Some(name) => errs.push(
+            format!("{path}.from"),
+            "a sink needs `from`, unless a step names it as lateOutput or the pipeline as deadLetter",
+        ),
+        _ => {}
+    }
+    if let Some(k) = &sink.kafka {
+        if k.topic.trim().is_empty() {
+            errs.push(format!("{path}.kafka.topic"), "must not be empty");
+        }
+        if k.brokers.trim().is_empty() {
+            errs.push(format!("{path}.kafka.brokers"), "must list at least one host:port");
+        }
+    }
+}
+
+fn duration(errs: &mut ValidationErrors, path: &str, d: &Duration) -> Option<u64> {
+    d.millis().map_err(|e| errs.push(path, e)).ok()
+}
+
+fn positive(errs: &mut ValidationErrors, path: &str, d: &Duration) -> Option<u64> {
+    match duration(errs, path, d)? {
+        0 => {
+            errs.push(path, format!("must be above zero, got {d}"));
+            None
+        }
+        ms => Some(ms),
+    }
+}

@@ -1,0 +1,241 @@
+//! A Kafka-to-Kafka window job on the local stack: several partitions, out-of-order and late
+//! events, the worker killed with SIGKILL in the middle and restarted. Every window result
+//! equals the reference and every late event reaches the corrections topic: nothing is lost
+//! (delivery is at-least-once here, so a result may repeat; the last one per key and window
+//! counts, as the upsert contract says).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use weir_e2e::{cache_dir, kafka_brokers, require_port, unique, wait_until};
+
+const PARTITIONS: i32 = 3;
+const OOO_MS: i64 = 5_000;
+const WINDOW_MS: i64 = 60_000;
+
+fn worker_bin() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| cache_dir().join("target"));
+    let bin = target.join("debug/weir-worker");
+    assert!(bin.exists(), "{} is missing; run `make build` first", bin.display());
+    bin
+}
+
+fn create_topics(names: &[(&str, i32)]) {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", kafka_brokers()).create().unwrap();
+    let topics: Vec<NewTopic> = names.iter().map(|(n, p)| NewTopic::new(n, *p, TopicReplication::Fixed(1))).collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for r in rt.block_on(admin.create_topics(&topics, &AdminOptions::new())).unwrap() {
+        r.unwrap();
+    }
+}
+
+/// (card, window start) -> (count, sum).
+type Windows = BTreeMap<(String, i64), (i64, i64)>;
+
+#[derive(Clone)]
+struct Ev {
+    id: String,
+    card: String,
+    amount: i64,
+    ts: i64,
+}
+
+fn events() -> Vec<(i32, Ev)> {
+    // Deterministic input: 24 cards over 3 partitions, ~20 minutes of event time, 10 % out of
+    // order by up to 4 s, every 50th event late by 2 minutes.
+    let mut out = Vec::new();
+    let base = 1_795_564_800_000i64;
+    let mut x: u64 = 42;
+    let mut rnd = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for i in 0..6_000i64 {
+        let card = format!("card-{:02}", rnd() % 24);
+        let p = (card[5..].parse::<i32>().unwrap()) % PARTITIONS;
+        let mut ts = base + i * 200;
+        if rnd() % 10 == 0 {
+            ts -= (rnd() % 4_000) as i64;
+        }
+        if i % 50 == 49 {
+            ts -= 120_000;
+        }
+        out.push((p, Ev { id: format!("e{i}"), card, amount: (rnd() % 1_000) as i64, ts }));
+    }
+    out
+}
+
+/// Per partition in order: the windows (card, start) -> (count, sum) that the final watermark
+/// fires, and the late event ids.
+fn reference(evs: &[(i32, Ev)]) -> (Windows, BTreeSet<String>) {
+    let mut fired = BTreeMap::new();
+    let mut late = BTreeSet::new();
+    for p in 0..PARTITIONS {
+        let mut results = BTreeMap::new();
+        let mut max_ts = i64::MIN;
+        for (_, e) in evs.iter().filter(|(q, _)| *q == p) {
+            let wm = if max_ts == i64::MIN { i64::MIN } else { max_ts - OOO_MS - 1 };
+            let start = e.ts - e.ts.rem_euclid(WINDOW_MS);
+            if start + WINDOW_MS - 1 <= wm {
+                late.insert(e.id.clone());
+            } else {
+                let r = results.entry((e.card.clone(), start)).or_insert((0, 0));
+                r.0 += 1;
+                r.1 += e.amount;
+            }
+            max_ts = max_ts.max(e.ts);
+        }
+        let final_wm = max_ts - OOO_MS - 1;
+        fired.extend(results.into_iter().filter(|((_, start), _)| start + WINDOW_MS - 1 <= final_wm));
+    }
+    (fired, late)
+}
+
+fn start_worker(manifest: &Path, state: &Path, log: &Path) -> Child {
+    Command::new(worker_bin())
+        .args(["run", "-f", manifest.to_str().unwrap(), "--state-dir", state.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("starting weir-worker")
+}
+
+fn read_all(topic: &str, partitions: i32, idle: Duration) -> Vec<(Option<String>, serde_json::Value)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("group.id", unique("e2e-check"))
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let mut last = Instant::now();
+    while last.elapsed() < idle {
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m.unwrap();
+            let key = m.key().map(|k| String::from_utf8(k.to_vec()).unwrap());
+            out.push((key, serde_json::from_slice(m.payload().unwrap()).unwrap()));
+            last = Instant::now();
+        }
+    }
+    out
+}
+
+#[test]
+fn windows_survive_sigkill_and_match_the_reference() {
+    require_port("Kafka", 9092);
+    let name = unique("wk");
+    let (input, output, corrections) = (format!("{name}-in"), format!("{name}-out"), format!("{name}-late"));
+    create_topics(&[(&input, PARTITIONS), (&output, PARTITIONS), (&corrections, 1)]);
+    let evs = events();
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", kafka_brokers()).create().unwrap();
+    for (p, e) in &evs {
+        let payload = serde_json::json!({"id": e.id, "card_id": e.card, "amount": e.amount, "ts": e.ts}).to_string();
+        loop {
+            match producer.send(BaseRecord::to(&input).partition(*p).key(&e.card).payload(&payload)) {
+                Ok(()) => break,
+                Err(_) => {
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    // A bad record in partition 0 goes to the dead letter and stops nothing.
+    producer.send(BaseRecord::to(&input).partition(0).key("bad").payload("{\"id\": ")).unwrap();
+    producer.flush(Duration::from_secs(30)).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("job.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"
+metadata: {{name: {name}}}
+spec:
+  epochInterval: 50ms
+  pipeline:
+    sources:
+      payments:
+        kafka: {{brokers: "{b}", topic: {input}, startFrom: earliest}}
+        schema: {{id: string, card_id: string, amount: long, ts: timestamp}}
+        eventTime: {{field: ts, maxOutOfOrderness: 5s}}
+    streams:
+      per_card_minute:
+        from: payments
+        keyBy: [card_id]
+        window: {{tumbling: 1m}}
+        aggregate: {{n: "count(*)", total: "sum(amount)"}}
+        lateOutput: corrections
+    sinks:
+      results: {{from: per_card_minute, kafka: {{brokers: "{b}", topic: {output}}}}}
+      corrections: {{kafka: {{brokers: "{b}", topic: {corrections}}}}}
+      dead: {{file: {{path: dead.jsonl}}}}
+    deadLetter: dead
+"#,
+            b = kafka_brokers()
+        ),
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let log = dir.path().join("worker.log");
+
+    // First run: killed hard as soon as some results are out.
+    let mut w = start_worker(&manifest, &state, &log);
+    wait_until("first results", Duration::from_secs(60), || {
+        (!read_all(&output, PARTITIONS, Duration::from_millis(300)).is_empty()).then_some(())
+    });
+    w.kill().unwrap(); // SIGKILL
+    w.wait().unwrap();
+
+    // Second run resumes from the state and positions it committed.
+    let mut w = start_worker(&manifest, &state, &log);
+    let (want, want_late) = reference(&evs);
+    let mut last = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        let mut got = Windows::new();
+        for (key, v) in read_all(&output, PARTITIONS, Duration::from_secs(1)) {
+            let card = v["card_id"].as_str().unwrap().to_string();
+            assert_eq!(key.as_deref(), Some(card.as_str()), "the message key is the key field");
+            got.insert(
+                (card, v["window_start"].as_i64().unwrap()),
+                (v["n"].as_i64().unwrap(), v["total"].as_i64().unwrap()),
+            );
+        }
+        last = got;
+        if last == want {
+            break;
+        }
+    }
+    assert_eq!(last.len(), want.len(), "every window the input fires is emitted, no other");
+    assert_eq!(last, want, "every window equals the reference");
+    let late: BTreeSet<String> = read_all(&corrections, 1, Duration::from_secs(2))
+        .iter()
+        .map(|(_, v)| v["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(late, want_late, "exactly the late events reach the corrections topic");
+
+    // SIGTERM: commits and exits 0.
+    let pid = w.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = w.wait().unwrap();
+    assert!(status.success(), "SIGTERM exits 0; log: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    let dead = std::fs::read_to_string(dir.path().join("dead.jsonl")).unwrap();
+    assert!(dead.contains("\"partition\":0"), "the bad record reached the dead letter: {dead}");
+}

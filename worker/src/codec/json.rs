@@ -1,0 +1,192 @@
+//! JSON records decoded into Arrow batches against a declared schema, and batches encoded back
+//! to JSON objects. A record that does not decode is isolated and reported, never fatal.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, RecordBatch};
+use datafusion::arrow::compute::{cast, concat_batches};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::json::{reader::ReaderBuilder, writer::LineDelimitedWriter, WriterBuilder};
+use weir_crds::FieldType;
+
+use crate::source::Records;
+
+/// The engine's column type for a declared field type (timestamps are epoch-ms integers).
+pub fn engine_type(t: FieldType) -> DataType {
+    match t {
+        FieldType::String => DataType::Utf8,
+        FieldType::Long | FieldType::Timestamp => DataType::Int64,
+        FieldType::Double => DataType::Float64,
+        FieldType::Boolean => DataType::Boolean,
+    }
+}
+
+/// Decodes JSON records of one source.
+pub struct JsonDecoder {
+    decode_schema: SchemaRef,
+    schema: SchemaRef,
+}
+
+/// The rows that decoded, which record each came from, and the records that did not.
+pub struct Decoded {
+    pub rows: RecordBatch,
+    /// Index into the input records of each row; `None` when every record decoded.
+    pub kept: Option<Vec<u32>>,
+    pub errors: Vec<(u32, String)>,
+}
+
+impl JsonDecoder {
+    pub fn new(fields: &BTreeMap<String, FieldType>) -> JsonDecoder {
+        let decode: Vec<Field> = fields
+            .iter()
+            .map(|(name, t)| {
+                let dt = match t {
+                    // Accepts epoch milliseconds and RFC 3339 strings alike.
+                    FieldType::Timestamp => DataType::Timestamp(TimeUnit::Millisecond, None),
+                    t => engine_type(*t),
+                };
+                Field::new(name, dt, true)
+            })
+            .collect();
+        let engine: Vec<Field> = fields.iter().map(|(n, t)| Field::new(n, engine_type(*t), true)).collect();
+        JsonDecoder { decode_schema: Arc::new(Schema::new(decode)), schema: Arc::new(Schema::new(engine)) }
+    }
+
+    /// The schema of decoded batches.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Decodes all records; on any failure, isolates the bad records one by one.
+    pub fn decode(&self, recs: &Records) -> Decoded {
+        let n = recs.len();
+        if let Ok(rows) = self.decode_slice(&recs.data, n) {
+            if rows.num_rows() == n {
+                return Decoded { rows, kept: None, errors: Vec::new() };
+            }
+        }
+        let mut good = Vec::with_capacity(n);
+        let mut kept = Vec::with_capacity(n);
+        let mut errors = Vec::new();
+        for i in 0..n {
+            match self.decode_slice(recs.payload(i), 1) {
+                Ok(b) if b.num_rows() == 1 => {
+                    good.push(b);
+                    kept.push(i as u32);
+                }
+                Ok(b) => errors.push((i as u32, format!("expected one JSON object, found {} values", b.num_rows()))),
+                Err(e) => errors.push((i as u32, e)),
+            }
+        }
+        let rows = concat_batches(&self.schema, &good).unwrap_or_else(|_| RecordBatch::new_empty(self.schema.clone()));
+        Decoded { rows, kept: Some(kept), errors }
+    }
+
+    fn decode_slice(&self, data: &[u8], expect: usize) -> Result<RecordBatch, String> {
+        let mut dec = ReaderBuilder::new(self.decode_schema.clone())
+            .with_batch_size(expect.max(1) + 1)
+            .build_decoder()
+            .map_err(|e| e.to_string())?;
+        let mut off = 0;
+        while off < data.len() {
+            let used = dec.decode(&data[off..]).map_err(|e| e.to_string())?;
+            if used == 0 {
+                break;
+            }
+            off += used;
+        }
+        let batch = dec
+            .flush()
+            .map_err(|e| e.to_string())?
+            .unwrap_or_else(|| RecordBatch::new_empty(self.decode_schema.clone()));
+        if batch.num_rows() == 0 && !data.iter().all(u8::is_ascii_whitespace) {
+            return Err("not a JSON object".into());
+        }
+        self.to_engine(batch).map_err(|e| e.to_string())
+    }
+
+    fn to_engine(&self, batch: RecordBatch) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
+        let cols: Vec<ArrayRef> = batch
+            .columns()
+            .iter()
+            .zip(self.schema.fields())
+            .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c.clone()) } else { cast(c, f.data_type()) })
+            .collect::<Result<_, _>>()?;
+        RecordBatch::try_new(self.schema.clone(), cols)
+    }
+}
+
+/// Encodes every row as one JSON object per line (nulls omitted, timestamps as integers).
+pub fn encode_json_lines(batch: &RecordBatch) -> Result<Vec<u8>, datafusion::arrow::error::ArrowError> {
+    let mut buf = Vec::with_capacity(batch.num_rows() * 128);
+    {
+        let mut w: LineDelimitedWriter<&mut Vec<u8>> = WriterBuilder::new().build(&mut buf);
+        w.write(batch)?;
+        w.finish()?;
+    }
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Float64Array, Int64Array, StringArray};
+
+    fn fields() -> BTreeMap<String, FieldType> {
+        [("card_id", FieldType::String), ("amount", FieldType::Double), ("ts", FieldType::Timestamp)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect()
+    }
+
+    fn records(lines: &[&str]) -> Records {
+        let mut r = Records::default();
+        for (i, l) in lines.iter().enumerate() {
+            r.push(l.as_bytes(), i as i64, 0);
+        }
+        r
+    }
+
+    #[test]
+    fn decodes_both_timestamp_forms_and_ignores_extra_fields() {
+        let d = JsonDecoder::new(&fields());
+        let out = d.decode(&records(&[
+            r#"{"card_id":"c1","amount":10,"ts":1000,"extra":true}"#,
+            r#"{"card_id":"c2","amount":2.5,"ts":"1970-01-01T00:00:02Z"}"#,
+        ]));
+        assert!(out.errors.is_empty());
+        assert!(out.kept.is_none());
+        let ts = out.rows.column_by_name("ts").unwrap().as_any().downcast_ref::<Int64Array>().unwrap().clone();
+        assert_eq!(ts.values(), &[1000, 2000]);
+        let amt = out.rows.column_by_name("amount").unwrap().as_any().downcast_ref::<Float64Array>().unwrap().clone();
+        assert_eq!(amt.values(), &[10.0, 2.5]);
+    }
+
+    #[test]
+    fn isolates_bad_records() {
+        let d = JsonDecoder::new(&fields());
+        let out = d.decode(&records(&[
+            r#"{"card_id":"c1","amount":1,"ts":1}"#,
+            r#"{"card_id":"c2","amount":"#,
+            r#"{"card_id":"c3","amount":"lots","ts":3}"#,
+            r#"[1,2]"#,
+            r#"{"card_id":"c5","amount":5,"ts":5}"#,
+        ]));
+        assert_eq!(out.kept, Some(vec![0, 4]));
+        let bad: Vec<u32> = out.errors.iter().map(|e| e.0).collect();
+        assert_eq!(bad, vec![1, 2, 3]);
+        let ids = out.rows.column_by_name("card_id").unwrap().as_any().downcast_ref::<StringArray>().unwrap().clone();
+        assert_eq!(ids.iter().flatten().collect::<Vec<_>>(), vec!["c1", "c5"]);
+    }
+
+    #[test]
+    fn encodes_objects_per_line() {
+        let d = JsonDecoder::new(&fields());
+        let out = d.decode(&records(&[r#"{"card_id":"c1","amount":1.5,"ts":7}"#, r#"{"card_id":"c2","ts":8}"#]));
+        let text = String::from_utf8(encode_json_lines(&out.rows).unwrap()).unwrap();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines[0], serde_json::json!({"card_id":"c1","amount":1.5,"ts":7}));
+        assert_eq!(lines[1], serde_json::json!({"card_id":"c2","ts":8}));
+    }
+}

@@ -1,0 +1,5 @@
+//! Record encodings: JSON in (against the declared schema), JSON out.
+
+pub mod json;
+
+pub use json::{encode_json_lines, JsonDecoder};

@@ -1,0 +1,74 @@
+//! Prometheus metrics of a worker. Labels are bounded: job, source/sink/operator names from
+//! the manifest, and partition numbers.
+
+use prometheus::{Gauge, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub records_in: IntCounterVec,
+    pub records_out: IntCounterVec,
+    pub dead_letters: IntCounterVec,
+    pub late_records: IntCounterVec,
+    pub watermark: IntGaugeVec,
+    pub watermark_lag: IntGaugeVec,
+    pub source_position: IntGaugeVec,
+    pub consumer_lag: IntGaugeVec,
+    pub state_size: IntGaugeVec,
+    pub cached_keys: IntGaugeVec,
+    pub busy_ratio: Gauge,
+    pub epoch_duration: Histogram,
+}
+
+impl Metrics {
+    pub fn new(job: &str) -> Metrics {
+        let registry =
+            Registry::new_custom(None, Some([("job".to_string(), job.to_string())].into())).expect("valid labels");
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let busy = Gauge::with_opts(Opts::new(
+            "weir_busy_ratio",
+            "Share of wall time spent processing (not waiting for input)",
+        ))
+        .expect("valid metric");
+        registry.register(Box::new(busy.clone())).expect("unique metric");
+        let epoch = Histogram::with_opts(
+            HistogramOpts::new(
+                "weir_epoch_commit_duration_seconds",
+                "Time to flush sinks and commit state and offsets",
+            )
+            .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]),
+        )
+        .expect("valid metric");
+        registry.register(Box::new(epoch.clone())).expect("unique metric");
+        Metrics {
+            records_in: counter("weir_records_in_total", "Records read", &["source", "partition"]),
+            records_out: counter("weir_records_out_total", "Records written", &["sink"]),
+            dead_letters: counter("weir_dead_letters_total", "Records that failed to decode", &["source"]),
+            late_records: counter("weir_late_records_total", "Events too late for every window", &["operator"]),
+            watermark: gauge("weir_watermark_ms", "Event-time watermark of a partition-task", &["partition"]),
+            watermark_lag: gauge("weir_watermark_lag_ms", "Wall clock minus watermark", &["partition"]),
+            source_position: gauge("weir_source_position", "Next position to read", &["source", "partition"]),
+            consumer_lag: gauge("weir_consumer_lag", "Records not yet read", &["source", "partition"]),
+            state_size: gauge("weir_state_size_bytes", "Approximate state size", &["partition"]),
+            cached_keys: gauge("weir_state_cached_keys", "Keys held decoded in memory", &["operator", "partition"]),
+            busy_ratio: busy,
+            epoch_duration: epoch,
+            registry,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = String::new();
+        prometheus::TextEncoder::new().encode_utf8(&self.registry.gather(), &mut buf).expect("text encoding");
+        buf
+    }
+}

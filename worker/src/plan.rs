@@ -1,0 +1,374 @@
+//! From a validated manifest to an executable plan: schemas flow through the steps, every
+//! expression is compiled against its input schema, and each error is reported with its
+//! manifest path, all at once. Operators are instantiated per partition-task from the plan.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use weir_crds::{
+    parse_aggregate, source_fields, topo_order, FieldType, Manifest, SourceSpec, StreamSpec, ValidationErrors,
+};
+
+use crate::codec::json::{engine_type, JsonDecoder};
+use crate::expr::{CompiledExpr, ExprCompiler};
+use crate::operators::select::{Filter, Project};
+use crate::operators::window::{AggSpec, WindowConfig, WindowKind, WindowOp};
+use crate::operators::Operator;
+
+/// Where a source's or step's output goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    Node(usize),
+    Sink(usize),
+}
+
+/// A source and how its records get event times.
+pub struct SourcePlan {
+    pub name: String,
+    pub spec: SourceSpec,
+    pub fields: BTreeMap<String, FieldType>,
+    pub decoder: Arc<JsonDecoder>,
+    /// Column of the event time, or `None` to use the record's source timestamp.
+    pub event_time_col: Option<usize>,
+    pub max_out_of_orderness: i64,
+    pub children: Vec<Target>,
+}
+
+/// A compiled window step.
+pub struct WindowPlan {
+    pub kind: WindowKind,
+    pub allowed_lateness: i64,
+    pub keys: Vec<(usize, String, DataType)>,
+    pub aggs: Vec<(String, weir_crds::AggregateFn, Option<CompiledExpr>)>,
+}
+
+/// A compiled step.
+pub struct NodePlan {
+    pub name: String,
+    /// The source whose watermark drives this step.
+    pub root_source: usize,
+    pub filter: Option<CompiledExpr>,
+    pub project: Option<Vec<(String, CompiledExpr)>>,
+    pub window: Option<WindowPlan>,
+    pub out_schema: SchemaRef,
+    /// Output columns that form a Kafka message key.
+    pub key_cols: Vec<usize>,
+    pub late_sink: Option<usize>,
+    pub children: Vec<Target>,
+}
+
+/// A sink and what feeds it.
+pub struct SinkPlan {
+    pub name: String,
+    pub spec: weir_crds::SinkSpec,
+    pub key_cols: Vec<usize>,
+}
+
+/// Everything needed to run a job.
+pub struct JobPlan {
+    pub name: String,
+    pub group: String,
+    pub sources: Vec<SourcePlan>,
+    /// Steps in an order where each comes after the step it reads.
+    pub nodes: Vec<NodePlan>,
+    pub sinks: Vec<SinkPlan>,
+    pub dead_letter: Option<usize>,
+    pub epoch_interval_ms: u64,
+    /// Folder of the manifest, for relative paths.
+    pub base_dir: PathBuf,
+    pub max_cached_keys: usize,
+}
+
+impl JobPlan {
+    /// Plans a validated manifest; every expression error is reported with its path.
+    pub fn new(m: &Manifest, base_dir: &Path) -> Result<JobPlan, ValidationErrors> {
+        let p = &m.spec.pipeline;
+        let mut errs = ValidationErrors::default();
+        let compiler = ExprCompiler::default();
+        let ns = m.metadata.namespace.as_deref();
+        let default_group = match ns {
+            Some(ns) => format!("weir.{ns}.{}", m.metadata.name),
+            None => format!("weir.{}", m.metadata.name),
+        };
+        let group = p.sources.values().find_map(|s| s.kafka.as_ref()?.group.clone()).unwrap_or(default_group);
+        let source_index: BTreeMap<&str, usize> = p.sources.keys().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
+        let sink_index: BTreeMap<&str, usize> = p.sinks.keys().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
+        let mut sources: Vec<SourcePlan> = p
+            .sources
+            .iter()
+            .map(|(name, s)| {
+                let fields = source_fields(s);
+                let decoder = Arc::new(JsonDecoder::new(&fields));
+                let (event_time_col, ooo) = match &s.event_time {
+                    Some(et) => (
+                        decoder.schema().index_of(&et.field).ok(),
+                        et.max_out_of_orderness.millis().unwrap_or(0) as i64,
+                    ),
+                    None => (None, 0),
+                };
+                SourcePlan {
+                    name: name.clone(),
+                    spec: s.clone(),
+                    fields,
+                    decoder,
+                    event_time_col,
+                    max_out_of_orderness: ooo,
+                    children: Vec::new(),
+                }
+            })
+            .collect();
+        let order = topo_order(p).map_err(|cycle| {
+            let mut e = ValidationErrors::default();
+            e.push("spec.pipeline.streams", format!("the steps form a cycle: {}", cycle.join(" -> ")));
+            e
+        })?;
+        let node_index: BTreeMap<&str, usize> = order.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
+        let mut nodes: Vec<NodePlan> = Vec::with_capacity(order.len());
+        for name in &order {
+            let s = &p.streams[name];
+            let path = format!("spec.pipeline.streams.{name}");
+            let (input, root) = if let Some(&i) = source_index.get(s.from.as_str()) {
+                (sources[i].decoder.schema().clone(), i)
+            } else if let Some(&i) = node_index.get(s.from.as_str()) {
+                (nodes[i].out_schema.clone(), nodes[i].root_source)
+            } else {
+                errs.push(format!("{path}.from"), format!("`{}` is not a source or a step", s.from));
+                continue;
+            };
+            nodes.push(plan_node(&compiler, name, &path, s, input, root, &sink_index, m, &mut errs));
+        }
+        // Wire every step and sink to what it reads.
+        for (i, name) in order.iter().enumerate() {
+            let from = p.streams[name].from.as_str();
+            if let Some(&s) = source_index.get(from) {
+                sources[s].children.push(Target::Node(i));
+            } else if let Some(&n) = node_index.get(from) {
+                nodes[n].children.push(Target::Node(i));
+            }
+        }
+        let mut sinks = Vec::new();
+        for (i, (name, sink)) in p.sinks.iter().enumerate() {
+            let mut key_cols = Vec::new();
+            if let Some(from) = &sink.from {
+                if let Some(&s) = source_index.get(from.as_str()) {
+                    sources[s].children.push(Target::Sink(i));
+                } else if let Some(&n) = node_index.get(from.as_str()) {
+                    nodes[n].children.push(Target::Sink(i));
+                    key_cols = nodes[n].key_cols.clone();
+                }
+            }
+            sinks.push(SinkPlan { name: name.clone(), spec: sink.clone(), key_cols });
+        }
+        for (name, s) in &p.streams {
+            if s.enrich.is_some() || s.pattern.is_some() {
+                errs.push(
+                    format!("spec.pipeline.streams.{name}"),
+                    "enrich and pattern steps are not available in this version of the worker",
+                );
+            }
+        }
+        if !p.tables.is_empty() {
+            errs.push("spec.pipeline.tables", "side-input tables are not available in this version of the worker");
+        }
+        errs.clone().into_result()?;
+        Ok(JobPlan {
+            name: m.metadata.name.clone(),
+            group,
+            sources,
+            nodes,
+            sinks,
+            dead_letter: p.dead_letter.as_deref().and_then(|d| sink_index.get(d).copied()),
+            epoch_interval_ms: m.spec.epoch_interval.as_ref().and_then(|d| d.millis().ok()).unwrap_or(100).max(1),
+            base_dir: base_dir.to_path_buf(),
+            max_cached_keys: 100_000,
+        })
+    }
+
+    /// True when every source ends by itself (the job exits when they are done).
+    pub fn bounded(&self) -> bool {
+        self.sources.iter().all(|s| {
+            s.spec.file.is_some()
+                || s.spec.datagen.as_ref().is_some_and(|d| d.count.is_some())
+                || s.spec.kafka.as_ref().is_some_and(|k| k.bounded)
+        })
+    }
+
+    /// A relative path in the manifest, resolved from the manifest's folder.
+    pub fn resolve(&self, path: &str) -> PathBuf {
+        let p = Path::new(path);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    /// Fresh operators of step `i` for one task.
+    pub fn instantiate(&self, i: usize) -> Vec<Box<dyn Operator>> {
+        let n = &self.nodes[i];
+        let mut ops: Vec<Box<dyn Operator>> = Vec::new();
+        if let Some(f) = &n.filter {
+            ops.push(Box::new(Filter { name: n.name.clone(), predicate: f.clone() }));
+        }
+        if let Some(p) = &n.project {
+            ops.push(Box::new(Project::new(n.name.clone(), p.clone())));
+        }
+        if let Some(w) = &n.window {
+            ops.push(Box::new(WindowOp::new(WindowConfig {
+                name: n.name.clone(),
+                state_prefix: (i as u16 + 1).to_be_bytes().to_vec(),
+                kind: w.kind,
+                allowed_lateness: w.allowed_lateness,
+                keys: w.keys.clone(),
+                aggs: w
+                    .aggs
+                    .iter()
+                    .map(|(name, func, arg)| AggSpec { name: name.clone(), func: *func, arg: arg.clone() })
+                    .collect(),
+                max_cached_keys: self.max_cached_keys,
+            })));
+        }
+        ops
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn plan_node(
+    compiler: &ExprCompiler,
+    name: &str,
+    path: &str,
+    s: &StreamSpec,
+    input: SchemaRef,
+    root: usize,
+    sink_index: &BTreeMap<&str, usize>,
+    m: &Manifest,
+    errs: &mut ValidationErrors,
+) -> NodePlan {
+    let filter = s.filter.as_ref().and_then(|w| match compiler.compile(w, &input) {
+        Ok(e) if e.data_type == DataType::Boolean => Some(e),
+        Ok(e) => {
+            errs.push(format!("{path}.where"), format!("`{w}` is a {} expression, not a condition", e.data_type));
+            None
+        }
+        Err(e) => {
+            errs.push(format!("{path}.where"), e);
+            None
+        }
+    });
+    let mut schema = input.clone();
+    let project = s.select.as_ref().map(|sel| {
+        let exprs: Vec<(String, CompiledExpr)> = sel
+            .iter()
+            .filter_map(|(out, text)| match compiler.compile(text, &input) {
+                Ok(e) if is_engine_type(&e.data_type) => Some((out.clone(), e)),
+                Ok(e) => {
+                    errs.push(
+                        format!("{path}.select.{out}"),
+                        format!("`{text}` has type {}, which a stream cannot carry", e.data_type),
+                    );
+                    None
+                }
+                Err(e) => {
+                    errs.push(format!("{path}.select.{out}"), e);
+                    None
+                }
+            })
+            .collect();
+        schema = Project::new(name.to_string(), exprs.clone()).schema;
+        exprs
+    });
+    let mut key_cols = Vec::new();
+    let window = s.window.as_ref().and_then(|w| {
+        let ms = |d: &weir_crds::Duration| d.millis().unwrap_or(1).max(1) as i64;
+        let kind = if let Some(t) = &w.tumbling {
+            WindowKind::Tumbling { size: ms(t) }
+        } else if let Some(sl) = &w.sliding {
+            WindowKind::Sliding { size: ms(&sl.size), slide: ms(&sl.slide) }
+        } else {
+            WindowKind::Session { gap: ms(&w.session.as_ref()?.gap) }
+        };
+        let keys: Vec<(usize, String, DataType)> = s
+            .key_by
+            .iter()
+            .flatten()
+            .filter_map(|k| match schema.index_of(k) {
+                Ok(i) => Some((i, k.clone(), schema.field(i).data_type().clone())),
+                Err(_) => {
+                    errs.push(format!("{path}.keyBy"), format!("`{k}` is not a field of the step's input"));
+                    None
+                }
+            })
+            .collect();
+        let aggs = s
+            .aggregate
+            .iter()
+            .flatten()
+            .filter_map(|(out, text)| {
+                let call = parse_aggregate(text).map_err(|e| errs.push(format!("{path}.aggregate.{out}"), e)).ok()?;
+                let arg = match &call.arg {
+                    None => None,
+                    Some(a) => match compiler.compile(a, &schema) {
+                        Ok(e)
+                            if numeric_only(call.func)
+                                && !matches!(e.data_type, DataType::Int64 | DataType::Float64) =>
+                        {
+                            errs.push(
+                                format!("{path}.aggregate.{out}"),
+                                format!("`{a}` is {}, but {text} needs a number", e.data_type),
+                            );
+                            return None;
+                        }
+                        Ok(e) => Some(e),
+                        Err(e) => {
+                            errs.push(format!("{path}.aggregate.{out}"), e);
+                            return None;
+                        }
+                    },
+                };
+                Some((out.clone(), call.func, arg))
+            })
+            .collect();
+        key_cols = (0..keys.len()).collect();
+        Some(WindowPlan {
+            kind,
+            allowed_lateness: s.allowed_lateness.as_ref().and_then(|d| d.millis().ok()).unwrap_or(0) as i64,
+            keys,
+            aggs,
+        })
+    });
+    let out_schema = match &window {
+        Some(w) => WindowOp::new(WindowConfig {
+            name: name.to_string(),
+            state_prefix: vec![],
+            kind: w.kind,
+            allowed_lateness: w.allowed_lateness,
+            keys: w.keys.clone(),
+            aggs: w.aggs.iter().map(|(n, f, a)| AggSpec { name: n.clone(), func: *f, arg: a.clone() }).collect(),
+            max_cached_keys: 1,
+        })
+        .schema(),
+        None => schema,
+    };
+    let _ = m;
+    NodePlan {
+        name: name.to_string(),
+        root_source: root,
+        filter,
+        project,
+        window,
+        out_schema,
+        key_cols,
+        late_sink: s.late_output.as_deref().and_then(|l| sink_index.get(l).copied()),
+        children: Vec::new(),
+    }
+}
+
+fn numeric_only(f: weir_crds::AggregateFn) -> bool {
+    matches!(f, weir_crds::AggregateFn::Sum | weir_crds::AggregateFn::Avg)
+}
+
+fn is_engine_type(t: &DataType) -> bool {
+    [FieldType::String, FieldType::Long, FieldType::Double, FieldType::Boolean].iter().any(|f| &engine_type(*f) == t)
+}

@@ -1,0 +1,84 @@
+//! Sinks: `file` (JSON lines) and Kafka (one JSON object per message, keyed by the key fields).
+//! Rows arrive as batches; late events and dead letters arrive as raw JSON records.
+
+pub mod file;
+pub mod kafka;
+
+use datafusion::arrow::array::{ArrayRef, BinaryArray};
+use datafusion::arrow::record_batch::RecordBatch;
+
+use crate::value::{Col, Value};
+
+/// Errors of sinks, with the sink's name.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("sink {sink}: {message}")]
+    Failed { sink: String, message: String },
+}
+
+pub type Result<T> = std::result::Result<T, SinkError>;
+
+/// An output.
+pub trait Sink: Send {
+    /// Writes rows; `keys` are the column indexes that form each message's key. When `raw`
+    /// is given (rows not yet projected or aggregated), each row is written as read.
+    fn write_rows(&mut self, rows: &RecordBatch, keys: &[usize], raw: Option<&BinaryArray>) -> Result<()>;
+    /// Writes records that are already JSON objects (late events, dead letters).
+    fn write_records(&mut self, records: &[Vec<u8>]) -> Result<()>;
+    /// Makes everything written so far durable; called before offsets are committed.
+    fn flush(&mut self) -> Result<()>;
+}
+
+/// The message key of a row: one key field as its value as a string, several as a JSON array.
+pub fn message_key(cols: &[ArrayRef], row: usize) -> Option<Vec<u8>> {
+    let json = |v: Value| match v {
+        Value::Null => serde_json::Value::Null,
+        Value::Str(s) => serde_json::Value::String(s),
+        Value::I64(x) => x.into(),
+        Value::F64(x) => x.into(),
+        Value::Bool(b) => b.into(),
+    };
+    match cols {
+        [] => None,
+        [one] => match Col::new(one)?.value(row) {
+            Value::Null => None,
+            Value::Str(s) => Some(s.into_bytes()),
+            Value::I64(x) => Some(x.to_string().into_bytes()),
+            Value::F64(x) => Some(x.to_string().into_bytes()),
+            Value::Bool(b) => Some(b.to_string().into_bytes()),
+        },
+        many => {
+            let vals: Vec<serde_json::Value> =
+                many.iter().map(|c| Col::new(c).map_or(serde_json::Value::Null, |c| json(c.value(row)))).collect();
+            Some(serde_json::to_vec(&vals).expect("JSON values serialize"))
+        }
+    }
+}
+
+/// A dead-letter record: what failed, where it came from, and the record as read.
+pub fn dead_letter(source: &str, partition: u32, position: i64, error: &str, record: &[u8]) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "source": source,
+        "partition": partition,
+        "position": position,
+        "error": error,
+        "record": String::from_utf8_lossy(record),
+    }))
+    .expect("JSON values serialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    use std::sync::Arc;
+
+    #[test]
+    fn keys_follow_the_contract() {
+        let a: ArrayRef = Arc::new(StringArray::from(vec!["card-1"]));
+        let b: ArrayRef = Arc::new(Int64Array::from(vec![60_000]));
+        assert_eq!(message_key(std::slice::from_ref(&a), 0), Some(b"card-1".to_vec()));
+        assert_eq!(message_key(&[a, b], 0), Some(br#"["card-1",60000]"#.to_vec()));
+        assert_eq!(message_key(&[], 0), None);
+    }
+}

@@ -1,0 +1,240 @@
+//! Kafka source: the low-level consumer with explicit partition assignment (partition `p`
+//! belongs to worker `p % parallelism`), batched polling, `read_committed` isolation, and
+//! positions restored from task state before the group's committed offsets and `startFrom`.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use weir_crds::{KafkaSourceSpec, StartFrom};
+
+use super::{Polled, Records, Result, Source, SourceError};
+
+const META_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct KafkaSource {
+    name: String,
+    spec: KafkaSourceSpec,
+    consumer: BaseConsumer,
+    partitions: Vec<u32>,
+    restored: BTreeMap<u32, i64>,
+    assigned: bool,
+    /// Next offset to read per partition, as far as this source has read.
+    position: BTreeMap<u32, i64>,
+    high_watermarks: BTreeMap<u32, i64>,
+    lag_checked: Option<Instant>,
+    /// With `bounded: true`, the end offsets found at start; the source finishes there.
+    stop_at: Option<BTreeMap<u32, i64>>,
+}
+
+impl KafkaSource {
+    /// Connects, reads the topic's partition count and picks this worker's partitions.
+    pub fn new(name: &str, spec: &KafkaSourceSpec, group: &str, ordinal: u32, parallelism: u32) -> Result<KafkaSource> {
+        let err = |message: String| SourceError::Failed { source_name: name.to_string(), message };
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", &spec.brokers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("isolation.level", "read_committed")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "10")
+            .set("fetch.min.bytes", "1")
+            .set("queued.max.messages.kbytes", "65536")
+            .set("enable.partition.eof", "false");
+        for (k, v) in &spec.properties {
+            cfg.set(k, v);
+        }
+        let consumer: BaseConsumer = cfg.create().map_err(|e| err(format!("creating the Kafka consumer: {e}")))?;
+        let md = consumer
+            .fetch_metadata(Some(&spec.topic), META_TIMEOUT)
+            .map_err(|e| err(format!("reading metadata of topic {} from {}: {e}", spec.topic, spec.brokers)))?;
+        let topic = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == spec.topic)
+            .ok_or_else(|| err(format!("topic {} not found on {}", spec.topic, spec.brokers)))?;
+        if let Some(e) = topic.error() {
+            return Err(err(format!("topic {} is not readable: {e:?}; create it first", spec.topic)));
+        }
+        let count = topic.partitions().len() as u32;
+        if count == 0 {
+            return Err(err(format!("topic {} has no partitions; create it first", spec.topic)));
+        }
+        if parallelism > count {
+            return Err(err(format!(
+                "parallelism {parallelism} is above the {count} partitions of topic {}; workers beyond {count} would be idle",
+                spec.topic
+            )));
+        }
+        let partitions = (0..count).filter(|p| p % parallelism == ordinal).collect();
+        Ok(KafkaSource {
+            name: name.to_string(),
+            spec: spec.clone(),
+            consumer,
+            partitions,
+            restored: BTreeMap::new(),
+            assigned: false,
+            position: BTreeMap::new(),
+            high_watermarks: BTreeMap::new(),
+            lag_checked: None,
+            stop_at: None,
+        })
+    }
+
+    fn err(&self, message: String) -> SourceError {
+        SourceError::Failed { source_name: self.name.clone(), message }
+    }
+
+    /// Starting offsets: restored state, else the group's committed offset, else `startFrom`.
+    fn assign(&mut self) -> Result<()> {
+        let mut tpl = TopicPartitionList::new();
+        for &p in &self.partitions {
+            tpl.add_partition(&self.spec.topic, p as i32);
+        }
+        let committed = self
+            .consumer
+            .committed_offsets(tpl.clone(), META_TIMEOUT)
+            .map_err(|e| self.err(format!("reading committed offsets: {e}")))?;
+        let mut start = TopicPartitionList::new();
+        let ts = self.spec.start_timestamp.as_deref().and_then(weir_crds::parse_timestamp_millis);
+        for &p in &self.partitions {
+            let group_offset = committed.find_partition(&self.spec.topic, p as i32).and_then(|e| match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            });
+            let offset = match (self.restored.get(&p), group_offset, self.spec.start_from) {
+                (Some(&o), _, _) => Offset::Offset(o),
+                (None, Some(o), _) => Offset::Offset(o),
+                (None, None, StartFrom::Latest) => Offset::End,
+                (None, None, StartFrom::Timestamp) => Offset::Offset(self.offset_for_time(p, ts.unwrap_or(0))?),
+                (None, None, StartFrom::Committed | StartFrom::Earliest) => Offset::Beginning,
+            };
+            if let Offset::Offset(o) = offset {
+                self.position.insert(p, o);
+            }
+            start
+                .add_partition_offset(&self.spec.topic, p as i32, offset)
+                .map_err(|e| self.err(format!("partition {p}: {e}")))?;
+        }
+        if self.spec.bounded {
+            let mut stop = BTreeMap::new();
+            for &p in &self.partitions {
+                let (_, hi) = self
+                    .consumer
+                    .fetch_watermarks(&self.spec.topic, p as i32, META_TIMEOUT)
+                    .map_err(|e| self.err(format!("reading the end offset of partition {p}: {e}")))?;
+                stop.insert(p, hi);
+            }
+            self.stop_at = Some(stop);
+        }
+        self.consumer.assign(&start).map_err(|e| self.err(format!("assigning partitions: {e}")))?;
+        self.assigned = true;
+        Ok(())
+    }
+
+    fn offset_for_time(&self, p: u32, ts: i64) -> Result<i64> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.spec.topic, p as i32, Offset::Offset(ts))
+            .map_err(|e| self.err(e.to_string()))?;
+        let found = self
+            .consumer
+            .offsets_for_times(tpl, META_TIMEOUT)
+            .map_err(|e| self.err(format!("looking up offsets for time {ts}: {e}")))?;
+        let o = found.find_partition(&self.spec.topic, p as i32).map(|e| e.offset());
+        match o {
+            Some(Offset::Offset(o)) => Ok(o),
+            // No record at or after the time: start at the end.
+            _ => Ok(self
+                .consumer
+                .fetch_watermarks(&self.spec.topic, p as i32, META_TIMEOUT)
+                .map(|(_, hi)| hi)
+                .unwrap_or(0)),
+        }
+    }
+
+    fn refresh_high_watermarks(&mut self) {
+        if self.lag_checked.is_some_and(|t| t.elapsed() < Duration::from_secs(5)) {
+            return;
+        }
+        self.lag_checked = Some(Instant::now());
+        for &p in &self.partitions {
+            if let Ok((_, hi)) = self.consumer.fetch_watermarks(&self.spec.topic, p as i32, Duration::from_millis(500))
+            {
+                self.high_watermarks.insert(p, hi);
+            }
+        }
+    }
+}
+
+impl Source for KafkaSource {
+    fn partitions(&self) -> Vec<u32> {
+        self.partitions.clone()
+    }
+
+    fn seek(&mut self, partition: u32, position: i64) -> Result<()> {
+        self.restored.insert(partition, position);
+        Ok(())
+    }
+
+    fn poll(&mut self, max: usize, wait: Duration) -> Result<Polled> {
+        if !self.assigned {
+            self.assign()?;
+        }
+        let mut by_partition: BTreeMap<u32, Records> = BTreeMap::new();
+        let mut n = 0;
+        let mut timeout = wait;
+        while n < max {
+            match self.consumer.poll(timeout) {
+                None => break,
+                Some(Err(e)) => return Err(self.err(format!("polling {}: {e}", self.spec.topic))),
+                Some(Ok(m)) => {
+                    let p = m.partition() as u32;
+                    let ts = m.timestamp().to_millis().unwrap_or(0);
+                    by_partition.entry(p).or_default().push(m.payload().unwrap_or_default(), m.offset(), ts);
+                    self.position.insert(p, m.offset() + 1);
+                    n += 1;
+                    timeout = Duration::ZERO;
+                }
+            }
+        }
+        self.refresh_high_watermarks();
+        Ok(Polled { batches: by_partition.into_iter().collect() })
+    }
+
+    fn finished(&self) -> bool {
+        let Some(stop) = self.stop_at.as_ref() else { return false };
+        // Transaction markers occupy offsets but are never returned as records, so the
+        // consumer's own fetch position (which steps over them) decides.
+        let Ok(pos) = self.consumer.position() else { return false };
+        stop.iter().all(|(p, end)| {
+            let here = match pos.find_partition(&self.spec.topic, *p as i32).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => self.position.get(p).copied().unwrap_or(0),
+            };
+            here >= *end
+        })
+    }
+
+    fn commit(&mut self, positions: &[(u32, i64)]) -> Result<()> {
+        let mut tpl = TopicPartitionList::new();
+        for &(p, o) in positions {
+            tpl.add_partition_offset(&self.spec.topic, p as i32, Offset::Offset(o))
+                .map_err(|e| self.err(e.to_string()))?;
+        }
+        if tpl.count() > 0 {
+            self.consumer.commit(&tpl, CommitMode::Async).map_err(|e| self.err(format!("committing offsets: {e}")))?;
+        }
+        Ok(())
+    }
+
+    fn lag(&self) -> Vec<(u32, i64)> {
+        self.partitions
+            .iter()
+            .filter_map(|p| Some((*p, (self.high_watermarks.get(p)? - self.position.get(p)?).max(0))))
+            .collect()
+    }
+}

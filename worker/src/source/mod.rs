@@ -1,0 +1,75 @@
+//! Sources: Kafka (per-partition tasks), `file` (JSON lines, bounded) and `datagen`. Each yields
+//! batches of raw records per partition with their positions, so a task can record where it is.
+
+pub mod datagen;
+pub mod file;
+pub mod kafka;
+
+/// Raw records of one partition, back to back in one buffer.
+#[derive(Default, Debug, Clone)]
+pub struct Records {
+    pub data: Vec<u8>,
+    /// End offset in `data` of each record.
+    pub ends: Vec<usize>,
+    /// Source position of each record (Kafka offset, line number, sequence number).
+    pub positions: Vec<i64>,
+    /// Source timestamp of each record (Kafka timestamp or read time), epoch ms.
+    pub timestamps: Vec<i64>,
+}
+
+impl Records {
+    pub fn push(&mut self, payload: &[u8], position: i64, timestamp: i64) {
+        self.data.extend_from_slice(payload);
+        self.ends.push(self.data.len());
+        self.positions.push(position);
+        self.timestamps.push(timestamp);
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    pub fn payload(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.data[start..self.ends[i]]
+    }
+}
+
+/// What a source returns from one poll.
+#[derive(Default)]
+pub struct Polled {
+    pub batches: Vec<(u32, Records)>,
+}
+
+/// Errors of sources, with the source's name.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("source {source_name}: {message}")]
+    Failed { source_name: String, message: String },
+}
+
+pub type Result<T> = std::result::Result<T, SourceError>;
+
+/// A source of records, split into partitions.
+pub trait Source: Send {
+    /// The partitions this worker reads.
+    fn partitions(&self) -> Vec<u32>;
+    /// Starts partition `p` at `position` (the next record to read), restored from state.
+    fn seek(&mut self, partition: u32, position: i64) -> Result<()>;
+    /// Reads up to `max` records in total, waiting at most `wait` when none are ready.
+    fn poll(&mut self, max: usize, wait: std::time::Duration) -> Result<Polled>;
+    /// True once a bounded source has returned its last record.
+    fn finished(&self) -> bool;
+    /// Records the positions a task has durably processed (a Kafka group commit).
+    fn commit(&mut self, _positions: &[(u32, i64)]) -> Result<()> {
+        Ok(())
+    }
+    /// Records left to read per partition, where the source can tell.
+    fn lag(&self) -> Vec<(u32, i64)> {
+        Vec::new()
+    }
+}

@@ -1,0 +1,330 @@
+//! A partition-task: one partition of every source, its own state, watermark and operators.
+//! It decodes records, assigns event times and per-row watermarks, pushes batches through the
+//! steps, fires windows as its watermark advances, and commits its state with its input
+//! positions at every epoch.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, BinaryArray, Int64Array};
+use datafusion::arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
+
+use crate::batch::Batch;
+use crate::metrics::Metrics;
+use crate::operators::{OpCtx, OpError, Operator};
+use crate::plan::{JobPlan, Target};
+use crate::sink::{dead_letter, Sink, SinkError};
+use crate::source::Records;
+use crate::state::{StateError, StateStore, StateTx};
+
+/// What can stop a task.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    #[error(transparent)]
+    Op(#[from] OpError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error("partition {partition}: {source}")]
+    State { partition: u32, source: StateError },
+}
+
+/// The sinks of a worker, shared by its tasks.
+pub struct Sinks {
+    pub sinks: Vec<Box<dyn Sink>>,
+    pub names: Vec<String>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Sinks {
+    fn write_rows(&mut self, i: usize, batch: &Batch, keys: &[usize]) -> Result<(), SinkError> {
+        self.sinks[i].write_rows(&batch.rows, keys, batch.raw.as_ref())?;
+        self.metrics.records_out.with_label_values(&[&self.names[i]]).inc_by(batch.num_rows() as u64);
+        Ok(())
+    }
+
+    pub fn write_records(&mut self, i: usize, records: &[Vec<u8>]) -> Result<(), SinkError> {
+        self.sinks[i].write_records(records)?;
+        self.metrics.records_out.with_label_values(&[&self.names[i]]).inc_by(records.len() as u64);
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> Result<(), SinkError> {
+        self.sinks.iter_mut().try_for_each(|s| s.flush())
+    }
+}
+
+struct SourceState {
+    max_ts: i64,
+    /// Next position to read; `None` until a record was read or restored.
+    next_position: Option<i64>,
+    ended: bool,
+}
+
+pub struct Task {
+    pub partition: u32,
+    plan: Arc<JobPlan>,
+    state: StateTx,
+    nodes: Vec<Vec<Box<dyn Operator>>>,
+    sources: Vec<SourceState>,
+    late: Vec<Vec<u8>>,
+    metrics: Arc<Metrics>,
+    partition_label: String,
+}
+
+const META: &[u8] = &[0, 0];
+
+fn meta_key(kind: &[u8], source: usize) -> Vec<u8> {
+    let mut k = META.to_vec();
+    k.extend_from_slice(kind);
+    k.extend_from_slice(&(source as u16).to_be_bytes());
+    k
+}
+
+fn read_i64(v: Option<Vec<u8>>) -> Option<i64> {
+    Some(i64::from_be_bytes(v?.as_slice().try_into().ok()?))
+}
+
+impl Task {
+    /// Opens the task over its state, restoring positions and watermarks.
+    pub fn open(
+        plan: Arc<JobPlan>,
+        partition: u32,
+        store: Box<dyn StateStore>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Task, TaskError> {
+        let state = StateTx::new(store);
+        let err = |source| TaskError::State { partition, source };
+        let mut sources = Vec::new();
+        for i in 0..plan.sources.len() {
+            sources.push(SourceState {
+                max_ts: read_i64(state.get(&meta_key(b"mts", i)).map_err(err)?).unwrap_or(i64::MIN),
+                next_position: read_i64(state.get(&meta_key(b"pos", i)).map_err(err)?),
+                ended: false,
+            });
+        }
+        let nodes = (0..plan.nodes.len()).map(|i| plan.instantiate(i)).collect();
+        Ok(Task {
+            partition,
+            plan,
+            state,
+            nodes,
+            sources,
+            late: Vec::new(),
+            metrics,
+            partition_label: partition.to_string(),
+        })
+    }
+
+    /// The restored position of a source, to seek to.
+    pub fn restored_position(&self, source: usize) -> Option<i64> {
+        self.sources[source].next_position
+    }
+
+    fn watermark(&self, source: usize) -> i64 {
+        let s = &self.sources[source];
+        if s.ended {
+            i64::MAX
+        } else if s.max_ts == i64::MIN {
+            i64::MIN
+        } else {
+            s.max_ts - self.plan.sources[source].max_out_of_orderness - 1
+        }
+    }
+
+    /// Processes records read from partition `self.partition` of source `src`.
+    pub fn process(&mut self, src: usize, recs: Records, sinks: &mut Sinks) -> Result<(), TaskError> {
+        let plan = self.plan.clone();
+        let sp = &plan.sources[src];
+        self.metrics.records_in.with_label_values(&[&sp.name, &self.partition_label]).inc_by(recs.len() as u64);
+        if let Some(last) = recs.positions.last() {
+            self.sources[src].next_position = Some(last + 1);
+        }
+        let decoded = sp.decoder.decode(&recs);
+        let mut bad: Vec<(u32, String)> = decoded.errors;
+        let mut kept: Vec<u32> = decoded.kept.unwrap_or_else(|| (0..recs.len() as u32).collect());
+        let mut rows = decoded.rows;
+        let event_times: Vec<Option<i64>> = match sp.event_time_col {
+            Some(c) => {
+                let col =
+                    rows.column(c).as_any().downcast_ref::<Int64Array>().expect("timestamps decode to Int64").clone();
+                (0..col.len()).map(|i| col.is_valid(i).then(|| col.value(i))).collect()
+            }
+            None => kept.iter().map(|&i| Some(recs.timestamps[i as usize])).collect(),
+        };
+        if event_times.iter().any(Option::is_none) {
+            let field = sp.spec.event_time.as_ref().map_or("", |e| e.field.as_str());
+            let mask: datafusion::arrow::array::BooleanArray = event_times.iter().map(|t| Some(t.is_some())).collect();
+            for (j, t) in event_times.iter().enumerate() {
+                if t.is_none() {
+                    bad.push((kept[j], format!("the event time field `{field}` is missing or null")));
+                }
+            }
+            rows = datafusion::arrow::compute::filter_record_batch(&rows, &mask)
+                .map_err(|source| OpError::Arrow { operator: sp.name.clone(), source })?;
+            kept = kept.iter().zip(&event_times).filter(|(_, t)| t.is_some()).map(|(k, _)| *k).collect();
+        }
+        if !bad.is_empty() {
+            self.dead_letters(src, &recs, &mut bad, sinks)?;
+        }
+        let times: Vec<i64> = event_times.into_iter().flatten().collect();
+        let mut wms = Vec::with_capacity(times.len());
+        let ooo = sp.max_out_of_orderness;
+        let mut max_ts = self.sources[src].max_ts;
+        for &t in &times {
+            wms.push(if max_ts == i64::MIN { i64::MIN } else { max_ts - ooo - 1 });
+            max_ts = max_ts.max(t);
+        }
+        self.sources[src].max_ts = max_ts;
+        let raw = if kept.len() == recs.len() {
+            let offsets: Vec<i32> = std::iter::once(0).chain(recs.ends.iter().map(|&e| e as i32)).collect();
+            BinaryArray::new(OffsetBuffer::new(ScalarBuffer::from(offsets)), Buffer::from_vec(recs.data.clone()), None)
+        } else {
+            BinaryArray::from_iter_values(kept.iter().map(|&i| recs.payload(i as usize)))
+        };
+        if rows.num_rows() > 0 {
+            let batch =
+                Batch { rows, event_time: Int64Array::from(times), watermark: Int64Array::from(wms), raw: Some(raw) };
+            for t in sp.children.clone() {
+                self.dispatch(t, batch.clone(), sinks)?;
+            }
+        }
+        self.advance(src, sinks)
+    }
+
+    fn dead_letters(
+        &mut self,
+        src: usize,
+        recs: &Records,
+        bad: &mut [(u32, String)],
+        sinks: &mut Sinks,
+    ) -> Result<(), TaskError> {
+        let name = &self.plan.sources[src].name;
+        self.metrics.dead_letters.with_label_values(&[name]).inc_by(bad.len() as u64);
+        bad.sort_by_key(|b| b.0);
+        match self.plan.dead_letter {
+            Some(d) => {
+                let records: Vec<Vec<u8>> = bad
+                    .iter()
+                    .map(|(i, e)| {
+                        dead_letter(name, self.partition, recs.positions[*i as usize], e, recs.payload(*i as usize))
+                    })
+                    .collect();
+                sinks.write_records(d, &records)?;
+            }
+            None => {
+                let (i, e) = &bad[0];
+                tracing::warn!(source = %name, partition = self.partition, position = recs.positions[*i as usize],
+                    "{} record(s) failed to decode and no deadLetter sink is set; first error: {e}", bad.len());
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a batch through step `target` (or into a sink) and everything downstream of it.
+    fn dispatch(&mut self, target: Target, batch: Batch, sinks: &mut Sinks) -> Result<(), TaskError> {
+        match target {
+            Target::Sink(s) => {
+                sinks.write_rows(s, &batch, &self.plan.sinks[s].key_cols)?;
+                Ok(())
+            }
+            Target::Node(i) => self.run_ops(i, 0, batch, sinks),
+        }
+    }
+
+    /// Runs `batch` through the operators of step `i` from operator `from` on.
+    fn run_ops(&mut self, i: usize, from: usize, batch: Batch, sinks: &mut Sinks) -> Result<(), TaskError> {
+        let mut cur = Some(batch);
+        for j in from..self.nodes[i].len() {
+            let Some(b) = cur.take() else { return Ok(()) };
+            let mut ctx = OpCtx { state: &mut self.state, late: &mut self.late };
+            cur = self.nodes[i][j].on_batch(b, &mut ctx)?;
+            self.route_late(i, sinks)?;
+        }
+        if let Some(b) = cur {
+            for t in self.plan.nodes[i].children.clone() {
+                self.dispatch(t, b.clone(), sinks)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn route_late(&mut self, i: usize, sinks: &mut Sinks) -> Result<(), TaskError> {
+        if self.late.is_empty() {
+            return Ok(());
+        }
+        let node = &self.plan.nodes[i];
+        self.metrics.late_records.with_label_values(&[&node.name]).inc_by(self.late.len() as u64);
+        match node.late_sink {
+            Some(s) => sinks.write_records(s, &self.late)?,
+            None => tracing::debug!(operator = %node.name, "{} late event(s) dropped (no lateOutput)", self.late.len()),
+        }
+        self.late.clear();
+        Ok(())
+    }
+
+    /// Passes source `src`'s watermark to the steps it drives, in pipeline order.
+    fn advance(&mut self, src: usize, sinks: &mut Sinks) -> Result<(), TaskError> {
+        let wm = self.watermark(src);
+        if wm == i64::MIN {
+            return Ok(());
+        }
+        self.metrics.watermark.with_label_values(&[&self.partition_label]).set(wm.min(i64::MAX - 1));
+        if wm != i64::MAX {
+            let lag = chrono::Utc::now().timestamp_millis().saturating_sub(wm);
+            self.metrics.watermark_lag.with_label_values(&[&self.partition_label]).set(lag);
+        }
+        for i in 0..self.nodes.len() {
+            if self.plan.nodes[i].root_source != src {
+                continue;
+            }
+            for j in 0..self.nodes[i].len() {
+                let mut ctx = OpCtx { state: &mut self.state, late: &mut self.late };
+                if let Some(out) = self.nodes[i][j].on_watermark(wm, &mut ctx)? {
+                    self.run_ops(i, j + 1, out, sinks)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A bounded source ended: its watermark jumps to +infinity and every open window fires.
+    pub fn end_source(&mut self, src: usize, sinks: &mut Sinks) -> Result<(), TaskError> {
+        self.sources[src].ended = true;
+        self.advance(src, sinks)
+    }
+
+    /// Writes cached operator state into the epoch's transaction (before sinks flush).
+    pub fn prepare_commit(&mut self) -> Result<(), TaskError> {
+        for ops in self.nodes.iter_mut() {
+            for op in ops.iter_mut() {
+                let mut ctx = OpCtx { state: &mut self.state, late: &mut self.late };
+                op.before_commit(&mut ctx)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits state with positions and watermarks; returns the positions to commit upstream.
+    pub fn commit(&mut self) -> Result<Vec<(usize, i64)>, TaskError> {
+        let mut extra = Vec::new();
+        let mut positions = Vec::new();
+        for (i, s) in self.sources.iter().enumerate() {
+            if let Some(p) = s.next_position {
+                extra.push((meta_key(b"pos", i), p.to_be_bytes().to_vec()));
+                positions.push((i, p));
+            }
+            if s.max_ts != i64::MIN {
+                extra.push((meta_key(b"mts", i), s.max_ts.to_be_bytes().to_vec()));
+            }
+        }
+        self.state.commit(extra).map_err(|source| TaskError::State { partition: self.partition, source })?;
+        self.metrics.state_size.with_label_values(&[&self.partition_label]).set(self.state.size_bytes() as i64);
+        for (i, ops) in self.nodes.iter().enumerate() {
+            let cached: usize = ops.iter().map(|o| o.cached_keys()).sum();
+            self.metrics
+                .cached_keys
+                .with_label_values(&[&self.plan.nodes[i].name, &self.partition_label])
+                .set(cached as i64);
+        }
+        Ok(positions)
+    }
+}
