@@ -13,10 +13,10 @@ deps:
 	@scripts/install-deps.sh
 
 build: deps
-	cargo build --workspace --locked
+	cargo build --workspace --all-targets --locked
 
 release: deps
-	cargo build --release --locked -p weir-worker
+	cargo build --release --locked --workspace --bins
 
 stack-install: deps
 	$(STACK) install
@@ -30,13 +30,16 @@ stack-down:
 stack-status:
 	$(STACK) status
 
+# Every cargo command selects --workspace: selecting single packages unifies features
+# differently and rebuilds RocksDB, librdkafka and DataFusion.
+
 ## Unit and component tests (no services needed).
 test-unit: build
-	cargo test --workspace --locked --exclude weir-e2e 2>&1 | tee $(WEIR_CACHE)/test-unit.log | grep -E '^(test result|running|error|failures:|---- )' ; exit $${PIPESTATUS[0]}
+	cargo test --workspace --locked --lib --bins 2>&1 | tee $(WEIR_CACHE)/test-unit.log | grep -E '^(test result|running|error|failures:|---- )' ; exit $${PIPESTATUS[0]}
 
 ## End-to-end tests against the real local stack (started if needed).
 test-e2e: stack-up
-	cargo test --locked -p weir-e2e -- --test-threads=1 2>&1 | tee $(WEIR_CACHE)/test-e2e.log | grep -E '^(test |test result|running|error|failures:|---- )' ; exit $${PIPESTATUS[0]}
+	cargo test --workspace --locked --test '*' -- --test-threads=1 2>&1 | tee $(WEIR_CACHE)/test-e2e.log | grep -E '^(test |test result|running|error|failures:|---- )' ; exit $${PIPESTATUS[0]}
 
 test: lint test-unit test-e2e
 	@echo "make test: all suites passed"
@@ -46,7 +49,7 @@ lint: deps
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 
 crds:
-	cargo run -q -p weir-crds --bin crdgen > crds/streamjob.yaml
+	cargo run -q --locked --bin crdgen > crds/streamjob.yaml
 
 demo: stack-up
 	e2e/demo.sh

@@ -107,12 +107,13 @@ fn start_worker(manifest: &Path, state: &Path, log: &Path) -> Child {
     Command::new(worker_bin())
         .args(["run", "-f", manifest.to_str().unwrap(), "--state-dir", state.to_str().unwrap()])
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
+        .stderr(std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap())
         .spawn()
         .expect("starting weir-worker")
 }
 
-fn read_all(topic: &str, partitions: i32, idle: Duration) -> Vec<(Option<String>, serde_json::Value)> {
+/// Every committed record of `topic`, read up to the end offsets as they are now.
+fn read_all(topic: &str, partitions: i32) -> Vec<(Option<String>, serde_json::Value)> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", kafka_brokers())
         .set("group.id", unique("e2e-check"))
@@ -120,18 +121,27 @@ fn read_all(topic: &str, partitions: i32, idle: Duration) -> Vec<(Option<String>
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
+    let mut ends = Vec::new();
     for p in 0..partitions {
         tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+        ends.push(consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap().1);
     }
     consumer.assign(&tpl).unwrap();
     let mut out = Vec::new();
-    let mut last = Instant::now();
-    while last.elapsed() < idle {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let caught_up = |c: &BaseConsumer| {
+        let pos = c.position().unwrap();
+        (0..partitions).all(|p| match pos.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o >= ends[p as usize],
+            _ => ends[p as usize] == 0,
+        })
+    };
+    while !caught_up(&consumer) {
+        assert!(Instant::now() < deadline, "could not read {topic} to its end in 30 s");
         if let Some(m) = consumer.poll(Duration::from_millis(100)) {
             let m = m.unwrap();
             let key = m.key().map(|k| String::from_utf8(k.to_vec()).unwrap());
             out.push((key, serde_json::from_slice(m.payload().unwrap()).unwrap()));
-            last = Instant::now();
         }
     }
     out
@@ -145,17 +155,18 @@ fn windows_survive_sigkill_and_match_the_reference() {
     create_topics(&[(&input, PARTITIONS), (&output, PARTITIONS), (&corrections, 1)]);
     let evs = events();
     let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", kafka_brokers()).create().unwrap();
-    for (p, e) in &evs {
-        let payload = serde_json::json!({"id": e.id, "card_id": e.card, "amount": e.amount, "ts": e.ts}).to_string();
-        loop {
-            match producer.send(BaseRecord::to(&input).partition(*p).key(&e.card).payload(&payload)) {
-                Ok(()) => break,
-                Err(_) => {
-                    producer.poll(Duration::from_millis(10));
-                }
+    let produce = |evs: &[(i32, Ev)]| {
+        for (p, e) in evs {
+            let payload =
+                serde_json::json!({"id": e.id, "card_id": e.card, "amount": e.amount, "ts": e.ts}).to_string();
+            while producer.send(BaseRecord::to(&input).partition(*p).key(&e.card).payload(&payload)).is_err() {
+                producer.poll(Duration::from_millis(10));
             }
         }
-    }
+        producer.flush(Duration::from_secs(30)).unwrap();
+    };
+    let (first_half, second_half) = evs.split_at(evs.len() / 2);
+    produce(first_half);
     // A bad record in partition 0 goes to the dead letter and stops nothing.
     producer.send(BaseRecord::to(&input).partition(0).key("bad").payload("{\"id\": ")).unwrap();
     producer.flush(Duration::from_secs(30)).unwrap();
@@ -193,15 +204,19 @@ spec:
     )
     .unwrap();
     let state = dir.path().join("state");
-    let log = dir.path().join("worker.log");
+    // The worker's log outlives the test's temporary folder, for diagnosis.
+    let log = weir_e2e::run_dir().join("logs").join(format!("e2e-{name}.log"));
+    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
 
     // First run: killed hard as soon as some results are out.
     let mut w = start_worker(&manifest, &state, &log);
-    wait_until("first results", Duration::from_secs(60), || {
-        (!read_all(&output, PARTITIONS, Duration::from_millis(300)).is_empty()).then_some(())
+    wait_until(&format!("first results (worker log: {})", log.display()), Duration::from_secs(60), || {
+        (!read_all(&output, PARTITIONS).is_empty()).then_some(())
     });
     w.kill().unwrap(); // SIGKILL
     w.wait().unwrap();
+    // Windows open at the kill continue from the restored state with the second half.
+    produce(second_half);
 
     // Second run resumes from the state and positions it committed.
     let mut w = start_worker(&manifest, &state, &log);
@@ -210,7 +225,7 @@ spec:
     let deadline = Instant::now() + Duration::from_secs(120);
     while Instant::now() < deadline {
         let mut got = Windows::new();
-        for (key, v) in read_all(&output, PARTITIONS, Duration::from_secs(1)) {
+        for (key, v) in read_all(&output, PARTITIONS) {
             let card = v["card_id"].as_str().unwrap().to_string();
             assert_eq!(key.as_deref(), Some(card.as_str()), "the message key is the key field");
             got.insert(
@@ -225,10 +240,8 @@ spec:
     }
     assert_eq!(last.len(), want.len(), "every window the input fires is emitted, no other");
     assert_eq!(last, want, "every window equals the reference");
-    let late: BTreeSet<String> = read_all(&corrections, 1, Duration::from_secs(2))
-        .iter()
-        .map(|(_, v)| v["id"].as_str().unwrap().to_string())
-        .collect();
+    let late: BTreeSet<String> =
+        read_all(&corrections, 1).iter().map(|(_, v)| v["id"].as_str().unwrap().to_string()).collect();
     assert_eq!(late, want_late, "exactly the late events reach the corrections topic");
 
     // SIGTERM: commits and exits 0.

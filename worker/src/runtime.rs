@@ -65,22 +65,6 @@ impl Runtime {
             };
             sources.push(s);
         }
-        let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
-        for s in &plan.sinks {
-            let sink: Box<dyn Sink> = if let Some(k) = &s.spec.kafka {
-                Box::new(KafkaSink::new(&s.name, k)?)
-            } else if let Some(f) = &s.spec.file {
-                let path = match (id.parallelism, plan.resolve(&f.path)) {
-                    (1, p) => p,
-                    // Several workers never write one file: each writes its own.
-                    (_, p) => p.with_extension(format!("{}.jsonl", id.ordinal)),
-                };
-                Box::new(FileSink::create(&s.name, &path)?)
-            } else {
-                bail!("sink {} has no kind", s.name);
-            };
-            sinks.push(sink);
-        }
         let shared = RocksShared::new(cfg.state_memory_bytes, cfg.state_memory_bytes / 4);
         let mut partitions: Vec<u32> = sources.iter().flat_map(|s| s.partitions()).collect();
         partitions.sort_unstable();
@@ -99,6 +83,24 @@ impl Runtime {
                 }
             }
             tasks.insert(p, task);
+        }
+        // A job resuming from restored positions appends to its files.
+        let resumed = tasks.values().any(|t: &Task| (0..plan.sources.len()).any(|i| t.restored_position(i).is_some()));
+        let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+        for s in &plan.sinks {
+            let sink: Box<dyn Sink> = if let Some(k) = &s.spec.kafka {
+                Box::new(KafkaSink::new(&s.name, k)?)
+            } else if let Some(f) = &s.spec.file {
+                let path = match (id.parallelism, plan.resolve(&f.path)) {
+                    (1, p) => p,
+                    // Several workers never write one file: each writes its own.
+                    (_, p) => p.with_extension(format!("{}.jsonl", id.ordinal)),
+                };
+                Box::new(FileSink::create(&s.name, &path, resumed)?)
+            } else {
+                bail!("sink {} has no kind", s.name);
+            };
+            sinks.push(sink);
         }
         let names = plan.sinks.iter().map(|s| s.name.clone()).collect();
         let ended = vec![false; sources.len()];

@@ -57,6 +57,9 @@ struct RunningPod {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+    // Both rustls back ends are linked into the workspace (kube: ring, AWS SDK: aws-lc);
+    // name one, or the first TLS connection panics.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
     let client = Client::try_default().await.context("connecting to the API server (KUBECONFIG)")?;
     register_node(&client, &args.node_name).await?;
@@ -332,13 +335,15 @@ fn expand(s: &str, env: &[(String, String)]) -> String {
     out
 }
 
+/// Signals a container's process group (the container's processes are one group).
+fn signal_group(pid: u32, signal: &str) {
+    let _ = std::process::Command::new("kill").args(["-s", signal, "--", &format!("-{pid}")]).status();
+}
+
 async fn stop_pod(mut rp: RunningPod, grace: Duration) {
     for p in rp.procs.values_mut() {
-        if let Some(child) = p.child.as_mut() {
-            if let Some(pid) = child.id() {
-                // SAFETY-free: signal the process group through the kill command.
-                let _ = std::process::Command::new("kill").args(["-TERM", &format!("-{pid}")]).status();
-            }
+        if let Some(pid) = p.child.as_ref().and_then(Child::id) {
+            signal_group(pid, "TERM");
         }
     }
     let deadline = Instant::now() + grace;
@@ -347,8 +352,9 @@ async fn stop_pod(mut rp: RunningPod, grace: Duration) {
             let left = deadline.saturating_duration_since(Instant::now());
             if tokio::time::timeout(left, child.wait()).await.is_err() {
                 if let Some(pid) = child.id() {
-                    let _ = std::process::Command::new("kill").args(["-KILL", &format!("-{pid}")]).status();
+                    signal_group(pid, "KILL");
                 }
+                let _ = child.start_kill();
                 let _ = child.wait().await;
             }
         }

@@ -16,7 +16,9 @@ pub struct FileSink {
 }
 
 impl FileSink {
-    pub fn create(name: &str, path: &Path) -> Result<FileSink> {
+    /// Opens `path`, appending when the job resumes from restored state (so earlier output
+    /// stays) and truncating on a fresh start (so a re-run does not repeat it).
+    pub fn create(name: &str, path: &Path, append: bool) -> Result<FileSink> {
         let err = |e: std::io::Error| SinkError::Failed {
             sink: name.to_string(),
             message: format!("{}: {e}", path.display()),
@@ -24,7 +26,13 @@ impl FileSink {
         if let Some(dir) = path.parent() {
             create_dir_all(dir).map_err(err)?;
         }
-        let f = File::create(path).map_err(err)?;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(path)
+            .map_err(err)?;
         Ok(FileSink { name: name.to_string(), out: BufWriter::with_capacity(1 << 20, f) })
     }
 
