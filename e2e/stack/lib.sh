@@ -49,10 +49,14 @@ wait_for() {
   done
 }
 
-# is_running NAME: true when the pid file of NAME names a live process.
+# is_running NAME: true when the pid file of NAME names a live process that is still the one
+# started (a stale pid file from a killed session may name an unrelated, reused pid).
 is_running() {
-  local pidfile=$WEIR_RUN/$1.pid
-  [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null
+  local pidfile=$WEIR_RUN/$1.pid pid
+  [[ -f $pidfile ]] || return 1
+  pid=$(cat "$pidfile")
+  kill -0 "$pid" 2>/dev/null || return 1
+  [[ ! -f $WEIR_RUN/$1.cmd ]] || [[ "$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" == "$(cat "$WEIR_RUN/$1.cmd")" ]]
 }
 
 # start_bg NAME LOGFILE CMD...: starts CMD detached, records its pid.
@@ -61,6 +65,7 @@ start_bg() {
   mkdir -p "$(dirname "$logfile")"
   setsid "$@" >"$logfile" 2>&1 </dev/null &
   echo $! >"$WEIR_RUN/$name.pid"
+  printf '%s ' "$@" >"$WEIR_RUN/$name.cmd"
 }
 
 # stop_bg NAME: SIGTERM, then SIGKILL after 20 s.
@@ -73,7 +78,7 @@ stop_bg() {
     for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
     kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
   fi
-  rm -f "$pidfile"
+  rm -f "$pidfile" "$WEIR_RUN/$name.cmd"
 }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
