@@ -68,6 +68,8 @@ pub struct Task {
     late: Vec<Vec<u8>>,
     metrics: Arc<Metrics>,
     partition_label: String,
+    /// When late events without a lateOutput were last logged (bounded-rate warning).
+    late_logged: Option<std::time::Instant>,
 }
 
 const META: &[u8] = &[0, 0];
@@ -111,6 +113,7 @@ impl Task {
             late: Vec::new(),
             metrics,
             partition_label: partition.to_string(),
+            late_logged: None,
         })
     }
 
@@ -255,7 +258,13 @@ impl Task {
         self.metrics.late_records.with_label_values(&[&node.name]).inc_by(self.late.len() as u64);
         match node.late_sink {
             Some(s) => sinks.write_records(s, &self.late)?,
-            None => tracing::debug!(operator = %node.name, "{} late event(s) dropped (no lateOutput)", self.late.len()),
+            None => {
+                if self.late_logged.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(10)) {
+                    self.late_logged = Some(std::time::Instant::now());
+                    tracing::warn!(operator = %node.name, partition = self.partition,
+                        "{} late event(s) not written: the step has no lateOutput (counted in weir_late_records_total)", self.late.len());
+                }
+            }
         }
         self.late.clear();
         Ok(())

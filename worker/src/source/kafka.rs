@@ -161,6 +161,14 @@ impl KafkaSource {
             return;
         }
         self.lag_checked = Some(Instant::now());
+        // Partitions that have returned no record yet: their start is the consumer's position.
+        if let Ok(pos) = self.consumer.position() {
+            for &p in &self.partitions {
+                if let Some(Offset::Offset(o)) = pos.find_partition(&self.spec.topic, p as i32).map(|e| e.offset()) {
+                    self.position.entry(p).or_insert(o);
+                }
+            }
+        }
         for &p in &self.partitions {
             if let Ok((_, hi)) = self.consumer.fetch_watermarks(&self.spec.topic, p as i32, Duration::from_millis(500))
             {
