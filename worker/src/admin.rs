@@ -36,3 +36,31 @@ pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) ->
     })?;
     Ok(bound)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    fn get(addr: SocketAddr, path: &str) -> String {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn health_readiness_and_metrics() {
+        let metrics = Arc::new(Metrics::new("t"));
+        let ready = Arc::new(AtomicBool::new(false));
+        let addr = serve("127.0.0.1:0".parse().unwrap(), metrics.clone(), ready.clone()).unwrap();
+        assert!(get(addr, "/healthz").starts_with("HTTP/1.0 200"));
+        assert!(get(addr, "/readyz").starts_with("HTTP/1.0 503"), "not ready before state is restored");
+        ready.store(true, Ordering::Relaxed);
+        assert!(get(addr, "/readyz").starts_with("HTTP/1.0 200"));
+        metrics.records_in.with_label_values(&["payments", "3"]).inc_by(7);
+        let body = get(addr, "/metrics");
+        assert!(body.contains(r#"weir_records_in_total{partition="3",source="payments",job="t"} 7"#), "{body}");
+    }
+}
