@@ -134,7 +134,7 @@ impl Task {
     }
 
     /// Processes records read from partition `self.partition` of source `src`.
-    pub fn process(&mut self, src: usize, recs: Records, sinks: &mut Sinks) -> Result<(), TaskError> {
+    pub fn process(&mut self, src: usize, mut recs: Records, sinks: &mut Sinks) -> Result<(), TaskError> {
         let plan = self.plan.clone();
         let sp = &plan.sources[src];
         self.metrics.records_in.with_label_values(&[&sp.name, &self.partition_label]).inc_by(recs.len() as u64);
@@ -178,8 +178,10 @@ impl Task {
         }
         self.sources[src].max_ts = max_ts;
         let raw = if kept.len() == recs.len() {
+            // The records' buffer becomes the raw column as it is, without a copy.
             let offsets: Vec<i32> = std::iter::once(0).chain(recs.ends.iter().map(|&e| e as i32)).collect();
-            BinaryArray::new(OffsetBuffer::new(ScalarBuffer::from(offsets)), Buffer::from_vec(recs.data.clone()), None)
+            let data = std::mem::take(&mut recs.data);
+            BinaryArray::new(OffsetBuffer::new(ScalarBuffer::from(offsets)), Buffer::from_vec(data), None)
         } else {
             BinaryArray::from_iter_values(kept.iter().map(|&i| recs.payload(i as usize)))
         };
