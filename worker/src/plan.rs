@@ -41,7 +41,7 @@ pub struct WindowPlan {
     pub kind: WindowKind,
     pub allowed_lateness: i64,
     pub keys: Vec<(usize, String, DataType)>,
-    pub aggs: Vec<(String, weir_crds::AggregateFn, Option<CompiledExpr>)>,
+    pub aggs: Vec<AggSpec>,
 }
 
 /// A compiled step.
@@ -137,7 +137,7 @@ impl JobPlan {
                 errs.push(format!("{path}.from"), format!("`{}` is not a source or a step", s.from));
                 continue;
             };
-            nodes.push(plan_node(&compiler, name, &path, s, input, root, &sink_index, m, &mut errs));
+            nodes.push(plan_node(&compiler, name, &path, s, input, root, &sink_index, &mut errs));
         }
         // Wire every step and sink to what it reads.
         for (i, name) in order.iter().enumerate() {
@@ -222,11 +222,7 @@ impl JobPlan {
                 kind: w.kind,
                 allowed_lateness: w.allowed_lateness,
                 keys: w.keys.clone(),
-                aggs: w
-                    .aggs
-                    .iter()
-                    .map(|(name, func, arg)| AggSpec { name: name.clone(), func: *func, arg: arg.clone() })
-                    .collect(),
+                aggs: w.aggs.clone(),
                 max_cached_keys: self.max_cached_keys,
             })));
         }
@@ -243,7 +239,6 @@ fn plan_node(
     input: SchemaRef,
     root: usize,
     sink_index: &BTreeMap<&str, usize>,
-    m: &Manifest,
     errs: &mut ValidationErrors,
 ) -> NodePlan {
     let filter = s.filter.as_ref().and_then(|w| match compiler.compile(w, &input) {
@@ -327,7 +322,7 @@ fn plan_node(
                         }
                     },
                 };
-                Some((out.clone(), call.func, arg))
+                Some(AggSpec { name: out.clone(), func: call.func, arg })
             })
             .collect();
         key_cols = (0..keys.len()).collect();
@@ -339,19 +334,9 @@ fn plan_node(
         })
     });
     let out_schema = match &window {
-        Some(w) => WindowOp::new(WindowConfig {
-            name: name.to_string(),
-            state_prefix: vec![],
-            kind: w.kind,
-            allowed_lateness: w.allowed_lateness,
-            keys: w.keys.clone(),
-            aggs: w.aggs.iter().map(|(n, f, a)| AggSpec { name: n.clone(), func: *f, arg: a.clone() }).collect(),
-            max_cached_keys: 1,
-        })
-        .schema(),
+        Some(w) => WindowOp::output_schema(&w.keys, &w.aggs),
         None => schema,
     };
-    let _ = m;
     NodePlan {
         name: name.to_string(),
         root_source: root,

@@ -30,6 +30,7 @@ use crate::state::{StateError, StateTx};
 use crate::value::{Col, ColumnBuilder, Value};
 
 /// One aggregate output of a window step.
+#[derive(Clone)]
 pub struct AggSpec {
     pub name: String,
     pub func: AggregateFn,
@@ -82,27 +83,27 @@ pub struct WindowOp {
 type Emitted = (Vec<u8>, i64, i64, Vec<Value>);
 
 impl WindowOp {
-    pub fn new(cfg: WindowConfig) -> WindowOp {
-        let mut fields: Vec<Field> = cfg.keys.iter().map(|(_, n, t)| Field::new(n, t.clone(), true)).collect();
+    /// The schema of the results: key fields, `window_start`, `window_end`, aggregates.
+    pub fn output_schema(keys: &[(usize, String, DataType)], aggs: &[AggSpec]) -> SchemaRef {
+        let mut fields: Vec<Field> = keys.iter().map(|(_, n, t)| Field::new(n, t.clone(), true)).collect();
         fields.push(Field::new("window_start", DataType::Int64, false));
         fields.push(Field::new("window_end", DataType::Int64, false));
-        for a in &cfg.aggs {
+        for a in aggs {
             let arg_t = a.arg.as_ref().map(|e| &e.data_type);
             fields.push(Field::new(&a.name, Acc::output_type(a.func, arg_t), true));
         }
+        Arc::new(Schema::new(fields))
+    }
+
+    pub fn new(cfg: WindowConfig) -> WindowOp {
         WindowOp {
-            out_schema: Arc::new(Schema::new(fields)),
+            out_schema: Self::output_schema(&cfg.keys, &cfg.aggs),
             cfg,
             cache: FxHashMap::default(),
             refire: FxHashSet::default(),
             next_timer: None,
             key_buf: Vec::with_capacity(64),
         }
-    }
-
-    /// The schema of the results.
-    pub fn schema(&self) -> SchemaRef {
-        self.out_schema.clone()
     }
 
     fn state_err(&self, source: StateError) -> OpError {
