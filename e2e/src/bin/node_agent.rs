@@ -161,7 +161,7 @@ async fn register_node(client: &Client, name: &str) -> anyhow::Result<()> {
 }
 
 async fn heartbeat(client: &Client, name: &str) -> anyhow::Result<()> {
-    let now = chrono_now();
+    let now = now_rfc3339();
     let nodes: Api<Node> = Api::all(client.clone());
     let status = json!({"status": {
         "capacity": {"cpu": "16", "memory": "64Gi", "pods": "110"},
@@ -189,7 +189,7 @@ async fn heartbeat(client: &Client, name: &str) -> anyhow::Result<()> {
     }
 }
 
-fn chrono_now() -> String {
+fn now_rfc3339() -> String {
     k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
