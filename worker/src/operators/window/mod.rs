@@ -189,13 +189,15 @@ impl WindowOp {
     /// Reads the earliest stored timer once, before the cache holds anything unwritten.
     fn init_next_timer(&mut self, tx: &StateTx) -> Result<(), OpError> {
         if self.next_timer.is_none() {
-            self.next_timer = Some(self.first_timer(tx)?.unwrap_or(i64::MAX));
+            self.next_timer = Some(self.first_timer(tx, i64::MIN)?.unwrap_or(i64::MAX));
         }
         Ok(())
     }
 
-    fn first_timer(&self, tx: &StateTx) -> Result<Option<i64>, OpError> {
-        let lo = self.timer_key(i64::MIN, &[], i64::MIN);
+    /// The earliest timer at or after `from`. Scans start as late as possible: deleted timers
+    /// below stay behind as RocksDB tombstones, and seeking over them is what costs.
+    fn first_timer(&self, tx: &StateTx, from: i64) -> Result<Option<i64>, OpError> {
+        let lo = self.timer_key(from, &[], i64::MIN);
         let mut hi = self.cfg.state_prefix.clone();
         hi.push(b't' + 1);
         let first = tx.scan(&lo, &hi, 1).map_err(|e| self.state_err(e))?;
@@ -411,7 +413,8 @@ impl Operator for WindowOp {
         self.init_next_timer(ctx.state)?;
         if self.next_timer.is_some_and(|t| t <= wm) {
             self.write_back(ctx.state);
-            let lo = self.timer_key(i64::MIN, &[], i64::MIN);
+            // No timer lies below `next_timer` (it is the minimum), so the scan starts there.
+            let lo = self.timer_key(self.next_timer.unwrap_or(i64::MIN), &[], i64::MIN);
             let hi = self.timer_key(wm.saturating_add(1), &[], i64::MIN);
             loop {
                 let due = ctx.state.scan(&lo, &hi, 4096).map_err(|e| self.state_err(e))?;
@@ -447,7 +450,8 @@ impl Operator for WindowOp {
                 }
                 self.write_back(ctx.state);
             }
-            self.next_timer = Some(self.first_timer(ctx.state)?.unwrap_or(i64::MAX));
+            // Every timer up to `wm` was handled above.
+            self.next_timer = Some(self.first_timer(ctx.state, wm.saturating_add(1))?.unwrap_or(i64::MAX));
         }
         if self.cache.len() > self.cfg.max_cached_keys {
             self.write_back(ctx.state);
