@@ -156,18 +156,27 @@ impl KafkaSource {
         }
     }
 
+    /// The consumer's fetch position of each partition that has one (it steps over
+    /// transaction markers, which are never returned as records).
+    fn fetch_positions(&self) -> BTreeMap<u32, i64> {
+        let Ok(pos) = self.consumer.position() else { return BTreeMap::new() };
+        self.partitions
+            .iter()
+            .filter_map(|&p| match pos.find_partition(&self.spec.topic, p as i32)?.offset() {
+                Offset::Offset(o) => Some((p, o)),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn refresh_high_watermarks(&mut self) {
         if self.lag_checked.is_some_and(|t| t.elapsed() < Duration::from_secs(5)) {
             return;
         }
         self.lag_checked = Some(Instant::now());
         // Partitions that have returned no record yet: their start is the consumer's position.
-        if let Ok(pos) = self.consumer.position() {
-            for &p in &self.partitions {
-                if let Some(Offset::Offset(o)) = pos.find_partition(&self.spec.topic, p as i32).map(|e| e.offset()) {
-                    self.position.entry(p).or_insert(o);
-                }
-            }
+        for (p, o) in self.fetch_positions() {
+            self.position.entry(p).or_insert(o);
         }
         for &p in &self.partitions {
             if let Ok((_, hi)) = self.consumer.fetch_watermarks(&self.spec.topic, p as i32, Duration::from_millis(500))
@@ -217,12 +226,9 @@ impl Source for KafkaSource {
         let Some(stop) = self.stop_at.as_ref() else { return false };
         // Transaction markers occupy offsets but are never returned as records, so the
         // consumer's own fetch position (which steps over them) decides.
-        let Ok(pos) = self.consumer.position() else { return false };
+        let fetched = self.fetch_positions();
         stop.iter().all(|(p, end)| {
-            let here = match pos.find_partition(&self.spec.topic, *p as i32).map(|e| e.offset()) {
-                Some(Offset::Offset(o)) => o,
-                _ => self.position.get(p).copied().unwrap_or(0),
-            };
+            let here = fetched.get(p).or_else(|| self.position.get(p)).copied().unwrap_or(0);
             here >= *end
         })
     }
