@@ -3,7 +3,9 @@
 # file and from Kafka, for stateless filter+projection, tumbling, sliding and session windows,
 # and state larger than the in-memory cache. Start-up is excluded: the worker reports the time
 # from its first record read to everything processed and committed.
-# Env: BENCH_EVENTS (default 1000000), BENCH_KAFKA=0 to skip the Kafka runs.
+# Env: BENCH_EVENTS (default 1000000), BENCH_KAFKA=0 to skip the Kafka runs, BENCH_QUERIES to
+# run only some queries (e.g. "tumbling_1m session_2m"), BENCH_PERF=1 to record a perf profile
+# of each run (perf.data files next to the data set).
 set -euo pipefail
 source "$(dirname "$0")/../e2e/stack/lib.sh"
 EVENTS=${BENCH_EVENTS:-1000000}
@@ -71,7 +73,9 @@ $(query "$q")
       out: {from: q, file: {path: $WORK/out-$q.jsonl}}
 YAML
   local stats
-  stats=$( { /usr/bin/time -f 'RSS_KB=%M CPU_S=%U+%S' "$WORKER" run -f "$WORK/$q.yaml" --state-dir "$WORK/state-$q-$label" "$@" >/dev/null; } 2>&1 )
+  local perf=()
+  [[ ${BENCH_PERF:-0} == 1 ]] && perf=(perf record -g -o "$BENCH/perf-$label-$q.data" --)
+  stats=$( { /usr/bin/time -f 'RSS_KB=%M CPU_S=%U+%S' "${perf[@]}" "$WORKER" run -f "$WORK/$q.yaml" --state-dir "$WORK/state-$q-$label" "$@" >/dev/null; } 2>&1 )
   rm -rf "$WORK/state-$q-$label"
   local line rate secs rss cpu
   line=$(grep -o 'processed [0-9]* records in [0-9.]* s ([0-9]* records/s)' <<<"$stats" || true)
@@ -82,11 +86,13 @@ YAML
 }
 
 echo "== weir-worker, 1 task, $EVENTS events of $(($(stat -c %s "$DATA") / EVENTS)) bytes, $(nproc) cores"
-for q in filter_project tumbling_1m sliding_5m_1m session_2m; do
+QUERIES=${BENCH_QUERIES:-filter_project tumbling_1m sliding_5m_1m session_2m}
+for q in $QUERIES; do
   run_one file "file: {path: $DATA}" "$q"
 done
 # State larger than the cache: 100,000 cards, only 1,000 kept decoded, an 8 MiB block cache.
-run_one file-smallcache "file: {path: $DATA}" sliding_5m_1m --max-cached-keys 1000 --state-memory-mib 8
+[[ " $QUERIES " == *" sliding_5m_1m "* ]] &&
+  run_one file-smallcache "file: {path: $DATA}" sliding_5m_1m --max-cached-keys 1000 --state-memory-mib 8
 
 if [[ ${BENCH_KAFKA:-1} != 0 ]]; then
   port_open "$KAFKA_PORT" || die "Kafka is not running; make stack-up (or BENCH_KAFKA=0)"
@@ -103,7 +109,7 @@ spec:
 YAML
     "$WORKER" run -f "$WORK/load.yaml" 2>/dev/null
   fi
-  for q in filter_project tumbling_1m sliding_5m_1m session_2m; do
+  for q in $QUERIES; do
     run_one kafka "kafka: {brokers: \"127.0.0.1:$KAFKA_PORT\", topic: $TOPIC, startFrom: earliest, bounded: true, group: bench-$q-$RANDOM}" "$q"
   done
 fi

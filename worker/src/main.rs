@@ -14,6 +14,12 @@ use weir_worker::metrics::Metrics;
 use weir_worker::plan::JobPlan;
 use weir_worker::runtime::{Runtime, RuntimeConfig, WorkerIdentity};
 
+// Batches allocate and free megabytes at a time; jemalloc keeps freed pages for reuse (for
+// seconds, then returns them) instead of handing them back to the kernel and faulting fresh
+// zeroed pages in on the next batch, as glibc's malloc does with large blocks.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(name = "weir-worker", version, about = "The Weir stream worker")]
 struct Cli {

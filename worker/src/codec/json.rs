@@ -2,12 +2,13 @@
 //! to JSON objects. A record that does not decode is isolated and reported, never fatal.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch};
 use datafusion::arrow::compute::{cast, concat_batches};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use datafusion::arrow::json::{reader::ReaderBuilder, writer::LineDelimitedWriter, WriterBuilder};
+use datafusion::arrow::json::reader::{Decoder, ReaderBuilder};
+use datafusion::arrow::json::{writer::LineDelimitedWriter, WriterBuilder};
 use weir_crds::FieldType;
 
 use crate::source::Records;
@@ -22,10 +23,15 @@ pub fn engine_type(t: FieldType) -> DataType {
     }
 }
 
+/// Rows a pooled decoder holds; larger polls are decoded in several passes.
+const POOLED_BATCH: usize = 16_384;
+
 /// Decodes JSON records of one source.
 pub struct JsonDecoder {
     decode_schema: SchemaRef,
     schema: SchemaRef,
+    /// Decoders keep their buffers between batches; one per concurrent caller.
+    pool: Mutex<Vec<Decoder>>,
 }
 
 /// The rows that decoded, which record each came from, and the records that did not.
@@ -50,7 +56,11 @@ impl JsonDecoder {
             })
             .collect();
         let engine: Vec<Field> = fields.iter().map(|(n, t)| Field::new(n, engine_type(*t), true)).collect();
-        JsonDecoder { decode_schema: Arc::new(Schema::new(decode)), schema: Arc::new(Schema::new(engine)) }
+        JsonDecoder {
+            decode_schema: Arc::new(Schema::new(decode)),
+            schema: Arc::new(Schema::new(engine)),
+            pool: Mutex::new(Vec::new()),
+        }
     }
 
     /// The schema of decoded batches.
@@ -61,10 +71,8 @@ impl JsonDecoder {
     /// Decodes all records; on any failure, isolates the bad records one by one.
     pub fn decode(&self, recs: &Records) -> Decoded {
         let n = recs.len();
-        if let Ok(rows) = self.decode_slice(&recs.data, n) {
-            if rows.num_rows() == n {
-                return Decoded { rows, kept: None, errors: Vec::new() };
-            }
+        if let Some(rows) = self.decode_all(&recs.data, n) {
+            return Decoded { rows, kept: None, errors: Vec::new() };
         }
         let mut good = Vec::with_capacity(n);
         let mut kept = Vec::with_capacity(n);
@@ -81,6 +89,39 @@ impl JsonDecoder {
         }
         let rows = concat_batches(&self.schema, &good).unwrap_or_else(|_| RecordBatch::new_empty(self.schema.clone()));
         Decoded { rows, kept: Some(kept), errors }
+    }
+
+    /// Decodes `n` records back to back with a pooled decoder; `None` when any is bad.
+    fn decode_all(&self, data: &[u8], n: usize) -> Option<RecordBatch> {
+        let pooled = self.pool.lock().expect("decoder pool").pop();
+        let mut dec = match pooled {
+            Some(d) => d,
+            None => {
+                ReaderBuilder::new(self.decode_schema.clone()).with_batch_size(POOLED_BATCH).build_decoder().ok()?
+            }
+        };
+        let mut parts = Vec::with_capacity(1 + n / POOLED_BATCH);
+        let mut off = 0;
+        while off < data.len() {
+            // A decoding error leaves the decoder in an unknown state: it is dropped.
+            let used = dec.decode(&data[off..]).ok()?;
+            off += used;
+            if used == 0 || dec.len() == POOLED_BATCH {
+                parts.push(dec.flush().ok()??);
+            }
+        }
+        if let Some(last) = dec.flush().ok()? {
+            parts.push(last);
+        }
+        self.pool.lock().expect("decoder pool").push(dec);
+        let rows = match parts.len() {
+            1 => parts.pop()?,
+            _ => concat_batches(&self.decode_schema, &parts).ok()?,
+        };
+        if rows.num_rows() != n {
+            return None;
+        }
+        self.to_engine(rows).ok()
     }
 
     fn decode_slice(&self, data: &[u8], expect: usize) -> Result<RecordBatch, String> {
@@ -178,6 +219,22 @@ mod tests {
         assert_eq!(bad, vec![1, 2, 3]);
         let ids = out.rows.column_by_name("card_id").unwrap().as_any().downcast_ref::<StringArray>().unwrap().clone();
         assert_eq!(ids.iter().flatten().collect::<Vec<_>>(), vec!["c1", "c5"]);
+    }
+
+    #[test]
+    fn large_batches_and_reuse_after_a_bad_batch_decode_every_record() {
+        let d = JsonDecoder::new(&fields());
+        let n = POOLED_BATCH * 2 + 17;
+        let lines: Vec<String> = (0..n).map(|i| format!(r#"{{"card_id":"c{i}","amount":{i},"ts":{i}}}"#)).collect();
+        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+        for _ in 0..2 {
+            let out = d.decode(&records(&refs));
+            assert!(out.kept.is_none() && out.errors.is_empty());
+            let ts = out.rows.column_by_name("ts").unwrap().as_any().downcast_ref::<Int64Array>().unwrap().clone();
+            assert!(ts.values().iter().copied().eq(0..n as i64));
+            let bad = d.decode(&records(&[r#"{"card_id":"x","ts":1}"#, r#"{"card_id":"#]));
+            assert_eq!(bad.kept, Some(vec![0]));
+        }
     }
 
     #[test]

@@ -18,6 +18,16 @@ pub struct Records {
 }
 
 impl Records {
+    /// Room for `records` records of `bytes` bytes in all.
+    pub fn with_capacity(records: usize, bytes: usize) -> Records {
+        Records {
+            data: Vec::with_capacity(bytes),
+            ends: Vec::with_capacity(records),
+            positions: Vec::with_capacity(records),
+            timestamps: Vec::with_capacity(records),
+        }
+    }
+
     pub fn push(&mut self, payload: &[u8], position: i64, timestamp: i64) {
         self.data.extend_from_slice(payload);
         self.ends.push(self.data.len());
