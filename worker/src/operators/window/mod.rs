@@ -1,16 +1,25 @@
 //! Keyed event-time windows (tumbling, sliding, session) with allowed lateness, on task state.
 //!
 //! State per key: one entry `prefix|k|key` holding the key's open windows and their
-//! accumulators, cached decoded in memory for hot keys; one timer `prefix|t|time|key|start` per
-//! window, ordered by the watermark at which something happens to it (fire at `end - 1`,
-//! cleanup at `end - 1 + allowedLateness`). Lateness is judged per row against the watermark of
-//! the records before it; windows fire when the task's watermark passes their end after a
-//! batch. A window that is already past its lateness is never updated or merged into, so
-//! results do not depend on where batches are cut.
+//! accumulators. Keys are kept decoded in memory; the cache is also the epoch's overlay: a
+//! changed key is written to the task's state once per commit, and only clean entries are
+//! dropped (at a commit, when there are more than `max_cached_keys`), so a key missing from
+//! memory is read from state at most once per commit interval, and windows that open and close
+//! between two commits never touch RocksDB.
+//!
+//! Timers live in memory: an index of every window by the watermark at which something happens
+//! to it (fire at `end - 1`, cleanup at `end - 1 + allowedLateness`), rebuilt from the stored
+//! entries when the operator opens, so firing never scans state (as Flink's heap timer
+//! service; it costs ~40 bytes plus the key per open window).
+//!
+//! Lateness is judged per row against the watermark of the records before it; windows fire
+//! when the task's watermark passes their end after a batch. A window that is already past its
+//! lateness is never updated or merged into, so results do not depend on where batches are cut.
 
 pub mod acc;
 mod assign;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, Int64Array};
@@ -64,23 +73,34 @@ struct Win {
 #[derive(Default)]
 struct KeyEntry {
     wins: Vec<Win>,
+    /// Changed since the last commit (listed in `WindowOp::dirty`).
     dirty: bool,
-    /// Timers as last written to state: (time, window start).
-    stored_timers: Vec<(i64, i64)>,
+    /// Has an entry in state.
+    stored: bool,
 }
 
 /// The window operator.
 pub struct WindowOp {
     cfg: WindowConfig,
     out_schema: SchemaRef,
-    cache: FxHashMap<Vec<u8>, KeyEntry>,
-    refire: FxHashSet<Vec<u8>>,
-    /// Earliest timer in state or cache; `None` until read from state.
-    next_timer: Option<i64>,
+    /// Keys' windows, decoded. Every change since the last commit lives here (the cache is the
+    /// epoch's overlay); clean entries are dropped at a commit when there are too many.
+    cache: FxHashMap<Key, KeyEntry>,
+    /// Keys changed since the last commit.
+    dirty: Vec<Key>,
+    /// Whether some key has stored windows that are not in the cache (a miss must read state).
+    uncached_in_state: bool,
+    /// Every window's next timer: time -> (key, window start). Built from state at first use,
+    /// then kept in step with the windows, so firing never scans state.
+    timers: BTreeMap<i64, Vec<(Key, i64)>>,
+    timers_loaded: bool,
+    refire: FxHashSet<Key>,
     key_buf: Vec<u8>,
 }
 
-type Emitted = (Vec<u8>, i64, i64, Vec<Value>);
+type Key = Arc<[u8]>;
+
+type Emitted = (Key, i64, i64, Vec<Value>);
 
 impl WindowOp {
     /// The schema of the results: key fields, `window_start`, `window_end`, aggregates.
@@ -100,14 +120,21 @@ impl WindowOp {
             out_schema: Self::output_schema(&cfg.keys, &cfg.aggs),
             cfg,
             cache: FxHashMap::default(),
+            dirty: Vec::new(),
+            uncached_in_state: false,
+            timers: BTreeMap::new(),
+            timers_loaded: false,
             refire: FxHashSet::default(),
-            next_timer: None,
             key_buf: Vec::with_capacity(64),
         }
     }
 
     fn state_err(&self, source: StateError) -> OpError {
         OpError::State { operator: self.cfg.name.clone(), source }
+    }
+
+    fn corrupt(&self, what: &str) -> OpError {
+        self.state_err(StateError::Corrupt(format!("{what} of {}", self.cfg.name)))
     }
 
     fn entry_key(&self, key: &[u8]) -> Vec<u8> {
@@ -118,97 +145,105 @@ impl WindowOp {
         k
     }
 
-    fn timer_key(&self, time: i64, key: &[u8], start: i64) -> Vec<u8> {
-        let mut k = Vec::with_capacity(self.cfg.state_prefix.len() + 17 + key.len());
-        k.extend_from_slice(&self.cfg.state_prefix);
-        k.push(b't');
-        k.extend_from_slice(&ordered(time));
-        k.extend_from_slice(key);
-        k.extend_from_slice(&ordered(start));
-        k
-    }
-
-    fn timer_time(&self, w: &Win) -> i64 {
+    /// When something next happens to `w`: it fires at `end - 1`, is dropped at
+    /// `end - 1 + allowedLateness`.
+    fn due(lateness: i64, w: &Win) -> i64 {
         if w.fired {
-            (w.end - 1).saturating_add(self.cfg.allowed_lateness)
+            (w.end - 1).saturating_add(lateness)
         } else {
             w.end - 1
         }
     }
 
-    /// Loads the key's entry into the cache if needed.
-    fn load(&mut self, key: &[u8], tx: &StateTx) -> Result<(), OpError> {
-        if self.cache.contains_key(key) {
+    /// Builds the timer index from the stored windows, once; keeps the first keys decoded.
+    fn load_timers(&mut self, tx: &StateTx) -> Result<(), OpError> {
+        if self.timers_loaded {
             return Ok(());
         }
-        let entry = match tx.get(&self.entry_key(key)).map_err(|e| self.state_err(e))? {
-            None => KeyEntry::default(),
-            Some(bytes) => {
-                let wins = decode_wins(&bytes, self.cfg.aggs.len())
-                    .ok_or_else(|| self.state_err(StateError::Corrupt(format!("window entry of {}", self.cfg.name))))?;
-                let stored_timers = wins.iter().map(|w| (self.timer_time(w), w.start)).collect();
-                KeyEntry { wins, dirty: false, stored_timers }
-            }
-        };
-        self.cache.insert(key.to_vec(), entry);
-        Ok(())
-    }
-
-    /// Writes every dirty cached entry and its timer changes into the transaction.
-    fn write_back(&mut self, tx: &mut StateTx) {
-        let keys: Vec<Vec<u8>> = self.cache.iter().filter(|(_, e)| e.dirty).map(|(k, _)| k.clone()).collect();
-        for key in keys {
-            let (wins_bytes, desired) = {
-                let e = &self.cache[&key];
-                let desired: Vec<(i64, i64)> = e.wins.iter().map(|w| (self.timer_time(w), w.start)).collect();
-                ((!e.wins.is_empty()).then(|| encode_wins(&e.wins)), desired)
-            };
-            let stored = std::mem::take(&mut self.cache.get_mut(&key).expect("listed above").stored_timers);
-            for &(t, s) in stored.iter().filter(|t| !desired.contains(t)) {
-                tx.delete(self.timer_key(t, &key, s));
-            }
-            for &(t, s) in desired.iter().filter(|t| !stored.contains(t)) {
-                tx.put(self.timer_key(t, &key, s), Vec::new());
-            }
-            match wins_bytes {
-                Some(b) => tx.put(self.entry_key(&key), b),
-                None => tx.delete(self.entry_key(&key)),
-            }
-            let e = self.cache.get_mut(&key).expect("listed above");
-            e.stored_timers = desired;
-            e.dirty = false;
-        }
-    }
-
-    fn note_timer(&mut self, t: i64) {
-        if let Some(n) = self.next_timer.as_mut() {
-            *n = (*n).min(t);
-        }
-    }
-
-    /// Reads the earliest stored timer once, before the cache holds anything unwritten.
-    fn init_next_timer(&mut self, tx: &StateTx) -> Result<(), OpError> {
-        if self.next_timer.is_none() {
-            self.next_timer = Some(self.first_timer(tx, i64::MIN)?.unwrap_or(i64::MAX));
-        }
-        Ok(())
-    }
-
-    /// The earliest timer at or after `from`. Scans start as late as possible: deleted timers
-    /// below stay behind as RocksDB tombstones, and seeking over them is what costs.
-    fn first_timer(&self, tx: &StateTx, from: i64) -> Result<Option<i64>, OpError> {
-        let lo = self.timer_key(from, &[], i64::MIN);
+        self.timers_loaded = true;
+        let lo = self.entry_key(&[]);
         let mut hi = self.cfg.state_prefix.clone();
-        hi.push(b't' + 1);
-        let first = tx.scan(&lo, &hi, 1).map_err(|e| self.state_err(e))?;
-        Ok(first.first().map(|(k, _)| self.parse_timer(k).0))
+        hi.push(b'k' + 1);
+        let mut from = lo.clone();
+        loop {
+            let page = tx.scan(&from, &hi, 4096).map_err(|e| self.state_err(e))?;
+            let Some((last, _)) = page.last() else { break };
+            from = last.clone();
+            from.push(0);
+            for (k, v) in page {
+                let key: Key = Arc::from(&k[lo.len()..]);
+                let wins = decode_wins(&v, self.cfg.aggs.len()).ok_or_else(|| self.corrupt("a window entry"))?;
+                for w in &wins {
+                    self.timers.entry(Self::due(self.cfg.allowed_lateness, w)).or_default().push((key.clone(), w.start));
+                }
+                if self.cache.len() < self.cfg.max_cached_keys {
+                    self.cache.insert(key, KeyEntry { wins, dirty: false, stored: true });
+                } else {
+                    self.uncached_in_state = true;
+                }
+            }
+        }
+        Ok(())
     }
 
-    fn parse_timer<'k>(&self, k: &'k [u8]) -> (i64, &'k [u8], i64) {
-        let p = self.cfg.state_prefix.len() + 1;
-        let time = unordered(&k[p..p + 8]);
-        let start = unordered(&k[k.len() - 8..]);
-        (time, &k[p + 8..k.len() - 8], start)
+    /// The key's entry, read from state on a miss; `None` when the key has no windows.
+    fn load(&mut self, key: &[u8], tx: &StateTx) -> Result<Option<Key>, OpError> {
+        if let Some((k, _)) = self.cache.get_key_value(key) {
+            return Ok(Some(k.clone()));
+        }
+        if !self.uncached_in_state {
+            return Ok(None);
+        }
+        match tx.get(&self.entry_key(key)).map_err(|e| self.state_err(e))? {
+            None => Ok(None),
+            Some(bytes) => {
+                let wins = decode_wins(&bytes, self.cfg.aggs.len()).ok_or_else(|| self.corrupt("a window entry"))?;
+                let k: Key = Arc::from(key);
+                self.cache.insert(k.clone(), KeyEntry { wins, dirty: false, stored: true });
+                Ok(Some(k))
+            }
+        }
+    }
+
+    /// The key's entry, created empty if it has no windows.
+    fn load_or_create(&mut self, key: &[u8], tx: &StateTx) -> Result<Key, OpError> {
+        if let Some(k) = self.load(key, tx)? {
+            return Ok(k);
+        }
+        let k: Key = Arc::from(key);
+        // Dirty from the start, so the write-back drops it if it stays empty.
+        self.cache.insert(k.clone(), KeyEntry { wins: Vec::new(), dirty: true, stored: false });
+        self.dirty.push(k.clone());
+        Ok(k)
+    }
+
+    fn mark_dirty(dirty: &mut Vec<Key>, key: &Key, e: &mut KeyEntry) {
+        if !e.dirty {
+            e.dirty = true;
+            dirty.push(key.clone());
+        }
+    }
+
+    /// Writes changed entries into the transaction; drops clean entries beyond the cache size.
+    fn write_back(&mut self, tx: &mut StateTx) {
+        for key in std::mem::take(&mut self.dirty) {
+            let Some(e) = self.cache.get_mut(&key) else { continue };
+            e.dirty = false;
+            if e.wins.is_empty() {
+                if e.stored {
+                    tx.delete(self.entry_key(&key));
+                }
+                self.cache.remove(&key);
+            } else {
+                let bytes = encode_wins(&e.wins);
+                e.stored = true;
+                tx.put(self.entry_key(&key), bytes);
+            }
+        }
+        if self.cache.len() > self.cfg.max_cached_keys {
+            self.uncached_in_state |= self.cache.values().any(|e| e.stored);
+            self.cache.clear();
+        }
     }
 
     fn build_output(&self, rows: Vec<Emitted>, wm: i64) -> Result<Option<Batch>, OpError> {
@@ -258,7 +293,7 @@ impl WindowOp {
 
 impl Operator for WindowOp {
     fn on_batch(&mut self, batch: Batch, ctx: &mut OpCtx) -> Result<Option<Batch>, OpError> {
-        self.init_next_timer(ctx.state)?;
+        self.load_timers(ctx.state)?;
         let name = self.cfg.name.clone();
         let key_arrays: Vec<ArrayRef> = self.cfg.keys.iter().map(|(i, _, _)| batch.rows.column(*i).clone()).collect();
         let arg_arrays: Vec<Option<ArrayRef>> = self
@@ -292,10 +327,25 @@ impl Operator for WindowOp {
             for c in &key_cols {
                 c.encode_key(row, &mut key);
             }
-            let updated = match self.cfg.kind {
+            let kind = self.cfg.kind;
+            if let WindowKind::Session { .. } = kind {
+            } else {
+                starts.clear();
+                kind.assign(ts, &mut starts);
+                starts.retain(|s| !expired(s.saturating_add(kind.size())));
+                if starts.is_empty() {
+                    ctx.late.push(
+                        Self::late_record(&batch, row)
+                            .map_err(|source| OpError::Arrow { operator: name.clone(), source })?,
+                    );
+                    continue;
+                }
+            }
+            let k = self.load_or_create(&key, ctx.state)?;
+            let WindowOp { cfg, cache, dirty, timers, refire, .. } = self;
+            let entry = cache.get_mut(&k).expect("loaded");
+            let updated = match kind {
                 WindowKind::Session { gap } => {
-                    self.load(&key, ctx.state)?;
-                    let entry = self.cache.get_mut(key.as_slice()).expect("loaded");
                     // Windows past their lateness are final: never merged into.
                     let touches = |w: &Win| w.start < ts.saturating_add(gap) && ts < w.end && !expired(w.end);
                     let (mut start, mut end) = (ts, ts.saturating_add(gap));
@@ -304,13 +354,14 @@ impl Operator for WindowOp {
                         end = end.max(w.end);
                     }
                     if expired(end) {
-                        None
+                        false
                     } else {
                         let mut merged: Option<Win> = None;
                         let mut i = 0;
                         while i < entry.wins.len() {
                             if touches(&entry.wins[i]) {
                                 let w = entry.wins.swap_remove(i);
+                                remove_timer(timers, Self::due(lateness, &w), &k, w.start);
                                 match merged.as_mut() {
                                     None => merged = Some(w),
                                     Some(m) => {
@@ -324,13 +375,12 @@ impl Operator for WindowOp {
                                 i += 1;
                             }
                         }
-                        let aggs = &self.cfg.aggs;
                         let mut w = merged.unwrap_or_else(|| Win {
                             start,
                             end,
                             fired: false,
                             refire: false,
-                            accs: new_accs(aggs),
+                            accs: new_accs(&cfg.aggs),
                         });
                         w.start = start;
                         w.end = end;
@@ -338,62 +388,49 @@ impl Operator for WindowOp {
                             acc.update(col.as_ref(), row, ts);
                         }
                         w.refire |= w.fired;
-                        let refire = w.fired;
-                        let timer = if w.fired { (end - 1).saturating_add(lateness) } else { end - 1 };
+                        if w.fired {
+                            refire.insert(k.clone());
+                        }
+                        timers.entry(Self::due(lateness, &w)).or_default().push((k.clone(), start));
                         entry.wins.push(w);
-                        entry.dirty = true;
-                        Some((refire, timer))
+                        true
                     }
                 }
                 kind => {
-                    starts.clear();
-                    kind.assign(ts, &mut starts);
                     let size = kind.size();
-                    starts.retain(|s| !expired(s.saturating_add(size)));
-                    if starts.is_empty() {
-                        None
-                    } else {
-                        self.load(&key, ctx.state)?;
-                        let aggs = &self.cfg.aggs;
-                        let entry = self.cache.get_mut(key.as_slice()).expect("loaded");
-                        let (mut refire, mut timer) = (false, i64::MAX);
-                        for &start in &starts {
-                            let w = match entry.wins.iter_mut().position(|w| w.start == start) {
-                                Some(i) => &mut entry.wins[i],
-                                None => {
-                                    entry.wins.push(Win {
-                                        start,
-                                        end: start.saturating_add(size),
-                                        fired: false,
-                                        refire: false,
-                                        accs: new_accs(aggs),
-                                    });
-                                    entry.wins.last_mut().expect("pushed")
-                                }
-                            };
-                            for (acc, col) in w.accs.iter_mut().zip(&arg_cols) {
-                                acc.update(col.as_ref(), row, ts);
+                    for &start in &starts {
+                        let w = match entry.wins.iter_mut().position(|w| w.start == start) {
+                            Some(i) => &mut entry.wins[i],
+                            None => {
+                                let end = start.saturating_add(size);
+                                timers.entry(end - 1).or_default().push((k.clone(), start));
+                                entry.wins.push(Win {
+                                    start,
+                                    end,
+                                    fired: false,
+                                    refire: false,
+                                    accs: new_accs(&cfg.aggs),
+                                });
+                                entry.wins.last_mut().expect("pushed")
                             }
-                            w.refire |= w.fired;
-                            refire |= w.fired;
-                            timer = timer.min(w.end - 1);
+                        };
+                        for (acc, col) in w.accs.iter_mut().zip(&arg_cols) {
+                            acc.update(col.as_ref(), row, ts);
                         }
-                        entry.dirty = true;
-                        Some((refire, timer))
+                        if w.fired {
+                            w.refire = true;
+                            refire.insert(k.clone());
+                        }
                     }
+                    true
                 }
             };
-            match updated {
-                None => ctx.late.push(
-                    Self::late_record(&batch, row)
-                        .map_err(|source| OpError::Arrow { operator: name.clone(), source })?,
-                ),
-                Some((refire, timer)) => {
-                    if refire {
-                        self.refire.insert(key.clone());
-                    }
-                    self.note_timer(timer);
-                }
+            if updated {
+                Self::mark_dirty(dirty, &k, entry);
+            } else {
+                ctx.late.push(
+                    Self::late_record(&batch, row).map_err(|source| OpError::Arrow { operator: name.clone(), source })?,
+                );
             }
         }
         self.key_buf = key;
@@ -401,61 +438,46 @@ impl Operator for WindowOp {
     }
 
     fn on_watermark(&mut self, wm: i64, ctx: &mut OpCtx) -> Result<Option<Batch>, OpError> {
+        self.load_timers(ctx.state)?;
         let mut out = Vec::new();
         for key in std::mem::take(&mut self.refire) {
-            self.load(&key, ctx.state)?;
-            let e = self.cache.get_mut(&key).expect("loaded");
+            let Some(k) = self.load(&key, ctx.state)? else { continue };
+            let e = self.cache.get_mut(&k).expect("loaded");
             for w in e.wins.iter_mut().filter(|w| w.refire) {
                 w.refire = false;
-                out.push(emitted(&key, w));
+                out.push(emitted(&k, w));
             }
         }
-        self.init_next_timer(ctx.state)?;
-        if self.next_timer.is_some_and(|t| t <= wm) {
-            self.write_back(ctx.state);
-            // No timer lies below `next_timer` (it is the minimum), so the scan starts there.
-            let lo = self.timer_key(self.next_timer.unwrap_or(i64::MIN), &[], i64::MIN);
-            let hi = self.timer_key(wm.saturating_add(1), &[], i64::MIN);
-            loop {
-                let due = ctx.state.scan(&lo, &hi, 4096).map_err(|e| self.state_err(e))?;
-                if due.is_empty() {
-                    break;
-                }
-                for (tk, _) in &due {
-                    let (time, key, start) = self.parse_timer(tk);
-                    let key = key.to_vec();
-                    self.load(&key, ctx.state)?;
-                    let lateness = self.cfg.allowed_lateness;
-                    let mut fired_row: Option<Emitted> = None;
-                    // Sessions of a key may share a start (a live one can grow back over an
-                    // expired one), so the timer's time names the window too.
-                    let due_at = |w: &Win| if w.fired { (w.end - 1).saturating_add(lateness) } else { w.end - 1 };
-                    let e = self.cache.get_mut(&key).expect("loaded");
-                    e.dirty = true;
-                    if let Some(i) = e.wins.iter().position(|w| w.start == start && due_at(w) == time) {
-                        let w = &mut e.wins[i];
-                        if !w.fired {
-                            w.fired = true;
-                            w.refire = false;
-                            fired_row = Some(emitted(&key, w));
-                        }
-                        if (w.end - 1).saturating_add(lateness) <= wm {
-                            e.wins.swap_remove(i);
-                        }
-                    } else {
-                        // A timer without its window is stale; the write-back below drops it.
-                        ctx.state.delete(tk.clone());
-                    }
-                    out.extend(fired_row);
-                }
-                self.write_back(ctx.state);
+        let lateness = self.cfg.allowed_lateness;
+        while let Some(entry) = self.timers.first_entry() {
+            if *entry.key() > wm {
+                break;
             }
-            // Every timer up to `wm` was handled above.
-            self.next_timer = Some(self.first_timer(ctx.state, wm.saturating_add(1))?.unwrap_or(i64::MAX));
-        }
-        if self.cache.len() > self.cfg.max_cached_keys {
-            self.write_back(ctx.state);
-            self.cache.clear();
+            let (time, mut due) = entry.remove_entry();
+            // Windows of a bucket fire in key order, so output order does not depend on history.
+            due.sort_unstable();
+            for (key, start) in due {
+                let Some(k) = self.load(&key, ctx.state)? else { continue };
+                let WindowOp { cache, dirty, timers, .. } = self;
+                let e = cache.get_mut(&k).expect("loaded");
+                // Sessions of a key may share a start (a live one can grow back over an expired
+                // one), so the timer's time names the window too.
+                let Some(i) = e.wins.iter().position(|w| w.start == start && Self::due(lateness, w) == time) else {
+                    continue;
+                };
+                let w = &mut e.wins[i];
+                if !w.fired {
+                    w.fired = true;
+                    w.refire = false;
+                    out.push(emitted(&k, w));
+                }
+                if (w.end - 1).saturating_add(lateness) <= wm {
+                    e.wins.swap_remove(i);
+                } else {
+                    timers.entry(Self::due(lateness, w)).or_default().push((k.clone(), start));
+                }
+                Self::mark_dirty(dirty, &k, e);
+            }
         }
         self.build_output(out, wm)
     }
@@ -470,22 +492,24 @@ impl Operator for WindowOp {
     }
 }
 
+fn remove_timer(timers: &mut BTreeMap<i64, Vec<(Key, i64)>>, time: i64, key: &[u8], start: i64) {
+    if let std::collections::btree_map::Entry::Occupied(mut bucket) = timers.entry(time) {
+        if let Some(i) = bucket.get().iter().position(|(k, s)| *s == start && k.as_ref() == key) {
+            bucket.get_mut().swap_remove(i);
+        }
+        if bucket.get().is_empty() {
+            bucket.remove();
+        }
+    }
+}
+
 /// A result row: key, window bounds and the aggregates' current values.
-fn emitted(key: &[u8], w: &Win) -> Emitted {
-    (key.to_vec(), w.start, w.end, w.accs.iter().map(Acc::result).collect())
+fn emitted(key: &Key, w: &Win) -> Emitted {
+    (key.clone(), w.start, w.end, w.accs.iter().map(Acc::result).collect())
 }
 
 fn new_accs(aggs: &[AggSpec]) -> Vec<Acc> {
     aggs.iter().map(|a| Acc::new(a.func, a.arg.as_ref().map(|e| &e.data_type))).collect()
-}
-
-/// Big-endian with the sign bit flipped, so byte order equals numeric order.
-fn ordered(x: i64) -> [u8; 8] {
-    ((x as u64) ^ (1 << 63)).to_be_bytes()
-}
-
-fn unordered(b: &[u8]) -> i64 {
-    (u64::from_be_bytes(b.try_into().expect("8 bytes")) ^ (1 << 63)) as i64
 }
 
 fn encode_wins(wins: &[Win]) -> Vec<u8> {
