@@ -31,7 +31,10 @@ pub fn kubeconfig() -> PathBuf {
 
 /// The repository root.
 pub fn repo_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("e2e is inside the repo").to_path_buf()
+    // Cargo sets the package folder at run time too; the build-time value may name another
+    // checkout that shared the target folder.
+    let pkg = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    PathBuf::from(pkg).parent().expect("e2e is inside the repo").to_path_buf()
 }
 
 /// Fails the test with how to start the stack when `port` is closed.

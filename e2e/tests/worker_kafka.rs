@@ -180,6 +180,7 @@ fn windows_survive_sigkill_and_match_the_reference() {
 metadata: {{name: {name}}}
 spec:
   epochInterval: 50ms
+  checkpointing: {{interval: 100ms}}
   pipeline:
     sources:
       payments:

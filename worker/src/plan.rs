@@ -76,6 +76,8 @@ pub struct JobPlan {
     pub sinks: Vec<SinkPlan>,
     pub dead_letter: Option<usize>,
     pub epoch_interval_ms: u64,
+    /// How often state and input positions are committed together (`checkpointing.interval`).
+    pub commit_interval_ms: u64,
     /// Folder of the manifest, for relative paths.
     pub base_dir: PathBuf,
     pub max_cached_keys: usize,
@@ -181,6 +183,13 @@ impl JobPlan {
             sinks,
             dead_letter: p.dead_letter.as_deref().and_then(|d| sink_index.get(d).copied()),
             epoch_interval_ms: m.spec.epoch_interval.as_ref().and_then(|d| d.millis().ok()).unwrap_or(100).max(1),
+            commit_interval_ms: m
+                .spec
+                .checkpointing
+                .as_ref()
+                .and_then(|c| c.interval.millis().ok())
+                .unwrap_or(30_000)
+                .max(1),
             base_dir: base_dir.to_path_buf(),
             max_cached_keys: 100_000,
         })

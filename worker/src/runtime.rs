@@ -1,7 +1,10 @@
 //! Runs a planned job in this process: opens sources and sinks, restores each partition-task
-//! from its state, and drives the loop of poll -> process -> (every epoch) commit, until the
-//! bounded sources are done or a shutdown is requested (SIGTERM ends the current epoch,
-//! commits it, flushes the sinks and returns).
+//! from its state, and drives the loop of poll -> process, flushing the sinks every epoch and
+//! committing state with input positions every commit interval (`checkpointing.interval`, or
+//! earlier when an operator's memory budget is full), until the bounded sources are done or a
+//! shutdown is requested (SIGTERM ends the current epoch, commits it, flushes the sinks and
+//! returns). At-least-once: positions are committed only after the sinks flushed everything
+//! produced before them, so a crash replays from the last commit and loses nothing.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -110,7 +113,8 @@ impl Runtime {
     /// Runs until bounded sources end or `shutdown` is set; commits before returning.
     pub fn run(&mut self, shutdown: &AtomicBool) -> anyhow::Result<()> {
         let epoch = Duration::from_millis(self.plan.epoch_interval_ms);
-        let mut last_commit = Instant::now();
+        let commit_interval = Duration::from_millis(self.plan.commit_interval_ms);
+        let (mut last_commit, mut last_flush) = (Instant::now(), Instant::now());
         let (mut busy, mut window_start) = (Duration::ZERO, Instant::now());
         let (mut first_record, mut records) = (None, 0u64);
         loop {
@@ -142,12 +146,20 @@ impl Runtime {
             }
             let done = self.ended.iter().all(|e| *e);
             let stopping = shutdown.load(Ordering::Relaxed);
-            if done || stopping || last_commit.elapsed() >= epoch {
-                let started = Instant::now();
+            let started = Instant::now();
+            if done
+                || stopping
+                || last_commit.elapsed() >= commit_interval
+                || self.tasks.values().any(Task::wants_commit)
+            {
                 self.commit()?;
-                busy += started.elapsed();
-                last_commit = Instant::now();
+                (last_commit, last_flush) = (Instant::now(), Instant::now());
+            } else if last_flush.elapsed() >= epoch {
+                // Results become visible every epoch; state is committed less often.
+                self.sinks.flush()?;
+                last_flush = Instant::now();
             }
+            busy += started.elapsed();
             if window_start.elapsed() >= Duration::from_secs(1) {
                 let ratio = busy.as_secs_f64() / window_start.elapsed().as_secs_f64();
                 self.metrics.busy_ratio.set(ratio.min(1.0));

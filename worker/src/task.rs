@@ -303,6 +303,11 @@ impl Task {
         self.advance(src, sinks)
     }
 
+    /// True when an operator needs a commit to bound its memory.
+    pub fn wants_commit(&self) -> bool {
+        self.nodes.iter().flatten().any(|op| op.wants_commit())
+    }
+
     /// Writes cached operator state into the epoch's transaction (before sinks flush).
     pub fn prepare_commit(&mut self) -> Result<(), TaskError> {
         for ops in self.nodes.iter_mut() {

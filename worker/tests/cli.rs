@@ -9,7 +9,10 @@ fn worker() -> Command {
 }
 
 fn copy_example(dir: &Path, name: &str) -> std::path::PathBuf {
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    // Cargo sets the package folder at run time too; the build-time value may name another
+    // checkout that shared the target folder.
+    let pkg = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    let examples = Path::new(&pkg).join("../examples");
     std::fs::create_dir_all(dir.join("data")).unwrap();
     std::fs::copy(examples.join("data/payments.jsonl"), dir.join("data/payments.jsonl")).unwrap();
     let to = dir.join(name);

@@ -39,6 +39,12 @@ pub trait Operator: Send {
         Ok(())
     }
 
+    /// True when the operator holds more uncommitted state in memory than its budget allows;
+    /// the runtime then commits early, after which the operator can drop what it wrote.
+    fn wants_commit(&self) -> bool {
+        false
+    }
+
     /// Entries held in memory (for metrics).
     fn cached_keys(&self) -> usize {
         0

@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Mutex;
 
+use rustc_hash::FxHashMap;
+
 pub use rocks::{RocksShared, RocksStore};
 
 /// Errors of the state backend, with what was being done.
@@ -22,11 +24,14 @@ pub enum StateError {
 
 pub type Result<T> = std::result::Result<T, StateError>;
 
+/// Puts (`Some`) and deletes (`None`) to apply together.
+pub type Ops = FxHashMap<Vec<u8>, Option<Vec<u8>>>;
+
 /// An ordered key-value store with atomic batch writes.
 pub trait StateStore: Send + Sync {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
     /// Applies puts (`Some`) and deletes (`None`) atomically.
-    fn write(&self, ops: &BTreeMap<Vec<u8>, Option<Vec<u8>>>) -> Result<()>;
+    fn write(&self, ops: &Ops) -> Result<()>;
     /// Entries with `start <= key < end`, in key order, at most `limit`.
     fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
     /// Approximate bytes of live data.
@@ -42,7 +47,7 @@ impl StateStore for MemStore {
         Ok(self.0.lock().expect("state lock").get(key).cloned())
     }
 
-    fn write(&self, ops: &BTreeMap<Vec<u8>, Option<Vec<u8>>>) -> Result<()> {
+    fn write(&self, ops: &Ops) -> Result<()> {
         let mut m = self.0.lock().expect("state lock");
         for (k, v) in ops {
             match v {
@@ -66,15 +71,16 @@ impl StateStore for MemStore {
     }
 }
 
-/// Uncommitted changes of the current epoch over a store.
+/// Uncommitted changes of the current epoch over a store. Operators write mostly at the end of
+/// an epoch and scan rarely, so the overlay is a hash map, sorted only when scanned.
 pub struct StateTx {
     store: Box<dyn StateStore>,
-    pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    pending: Ops,
 }
 
 impl StateTx {
     pub fn new(store: Box<dyn StateStore>) -> StateTx {
-        StateTx { store, pending: BTreeMap::new() }
+        StateTx { store, pending: Ops::default() }
     }
 
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
@@ -94,8 +100,9 @@ impl StateTx {
 
     /// Entries with `start <= key < end` as this epoch sees them, at most `limit`.
     pub fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let overlay: Vec<(&Vec<u8>, &Option<Vec<u8>>)> =
-            self.pending.range::<[u8], _>((Bound::Included(start), Bound::Excluded(end))).collect();
+        let mut overlay: Vec<(&Vec<u8>, &Option<Vec<u8>>)> =
+            self.pending.iter().filter(|(k, _)| k.as_slice() >= start && k.as_slice() < end).collect();
+        overlay.sort_unstable_by(|a, b| a.0.cmp(b.0));
         // Deleted entries may hide stored ones, so read enough stored entries to fill `limit`.
         let deletes = overlay.iter().filter(|(_, v)| v.is_none()).count();
         let stored = self.store.scan(start, end, limit.saturating_add(deletes))?;
@@ -150,7 +157,7 @@ mod tests {
 
     fn tx_with(stored: &[(&str, &str)]) -> StateTx {
         let m = MemStore::default();
-        let ops = stored.iter().map(|(k, v)| (k.as_bytes().to_vec(), Some(v.as_bytes().to_vec()))).collect();
+        let ops: Ops = stored.iter().map(|(k, v)| (k.as_bytes().to_vec(), Some(v.as_bytes().to_vec()))).collect();
         m.write(&ops).unwrap();
         StateTx::new(Box::new(m))
     }

@@ -2,12 +2,11 @@
 //! budget shared by every task of the worker, so memory stays bounded however many
 //! partitions a worker owns and state beyond memory lives on local disk.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use rocksdb::{BlockBasedOptions, Cache, IteratorMode, Options, ReadOptions, WriteBatch, WriteBufferManager, DB};
 
-use super::{Result, StateError, StateStore};
+use super::{Ops, Result, StateError, StateStore};
 
 /// Memory shared by all of a worker's state stores.
 #[derive(Clone)]
@@ -60,9 +59,13 @@ impl StateStore for RocksStore {
         self.db.get(key).map_err(|e| self.err(e))
     }
 
-    fn write(&self, ops: &BTreeMap<Vec<u8>, Option<Vec<u8>>>) -> Result<()> {
+    fn write(&self, ops: &Ops) -> Result<()> {
+        // Sorted, the memtable inserts each land next to the previous one (RocksDB's skip list
+        // reuses its last position), several times faster than in hash order.
+        let mut sorted: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = ops.iter().collect();
+        sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
         let mut batch = WriteBatch::default();
-        for (k, v) in ops {
+        for (k, v) in sorted {
             match v {
                 Some(v) => batch.put(k, v),
                 None => batch.delete(k),
@@ -102,7 +105,7 @@ mod tests {
         let shared = RocksShared::new(1 << 20, 1 << 20);
         {
             let s = RocksStore::open(dir.path(), &shared).unwrap();
-            let mut ops = BTreeMap::new();
+            let mut ops = Ops::default();
             for i in [3u8, 1, 2] {
                 ops.insert(vec![i], Some(vec![i * 10]));
             }

@@ -25,7 +25,8 @@ use std::sync::Arc;
 use datafusion::arrow::array::{ArrayRef, Int64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
-use rustc_hash::{FxHashMap, FxHashSet};
+use hashbrown::hash_map::RawEntryMut;
+use rustc_hash::{FxBuildHasher, FxHashSet};
 use weir_crds::AggregateFn;
 
 pub use assign::WindowKind;
@@ -60,6 +61,32 @@ pub struct WindowConfig {
     pub max_cached_keys: usize,
 }
 
+impl WindowConfig {
+    fn state_err(&self, source: StateError) -> OpError {
+        OpError::State { operator: self.name.clone(), source }
+    }
+
+    fn corrupt(&self, what: &str) -> OpError {
+        self.state_err(StateError::Corrupt(format!("{what} of {}", self.name)))
+    }
+
+    fn entry_key(&self, key: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.state_prefix.len() + 1 + key.len());
+        k.extend_from_slice(&self.state_prefix);
+        k.push(b'k');
+        k.extend_from_slice(key);
+        k
+    }
+
+    /// The key's stored windows.
+    fn fetch(&self, tx: &StateTx, key: &[u8]) -> Result<Option<Vec<Win>>, OpError> {
+        match tx.get(&self.entry_key(key)).map_err(|e| self.state_err(e))? {
+            None => Ok(None),
+            Some(bytes) => decode_wins(&bytes, self.aggs.len()).map(Some).ok_or_else(|| self.corrupt("a window entry")),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Win {
     start: i64,
@@ -85,7 +112,7 @@ pub struct WindowOp {
     out_schema: SchemaRef,
     /// Keys' windows, decoded. Every change since the last commit lives here (the cache is the
     /// epoch's overlay); clean entries are dropped at a commit when there are too many.
-    cache: FxHashMap<Key, KeyEntry>,
+    cache: hashbrown::HashMap<Key, KeyEntry, FxBuildHasher>,
     /// Keys changed since the last commit.
     dirty: Vec<Key>,
     /// Whether some key has stored windows that are not in the cache (a miss must read state).
@@ -119,7 +146,7 @@ impl WindowOp {
         WindowOp {
             out_schema: Self::output_schema(&cfg.keys, &cfg.aggs),
             cfg,
-            cache: FxHashMap::default(),
+            cache: hashbrown::HashMap::default(),
             dirty: Vec::new(),
             uncached_in_state: false,
             timers: BTreeMap::new(),
@@ -130,19 +157,11 @@ impl WindowOp {
     }
 
     fn state_err(&self, source: StateError) -> OpError {
-        OpError::State { operator: self.cfg.name.clone(), source }
-    }
-
-    fn corrupt(&self, what: &str) -> OpError {
-        self.state_err(StateError::Corrupt(format!("{what} of {}", self.cfg.name)))
+        self.cfg.state_err(source)
     }
 
     fn entry_key(&self, key: &[u8]) -> Vec<u8> {
-        let mut k = Vec::with_capacity(self.cfg.state_prefix.len() + 1 + key.len());
-        k.extend_from_slice(&self.cfg.state_prefix);
-        k.push(b'k');
-        k.extend_from_slice(key);
-        k
+        self.cfg.entry_key(key)
     }
 
     /// When something next happens to `w`: it fires at `end - 1`, is dropped at
@@ -172,9 +191,12 @@ impl WindowOp {
             from.push(0);
             for (k, v) in page {
                 let key: Key = Arc::from(&k[lo.len()..]);
-                let wins = decode_wins(&v, self.cfg.aggs.len()).ok_or_else(|| self.corrupt("a window entry"))?;
+                let wins = decode_wins(&v, self.cfg.aggs.len()).ok_or_else(|| self.cfg.corrupt("a window entry"))?;
                 for w in &wins {
-                    self.timers.entry(Self::due(self.cfg.allowed_lateness, w)).or_default().push((key.clone(), w.start));
+                    self.timers
+                        .entry(Self::due(self.cfg.allowed_lateness, w))
+                        .or_default()
+                        .push((key.clone(), w.start));
                 }
                 if self.cache.len() < self.cfg.max_cached_keys {
                     self.cache.insert(key, KeyEntry { wins, dirty: false, stored: true });
@@ -194,27 +216,10 @@ impl WindowOp {
         if !self.uncached_in_state {
             return Ok(None);
         }
-        match tx.get(&self.entry_key(key)).map_err(|e| self.state_err(e))? {
-            None => Ok(None),
-            Some(bytes) => {
-                let wins = decode_wins(&bytes, self.cfg.aggs.len()).ok_or_else(|| self.corrupt("a window entry"))?;
-                let k: Key = Arc::from(key);
-                self.cache.insert(k.clone(), KeyEntry { wins, dirty: false, stored: true });
-                Ok(Some(k))
-            }
-        }
-    }
-
-    /// The key's entry, created empty if it has no windows.
-    fn load_or_create(&mut self, key: &[u8], tx: &StateTx) -> Result<Key, OpError> {
-        if let Some(k) = self.load(key, tx)? {
-            return Ok(k);
-        }
+        let Some(wins) = self.cfg.fetch(tx, key)? else { return Ok(None) };
         let k: Key = Arc::from(key);
-        // Dirty from the start, so the write-back drops it if it stays empty.
-        self.cache.insert(k.clone(), KeyEntry { wins: Vec::new(), dirty: true, stored: false });
-        self.dirty.push(k.clone());
-        Ok(k)
+        self.cache.insert(k.clone(), KeyEntry { wins, dirty: false, stored: true });
+        Ok(Some(k))
     }
 
     fn mark_dirty(dirty: &mut Vec<Key>, key: &Key, e: &mut KeyEntry) {
@@ -341,9 +346,25 @@ impl Operator for WindowOp {
                     continue;
                 }
             }
-            let k = self.load_or_create(&key, ctx.state)?;
-            let WindowOp { cfg, cache, dirty, timers, refire, .. } = self;
-            let entry = cache.get_mut(&k).expect("loaded");
+            let WindowOp { cfg, cache, dirty, timers, refire, uncached_in_state, .. } = self;
+            // One hash lookup per row when the key is cached.
+            let (k, entry) = match cache.raw_entry_mut().from_key(key.as_slice()) {
+                RawEntryMut::Occupied(o) => o.into_key_value(),
+                RawEntryMut::Vacant(v) => {
+                    let stored = if *uncached_in_state { cfg.fetch(ctx.state, &key)? } else { None };
+                    let e = match stored {
+                        Some(wins) => KeyEntry { wins, dirty: false, stored: true },
+                        // Dirty from the start, so the write-back drops it if it stays empty.
+                        None => KeyEntry { wins: Vec::new(), dirty: true, stored: false },
+                    };
+                    let (k, e) = v.insert(Arc::from(key.as_slice()), e);
+                    if e.dirty {
+                        dirty.push(k.clone());
+                    }
+                    (k, e)
+                }
+            };
+            let k = &*k;
             let updated = match kind {
                 WindowKind::Session { gap } => {
                     // Windows past their lateness are final: never merged into.
@@ -429,7 +450,8 @@ impl Operator for WindowOp {
                 Self::mark_dirty(dirty, &k, entry);
             } else {
                 ctx.late.push(
-                    Self::late_record(&batch, row).map_err(|source| OpError::Arrow { operator: name.clone(), source })?,
+                    Self::late_record(&batch, row)
+                        .map_err(|source| OpError::Arrow { operator: name.clone(), source })?,
                 );
             }
         }
@@ -485,6 +507,10 @@ impl Operator for WindowOp {
     fn before_commit(&mut self, ctx: &mut OpCtx) -> Result<(), OpError> {
         self.write_back(ctx.state);
         Ok(())
+    }
+
+    fn wants_commit(&self) -> bool {
+        self.cache.len() > self.cfg.max_cached_keys && !self.dirty.is_empty()
     }
 
     fn cached_keys(&self) -> usize {
