@@ -382,7 +382,7 @@ impl Operator for WindowOp {
                         while i < entry.wins.len() {
                             if touches(&entry.wins[i]) {
                                 let w = entry.wins.swap_remove(i);
-                                remove_timer(timers, Self::due(lateness, &w), &k, w.start);
+                                remove_timer(timers, Self::due(lateness, &w), k, w.start);
                                 match merged.as_mut() {
                                     None => merged = Some(w),
                                     Some(m) => {
@@ -447,7 +447,7 @@ impl Operator for WindowOp {
                 }
             };
             if updated {
-                Self::mark_dirty(dirty, &k, entry);
+                Self::mark_dirty(dirty, k, entry);
             } else {
                 ctx.late.push(
                     Self::late_record(&batch, row)
