@@ -44,6 +44,10 @@ impl KafkaSource {
             .set("fetch.wait.max.ms", "10")
             .set("fetch.min.bytes", "1")
             .set("queued.max.messages.kbytes", "65536")
+            // librdkafka pauses a partition's fetching for this long once its local queue is
+            // full (default 1 s); the worker drains the queue in milliseconds, so a long pause
+            // leaves it idle (1 M events: 6.3 s at the default, 2.3 s at 10 ms).
+            .set("fetch.queue.backoff.ms", "10")
             .set("enable.partition.eof", "false");
         for (k, v) in &spec.properties {
             cfg.set(k, v);
