@@ -184,6 +184,42 @@ impl ColumnBuilder {
         }
     }
 
+    /// Appends the first value of a key encoding (as [`Col::encode_key`] writes it) without
+    /// allocating; returns the rest of the key, or `None` when the bytes are not a key.
+    pub fn push_key<'k>(&mut self, bytes: &'k [u8]) -> Option<&'k [u8]> {
+        let (&tag, rest) = bytes.split_first()?;
+        let take8 = |r: &[u8]| -> Option<[u8; 8]> { r.get(..8)?.try_into().ok() };
+        match (tag, self) {
+            (TAG_NULL, b) => {
+                b.push(&Value::Null);
+                Some(rest)
+            }
+            (TAG_STR, ColumnBuilder::Str(b)) => {
+                let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+                b.append_value(std::str::from_utf8(rest.get(4..4 + len)?).ok()?);
+                Some(&rest[4 + len..])
+            }
+            (TAG_I64, ColumnBuilder::I64(b)) => {
+                b.append_value(i64::from_be_bytes(take8(rest)?));
+                Some(&rest[8..])
+            }
+            (TAG_F64, ColumnBuilder::F64(b)) => {
+                b.append_value(f64::from_bits(u64::from_be_bytes(take8(rest)?)));
+                Some(&rest[8..])
+            }
+            (TAG_BOOL, ColumnBuilder::Bool(b)) => {
+                b.append_value(*rest.first()? != 0);
+                Some(&rest[1..])
+            }
+            // A value of another type than the column's.
+            (_, b) => {
+                let (v, rest) = Value::decode(bytes)?;
+                b.push(&v);
+                Some(rest)
+            }
+        }
+    }
+
     pub fn finish(&mut self) -> ArrayRef {
         use std::sync::Arc;
         match self {
@@ -218,6 +254,24 @@ mod tests {
         let mut n = Vec::new();
         col.encode_key(1, &mut n);
         assert_eq!(Value::decode_all(&n).unwrap(), vec![Value::Null]);
+    }
+
+    #[test]
+    fn keys_append_to_builders_as_their_values() {
+        let vals = [Value::Str("héllo".into()), Value::I64(-7), Value::Null, Value::F64(2.5), Value::Bool(true)];
+        let mut key = Vec::new();
+        vals.iter().for_each(|v| v.encode(&mut key));
+        let types = [DataType::Utf8, DataType::Int64, DataType::Utf8, DataType::Float64, DataType::Boolean];
+        let mut builders: Vec<ColumnBuilder> = types.iter().map(ColumnBuilder::new).collect();
+        let mut rest = key.as_slice();
+        for b in builders.iter_mut() {
+            rest = b.push_key(rest).unwrap();
+        }
+        assert!(rest.is_empty());
+        let cols: Vec<ArrayRef> = builders.iter_mut().map(ColumnBuilder::finish).collect();
+        let back: Vec<Value> = cols.iter().map(|c| Col::new(c).unwrap().value(0)).collect();
+        assert_eq!(back, vals);
+        assert!(ColumnBuilder::new(&DataType::Int64).push_key(&[TAG_STR, 0, 0]).is_none(), "truncated key");
     }
 
     #[test]

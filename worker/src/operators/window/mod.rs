@@ -127,7 +127,39 @@ pub struct WindowOp {
 
 type Key = Arc<[u8]>;
 
-type Emitted = (Key, i64, i64, Vec<Value>);
+/// Result rows being built, column by column.
+struct Output {
+    builders: Vec<ColumnBuilder>,
+    event_time: Vec<i64>,
+}
+
+impl Output {
+    fn new(schema: &Schema) -> Output {
+        Output {
+            builders: schema.fields().iter().map(|f| ColumnBuilder::new(f.data_type())).collect(),
+            event_time: Vec::new(),
+        }
+    }
+
+    /// Appends the row of window `w` of `key`: key fields, bounds, the aggregates' values.
+    /// Returns `false` when the key bytes are corrupt.
+    fn push(&mut self, nkeys: usize, key: &[u8], w: &Win) -> bool {
+        let mut rest = key;
+        for b in &mut self.builders[..nkeys] {
+            match b.push_key(rest) {
+                Some(r) => rest = r,
+                None => return false,
+            }
+        }
+        self.builders[nkeys].push(&Value::I64(w.start));
+        self.builders[nkeys + 1].push(&Value::I64(w.end));
+        for (b, a) in self.builders[nkeys + 2..].iter_mut().zip(&w.accs) {
+            b.push(&a.result());
+        }
+        self.event_time.push(w.end - 1);
+        true
+    }
+}
 
 impl WindowOp {
     /// The schema of the results: key fields, `window_start`, `window_end`, aggregates.
@@ -208,20 +240,6 @@ impl WindowOp {
         Ok(())
     }
 
-    /// The key's entry, read from state on a miss; `None` when the key has no windows.
-    fn load(&mut self, key: &[u8], tx: &StateTx) -> Result<Option<Key>, OpError> {
-        if let Some((k, _)) = self.cache.get_key_value(key) {
-            return Ok(Some(k.clone()));
-        }
-        if !self.uncached_in_state {
-            return Ok(None);
-        }
-        let Some(wins) = self.cfg.fetch(tx, key)? else { return Ok(None) };
-        let k: Key = Arc::from(key);
-        self.cache.insert(k.clone(), KeyEntry { wins, dirty: false, stored: true });
-        Ok(Some(k))
-    }
-
     fn mark_dirty(dirty: &mut Vec<Key>, key: &Key, e: &mut KeyEntry) {
         if !e.dirty {
             e.dirty = true;
@@ -251,34 +269,15 @@ impl WindowOp {
         }
     }
 
-    fn build_output(&self, rows: Vec<Emitted>, wm: i64) -> Result<Option<Batch>, OpError> {
-        if rows.is_empty() {
-            return Ok(None);
-        }
-        let mut builders: Vec<ColumnBuilder> =
-            self.out_schema.fields().iter().map(|f| ColumnBuilder::new(f.data_type())).collect();
-        let nkeys = self.cfg.keys.len();
-        let mut event_time = Vec::with_capacity(rows.len());
-        for (key, start, end, results) in &rows {
-            let vals = Value::decode_all(key)
-                .ok_or_else(|| self.state_err(StateError::Corrupt(format!("key of {}", self.cfg.name))))?;
-            for (b, v) in builders.iter_mut().zip(vals.iter()) {
-                b.push(v);
-            }
-            builders[nkeys].push(&Value::I64(*start));
-            builders[nkeys + 1].push(&Value::I64(*end));
-            for (b, v) in builders[nkeys + 2..].iter_mut().zip(results) {
-                b.push(v);
-            }
-            event_time.push(end - 1);
-        }
-        let cols: Vec<ArrayRef> = builders.iter_mut().map(ColumnBuilder::finish).collect();
-        let rows_batch = RecordBatch::try_new(self.out_schema.clone(), cols)
+    fn build_output(&self, out: Option<Output>, wm: i64) -> Result<Option<Batch>, OpError> {
+        let Some(mut out) = out else { return Ok(None) };
+        let cols: Vec<ArrayRef> = out.builders.iter_mut().map(ColumnBuilder::finish).collect();
+        let rows = RecordBatch::try_new(self.out_schema.clone(), cols)
             .map_err(|source| OpError::Arrow { operator: self.cfg.name.clone(), source })?;
-        let n = rows_batch.num_rows();
+        let n = rows.num_rows();
         Ok(Some(Batch {
-            rows: rows_batch,
-            event_time: Int64Array::from(event_time),
+            rows,
+            event_time: Int64Array::from(out.event_time),
             watermark: Int64Array::from(vec![wm; n]),
             raw: None,
         }))
@@ -461,13 +460,18 @@ impl Operator for WindowOp {
 
     fn on_watermark(&mut self, wm: i64, ctx: &mut OpCtx) -> Result<Option<Batch>, OpError> {
         self.load_timers(ctx.state)?;
-        let mut out = Vec::new();
+        let nkeys = self.cfg.keys.len();
+        let mut out: Option<Output> = None;
+        let mut corrupt = false;
+        let mut emit = |out: &mut Option<Output>, key: &[u8], w: &Win| {
+            corrupt |= !out.get_or_insert_with(|| Output::new(&self.out_schema)).push(nkeys, key, w);
+        };
         for key in std::mem::take(&mut self.refire) {
-            let Some(k) = self.load(&key, ctx.state)? else { continue };
-            let e = self.cache.get_mut(&k).expect("loaded");
+            let WindowOp { cfg, cache, uncached_in_state, .. } = self;
+            let Some(e) = cached_entry(cache, cfg, *uncached_in_state, ctx.state, &key)? else { continue };
             for w in e.wins.iter_mut().filter(|w| w.refire) {
                 w.refire = false;
-                out.push(emitted(&k, w));
+                emit(&mut out, &key, w);
             }
         }
         let lateness = self.cfg.allowed_lateness;
@@ -475,13 +479,11 @@ impl Operator for WindowOp {
             if *entry.key() > wm {
                 break;
             }
-            let (time, mut due) = entry.remove_entry();
-            // Windows of a bucket fire in key order, so output order does not depend on history.
-            due.sort_unstable();
+            // Windows due at the same time fire in the order their timers were set.
+            let (time, due) = entry.remove_entry();
             for (key, start) in due {
-                let Some(k) = self.load(&key, ctx.state)? else { continue };
-                let WindowOp { cache, dirty, timers, .. } = self;
-                let e = cache.get_mut(&k).expect("loaded");
+                let WindowOp { cfg, cache, uncached_in_state, dirty, timers, .. } = self;
+                let Some(e) = cached_entry(cache, cfg, *uncached_in_state, ctx.state, &key)? else { continue };
                 // Sessions of a key may share a start (a live one can grow back over an expired
                 // one), so the timer's time names the window too.
                 let Some(i) = e.wins.iter().position(|w| w.start == start && Self::due(lateness, w) == time) else {
@@ -491,15 +493,18 @@ impl Operator for WindowOp {
                 if !w.fired {
                     w.fired = true;
                     w.refire = false;
-                    out.push(emitted(&k, w));
+                    emit(&mut out, &key, w);
                 }
                 if (w.end - 1).saturating_add(lateness) <= wm {
                     e.wins.swap_remove(i);
                 } else {
-                    timers.entry(Self::due(lateness, w)).or_default().push((k.clone(), start));
+                    timers.entry(Self::due(lateness, w)).or_default().push((key.clone(), start));
                 }
-                Self::mark_dirty(dirty, &k, e);
+                Self::mark_dirty(dirty, &key, e);
             }
+        }
+        if corrupt {
+            return Err(self.cfg.corrupt("a key"));
         }
         self.build_output(out, wm)
     }
@@ -518,6 +523,23 @@ impl Operator for WindowOp {
     }
 }
 
+/// The entry of `key`, read from state into the cache on a miss; `None` when it has no windows.
+fn cached_entry<'c>(
+    cache: &'c mut hashbrown::HashMap<Key, KeyEntry, FxBuildHasher>,
+    cfg: &WindowConfig,
+    uncached_in_state: bool,
+    tx: &StateTx,
+    key: &Key,
+) -> Result<Option<&'c mut KeyEntry>, OpError> {
+    Ok(match cache.raw_entry_mut().from_key(key.as_ref()) {
+        RawEntryMut::Occupied(o) => Some(o.into_mut()),
+        RawEntryMut::Vacant(v) => {
+            let stored = if uncached_in_state { cfg.fetch(tx, key)? } else { None };
+            stored.map(|wins| v.insert(key.clone(), KeyEntry { wins, dirty: false, stored: true }).1)
+        }
+    })
+}
+
 fn remove_timer(timers: &mut BTreeMap<i64, Vec<(Key, i64)>>, time: i64, key: &[u8], start: i64) {
     if let std::collections::btree_map::Entry::Occupied(mut bucket) = timers.entry(time) {
         if let Some(i) = bucket.get().iter().position(|(k, s)| *s == start && k.as_ref() == key) {
@@ -527,11 +549,6 @@ fn remove_timer(timers: &mut BTreeMap<i64, Vec<(Key, i64)>>, time: i64, key: &[u
             bucket.remove();
         }
     }
-}
-
-/// A result row: key, window bounds and the aggregates' current values.
-fn emitted(key: &Key, w: &Win) -> Emitted {
-    (key.clone(), w.start, w.end, w.accs.iter().map(Acc::result).collect())
 }
 
 fn new_accs(aggs: &[AggSpec]) -> Vec<Acc> {
