@@ -4,13 +4,12 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use datafusion::arrow::array::{ArrayRef, RecordBatch};
-use datafusion::arrow::compute::{cast, concat_batches};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use datafusion::arrow::json::reader::{Decoder, ReaderBuilder};
+use datafusion::arrow::array::{RecordBatch, RecordBatchOptions};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::json::{writer::LineDelimitedWriter, WriterBuilder};
 use weir_crds::FieldType;
 
+use super::scan::ObjectDecoder;
 use crate::source::Records;
 
 /// The engine's column type for a declared field type (timestamps are epoch-ms integers).
@@ -23,15 +22,12 @@ pub fn engine_type(t: FieldType) -> DataType {
     }
 }
 
-/// Rows a pooled decoder holds; larger polls are decoded in several passes.
-const POOLED_BATCH: usize = 16_384;
-
 /// Decodes JSON records of one source.
 pub struct JsonDecoder {
-    decode_schema: SchemaRef,
+    fields: Vec<(String, FieldType)>,
     schema: SchemaRef,
-    /// Decoders keep their buffers between batches; one per concurrent caller.
-    pool: Mutex<Vec<Decoder>>,
+    /// Decoders keep their scratch buffers between batches; one per concurrent caller.
+    pool: Mutex<Vec<ObjectDecoder>>,
 }
 
 /// The rows that decoded, which record each came from, and the records that did not.
@@ -44,20 +40,9 @@ pub struct Decoded {
 
 impl JsonDecoder {
     pub fn new(fields: &BTreeMap<String, FieldType>) -> JsonDecoder {
-        let decode: Vec<Field> = fields
-            .iter()
-            .map(|(name, t)| {
-                let dt = match t {
-                    // Accepts epoch milliseconds and RFC 3339 strings alike.
-                    FieldType::Timestamp => DataType::Timestamp(TimeUnit::Millisecond, None),
-                    t => engine_type(*t),
-                };
-                Field::new(name, dt, true)
-            })
-            .collect();
         let engine: Vec<Field> = fields.iter().map(|(n, t)| Field::new(n, engine_type(*t), true)).collect();
         JsonDecoder {
-            decode_schema: Arc::new(Schema::new(decode)),
+            fields: fields.iter().map(|(n, t)| (n.clone(), *t)).collect(),
             schema: Arc::new(Schema::new(engine)),
             pool: Mutex::new(Vec::new()),
         }
@@ -68,93 +53,36 @@ impl JsonDecoder {
         &self.schema
     }
 
-    /// Decodes all records; on any failure, isolates the bad records one by one.
+    /// Decodes every record; a record that fails is reported with its index and reason.
     pub fn decode(&self, recs: &Records) -> Decoded {
         let n = recs.len();
-        if let Some(rows) = self.decode_all(&recs.data, n) {
-            return Decoded { rows, kept: None, errors: Vec::new() };
-        }
-        let mut good = Vec::with_capacity(n);
-        let mut kept = Vec::with_capacity(n);
-        let mut errors = Vec::new();
-        for i in 0..n {
-            match self.decode_slice(recs.payload(i), 1) {
-                Ok(b) if b.num_rows() == 1 => {
-                    good.push(b);
-                    kept.push(i as u32);
-                }
-                Ok(b) => errors.push((i as u32, format!("expected one JSON object, found {} values", b.num_rows()))),
-                Err(e) => errors.push((i as u32, e)),
-            }
-        }
-        let rows = concat_batches(&self.schema, &good).unwrap_or_else(|_| RecordBatch::new_empty(self.schema.clone()));
-        Decoded { rows, kept: Some(kept), errors }
-    }
-
-    /// Decodes `n` records back to back with a pooled decoder; `None` when any is bad.
-    fn decode_all(&self, data: &[u8], n: usize) -> Option<RecordBatch> {
         let pooled = self.pool.lock().expect("decoder pool").pop();
-        let mut dec = match pooled {
-            Some(d) => d,
-            None => {
-                ReaderBuilder::new(self.decode_schema.clone()).with_batch_size(POOLED_BATCH).build_decoder().ok()?
-            }
-        };
-        let mut parts = Vec::with_capacity(1 + n / POOLED_BATCH);
-        let mut off = 0;
-        while off < data.len() {
-            // A decoding error leaves the decoder in an unknown state: it is dropped.
-            let used = dec.decode(&data[off..]).ok()?;
-            off += used;
-            if used == 0 || dec.len() == POOLED_BATCH {
-                parts.push(dec.flush().ok()??);
+        let mut dec = pooled.unwrap_or_else(|| ObjectDecoder::new(self.fields.iter().map(|(n, t)| (n.as_str(), *t))));
+        dec.reserve(n);
+        let mut errors = Vec::new();
+        let mut kept = Vec::new();
+        for i in 0..n {
+            match dec.push(recs.payload(i)) {
+                Ok(()) if !errors.is_empty() => kept.push(i as u32),
+                Ok(()) => {}
+                Err(e) => {
+                    if errors.is_empty() {
+                        kept.extend(0..i as u32);
+                    }
+                    errors.push((i as u32, e));
+                }
             }
         }
-        if let Some(last) = dec.flush().ok()? {
-            parts.push(last);
-        }
+        let cols = dec.finish();
         self.pool.lock().expect("decoder pool").push(dec);
-        let rows = match parts.len() {
-            1 => parts.pop()?,
-            _ => concat_batches(&self.decode_schema, &parts).ok()?,
-        };
-        if rows.num_rows() != n {
-            return None;
-        }
-        self.to_engine(rows).ok()
-    }
-
-    fn decode_slice(&self, data: &[u8], expect: usize) -> Result<RecordBatch, String> {
-        let mut dec = ReaderBuilder::new(self.decode_schema.clone())
-            .with_batch_size(expect.max(1) + 1)
-            .build_decoder()
-            .map_err(|e| e.to_string())?;
-        let mut off = 0;
-        while off < data.len() {
-            let used = dec.decode(&data[off..]).map_err(|e| e.to_string())?;
-            if used == 0 {
-                break;
-            }
-            off += used;
-        }
-        let batch = dec
-            .flush()
-            .map_err(|e| e.to_string())?
-            .unwrap_or_else(|| RecordBatch::new_empty(self.decode_schema.clone()));
-        if batch.num_rows() == 0 && !data.iter().all(u8::is_ascii_whitespace) {
-            return Err("not a JSON object".into());
-        }
-        self.to_engine(batch).map_err(|e| e.to_string())
-    }
-
-    fn to_engine(&self, batch: RecordBatch) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
-        let cols: Vec<ArrayRef> = batch
-            .columns()
-            .iter()
-            .zip(self.schema.fields())
-            .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c.clone()) } else { cast(c, f.data_type()) })
-            .collect::<Result<_, _>>()?;
-        RecordBatch::try_new(self.schema.clone(), cols)
+        let rows_ok = n - errors.len();
+        let rows = RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            cols,
+            &RecordBatchOptions::new().with_row_count(Some(rows_ok)),
+        )
+        .expect("decoded columns match the schema");
+        Decoded { rows, kept: (!errors.is_empty()).then_some(kept), errors }
     }
 }
 
@@ -224,7 +152,7 @@ mod tests {
     #[test]
     fn large_batches_and_reuse_after_a_bad_batch_decode_every_record() {
         let d = JsonDecoder::new(&fields());
-        let n = POOLED_BATCH * 2 + 17;
+        let n = 20_017;
         let lines: Vec<String> = (0..n).map(|i| format!(r#"{{"card_id":"c{i}","amount":{i},"ts":{i}}}"#)).collect();
         let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
         for _ in 0..2 {
