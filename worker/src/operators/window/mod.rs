@@ -27,6 +27,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use hashbrown::hash_map::RawEntryMut;
 use rustc_hash::{FxBuildHasher, FxHashSet};
+use smallvec::SmallVec;
 use weir_crds::AggregateFn;
 
 pub use assign::WindowKind;
@@ -79,7 +80,7 @@ impl WindowConfig {
     }
 
     /// The key's stored windows.
-    fn fetch(&self, tx: &StateTx, key: &[u8]) -> Result<Option<Vec<Win>>, OpError> {
+    fn fetch(&self, tx: &StateTx, key: &[u8]) -> Result<Option<Wins>, OpError> {
         match tx.get(&self.entry_key(key)).map_err(|e| self.state_err(e))? {
             None => Ok(None),
             Some(bytes) => decode_wins(&bytes, self.aggs.len()).map(Some).ok_or_else(|| self.corrupt("a window entry")),
@@ -94,12 +95,12 @@ struct Win {
     fired: bool,
     /// Updated after firing (allowed lateness): emit again after this batch.
     refire: bool,
-    accs: Vec<Acc>,
+    accs: Accs,
 }
 
 #[derive(Default)]
 struct KeyEntry {
-    wins: Vec<Win>,
+    wins: Wins,
     /// Changed since the last commit (listed in `WindowOp::dirty`).
     dirty: bool,
     /// Has an entry in state.
@@ -125,7 +126,14 @@ pub struct WindowOp {
     key_buf: Vec<u8>,
 }
 
-type Key = Arc<[u8]>;
+/// A key's encoding, stored inline up to 30 bytes: the cache compares keys without following
+/// a pointer (one cache miss less per row).
+type Key = SmallVec<[u8; 30]>;
+
+/// Windows of a key and aggregates of a window, inline for the common sizes, so updating a
+/// window touches the cache entry's memory only.
+type Wins = SmallVec<[Win; 1]>;
+type Accs = SmallVec<[Acc; 3]>;
 
 /// Result rows being built, column by column.
 struct Output {
@@ -222,7 +230,7 @@ impl WindowOp {
             from = last.clone();
             from.push(0);
             for (k, v) in page {
-                let key: Key = Arc::from(&k[lo.len()..]);
+                let key = Key::from_slice(&k[lo.len()..]);
                 let wins = decode_wins(&v, self.cfg.aggs.len()).ok_or_else(|| self.cfg.corrupt("a window entry"))?;
                 for w in &wins {
                     self.timers
@@ -354,9 +362,9 @@ impl Operator for WindowOp {
                     let e = match stored {
                         Some(wins) => KeyEntry { wins, dirty: false, stored: true },
                         // Dirty from the start, so the write-back drops it if it stays empty.
-                        None => KeyEntry { wins: Vec::new(), dirty: true, stored: false },
+                        None => KeyEntry { wins: Wins::new(), dirty: true, stored: false },
                     };
-                    let (k, e) = v.insert(Arc::from(key.as_slice()), e);
+                    let (k, e) = v.insert(Key::from_slice(&key), e);
                     if e.dirty {
                         dirty.push(k.clone());
                     }
@@ -551,7 +559,7 @@ fn remove_timer(timers: &mut BTreeMap<i64, Vec<(Key, i64)>>, time: i64, key: &[u
     }
 }
 
-fn new_accs(aggs: &[AggSpec]) -> Vec<Acc> {
+fn new_accs(aggs: &[AggSpec]) -> Accs {
     aggs.iter().map(|a| Acc::new(a.func, a.arg.as_ref().map(|e| &e.data_type))).collect()
 }
 
@@ -569,16 +577,16 @@ fn encode_wins(wins: &[Win]) -> Vec<u8> {
     out
 }
 
-fn decode_wins(b: &[u8], naccs: usize) -> Option<Vec<Win>> {
+fn decode_wins(b: &[u8], naccs: usize) -> Option<Wins> {
     let n = u32::from_le_bytes(b.get(..4)?.try_into().ok()?) as usize;
     let mut r = &b[4..];
-    let mut wins = Vec::with_capacity(n);
+    let mut wins = Wins::with_capacity(n.min(1024));
     for _ in 0..n {
         let start = i64::from_le_bytes(r.get(..8)?.try_into().ok()?);
         let end = i64::from_le_bytes(r.get(8..16)?.try_into().ok()?);
         let fired = *r.get(16)? != 0;
         r = &r[17..];
-        let mut accs = Vec::with_capacity(naccs);
+        let mut accs = Accs::with_capacity(naccs);
         for _ in 0..naccs {
             let (a, rest) = Acc::decode(r)?;
             accs.push(a);
