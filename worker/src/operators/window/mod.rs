@@ -18,6 +18,7 @@
 
 pub mod acc;
 mod assign;
+mod panes;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -33,6 +34,7 @@ use weir_crds::AggregateFn;
 pub use assign::WindowKind;
 
 use self::acc::Acc;
+use self::panes::Panes;
 use super::{OpCtx, OpError, Operator};
 use crate::batch::Batch;
 use crate::codec::encode_json_lines;
@@ -79,11 +81,13 @@ impl WindowConfig {
         k
     }
 
-    /// The key's stored windows.
-    fn fetch(&self, tx: &StateTx, key: &[u8]) -> Result<Option<Wins>, OpError> {
+    /// The key's stored entry.
+    fn fetch(&self, tx: &StateTx, key: &[u8]) -> Result<Option<KeyEntry>, OpError> {
         match tx.get(&self.entry_key(key)).map_err(|e| self.state_err(e))? {
             None => Ok(None),
-            Some(bytes) => decode_wins(&bytes, self.aggs.len()).map(Some).ok_or_else(|| self.corrupt("a window entry")),
+            Some(bytes) => {
+                decode_entry(&bytes, self.aggs.len()).map(Some).ok_or_else(|| self.corrupt("a window entry"))
+            }
         }
     }
 }
@@ -98,13 +102,32 @@ struct Win {
     accs: Accs,
 }
 
-#[derive(Default)]
 struct KeyEntry {
+    /// The key's windows; with sliding windows, its panes (see [`panes`]).
     wins: Wins,
+    /// Sliding windows: every window of the key ending at or before this has fired.
+    fired_upto: i64,
+    /// Sliding windows: the key's one timer (`i64::MAX`: none).
+    timer: i64,
+    /// Sliding windows: starts of fired windows updated within their lateness.
+    refire: SmallVec<[i64; 2]>,
     /// Changed since the last commit (listed in `WindowOp::dirty`).
     dirty: bool,
     /// Has an entry in state.
     stored: bool,
+}
+
+impl KeyEntry {
+    fn new(stored: bool) -> KeyEntry {
+        KeyEntry {
+            wins: Wins::new(),
+            fired_upto: i64::MIN,
+            timer: i64::MAX,
+            refire: SmallVec::new(),
+            dirty: !stored,
+            stored,
+        }
+    }
 }
 
 /// The window operator.
@@ -124,6 +147,10 @@ pub struct WindowOp {
     timers_loaded: bool,
     refire: FxHashSet<Key>,
     key_buf: Vec<u8>,
+    /// Sliding windows are kept as panes (see [`panes`]).
+    panes: Option<Panes>,
+    /// Results of windows fired while a batch is processed, returned with the next watermark.
+    pending: Option<Output>,
 }
 
 /// A key's encoding, stored inline up to 30 bytes: the cache compares keys without following
@@ -183,6 +210,12 @@ impl WindowOp {
     }
 
     pub fn new(cfg: WindowConfig) -> WindowOp {
+        let panes = match cfg.kind {
+            WindowKind::Sliding { size, slide } if size > slide => {
+                Some(Panes { size, slide, lateness: cfg.allowed_lateness })
+            }
+            _ => None,
+        };
         WindowOp {
             out_schema: Self::output_schema(&cfg.keys, &cfg.aggs),
             cfg,
@@ -193,6 +226,8 @@ impl WindowOp {
             timers_loaded: false,
             refire: FxHashSet::default(),
             key_buf: Vec::with_capacity(64),
+            panes,
+            pending: None,
         }
     }
 
@@ -231,15 +266,21 @@ impl WindowOp {
             from.push(0);
             for (k, v) in page {
                 let key = Key::from_slice(&k[lo.len()..]);
-                let wins = decode_wins(&v, self.cfg.aggs.len()).ok_or_else(|| self.cfg.corrupt("a window entry"))?;
-                for w in &wins {
-                    self.timers
-                        .entry(Self::due(self.cfg.allowed_lateness, w))
-                        .or_default()
-                        .push((key.clone(), w.start));
+                let entry = decode_entry(&v, self.cfg.aggs.len()).ok_or_else(|| self.cfg.corrupt("a window entry"))?;
+                if self.panes.is_some() {
+                    if entry.timer != i64::MAX {
+                        self.timers.entry(entry.timer).or_default().push((key.clone(), 0));
+                    }
+                } else {
+                    for w in &entry.wins {
+                        self.timers
+                            .entry(Self::due(self.cfg.allowed_lateness, w))
+                            .or_default()
+                            .push((key.clone(), w.start));
+                    }
                 }
                 if self.cache.len() < self.cfg.max_cached_keys {
-                    self.cache.insert(key, KeyEntry { wins, dirty: false, stored: true });
+                    self.cache.insert(key, entry);
                 } else {
                     self.uncached_in_state = true;
                 }
@@ -266,7 +307,7 @@ impl WindowOp {
                 }
                 self.cache.remove(&key);
             } else {
-                let bytes = encode_wins(&e.wins);
+                let bytes = encode_entry(e);
                 e.stored = true;
                 tx.put(self.entry_key(&key), bytes);
             }
@@ -330,6 +371,7 @@ impl Operator for WindowOp {
         let arg_cols: Vec<Option<Col>> =
             arg_arrays.iter().map(|a| a.as_ref().map(|a| Col::new(a).expect("arguments have engine types"))).collect();
         let lateness = self.cfg.allowed_lateness;
+        let nkeys = self.cfg.keys.len();
         let mut key = std::mem::take(&mut self.key_buf);
         let mut starts = Vec::with_capacity(8);
         for row in 0..batch.num_rows() {
@@ -340,7 +382,15 @@ impl Operator for WindowOp {
                 c.encode_key(row, &mut key);
             }
             let kind = self.cfg.kind;
-            if let WindowKind::Session { .. } = kind {
+            if let Some(pn) = self.panes {
+                if pn.pane_expired(pn.pane_of(ts), wm) {
+                    ctx.late.push(
+                        Self::late_record(&batch, row)
+                            .map_err(|source| OpError::Arrow { operator: name.clone(), source })?,
+                    );
+                    continue;
+                }
+            } else if let WindowKind::Session { .. } = kind {
             } else {
                 starts.clear();
                 kind.assign(ts, &mut starts);
@@ -353,17 +403,16 @@ impl Operator for WindowOp {
                     continue;
                 }
             }
-            let WindowOp { cfg, cache, dirty, timers, refire, uncached_in_state, .. } = self;
+            let WindowOp { cfg, cache, dirty, timers, refire, uncached_in_state, panes, pending, out_schema, .. } =
+                self;
             // One hash lookup per row when the key is cached.
             let (k, entry) = match cache.raw_entry_mut().from_key(key.as_slice()) {
                 RawEntryMut::Occupied(o) => o.into_key_value(),
                 RawEntryMut::Vacant(v) => {
                     let stored = if *uncached_in_state { cfg.fetch(ctx.state, &key)? } else { None };
-                    let e = match stored {
-                        Some(wins) => KeyEntry { wins, dirty: false, stored: true },
-                        // Dirty from the start, so the write-back drops it if it stays empty.
-                        None => KeyEntry { wins: Wins::new(), dirty: true, stored: false },
-                    };
+                    // A new entry is dirty from the start, so the write-back drops it if it stays
+                    // empty.
+                    let e = stored.unwrap_or_else(|| KeyEntry::new(false));
                     let (k, e) = v.insert(Key::from_slice(&key), e);
                     if e.dirty {
                         dirty.push(k.clone());
@@ -372,6 +421,57 @@ impl Operator for WindowOp {
                 }
             };
             let k = &*k;
+            if let Some(pn) = panes {
+                // Windows past their lateness at this row fire before it touches its pane.
+                let mut corrupt = false;
+                let mut emit = |w: &Win| {
+                    corrupt |= !pending.get_or_insert_with(|| Output::new(out_schema)).push(nkeys, k, w);
+                };
+                if !entry.refire.is_empty() {
+                    pn.flush_expired_refires(entry, wm, &cfg.aggs, &mut emit);
+                }
+                // The key's timer is at or before its next window's end - 1, so no window can be
+                // past its lateness while the timer is ahead of the watermark.
+                if entry.timer <= wm {
+                    pn.fire_due(entry, wm, true, &cfg.aggs, &mut emit);
+                }
+                if corrupt {
+                    return Err(cfg.corrupt("a key"));
+                }
+                // Expired windows without data are done too: this row must not open them.
+                entry.fired_upto = entry.fired_upto.max(pn.last_expired_end(wm));
+                let p = pn.pane_of(ts);
+                let (pane, created) = match entry.wins.iter().position(|w| w.start == p) {
+                    Some(i) => (&mut entry.wins[i], false),
+                    None => {
+                        let w =
+                            Win { start: p, end: p + pn.slide, fired: false, refire: false, accs: new_accs(&cfg.aggs) };
+                        entry.wins.push(w);
+                        (entry.wins.last_mut().expect("pushed"), true)
+                    }
+                };
+                for (acc, col) in pane.accs.iter_mut().zip(&arg_cols) {
+                    acc.update(col.as_ref(), row, ts);
+                }
+                if entry.fired_upto > p {
+                    for s in pn.refired(entry, p, wm) {
+                        if !entry.refire.contains(&s) {
+                            entry.refire.push(s);
+                        }
+                    }
+                    if !entry.refire.is_empty() {
+                        refire.insert(k.clone());
+                    }
+                }
+                // Only a new pane can bring the key's timer forward.
+                let t = if created { pn.next_timer(entry) } else { i64::MAX };
+                if t < entry.timer {
+                    entry.timer = t;
+                    timers.entry(t).or_default().push((k.clone(), 0));
+                }
+                Self::mark_dirty(dirty, k, entry);
+                continue;
+            }
             let updated = match kind {
                 WindowKind::Session { gap } => {
                     // Windows past their lateness are final: never merged into.
@@ -469,14 +569,20 @@ impl Operator for WindowOp {
     fn on_watermark(&mut self, wm: i64, ctx: &mut OpCtx) -> Result<Option<Batch>, OpError> {
         self.load_timers(ctx.state)?;
         let nkeys = self.cfg.keys.len();
-        let mut out: Option<Output> = None;
+        let mut out: Option<Output> = self.pending.take();
         let mut corrupt = false;
         let mut emit = |out: &mut Option<Output>, key: &[u8], w: &Win| {
             corrupt |= !out.get_or_insert_with(|| Output::new(&self.out_schema)).push(nkeys, key, w);
         };
         for key in std::mem::take(&mut self.refire) {
-            let WindowOp { cfg, cache, uncached_in_state, .. } = self;
+            let WindowOp { cfg, cache, uncached_in_state, panes, .. } = self;
             let Some(e) = cached_entry(cache, cfg, *uncached_in_state, ctx.state, &key)? else { continue };
+            if let Some(pn) = panes {
+                for s in std::mem::take(&mut e.refire) {
+                    emit(&mut out, &key, &pn.window(e, s, &cfg.aggs));
+                }
+                continue;
+            }
             for w in e.wins.iter_mut().filter(|w| w.refire) {
                 w.refire = false;
                 emit(&mut out, &key, w);
@@ -490,8 +596,22 @@ impl Operator for WindowOp {
             // Windows due at the same time fire in the order their timers were set.
             let (time, due) = entry.remove_entry();
             for (key, start) in due {
-                let WindowOp { cfg, cache, uncached_in_state, dirty, timers, .. } = self;
+                let WindowOp { cfg, cache, uncached_in_state, dirty, timers, panes, .. } = self;
                 let Some(e) = cached_entry(cache, cfg, *uncached_in_state, ctx.state, &key)? else { continue };
+                if let Some(pn) = panes {
+                    // A key has one timer; earlier ones it replaced are stale.
+                    if e.timer != time {
+                        continue;
+                    }
+                    pn.fire_due(e, wm, false, &cfg.aggs, &mut |w| emit(&mut out, &key, w));
+                    pn.drop_expired(e, wm);
+                    e.timer = pn.next_timer(e);
+                    if e.timer != i64::MAX {
+                        timers.entry(e.timer).or_default().push((key.clone(), 0));
+                    }
+                    Self::mark_dirty(dirty, &key, e);
+                    continue;
+                }
                 // Sessions of a key may share a start (a live one can grow back over an expired
                 // one), so the timer's time names the window too.
                 let Some(i) = e.wins.iter().position(|w| w.start == start && Self::due(lateness, w) == time) else {
@@ -543,7 +663,7 @@ fn cached_entry<'c>(
         RawEntryMut::Occupied(o) => Some(o.into_mut()),
         RawEntryMut::Vacant(v) => {
             let stored = if uncached_in_state { cfg.fetch(tx, key)? } else { None };
-            stored.map(|wins| v.insert(key.clone(), KeyEntry { wins, dirty: false, stored: true }).1)
+            stored.map(|e| v.insert(key.clone(), e).1)
         }
     })
 }
@@ -563,10 +683,13 @@ fn new_accs(aggs: &[AggSpec]) -> Accs {
     aggs.iter().map(|a| Acc::new(a.func, a.arg.as_ref().map(|e| &e.data_type))).collect()
 }
 
-fn encode_wins(wins: &[Win]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + wins.len() * 48);
-    out.extend_from_slice(&(wins.len() as u32).to_le_bytes());
-    for w in wins {
+/// `[windows u32][fired_upto i64][timer i64]` then per window `[start][end][fired u8][accs]`.
+fn encode_entry(e: &KeyEntry) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32 + e.wins.len() * 48);
+    out.extend_from_slice(&(e.wins.len() as u32).to_le_bytes());
+    out.extend_from_slice(&e.fired_upto.to_le_bytes());
+    out.extend_from_slice(&e.timer.to_le_bytes());
+    for w in &e.wins {
         out.extend_from_slice(&w.start.to_le_bytes());
         out.extend_from_slice(&w.end.to_le_bytes());
         out.push(w.fired as u8);
@@ -577,13 +700,16 @@ fn encode_wins(wins: &[Win]) -> Vec<u8> {
     out
 }
 
-fn decode_wins(b: &[u8], naccs: usize) -> Option<Wins> {
+fn decode_entry(b: &[u8], naccs: usize) -> Option<KeyEntry> {
+    let i64_at = |r: &[u8], at: usize| -> Option<i64> { Some(i64::from_le_bytes(r.get(at..at + 8)?.try_into().ok()?)) };
     let n = u32::from_le_bytes(b.get(..4)?.try_into().ok()?) as usize;
-    let mut r = &b[4..];
-    let mut wins = Wins::with_capacity(n.min(1024));
+    let mut e = KeyEntry::new(true);
+    e.fired_upto = i64_at(b, 4)?;
+    e.timer = i64_at(b, 12)?;
+    let mut r = &b[20..];
+    e.wins = Wins::with_capacity(n.min(1024));
     for _ in 0..n {
-        let start = i64::from_le_bytes(r.get(..8)?.try_into().ok()?);
-        let end = i64::from_le_bytes(r.get(8..16)?.try_into().ok()?);
+        let (start, end) = (i64_at(r, 0)?, i64_at(r, 8)?);
         let fired = *r.get(16)? != 0;
         r = &r[17..];
         let mut accs = Accs::with_capacity(naccs);
@@ -592,9 +718,9 @@ fn decode_wins(b: &[u8], naccs: usize) -> Option<Wins> {
             accs.push(a);
             r = rest;
         }
-        wins.push(Win { start, end, fired, refire: false, accs });
+        e.wins.push(Win { start, end, fired, refire: false, accs });
     }
-    Some(wins)
+    Some(e)
 }
 
 #[cfg(test)]

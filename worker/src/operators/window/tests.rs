@@ -269,10 +269,18 @@ fn check(kind_of: impl Fn(&mut StdRng) -> WindowKind, lateness_of: impl Fn(&mut 
             assert_eq!(sorted(got.rows), sorted(want), "results differ: seed {seed} {kind:?} ooo {ooo}");
         } else {
             // Updates within the lateness re-emit; an upserting consumer keeps the last.
-            assert_eq!(
-                last_wins(&got.rows),
-                last_wins(&want),
-                "results differ: seed {seed} {kind:?} lateness {lateness} ooo {ooo}"
+            let (got, want) = (last_wins(&got.rows), last_wins(&want));
+            let diff: Vec<_> = got
+                .keys()
+                .chain(want.keys())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .filter(|k| got.get(k) != want.get(k))
+                .map(|k| (k, got.get(k), want.get(k)))
+                .collect();
+            assert!(
+                diff.is_empty(),
+                "results differ (got, want): seed {seed} {kind:?} lateness {lateness} ooo {ooo}: {diff:?}"
             );
         }
     }
@@ -283,6 +291,9 @@ fn tumbling_matches_reference() {
     check(|r| WindowKind::Tumbling { size: r.random_range(1..120) * 1_000 }, |r| r.random_range(0..3) * 10_000, 60);
 }
 
+/// Sliding windows run on panes, the most intricate state; 1,500 cases also pass (11 s).
+const SLIDING_CASES: u64 = 150;
+
 #[test]
 fn sliding_matches_reference() {
     check(
@@ -291,7 +302,7 @@ fn sliding_matches_reference() {
             WindowKind::Sliding { size: slide * r.random_range(1..6), slide }
         },
         |r| r.random_range(0..3) * 10_000,
-        60,
+        SLIDING_CASES,
     );
 }
 
