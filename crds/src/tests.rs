@@ -118,6 +118,7 @@ spec:
         window: {session: {gap: 0s}}
         aggregate: {n: "count(*)"}
         lateOutput: missing
+        stateTtl: 1h
     sinks:
       out: {from: w, file: {path: o.jsonl}}
       orphan: {file: {path: x.jsonl}}
@@ -135,6 +136,7 @@ spec:
         ("spec.pipeline.streams.s.keyBy", "`nope` is not a field"),
         ("spec.pipeline.streams.s.window.session.gap", "above zero"),
         ("spec.pipeline.streams.s.lateOutput", "`missing` is not a sink"),
+        ("spec.pipeline.streams.s.stateTtl", "dropped when the window closes"),
         ("spec.pipeline.sinks.orphan.from", "needs `from`"),
     ];
     for (path, needle) in expect {

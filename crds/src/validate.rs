@@ -400,6 +400,13 @@ fn check_stream(
     }
     if let Some(ttl) = &s.state_ttl {
         positive(errs, &format!("{path}.stateTtl"), ttl);
+        if s.enrich.is_none() && s.pattern.is_none() {
+            errs.push(
+                format!("{path}.stateTtl"),
+                "stateTtl applies to steps that keep keyed state open-endedly (enrich, pattern); a window's state is \
+                 dropped when the window closes (window_end + allowedLateness)",
+            );
+        }
     }
     if let Some(e) = &s.enrich {
         match p.tables.get(&e.table) {

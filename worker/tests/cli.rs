@@ -92,3 +92,36 @@ spec:
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("spec.pipeline.streams.f.where") && err.contains("amout"), "{err}");
 }
+
+#[test]
+fn pod_entry_point_takes_its_identity_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = copy_example(dir.path(), "payments-file.yaml");
+    let pod = |pod_name: &str, parallelism: &str| {
+        worker()
+            .arg("pod")
+            .env("WEIR_CONFIG", &manifest)
+            .env("POD_NAME", pod_name)
+            .env("WEIR_PARALLELISM", parallelism)
+            .env("WEIR_STATE_DIR", dir.path().join("state"))
+            .env("WEIR_ADMIN_ADDR", "127.0.0.1:0")
+            .env_remove("WEIR_ORDINAL")
+            .output()
+            .unwrap()
+    };
+    // As the StatefulSet's Pod `payments-file-0` of 1: the mounted manifest runs as with `run`.
+    let out = pod("payments-file-0", "1");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(lines(&dir.path().join("out/file_per_card_minute.jsonl")).len(), 6);
+    // A name without an ordinal, an ordinal beyond the parallelism, and a file source spread
+    // over two workers are refused with what to fix.
+    for (name, parallelism, needle) in [
+        ("payments-file", "1", "does not end in -<ordinal>; set WEIR_ORDINAL"),
+        ("payments-file-3", "2", "ordinal 3 is not below parallelism 2"),
+        ("payments-file-1", "2", "runs on one worker; set parallelism to 1"),
+    ] {
+        let out = pod(name, parallelism);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(needle), "{name} of {parallelism}: {err}");
+    }
+}
