@@ -1,8 +1,11 @@
 //! A Kafka-to-Kafka window job on the local stack: several partitions, out-of-order and late
 //! events, the worker killed with SIGKILL in the middle and restarted. Every window result
-//! equals the reference and every late event reaches the corrections topic: nothing is lost
-//! (delivery is at-least-once here, so a result may repeat; the last one per key and window
-//! counts, as the upsert contract says).
+//! equals the reference and every late event reaches the corrections topic. With exactly-once
+//! delivery (the default) a `read_committed` consumer sees each result and each late event
+//! exactly once, whether the kill came before the first state commit (the restarted worker
+//! rebuilds its state from the start of the topic with its Kafka output muted up to the
+//! committed offsets) or after (it replays from its state). At-least-once, nothing is lost and
+//! the last result per key and window counts, as the upsert contract says.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -148,7 +151,21 @@ fn read_all(topic: &str, partitions: i32) -> Vec<(Option<String>, serde_json::Va
 }
 
 #[test]
-fn windows_survive_sigkill_and_match_the_reference() {
+fn exactly_once_through_sigkill_before_any_state_commit() {
+    windows_survive_sigkill("exactly-once", "1h");
+}
+
+#[test]
+fn exactly_once_through_sigkill_between_state_commits() {
+    windows_survive_sigkill("exactly-once", "100ms");
+}
+
+#[test]
+fn at_least_once_through_sigkill() {
+    windows_survive_sigkill("at-least-once", "100ms");
+}
+
+fn windows_survive_sigkill(delivery: &str, checkpoint_interval: &str) {
     require_port("Kafka", 9092);
     let name = unique("wk");
     let (input, output, corrections) = (format!("{name}-in"), format!("{name}-out"), format!("{name}-late"));
@@ -179,8 +196,9 @@ fn windows_survive_sigkill_and_match_the_reference() {
             r#"
 metadata: {{name: {name}}}
 spec:
+  delivery: {delivery}
   epochInterval: 50ms
-  checkpointing: {{interval: 100ms}}
+  checkpointing: {{interval: {checkpoint_interval}}}
   pipeline:
     sources:
       payments:
@@ -223,10 +241,13 @@ spec:
     let mut w = start_worker(&manifest, &state, &log);
     let (want, want_late) = reference(&evs);
     let mut last = BTreeMap::new();
+    let mut emitted = 0;
     let deadline = Instant::now() + Duration::from_secs(120);
     while Instant::now() < deadline {
         let mut got = Windows::new();
-        for (key, v) in read_all(&output, PARTITIONS) {
+        let all = read_all(&output, PARTITIONS);
+        emitted = all.len();
+        for (key, v) in all {
             let card = v["card_id"].as_str().unwrap().to_string();
             assert_eq!(key.as_deref(), Some(card.as_str()), "the message key is the key field");
             got.insert(
@@ -241,9 +262,14 @@ spec:
     }
     assert_eq!(last.len(), want.len(), "every window the input fires is emitted, no other");
     assert_eq!(last, want, "every window equals the reference");
-    let late: BTreeSet<String> =
+    let late_all: Vec<String> =
         read_all(&corrections, 1).iter().map(|(_, v)| v["id"].as_str().unwrap().to_string()).collect();
+    let late: BTreeSet<String> = late_all.iter().cloned().collect();
     assert_eq!(late, want_late, "exactly the late events reach the corrections topic");
+    if delivery == "exactly-once" {
+        assert_eq!(emitted, want.len(), "each window result is committed exactly once");
+        assert_eq!(late_all.len(), want_late.len(), "each late event is committed exactly once");
+    }
 
     // SIGTERM: commits and exits 0.
     let pid = w.id().to_string();

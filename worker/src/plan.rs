@@ -78,6 +78,8 @@ pub struct JobPlan {
     pub epoch_interval_ms: u64,
     /// How often state and input positions are committed together (`checkpointing.interval`).
     pub commit_interval_ms: u64,
+    /// `delivery: exactly-once` (the default).
+    pub exactly_once: bool,
     /// Folder of the manifest, for relative paths.
     pub base_dir: PathBuf,
     pub max_cached_keys: usize,
@@ -190,6 +192,7 @@ impl JobPlan {
                 .and_then(|c| c.interval.millis().ok())
                 .unwrap_or(30_000)
                 .max(1),
+            exactly_once: m.spec.delivery == weir_crds::Delivery::ExactlyOnce,
             base_dir: base_dir.to_path_buf(),
             max_cached_keys: 100_000,
         })

@@ -16,7 +16,8 @@ use anyhow::{bail, Context};
 
 use crate::metrics::Metrics;
 use crate::plan::JobPlan;
-use crate::sink::{file::FileSink, kafka::KafkaSink, Sink};
+use crate::sink::kafka::{KafkaProducer, KafkaSink};
+use crate::sink::{file::FileSink, Shared, SharedSink, Sink};
 use crate::source::{datagen::DatagenSource, file::FileSource, kafka::KafkaSource, Source};
 use crate::state::{RocksShared, RocksStore};
 use crate::task::{Sinks, Task};
@@ -44,19 +45,27 @@ pub struct Runtime {
     plan: Arc<JobPlan>,
     sources: Vec<Box<dyn Source>>,
     tasks: BTreeMap<u32, Task>,
-    sinks: Sinks,
+    /// Each task's sinks (the same shared sinks, except transactional Kafka ones).
+    sinks: BTreeMap<u32, Sinks>,
     metrics: Arc<Metrics>,
     ended: Vec<bool>,
+    /// Exactly-once: every task commits a Kafka transaction per epoch.
+    transactional: bool,
+    /// Positions each task committed in its last transaction (idle tasks skip empty ones).
+    txn_positions: BTreeMap<u32, Vec<(usize, i64)>>,
 }
 
 impl Runtime {
     /// Opens everything and restores every task; fails with what could not be opened.
     pub fn open(plan: Arc<JobPlan>, cfg: &RuntimeConfig, metrics: Arc<Metrics>) -> anyhow::Result<Runtime> {
         let id = &cfg.identity;
+        let transactional = Self::transactional(&plan)?;
         let mut sources: Vec<Box<dyn Source>> = Vec::new();
         for sp in &plan.sources {
             let s: Box<dyn Source> = if let Some(k) = &sp.spec.kafka {
-                Box::new(KafkaSource::new(&sp.name, k, &plan.group, id.ordinal, id.parallelism)?)
+                Box::new(
+                    KafkaSource::new(&sp.name, k, &plan.group, id.ordinal, id.parallelism)?.exactly_once(transactional),
+                )
             } else if id.parallelism > 1 {
                 bail!("source {} is a file or datagen source, which runs on one worker; set parallelism to 1", sp.name);
             } else if let Some(f) = &sp.spec.file {
@@ -89,9 +98,13 @@ impl Runtime {
         }
         // A job resuming from restored positions appends to its files.
         let resumed = tasks.values().any(|t: &Task| (0..plan.sources.len()).any(|i| t.restored_position(i).is_some()));
-        let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+        let mut shared: Vec<Option<SharedSink>> = Vec::new();
         for s in &plan.sinks {
             let sink: Box<dyn Sink> = if let Some(k) = &s.spec.kafka {
+                if transactional {
+                    shared.push(None); // one per task, below
+                    continue;
+                }
                 Box::new(KafkaSink::new(&s.name, k)?)
             } else if let Some(f) = &s.spec.file {
                 let path = match (id.parallelism, plan.resolve(&f.path)) {
@@ -103,11 +116,82 @@ impl Runtime {
             } else {
                 bail!("sink {} has no kind", s.name);
             };
-            sinks.push(sink);
+            shared.push(Some(Arc::new(std::sync::Mutex::new(sink))));
         }
-        let names = plan.sinks.iter().map(|s| s.name.clone()).collect();
+        let names: Vec<String> = plan.sinks.iter().map(|s| s.name.clone()).collect();
+        let mut task_sinks = BTreeMap::new();
+        for &p in tasks.keys() {
+            let txn = match transactional {
+                true => Some(Arc::new(Self::task_producer(&plan, p).map_err(anyhow::Error::msg)?)),
+                false => None,
+            };
+            let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+            for (s, sh) in plan.sinks.iter().zip(&shared) {
+                match (sh, &s.spec.kafka, &txn) {
+                    (Some(sh), _, _) => sinks.push(Box::new(Shared(sh.clone()))),
+                    (None, Some(k), Some(txn)) => {
+                        sinks.push(Box::new(KafkaSink::with_producer(&s.name, k, txn.clone())))
+                    }
+                    _ => bail!("sink {} has no writer", s.name),
+                }
+            }
+            task_sinks.insert(p, Sinks { sinks, names: names.clone(), metrics: metrics.clone(), txn, muted: false });
+        }
+        for (i, s) in sources.iter_mut().enumerate() {
+            s.start()?;
+            if transactional {
+                for (p, committed) in s.committed_ahead() {
+                    if let Some(t) = tasks.get_mut(&p) {
+                        tracing::info!(
+                            partition = p,
+                            until = committed,
+                            "replaying input whose results are committed, with Kafka output muted"
+                        );
+                        t.replay_until(i, committed);
+                    }
+                }
+            }
+        }
         let ended = vec![false; sources.len()];
-        Ok(Runtime { sinks: Sinks { sinks, names, metrics: metrics.clone() }, plan, sources, tasks, metrics, ended })
+        Ok(Runtime {
+            sinks: task_sinks,
+            plan,
+            sources,
+            tasks,
+            metrics,
+            ended,
+            transactional,
+            txn_positions: BTreeMap::new(),
+        })
+    }
+
+    /// Exactly-once needs a Kafka source (its offsets go into the transactions) and Kafka sinks
+    /// on the same cluster; other sinks (files) are at-least-once.
+    fn transactional(plan: &JobPlan) -> anyhow::Result<bool> {
+        let source = plan.sources.iter().find_map(|s| s.spec.kafka.as_ref());
+        let sinks: Vec<_> = plan.sinks.iter().filter_map(|s| Some((&s.name, s.spec.kafka.as_ref()?))).collect();
+        let (Some(source), true, true) = (source, !sinks.is_empty(), plan.exactly_once) else { return Ok(false) };
+        for (name, k) in &sinks {
+            if k.brokers != source.brokers {
+                bail!(
+                    "exactly-once delivery commits the output of sink {name} ({}) with the input offsets of topic {} ({}) in one Kafka transaction, so they must be on the same brokers; use one cluster or set delivery: at-least-once",
+                    k.brokers, source.topic, source.brokers
+                );
+            }
+        }
+        Ok(true)
+    }
+
+    /// The transactional producer of partition-task `p`: id `<group>.p<partition>`, so a
+    /// restarted or duplicate owner of the partition fences the previous one.
+    fn task_producer(plan: &JobPlan, p: u32) -> Result<KafkaProducer, String> {
+        let mut properties = BTreeMap::new();
+        let mut brokers = String::new();
+        for k in plan.sinks.iter().filter_map(|s| s.spec.kafka.as_ref()) {
+            properties.extend(k.properties.iter().map(|(a, b)| (a.clone(), b.clone())));
+            brokers.clone_from(&k.brokers);
+        }
+        KafkaProducer::new(&brokers, &properties, Some(&format!("{}.p{p}", plan.group)))
     }
 
     /// Runs until bounded sources end or `shutdown` is set; commits before returning.
@@ -130,16 +214,15 @@ impl Runtime {
                 for (p, recs) in polled.batches {
                     first_record.get_or_insert(started);
                     records += recs.len() as u64;
-                    let task = self
-                        .tasks
-                        .get_mut(&p)
-                        .with_context(|| format!("source returned partition {p}, which this worker does not own"))?;
-                    task.process(i, recs, &mut self.sinks)?;
+                    let (Some(task), Some(sinks)) = (self.tasks.get_mut(&p), self.sinks.get_mut(&p)) else {
+                        bail!("source returned partition {p}, which this worker does not own");
+                    };
+                    task.process(i, recs, sinks)?;
                 }
                 if self.sources[i].finished() {
                     self.ended[i] = true;
-                    for task in self.tasks.values_mut() {
-                        task.end_source(i, &mut self.sinks)?;
+                    for (p, task) in self.tasks.iter_mut() {
+                        task.end_source(i, self.sinks.get_mut(p).expect("every task has sinks"))?;
                     }
                 }
                 busy += started.elapsed();
@@ -156,7 +239,7 @@ impl Runtime {
                 (last_commit, last_flush) = (Instant::now(), Instant::now());
             } else if last_flush.elapsed() >= epoch {
                 // Results become visible every epoch; state is committed less often.
-                self.sinks.flush()?;
+                self.epoch()?;
                 last_flush = Instant::now();
             }
             busy += started.elapsed();
@@ -177,14 +260,39 @@ impl Runtime {
         }
     }
 
-    /// One epoch: operator state into the transactions, sinks flushed, then state and
-    /// positions committed together, then positions committed upstream.
+    /// Ends an epoch: every task's sinks flushed; exactly-once, every task that read or wrote
+    /// anything commits its transaction with its input offsets.
+    fn epoch(&mut self) -> anyhow::Result<()> {
+        let group = self.sources.iter().find_map(|s| s.transactional_offsets());
+        for (p, task) in &self.tasks {
+            let sinks = self.sinks.get_mut(p).expect("every task has sinks");
+            sinks.flush()?;
+            let (Some(txn), Some((_, group))) = (&sinks.txn, &group) else { continue };
+            let positions = task.positions();
+            if self.txn_positions.get(p) == Some(&positions) && !txn.has_open_transaction() {
+                continue;
+            }
+            let mut offsets = rdkafka::TopicPartitionList::new();
+            for &(src, pos) in &positions {
+                if let Some((topic, _)) = self.sources[src].transactional_offsets() {
+                    offsets.add_partition_offset(&topic, *p as i32, rdkafka::Offset::Offset(pos))?;
+                }
+            }
+            txn.commit_epoch(&offsets, group).map_err(|e| anyhow::anyhow!("partition {p}: {e}"))?;
+            self.txn_positions.insert(*p, positions);
+        }
+        Ok(())
+    }
+
+    /// A state commit: operator state into the tasks' transactions, the epoch ended (sinks
+    /// flushed or transactions committed), then state and positions committed together, then
+    /// (at-least-once) the positions committed to the consumer group.
     fn commit(&mut self) -> anyhow::Result<()> {
         let timer = self.metrics.epoch_duration.start_timer();
         for t in self.tasks.values_mut() {
             t.prepare_commit()?;
         }
-        self.sinks.flush()?;
+        self.epoch()?;
         let mut upstream: Vec<Vec<(u32, i64)>> = vec![Vec::new(); self.sources.len()];
         for t in self.tasks.values_mut() {
             for (src, pos) in t.commit()? {
@@ -193,8 +301,10 @@ impl Runtime {
                 self.metrics.source_position.with_label_values(&label).set(pos);
             }
         }
-        for (s, positions) in self.sources.iter_mut().zip(upstream) {
-            s.commit(&positions)?;
+        if !self.transactional {
+            for (s, positions) in self.sources.iter_mut().zip(upstream) {
+                s.commit(&positions)?;
+            }
         }
         timer.observe_duration();
         Ok(())

@@ -12,6 +12,7 @@ use crate::batch::Batch;
 use crate::metrics::Metrics;
 use crate::operators::{OpCtx, OpError, Operator};
 use crate::plan::{JobPlan, Target};
+use crate::sink::kafka::KafkaProducer;
 use crate::sink::{dead_letter, Sink, SinkError};
 use crate::source::Records;
 use crate::state::{StateError, StateStore, StateTx};
@@ -27,21 +28,36 @@ pub enum TaskError {
     State { partition: u32, source: StateError },
 }
 
-/// The sinks of a worker, shared by its tasks.
+/// The sinks a task writes to: shared with the worker's other tasks, except that with
+/// exactly-once its Kafka sinks write through its own transactional producer.
 pub struct Sinks {
     pub sinks: Vec<Box<dyn Sink>>,
     pub names: Vec<String>,
     pub metrics: Arc<Metrics>,
+    /// The task's transactional producer (exactly-once).
+    pub txn: Option<Arc<KafkaProducer>>,
+    /// Kafka output is dropped while the task replays input whose results are committed.
+    pub muted: bool,
 }
 
 impl Sinks {
+    fn skip(&self, i: usize) -> bool {
+        self.muted && self.sinks[i].is_kafka()
+    }
+
     fn write_rows(&mut self, i: usize, batch: &Batch, keys: &[usize]) -> Result<(), SinkError> {
+        if self.skip(i) {
+            return Ok(());
+        }
         self.sinks[i].write_rows(&batch.rows, keys, batch.raw.as_ref())?;
         self.metrics.records_out.with_label_values(&[&self.names[i]]).inc_by(batch.num_rows() as u64);
         Ok(())
     }
 
     pub fn write_records(&mut self, i: usize, records: &[Vec<u8>]) -> Result<(), SinkError> {
+        if self.skip(i) {
+            return Ok(());
+        }
         self.sinks[i].write_records(records)?;
         self.metrics.records_out.with_label_values(&[&self.names[i]]).inc_by(records.len() as u64);
         Ok(())
@@ -70,6 +86,9 @@ pub struct Task {
     partition_label: String,
     /// When late events without a lateOutput were last logged (bounded-rate warning).
     late_logged: Option<std::time::Instant>,
+    /// Per source: input before this position was processed by an earlier run whose Kafka
+    /// output is committed; it only rebuilds state (exactly-once recovery).
+    replay_until: Vec<Option<i64>>,
 }
 
 const META: &[u8] = &[0, 0];
@@ -106,7 +125,6 @@ impl Task {
         let nodes = (0..plan.nodes.len()).map(|i| plan.instantiate(i)).collect();
         Ok(Task {
             partition,
-            plan,
             state,
             nodes,
             sources,
@@ -114,6 +132,8 @@ impl Task {
             metrics,
             partition_label: partition.to_string(),
             late_logged: None,
+            replay_until: vec![None; plan.sources.len()],
+            plan,
         })
     }
 
@@ -133,8 +153,40 @@ impl Task {
         }
     }
 
+    /// Input of source `src` before `position` is replayed with Kafka output muted.
+    pub fn replay_until(&mut self, src: usize, position: i64) {
+        self.replay_until[src] = Some(position);
+    }
+
+    /// The next position to read of every source that has one.
+    pub fn positions(&self) -> Vec<(usize, i64)> {
+        self.sources.iter().enumerate().filter_map(|(i, s)| Some((i, s.next_position?))).collect()
+    }
+
     /// Processes records read from partition `self.partition` of source `src`.
     pub fn process(&mut self, src: usize, mut recs: Records, sinks: &mut Sinks) -> Result<(), TaskError> {
+        if let Some(until) = self.replay_until[src] {
+            // Cut exactly at `until`: what the replayed part fires is what the earlier run
+            // committed, since results never depend on where batches are cut.
+            let split = recs.positions.partition_point(|&p| p < until);
+            let tail = recs.split_off(split);
+            if !recs.is_empty() {
+                sinks.muted = true;
+                let replayed = self.process_records(src, recs, sinks);
+                sinks.muted = false;
+                replayed?;
+            }
+            if tail.is_empty() {
+                return Ok(());
+            }
+            self.replay_until[src] = None;
+            tracing::info!(partition = self.partition, position = until, "replay of committed input done");
+            recs = tail;
+        }
+        self.process_records(src, recs, sinks)
+    }
+
+    fn process_records(&mut self, src: usize, mut recs: Records, sinks: &mut Sinks) -> Result<(), TaskError> {
         let plan = self.plan.clone();
         let sp = &plan.sources[src];
         self.metrics.records_in.with_label_values(&[&sp.name, &self.partition_label]).inc_by(recs.len() as u64);

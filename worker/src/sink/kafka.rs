@@ -1,5 +1,7 @@
 //! Kafka sink: one JSON object per message, keyed by the key fields, idempotent producer with
-//! `acks=all`; `flush` waits for every message to be acknowledged and fails on any error.
+//! `acks=all`. At-least-once, each sink has its own producer and `flush` waits for every message
+//! to be acknowledged. Exactly-once, the Kafka sinks of a partition-task share its transactional
+//! producer and the task commits the transaction, with its input offsets, at every epoch.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -7,10 +9,11 @@ use std::time::Duration;
 use datafusion::arrow::array::{Array, BinaryArray};
 use datafusion::arrow::record_batch::RecordBatch;
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::ClientContext;
+use rdkafka::{ClientContext, TopicPartitionList};
 use weir_crds::KafkaSinkSpec;
 
 use super::{message_key, Result, Sink, SinkError};
@@ -35,40 +38,75 @@ impl ProducerContext for Deliveries {
     }
 }
 
-pub struct KafkaSink {
-    name: String,
-    topic: String,
+/// A Kafka producer shared by the Kafka sinks of a task (exactly-once: one transaction per
+/// epoch holds every sink's messages and the task's input offsets) or owned by one sink.
+pub struct KafkaProducer {
     producer: ThreadedProducer<Deliveries>,
     deliveries: Deliveries,
+    brokers: String,
+    /// `Some` for a transactional producer: whether a transaction is open.
+    txn: Option<Mutex<bool>>,
 }
 
-impl KafkaSink {
-    pub fn new(name: &str, spec: &KafkaSinkSpec) -> Result<KafkaSink> {
+/// Transactions time out on the broker after this long without a commit.
+pub const TRANSACTION_TIMEOUT_MS: u64 = 60_000;
+const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl KafkaProducer {
+    /// An idempotent producer (`acks=all`); transactional with `transactional_id`, which fences
+    /// any earlier producer with the same id (a zombie worker can then commit nothing).
+    pub fn new(
+        brokers: &str,
+        properties: &std::collections::BTreeMap<String, String>,
+        transactional_id: Option<&str>,
+    ) -> std::result::Result<KafkaProducer, String> {
         let mut cfg = ClientConfig::new();
-        cfg.set("bootstrap.servers", &spec.brokers)
+        cfg.set("bootstrap.servers", brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
             .set("compression.type", "lz4")
             .set("queue.buffering.max.kbytes", "262144");
-        for (k, v) in &spec.properties {
+        for (k, v) in properties {
             cfg.set(k, v);
         }
+        if let Some(id) = transactional_id {
+            cfg.set("transactional.id", id).set("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS.to_string());
+        }
         let deliveries = Deliveries::default();
-        let producer = cfg.create_with_context(deliveries.clone()).map_err(|e| SinkError::Failed {
-            sink: name.to_string(),
-            message: format!("creating the Kafka producer for {}: {e}", spec.brokers),
-        })?;
-        Ok(KafkaSink { name: name.to_string(), topic: spec.topic.clone(), producer, deliveries })
+        let producer: ThreadedProducer<Deliveries> = cfg
+            .create_with_context(deliveries.clone())
+            .map_err(|e| format!("creating the Kafka producer for {brokers}: {e}"))?;
+        if let Some(id) = transactional_id {
+            producer.init_transactions(TXN_CALL_TIMEOUT).map_err(|e| {
+                let hint = match e.rdkafka_error_code() {
+                    Some(RDKafkaErrorCode::InvalidTransactionTimeout) => format!(
+                        "; the worker's transactions need {TRANSACTION_TIMEOUT_MS} ms: raise the brokers' transaction.max.timeout.ms to at least that"
+                    ),
+                    _ => String::new(),
+                };
+                format!("initializing transactions for transactional id {id} on {brokers}: {e}{hint}")
+            })?;
+        }
+        let txn = transactional_id.map(|_| Mutex::new(false));
+        Ok(KafkaProducer { producer, deliveries, brokers: brokers.to_string(), txn })
     }
 
-    fn err(&self, e: impl std::fmt::Display) -> SinkError {
-        SinkError::Failed { sink: self.name.clone(), message: e.to_string() }
+    fn begin_if_needed(&self) -> std::result::Result<(), String> {
+        if let Some(open) = &self.txn {
+            let mut open = open.lock().expect("transaction lock");
+            if !*open {
+                self.producer.begin_transaction().map_err(|e| format!("beginning a transaction: {e}"))?;
+                *open = true;
+            }
+        }
+        Ok(())
     }
 
-    fn send(&self, payload: &[u8], key: Option<&[u8]>) -> Result<()> {
+    fn send(&self, topic: &str, payload: &[u8], key: Option<&[u8]>) -> std::result::Result<(), String> {
+        self.begin_if_needed()?;
         loop {
-            let mut rec = BaseRecord::<[u8], [u8]>::to(&self.topic).payload(payload);
+            let mut rec = BaseRecord::<[u8], [u8]>::to(topic).payload(payload);
             if let Some(k) = key {
                 rec = rec.key(k);
             }
@@ -78,9 +116,76 @@ impl KafkaSink {
                     // Backpressure: wait for deliveries to drain the local queue.
                     self.producer.poll(Duration::from_millis(10));
                 }
-                Err((e, _)) => return Err(self.err(format!("producing to {}: {e}", self.topic))),
+                Err((e, _)) => return Err(format!("producing to {topic}: {e}")),
             }
         }
+    }
+
+    /// Waits until every message sent so far is acknowledged; fails on any delivery error.
+    pub fn flush(&self) -> std::result::Result<(), String> {
+        self.producer.flush(Duration::from_secs(60)).map_err(|e| format!("flushing to {}: {e}", self.brokers))?;
+        if let Some(e) = self.deliveries.first_error.lock().expect("delivery lock").take() {
+            return Err(format!("a message was not delivered: {e}"));
+        }
+        Ok(())
+    }
+
+    /// Commits the epoch's transaction with the input `offsets` of the consumer group: the
+    /// messages become visible to `read_committed` consumers and the offsets committed, or
+    /// neither. Any failure is returned; the worker then stops and recovers from its state.
+    pub fn commit_epoch(
+        &self,
+        offsets: &TopicPartitionList,
+        group: &ConsumerGroupMetadata,
+    ) -> std::result::Result<(), String> {
+        let Some(open) = &self.txn else { return self.flush() };
+        self.begin_if_needed()?;
+        self.flush()?;
+        if offsets.count() > 0 {
+            self.producer
+                .send_offsets_to_transaction(offsets, group, TXN_CALL_TIMEOUT)
+                .map_err(|e| format!("adding input offsets to the transaction: {e}"))?;
+        }
+        self.producer.commit_transaction(TXN_CALL_TIMEOUT).map_err(|e| format!("committing the transaction: {e}"))?;
+        *open.lock().expect("transaction lock") = false;
+        Ok(())
+    }
+
+    pub fn has_open_transaction(&self) -> bool {
+        self.txn.as_ref().is_some_and(|open| *open.lock().expect("transaction lock"))
+    }
+
+    pub fn is_transactional(&self) -> bool {
+        self.txn.is_some()
+    }
+}
+
+/// Writes one stream to one topic through a producer.
+pub struct KafkaSink {
+    name: String,
+    topic: String,
+    producer: Arc<KafkaProducer>,
+}
+
+impl KafkaSink {
+    /// A sink with its own idempotent (not transactional) producer.
+    pub fn new(name: &str, spec: &KafkaSinkSpec) -> Result<KafkaSink> {
+        let producer = KafkaProducer::new(&spec.brokers, &spec.properties, None)
+            .map_err(|message| SinkError::Failed { sink: name.to_string(), message })?;
+        Ok(KafkaSink::with_producer(name, spec, Arc::new(producer)))
+    }
+
+    /// A sink writing through `producer` (a task's transactional producer).
+    pub fn with_producer(name: &str, spec: &KafkaSinkSpec, producer: Arc<KafkaProducer>) -> KafkaSink {
+        KafkaSink { name: name.to_string(), topic: spec.topic.clone(), producer }
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> SinkError {
+        SinkError::Failed { sink: self.name.clone(), message: e.to_string() }
+    }
+
+    fn send(&self, payload: &[u8], key: Option<&[u8]>) -> Result<()> {
+        self.producer.send(&self.topic, payload, key).map_err(|e| self.err(e))
     }
 }
 
@@ -108,12 +213,14 @@ impl Sink for KafkaSink {
     }
 
     fn flush(&mut self) -> Result<()> {
-        self.producer
-            .flush(Duration::from_secs(60))
-            .map_err(|e| self.err(format!("flushing to {}: {e}", self.topic)))?;
-        if let Some(e) = self.deliveries.first_error.lock().expect("delivery lock").take() {
-            return Err(self.err(format!("a message to {} was not delivered: {e}", self.topic)));
+        // A transactional producer's messages become durable when the task commits its epoch.
+        if self.producer.is_transactional() {
+            return Ok(());
         }
-        Ok(())
+        self.producer.flush().map_err(|e| self.err(format!("topic {}: {e}", self.topic)))
+    }
+
+    fn is_kafka(&self) -> bool {
+        true
     }
 }

@@ -27,6 +27,35 @@ pub trait Sink: Send {
     fn write_records(&mut self, records: &[Vec<u8>]) -> Result<()>;
     /// Makes everything written so far durable; called before offsets are committed.
     fn flush(&mut self) -> Result<()>;
+    /// Whether this sink writes to Kafka (muted while a task replays input whose results an
+    /// earlier run already committed).
+    fn is_kafka(&self) -> bool {
+        false
+    }
+}
+
+/// One sink behind a lock, for several tasks.
+pub type SharedSink = std::sync::Arc<std::sync::Mutex<Box<dyn Sink>>>;
+
+/// A sink shared by several tasks.
+pub struct Shared(pub SharedSink);
+
+impl Sink for Shared {
+    fn write_rows(&mut self, rows: &RecordBatch, keys: &[usize], raw: Option<&BinaryArray>) -> Result<()> {
+        self.0.lock().expect("sink lock").write_rows(rows, keys, raw)
+    }
+
+    fn write_records(&mut self, records: &[Vec<u8>]) -> Result<()> {
+        self.0.lock().expect("sink lock").write_records(records)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.0.lock().expect("sink lock").flush()
+    }
+
+    fn is_kafka(&self) -> bool {
+        self.0.lock().expect("sink lock").is_kafka()
+    }
 }
 
 /// The message key of a row: one key field as its value as a string, several as a JSON array.

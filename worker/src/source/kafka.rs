@@ -28,6 +28,11 @@ pub struct KafkaSource {
     lag_checked: Option<Instant>,
     /// With `bounded: true`, the end offsets found at start; the source finishes there.
     stop_at: Option<BTreeMap<u32, i64>>,
+    /// The group's committed offsets where they are ahead of the restored positions.
+    committed_ahead: Vec<(u32, i64)>,
+    /// Exactly-once: the group's offsets were committed with results, so without restored
+    /// state the task rebuilds it from `startFrom` up to them, never starts at them.
+    exactly_once: bool,
 }
 
 impl KafkaSource {
@@ -86,7 +91,15 @@ impl KafkaSource {
             high_watermarks: BTreeMap::new(),
             lag_checked: None,
             stop_at: None,
+            committed_ahead: Vec::new(),
+            exactly_once: false,
         })
+    }
+
+    /// Positions follow exactly-once recovery (see the field).
+    pub fn exactly_once(mut self, on: bool) -> KafkaSource {
+        self.exactly_once = on;
+        self
     }
 
     fn err(&self, message: String) -> SourceError {
@@ -110,12 +123,17 @@ impl KafkaSource {
                 Offset::Offset(o) => Some(o),
                 _ => None,
             });
+            if let Some(g) = group_offset {
+                if self.restored.get(&p).is_none_or(|&r| g > r) {
+                    self.committed_ahead.push((p, g));
+                }
+            }
             let offset = match (self.restored.get(&p), group_offset, self.spec.start_from) {
                 (Some(&o), _, _) => Offset::Offset(o),
-                (None, Some(o), _) => Offset::Offset(o),
-                (None, None, StartFrom::Latest) => Offset::End,
-                (None, None, StartFrom::Timestamp) => Offset::Offset(self.offset_for_time(p, ts.unwrap_or(0))?),
-                (None, None, StartFrom::Committed | StartFrom::Earliest) => Offset::Beginning,
+                (None, Some(o), _) if !self.exactly_once => Offset::Offset(o),
+                (None, _, StartFrom::Latest) => Offset::End,
+                (None, _, StartFrom::Timestamp) => Offset::Offset(self.offset_for_time(p, ts.unwrap_or(0))?),
+                (None, _, StartFrom::Committed | StartFrom::Earliest) => Offset::Beginning,
             };
             if let Offset::Offset(o) = offset {
                 self.position.insert(p, o);
@@ -201,10 +219,23 @@ impl Source for KafkaSource {
         Ok(())
     }
 
-    fn poll(&mut self, max: usize, wait: Duration) -> Result<Polled> {
+    fn start(&mut self) -> Result<()> {
         if !self.assigned {
             self.assign()?;
         }
+        Ok(())
+    }
+
+    fn committed_ahead(&self) -> Vec<(u32, i64)> {
+        self.committed_ahead.clone()
+    }
+
+    fn transactional_offsets(&self) -> Option<(String, rdkafka::consumer::ConsumerGroupMetadata)> {
+        Some((self.spec.topic.clone(), self.consumer.group_metadata()?))
+    }
+
+    fn poll(&mut self, max: usize, wait: Duration) -> Result<Polled> {
+        self.start()?;
         let mut by_partition: BTreeMap<u32, Records> = BTreeMap::new();
         let mut n = 0;
         let mut timeout = wait;

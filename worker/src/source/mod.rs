@@ -43,6 +43,17 @@ impl Records {
         self.ends.is_empty()
     }
 
+    /// Splits off the records from index `at` on.
+    pub fn split_off(&mut self, at: usize) -> Records {
+        let from = if at == 0 { 0 } else { self.ends[at - 1] };
+        Records {
+            data: self.data.split_off(from),
+            ends: self.ends.split_off(at).into_iter().map(|e| e - from).collect(),
+            positions: self.positions.split_off(at),
+            timestamps: self.timestamps.split_off(at),
+        }
+    }
+
     pub fn payload(&self, i: usize) -> &[u8] {
         let start = if i == 0 { 0 } else { self.ends[i - 1] };
         &self.data[start..self.ends[i]]
@@ -75,11 +86,45 @@ pub trait Source: Send {
     /// True once a bounded source has returned its last record.
     fn finished(&self) -> bool;
     /// Records the positions a task has durably processed (a Kafka group commit).
+    /// Connects and fixes the starting positions before the first poll.
+    fn start(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// Positions the consumer group committed, for partitions where they are ahead of the
+    /// position restored from state (exactly-once: results up to there are already committed).
+    fn committed_ahead(&self) -> Vec<(u32, i64)> {
+        Vec::new()
+    }
+    /// The Kafka topic and consumer group, to commit offsets inside a producer transaction.
+    fn transactional_offsets(&self) -> Option<(String, rdkafka::consumer::ConsumerGroupMetadata)> {
+        None
+    }
     fn commit(&mut self, _positions: &[(u32, i64)]) -> Result<()> {
         Ok(())
     }
     /// Records left to read per partition, where the source can tell.
     fn lag(&self) -> Vec<(u32, i64)> {
         Vec::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_off_keeps_payloads_positions_and_times_together() {
+        let mut r = Records::default();
+        for (i, p) in ["a", "bb", "ccc", "dddd"].iter().enumerate() {
+            r.push(p.as_bytes(), 10 + i as i64, 100 + i as i64);
+        }
+        let tail = r.split_off(2);
+        assert_eq!((r.len(), r.payload(1), r.positions.clone()), (2, &b"bb"[..], vec![10, 11]));
+        assert_eq!((tail.len(), tail.payload(0), tail.payload(1)), (2, &b"ccc"[..], &b"dddd"[..]));
+        assert_eq!((tail.positions.clone(), tail.timestamps.clone()), (vec![12, 13], vec![102, 103]));
+        let mut whole = tail.clone();
+        assert!(whole.split_off(2).is_empty());
+        let all = whole.split_off(0);
+        assert!(whole.is_empty() && all.len() == 2 && all.payload(1) == b"dddd");
     }
 }
