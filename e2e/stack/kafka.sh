@@ -62,8 +62,11 @@ start() {
       || die "Kafka storage format failed (log: $WEIR_RUN/kafka-format.log)"
   fi
   log "starting Kafka (log: $KAFKA_LOG)"
+  # The command line names no file of this checkout, so another clone sharing the run folder
+  # (CI, a second worktree) recognizes the running broker as its own.
+  cp "$STACK_DIR/kafka/log4j2.properties" "$KAFKA_DATA/log4j2.properties"
   start_bg kafka "$KAFKA_LOG" java -Xms512m -Xmx1g -XX:+UseG1GC -cp "$KAFKA_HOME/libs/*" \
-    -Dlog4j2.configurationFile="$STACK_DIR/kafka/log4j2.properties" -Dkafka.logs.dir="$WEIR_RUN/logs" \
+    -Dlog4j2.configurationFile="$KAFKA_DATA/log4j2.properties" -Dkafka.logs.dir="$WEIR_RUN/logs" \
     kafka.Kafka "$KAFKA_DATA/server.properties"
   wait_for kafka 90 "$KAFKA_LOG" topics --list
   log "Kafka ready: 127.0.0.1:$KAFKA_PORT"
