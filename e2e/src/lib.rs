@@ -37,6 +37,14 @@ pub fn repo_dir() -> PathBuf {
     PathBuf::from(pkg).parent().expect("e2e is inside the repo").to_path_buf()
 }
 
+/// The debug `weir-worker` that `make build` makes.
+pub fn worker_bin() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| cache_dir().join("target"));
+    let bin = target.join("debug/weir-worker");
+    assert!(bin.exists(), "{} is missing; run `make build` first", bin.display());
+    bin
+}
+
 /// Fails the test with how to start the stack when `port` is closed.
 pub fn require_port(what: &str, port: u16) {
     if std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).is_err() {

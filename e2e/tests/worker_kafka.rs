@@ -8,7 +8,7 @@
 //! the last result per key and window counts, as the upsert contract says.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -19,18 +19,11 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
-use weir_e2e::{cache_dir, kafka_brokers, require_port, unique, wait_until};
+use weir_e2e::{kafka_brokers, require_port, unique, wait_until, worker_bin};
 
 const PARTITIONS: i32 = 3;
 const OOO_MS: i64 = 5_000;
 const WINDOW_MS: i64 = 60_000;
-
-fn worker_bin() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| cache_dir().join("target"));
-    let bin = target.join("debug/weir-worker");
-    assert!(bin.exists(), "{} is missing; run `make build` first", bin.display());
-    bin
-}
 
 fn create_topics(names: &[(&str, i32)]) {
     let admin: AdminClient<DefaultClientContext> =
@@ -152,20 +145,27 @@ fn read_all(topic: &str, partitions: i32) -> Vec<(Option<String>, serde_json::Va
 
 #[test]
 fn exactly_once_through_sigkill_before_any_state_commit() {
-    windows_survive_sigkill("exactly-once", "1h");
+    windows_survive_sigkill("exactly-once", "1h", false);
 }
 
 #[test]
 fn exactly_once_through_sigkill_between_state_commits() {
-    windows_survive_sigkill("exactly-once", "100ms");
+    windows_survive_sigkill("exactly-once", "100ms", false);
+}
+
+#[test]
+fn exactly_once_through_sigkill_and_a_lost_state_folder() {
+    windows_survive_sigkill("exactly-once", "100ms", true);
 }
 
 #[test]
 fn at_least_once_through_sigkill() {
-    windows_survive_sigkill("at-least-once", "100ms");
+    windows_survive_sigkill("at-least-once", "100ms", false);
 }
 
-fn windows_survive_sigkill(delivery: &str, checkpoint_interval: &str) {
+/// `lose_state`: the state folder is deleted after the kill (a new node); the worker restores
+/// the last checkpoint from storage.
+fn windows_survive_sigkill(delivery: &str, checkpoint_interval: &str, lose_state: bool) {
     require_port("Kafka", 9092);
     let name = unique("wk");
     let (input, output, corrections) = (format!("{name}-in"), format!("{name}-out"), format!("{name}-late"));
@@ -198,7 +198,7 @@ metadata: {{name: {name}}}
 spec:
   delivery: {delivery}
   epochInterval: 50ms
-  checkpointing: {{interval: {checkpoint_interval}}}
+  checkpointing: {{interval: {checkpoint_interval}, storage: "file://{checkpoints}"}}
   pipeline:
     sources:
       payments:
@@ -218,7 +218,8 @@ spec:
       dead: {{file: {{path: dead.jsonl}}}}
     deadLetter: dead
 "#,
-            b = kafka_brokers()
+            b = kafka_brokers(),
+            checkpoints = dir.path().join("checkpoints").display()
         ),
     )
     .unwrap();
@@ -234,6 +235,9 @@ spec:
     });
     w.kill().unwrap(); // SIGKILL
     w.wait().unwrap();
+    if lose_state {
+        std::fs::remove_dir_all(&state).unwrap();
+    }
     // Windows open at the kill continue from the restored state with the second half.
     produce(second_half);
 

@@ -1,9 +1,11 @@
 //! The Weir stream worker: reads sources per partition, decodes records against the declared
 //! schema, assigns event time and watermarks, runs keyed operators on RocksDB state, and writes
-//! sinks, committing state with input positions every epoch.
+//! sinks; results are visible every epoch, state is committed with input positions every
+//! checkpoint interval and checkpointed to storage.
 
 pub mod admin;
 pub mod batch;
+pub mod checkpoint;
 pub mod codec;
 pub mod expr;
 pub mod metrics;

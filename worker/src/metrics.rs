@@ -17,6 +17,11 @@ pub struct Metrics {
     pub cached_keys: IntGaugeVec,
     pub busy_ratio: Gauge,
     pub epoch_duration: Histogram,
+    /// Checkpoints by outcome: completed, failed, skipped (the previous one still uploading).
+    pub checkpoints: IntCounterVec,
+    pub checkpoint_bytes: IntCounterVec,
+    pub checkpoint_duration: Histogram,
+    pub last_checkpoint: IntGaugeVec,
 }
 
 impl Metrics {
@@ -48,7 +53,24 @@ impl Metrics {
         )
         .expect("valid metric");
         registry.register(Box::new(epoch.clone())).expect("unique metric");
+        let checkpoint_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "weir_checkpoint_duration_seconds",
+                "Time from a checkpoint's local snapshot to its manifest stored",
+            )
+            .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+        )
+        .expect("valid metric");
+        registry.register(Box::new(checkpoint_duration.clone())).expect("unique metric");
         Metrics {
+            checkpoints: counter("weir_checkpoints_total", "Checkpoints by outcome", &["outcome"]),
+            checkpoint_bytes: counter(
+                "weir_checkpoint_uploaded_bytes_total",
+                "Bytes uploaded by checkpoints",
+                &["partition"],
+            ),
+            checkpoint_duration,
+            last_checkpoint: gauge("weir_last_checkpoint_id", "Id of the last completed checkpoint", &["partition"]),
             records_in: counter("weir_records_in_total", "Records read", &["source", "partition"]),
             records_out: counter("weir_records_out_total", "Records written", &["sink"]),
             dead_letters: counter("weir_dead_letters_total", "Records that failed to decode", &["source"]),

@@ -66,6 +66,12 @@ pub struct SinkPlan {
     pub key_cols: Vec<usize>,
 }
 
+/// FNV-1a, 64 bits, in hex: stable across builds and platforms.
+fn fingerprint(bytes: &[u8]) -> String {
+    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+    format!("{hash:016x}")
+}
+
 /// Everything needed to run a job.
 pub struct JobPlan {
     pub name: String,
@@ -80,6 +86,12 @@ pub struct JobPlan {
     pub commit_interval_ms: u64,
     /// `delivery: exactly-once` (the default).
     pub exactly_once: bool,
+    /// `checkpointing.storage`: where checkpoints go (`file:///…` or `s3://…`).
+    pub checkpoint_storage: Option<String>,
+    /// Completed checkpoints kept per partition.
+    pub checkpoints_retained: usize,
+    /// Hash of the pipeline, recorded with checkpoints.
+    pub fingerprint: String,
     /// Folder of the manifest, for relative paths.
     pub base_dir: PathBuf,
     pub max_cached_keys: usize,
@@ -193,6 +205,9 @@ impl JobPlan {
                 .unwrap_or(30_000)
                 .max(1),
             exactly_once: m.spec.delivery == weir_crds::Delivery::ExactlyOnce,
+            checkpoint_storage: m.spec.checkpointing.as_ref().and_then(|c| c.storage.clone()),
+            checkpoints_retained: m.spec.checkpointing.as_ref().and_then(|c| c.retained).unwrap_or(3).max(1) as usize,
+            fingerprint: fingerprint(&serde_json::to_vec(&m.spec.pipeline).unwrap_or_default()),
             base_dir: base_dir.to_path_buf(),
             max_cached_keys: 100_000,
         })

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+use crate::checkpoint::storage::{self, Storage};
+use crate::checkpoint::{self, Checkpointer};
 use crate::metrics::Metrics;
 use crate::plan::JobPlan;
 use crate::sink::kafka::{KafkaProducer, KafkaSink};
@@ -53,6 +55,8 @@ pub struct Runtime {
     transactional: bool,
     /// Positions each task committed in its last transaction (idle tasks skip empty ones).
     txn_positions: BTreeMap<u32, Vec<(usize, i64)>>,
+    checkpointer: Option<Checkpointer>,
+    last_checkpoint: Instant,
 }
 
 impl Runtime {
@@ -82,8 +86,31 @@ impl Runtime {
         partitions.sort_unstable();
         partitions.dedup();
         let mut tasks = BTreeMap::new();
+        let checkpoint_storage: Option<Arc<dyn Storage>> = match &plan.checkpoint_storage {
+            Some(url) => Some(Arc::from(storage::open(url)?)),
+            None => None,
+        };
         for p in partitions {
             let dir = cfg.state_dir.join(format!("p{p}"));
+            if let (Some(storage), false) = (&checkpoint_storage, dir.join("CURRENT").exists()) {
+                // No local state (a new node, a lost volume, a partial restore): the newest
+                // checkpoint, if any.
+                if dir.exists() {
+                    std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+                }
+                if let Some(m) = checkpoint::restore(storage.as_ref(), p, &dir)? {
+                    if m.fingerprint != plan.fingerprint {
+                        tracing::warn!(
+                            partition = p,
+                            checkpoint = m.id,
+                            "restoring state written by a different pipeline (fingerprint {} , now {})",
+                            m.fingerprint,
+                            plan.fingerprint
+                        );
+                    }
+                    tracing::info!(partition = p, checkpoint = m.id, bytes = m.bytes, "restored state from checkpoint");
+                }
+            }
             std::fs::create_dir_all(&dir).with_context(|| format!("creating state folder {}", dir.display()))?;
             let store = RocksStore::open(&dir, &shared)?;
             let task = Task::open(plan.clone(), p, Box::new(store), metrics.clone())?;
@@ -153,6 +180,9 @@ impl Runtime {
             }
         }
         let ended = vec![false; sources.len()];
+        let checkpointer = checkpoint_storage.map(|st| {
+            Checkpointer::new(st, plan.checkpoints_retained, cfg.state_dir.join("checkpoints"), metrics.clone())
+        });
         Ok(Runtime {
             sinks: task_sinks,
             plan,
@@ -162,6 +192,8 @@ impl Runtime {
             ended,
             transactional,
             txn_positions: BTreeMap::new(),
+            checkpointer,
+            last_checkpoint: Instant::now(),
         })
     }
 
@@ -237,6 +269,10 @@ impl Runtime {
             {
                 self.commit()?;
                 (last_commit, last_flush) = (Instant::now(), Instant::now());
+                // A checkpoint per interval, and a last one when stopping (an upgrade restores it).
+                if done || stopping || self.last_checkpoint.elapsed() >= commit_interval {
+                    self.checkpoint(done || stopping)?;
+                }
             } else if last_flush.elapsed() >= epoch {
                 // Results become visible every epoch; state is committed less often.
                 self.epoch()?;
@@ -250,6 +286,9 @@ impl Runtime {
                 (busy, window_start) = (Duration::ZERO, Instant::now());
             }
             if done || stopping {
+                if let Some(cp) = self.checkpointer.as_mut() {
+                    cp.finish();
+                }
                 // From the first record read to everything processed and committed.
                 let secs = first_record.map_or(0.0, |t: Instant| t.elapsed().as_secs_f64());
                 let rate = if secs > 0.0 { records as f64 / secs } else { 0.0 };
@@ -307,6 +346,22 @@ impl Runtime {
             }
         }
         timer.observe_duration();
+        Ok(())
+    }
+
+    /// Snapshots every task's committed state and queues the uploads; skipped while the
+    /// previous checkpoint still uploads, unless this is the last one before stopping.
+    fn checkpoint(&mut self, last: bool) -> anyhow::Result<()> {
+        let Some(cp) = self.checkpointer.as_mut() else { return Ok(()) };
+        if cp.busy() && !last {
+            cp.skipped();
+            tracing::debug!("checkpoint skipped: the previous one is still uploading");
+            return Ok(());
+        }
+        for (&p, task) in &self.tasks {
+            cp.checkpoint(p, &self.plan.fingerprint, |dir| Ok(task.checkpoint(dir)?))?;
+        }
+        self.last_checkpoint = Instant::now();
         Ok(())
     }
 

@@ -355,6 +355,11 @@ impl Task {
         self.advance(src, sinks)
     }
 
+    /// A copy of the task's committed state into the new folder `dir`.
+    pub fn checkpoint(&self, dir: &std::path::Path) -> Result<(), TaskError> {
+        self.state.checkpoint(dir).map_err(|source| TaskError::State { partition: self.partition, source })
+    }
+
     /// True when an operator needs a commit to bound its memory.
     pub fn wants_commit(&self) -> bool {
         self.nodes.iter().flatten().any(|op| op.wants_commit())

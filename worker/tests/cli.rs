@@ -125,3 +125,35 @@ fn pod_entry_point_takes_its_identity_from_the_environment() {
         assert!(!out.status.success() && err.contains(needle), "{name} of {parallelism}: {err}");
     }
 }
+
+#[test]
+fn a_lost_state_folder_is_restored_from_the_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = copy_example(dir.path(), "payments-file.yaml");
+    let storage = dir.path().join("checkpoints");
+    let text = std::fs::read_to_string(&manifest).unwrap().replace(
+        "spec:\n  pipeline:",
+        &format!("spec:\n  checkpointing: {{storage: \"file://{}\"}}\n  pipeline:", storage.display()),
+    );
+    std::fs::write(&manifest, text).unwrap();
+    let state = dir.path().join("state");
+    let run = || {
+        worker()
+            .args(["run", "-f", manifest.to_str().unwrap(), "--state-dir", state.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let results = std::fs::read_to_string(dir.path().join("out/file_per_card_minute.jsonl")).unwrap();
+    assert!(storage.join("p0").is_dir(), "a last checkpoint is taken when the job ends");
+    // The node is gone with its disk: the state comes back from the checkpoint, with the input
+    // position, so nothing is processed or written twice.
+    std::fs::remove_dir_all(&state).unwrap();
+    let second = run();
+    let log = String::from_utf8_lossy(&second.stderr);
+    assert!(second.status.success() && log.contains("restored state from checkpoint"), "{log}");
+    assert!(log.contains("processed 0 records"), "{log}");
+    let again = std::fs::read_to_string(dir.path().join("out/file_per_card_minute.jsonl")).unwrap();
+    assert_eq!(again, results);
+}

@@ -36,6 +36,10 @@ pub trait StateStore: Send + Sync {
     fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
     /// Approximate bytes of live data.
     fn size_bytes(&self) -> u64;
+    /// A consistent copy of the committed state in the new folder `dir` (RocksDB: hard links).
+    fn checkpoint(&self, dir: &std::path::Path) -> Result<()> {
+        Err(StateError::Corrupt(format!("this state store cannot checkpoint into {}", dir.display())))
+    }
 }
 
 /// An in-memory store, for tests and stateless local runs.
@@ -148,6 +152,11 @@ impl StateTx {
 
     pub fn size_bytes(&self) -> u64 {
         self.store.size_bytes()
+    }
+
+    /// A copy of the committed state (uncommitted changes are not in it).
+    pub fn checkpoint(&self, dir: &std::path::Path) -> Result<()> {
+        self.store.checkpoint(dir)
     }
 }
 

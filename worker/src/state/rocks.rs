@@ -88,6 +88,11 @@ impl StateStore for RocksStore {
         Ok(out)
     }
 
+    fn checkpoint(&self, dir: &Path) -> Result<()> {
+        let cp = rocksdb::checkpoint::Checkpoint::new(&self.db).map_err(|e| self.err(e))?;
+        cp.create_checkpoint(dir).map_err(|e| self.err(e))
+    }
+
     fn size_bytes(&self) -> u64 {
         let live = self.db.property_int_value("rocksdb.estimate-live-data-size").ok().flatten().unwrap_or(0);
         let mem = self.db.property_int_value("rocksdb.cur-size-all-mem-tables").ok().flatten().unwrap_or(0);
