@@ -206,3 +206,30 @@ fn checked_in_crd_matches_the_types() {
         "crds/streamjob.yaml is out of date; run `cargo run -p weir-crds --bin crdgen > crds/streamjob.yaml`"
     );
 }
+
+#[test]
+fn the_crd_reads_the_same_as_yaml_1_1() {
+    // kubectl reads YAML 1.1: no plain word in the CRD may turn into a boolean there.
+    let yaml = crate::crd_yaml();
+    for line in yaml.lines() {
+        let word = line.trim_start().trim_start_matches("- ").trim_end_matches(':');
+        assert!(!["on", "off", "yes", "no", "y", "n"].contains(&word.to_lowercase().as_str()), "unquoted: {line}");
+    }
+    assert!(yaml.contains("- 'on'") && yaml.contains("'on':"), "the join's `on` is quoted");
+}
+
+#[test]
+fn boolean_field_names_point_at_yaml_1_1() {
+    // What kubectl sends for `aggregate: {n: "count(*)"}`.
+    let errs = errors(
+        r#"
+spec:
+  pipeline:
+    sources: {p: {datagen: {kind: payments}}}
+    streams:
+      w: {from: p, keyBy: [card_id], window: {tumbling: 1m}, aggregate: {"false": "count(*)"}}
+    sinks: {o: {from: w, file: {path: o}}}
+"#,
+    );
+    assert!(has(&errs, "spec.pipeline.streams.w.aggregate.false", "quote the name"), "{errs:#?}");
+}

@@ -353,6 +353,18 @@ fn check_stream(
             errs.push(format!("{path}.where"), "must not be empty");
         }
     }
+    // kubectl reads YAML 1.1, where unquoted `y`, `n`, `yes`, `no`, `on` and `off` are booleans:
+    // an output field named `n` arrives as `false`.
+    for (kind, names) in [("select", s.select.as_ref()), ("aggregate", s.aggregate.as_ref())] {
+        for out in names.into_iter().flat_map(|m| m.keys()).filter(|k| *k == "true" || *k == "false") {
+            errs.push(
+                format!("{path}.{kind}.{out}"),
+                format!(
+                    "an output field named `{out}` is most likely an unquoted y, n, yes, no, on or off that kubectl read as a boolean (YAML 1.1); quote the name, e.g. \"n\": count(*)"
+                ),
+            );
+        }
+    }
     if let Some(sel) = &s.select {
         if sel.is_empty() {
             errs.push(format!("{path}.select"), "must name at least one output field");

@@ -1,6 +1,8 @@
 //! Helpers for end-to-end tests against the local stack that `make stack-up` starts. A test
 //! that needs a component fails with the command that starts it; nothing is skipped silently.
 
+pub mod payments;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -37,12 +39,16 @@ pub fn repo_dir() -> PathBuf {
     PathBuf::from(pkg).parent().expect("e2e is inside the repo").to_path_buf()
 }
 
-/// The debug `weir-worker` that `make build` makes.
-pub fn worker_bin() -> PathBuf {
+/// A debug binary of the workspace, as `make build` makes it.
+pub fn debug_bin(name: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| cache_dir().join("target"));
-    let bin = target.join("debug/weir-worker");
+    let bin = target.join("debug").join(name);
     assert!(bin.exists(), "{} is missing; run `make build` first", bin.display());
     bin
+}
+
+pub fn worker_bin() -> PathBuf {
+    debug_bin("weir-worker")
 }
 
 /// Fails the test with how to start the stack when `port` is closed.

@@ -1,8 +1,52 @@
-//! `weir-operator`: the Kubernetes operator for StreamJobs. The controller is built in a later
-//! stage (issue 6); until then this binary only reports that and exits non-zero, so nothing
-//! mistakes it for a working operator.
+//! `weir-operator`: the Kubernetes operator for StreamJobs. It reconciles every StreamJob (in one
+//! namespace with `--namespace`, else in all) into a ConfigMap with its manifest, a headless
+//! Service, a StatefulSet of workers and a PodDisruptionBudget, and reports its status.
+//! Kubernetes access comes from `KUBECONFIG` or the in-cluster service account.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("weir-operator: the StreamJob controller is not built yet (see issue 6); use `weir-worker run -f` to run jobs locally");
-    std::process::ExitCode::from(2)
+mod build;
+mod reconcile;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::{Api, Client};
+
+#[derive(Parser)]
+#[command(name = "weir-operator", version, about = "The Weir StreamJob operator")]
+struct Cli {
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "WEIR_NAMESPACE")]
+    namespace: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weir-operator: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    // kube's TLS needs one process-wide crypto provider; ring is the one it is built with.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = Client::try_default().await.context("connecting to the Kubernetes API server (KUBECONFIG)")?;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.get_opt("streamjobs.weir.dev")
+        .await
+        .context("looking up the StreamJob CRD")?
+        .context("the StreamJob CRD is not installed; run `kubectl apply -f crds/streamjob.yaml`")?;
+    tracing::info!(namespace = cli.namespace.as_deref().unwrap_or("(all)"), "watching StreamJobs");
+    reconcile::run(client, cli.namespace).await;
+    tracing::info!("stopped");
+    Ok(())
 }

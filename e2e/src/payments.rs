@@ -1,0 +1,165 @@
+//! The payments fixture of the Kafka end-to-end tests: deterministic keyed events with
+//! out-of-order and late ones, a reference for their 1-minute tumbling windows, and helpers to
+//! create topics, produce them and read results back as a `read_committed` consumer.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::{kafka_brokers, unique};
+
+pub const OOO_MS: i64 = 5_000;
+pub const WINDOW_MS: i64 = 60_000;
+
+pub fn create_topics(names: &[(&str, i32)]) {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", kafka_brokers()).create().unwrap();
+    let topics: Vec<NewTopic> = names.iter().map(|(n, p)| NewTopic::new(n, *p, TopicReplication::Fixed(1))).collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for r in rt.block_on(admin.create_topics(&topics, &AdminOptions::new())).unwrap() {
+        r.unwrap();
+    }
+}
+
+/// (card, window start) -> (count, sum).
+pub type Windows = BTreeMap<(String, i64), (i64, i64)>;
+
+#[derive(Clone)]
+pub struct Ev {
+    pub id: String,
+    pub card: String,
+    pub amount: i64,
+    pub ts: i64,
+}
+
+pub fn events(partitions: i32) -> Vec<(i32, Ev)> {
+    // Deterministic input: 24 cards over `partitions` partitions, ~20 minutes of event time, 10 % out of
+    // order by up to 4 s, every 50th event late by 2 minutes.
+    let mut out = Vec::new();
+    let base = 1_795_564_800_000i64;
+    let mut x: u64 = 42;
+    let mut rnd = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for i in 0..6_000i64 {
+        let card = format!("card-{:02}", rnd() % 24);
+        let p = (card[5..].parse::<i32>().unwrap()) % partitions;
+        let mut ts = base + i * 200;
+        if rnd() % 10 == 0 {
+            ts -= (rnd() % 4_000) as i64;
+        }
+        if i % 50 == 49 {
+            ts -= 120_000;
+        }
+        out.push((p, Ev { id: format!("e{i}"), card, amount: (rnd() % 1_000) as i64, ts }));
+    }
+    out
+}
+
+/// Per partition in order: the windows (card, start) -> (count, sum) that the final watermark
+/// fires, and the late event ids.
+pub fn reference(evs: &[(i32, Ev)], partitions: i32) -> (Windows, BTreeSet<String>) {
+    let mut fired = BTreeMap::new();
+    let mut late = BTreeSet::new();
+    for p in 0..partitions {
+        let mut results = BTreeMap::new();
+        let mut max_ts = i64::MIN;
+        for (_, e) in evs.iter().filter(|(q, _)| *q == p) {
+            let wm = if max_ts == i64::MIN { i64::MIN } else { max_ts - OOO_MS - 1 };
+            let start = e.ts - e.ts.rem_euclid(WINDOW_MS);
+            if start + WINDOW_MS - 1 <= wm {
+                late.insert(e.id.clone());
+            } else {
+                let r = results.entry((e.card.clone(), start)).or_insert((0, 0));
+                r.0 += 1;
+                r.1 += e.amount;
+            }
+            max_ts = max_ts.max(e.ts);
+        }
+        let final_wm = max_ts - OOO_MS - 1;
+        fired.extend(results.into_iter().filter(|((_, start), _)| start + WINDOW_MS - 1 <= final_wm));
+    }
+    (fired, late)
+}
+
+/// The sources and streams of the windowed job the tests run (at the indentation of
+/// `spec.pipeline`'s fields): per-card 1-minute count and sum of `input`, late events to the
+/// `corrections` sink, which the caller declares with its `results` sink.
+pub fn window_job_pipeline(input: &str) -> String {
+    format!(
+        r#"    sources:
+      payments:
+        kafka: {{brokers: "{b}", topic: {input}, startFrom: earliest}}
+        schema: {{id: string, card_id: string, amount: long, ts: timestamp}}
+        eventTime: {{field: ts, maxOutOfOrderness: 5s}}
+    streams:
+      per_card_minute:
+        from: payments
+        keyBy: [card_id]
+        window: {{tumbling: 1m}}
+        aggregate: {{"n": "count(*)", total: "sum(amount)"}}
+        lateOutput: corrections
+"#,
+        b = kafka_brokers()
+    )
+}
+
+/// Produces `evs` to `topic`, each to its partition, keyed by card; waits until all are acked.
+pub fn produce(producer: &BaseProducer, topic: &str, evs: &[(i32, Ev)]) {
+    for (p, e) in evs {
+        let payload = serde_json::json!({"id": e.id, "card_id": e.card, "amount": e.amount, "ts": e.ts}).to_string();
+        while producer.send(BaseRecord::to(topic).partition(*p).key(&e.card).payload(&payload)).is_err() {
+            producer.poll(Duration::from_millis(10));
+        }
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+}
+
+pub fn producer() -> BaseProducer {
+    ClientConfig::new().set("bootstrap.servers", kafka_brokers()).create().unwrap()
+}
+
+/// Every committed record of `topic`, read up to the end offsets as they are now.
+pub fn read_all(topic: &str, partitions: i32) -> Vec<(Option<String>, serde_json::Value)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("group.id", unique("e2e-check"))
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = Vec::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+        ends.push(consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap().1);
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let caught_up = |c: &BaseConsumer| {
+        let pos = c.position().unwrap();
+        (0..partitions).all(|p| match pos.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o >= ends[p as usize],
+            _ => ends[p as usize] == 0,
+        })
+    };
+    while !caught_up(&consumer) {
+        assert!(Instant::now() < deadline, "could not read {topic} to its end in 30 s");
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m.unwrap();
+            let key = m.key().map(|k| String::from_utf8(k.to_vec()).unwrap());
+            out.push((key, serde_json::from_slice(m.payload().unwrap()).unwrap()));
+        }
+    }
+    out
+}

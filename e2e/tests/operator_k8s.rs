@@ -1,0 +1,162 @@
+//! The operator on the local stack's real API server: a StreamJob applied with kubectl becomes
+//! a ConfigMap, a headless Service, a StatefulSet of workers (run by the node agent) and a
+//! PodDisruptionBudget; the workers read Kafka and commit every window exactly once; the status
+//! shows the phase and the Events tell what happened; an invalid StreamJob is reported with
+//! every error and deploys nothing; deleting a StreamJob removes everything it created.
+//! (kubectl reads YAML 1.1, where an unquoted key `n` is `false`: the manifests quote it.)
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use weir_e2e::payments::{create_topics, events, produce, producer, read_all, reference, window_job_pipeline, Windows};
+use weir_e2e::{
+    debug_bin, kafka_brokers, kubeconfig, kubectl, kubectl_raw, repo_dir, require_port, run_dir, unique, wait_until,
+};
+
+const PARTITIONS: i32 = 2;
+
+/// Stops the operator and removes the test namespace however the test ends.
+struct Cleanup {
+    operator: Child,
+    namespace: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = self.operator.kill();
+        let _ = self.operator.wait();
+        let _ = kubectl_raw(&["delete", "namespace", &self.namespace, "--wait=false"]);
+    }
+}
+
+fn get(ns: &str, what: &str, path: &str) -> String {
+    let out = kubectl_raw(&["-n", ns, "get", what, "-o", &format!("jsonpath={path}")]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The reasons of the Events about `name`.
+fn event_reasons(ns: &str, name: &str) -> String {
+    let selector = format!("involvedObject.name={name}");
+    kubectl(&["-n", ns, "get", "events", "--field-selector", &selector, "-o", "jsonpath={.items[*].reason}"])
+}
+
+fn apply(ns: &str, yaml: &str) {
+    let file = std::env::temp_dir().join(format!("{}.yaml", unique("sj")));
+    std::fs::write(&file, yaml).unwrap();
+    kubectl(&["-n", ns, "apply", "-f", file.to_str().unwrap()]);
+}
+
+#[test]
+fn streamjob_runs_exactly_once_reports_and_cleans_up() {
+    require_port("kube-apiserver", 6443);
+    require_port("Kafka", 9092);
+    let crd = repo_dir().join("crds/streamjob.yaml");
+    kubectl(&["apply", "--server-side", "--force-conflicts", "-f", crd.to_str().unwrap()]);
+    kubectl(&["wait", "--for=condition=established", "crd/streamjobs.weir.dev", "--timeout=60s"]);
+    let ns = unique("op");
+    kubectl(&["create", "namespace", &ns]);
+    let log = run_dir().join("logs").join(format!("e2e-operator-{ns}.log"));
+    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    let operator = Command::new(debug_bin("weir-operator"))
+        .args(["--namespace", &ns])
+        .env("KUBECONFIG", kubeconfig())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let _cleanup = Cleanup { operator, namespace: ns.clone() };
+
+    let (input, output, corrections) = (format!("{ns}-in"), format!("{ns}-out"), format!("{ns}-late"));
+    create_topics(&[(&input, PARTITIONS), (&output, PARTITIONS), (&corrections, 1)]);
+    let evs = events(PARTITIONS);
+    produce(&producer(), &input, &evs);
+    apply(
+        &ns,
+        &format!(
+            r#"
+apiVersion: weir.dev/v1alpha1
+kind: StreamJob
+metadata: {{name: per-card}}
+spec:
+  image: weir-worker:dev
+  parallelism: {PARTITIONS}
+  epochInterval: 50ms
+  checkpointing: {{interval: 1s}}
+  pipeline:
+{pipeline}    sinks:
+      results: {{from: per_card_minute, kafka: {{brokers: "{b}", topic: {output}}}}}
+      corrections: {{kafka: {{brokers: "{b}", topic: {corrections}}}}}
+"#,
+            b = kafka_brokers(),
+            pipeline = window_job_pipeline(&input)
+        ),
+    );
+    wait_until(&format!("phase Running (operator log: {})", log.display()), Duration::from_secs(120), || {
+        (get(&ns, "sj/per-card", "{.status.phase}") == "Running").then_some(())
+    });
+    assert_eq!(get(&ns, "sj/per-card", "{.status.parallelism}"), PARTITIONS.to_string());
+    assert_eq!(get(&ns, "sj/per-card", "{.status.selector}"), "weir.dev/job=per-card");
+    for kind in ["configmap", "service", "statefulset", "poddisruptionbudget"] {
+        let owner = get(&ns, &format!("{kind}/per-card"), "{.metadata.ownerReferences[0].kind}");
+        assert_eq!(owner, "StreamJob", "{kind} is owned by the StreamJob");
+    }
+    let (want, want_late) = reference(&evs, PARTITIONS);
+    let mut emitted = 0;
+    let mut got = Windows::new();
+    wait_until("every window of the input", Duration::from_secs(120), || {
+        let all = read_all(&output, PARTITIONS);
+        emitted = all.len();
+        got = all
+            .iter()
+            .map(|(_, v)| {
+                let card = v["card_id"].as_str().unwrap().to_string();
+                ((card, v["window_start"].as_i64().unwrap()), (v["n"].as_i64().unwrap(), v["total"].as_i64().unwrap()))
+            })
+            .collect();
+        (got.len() >= want.len()).then_some(())
+    });
+    assert_eq!(got, want, "every window equals the reference");
+    assert_eq!(emitted, want.len(), "each window is committed once");
+    assert_eq!(read_all(&corrections, 1).len(), want_late.len(), "each late event is committed once");
+    let events = event_reasons(&ns, "per-card");
+    assert!(events.contains("Running"), "a Running event: {events}");
+
+    // Invalid: every error is in the status and an Event; nothing is deployed.
+    apply(
+        &ns,
+        r#"
+apiVersion: weir.dev/v1alpha1
+kind: StreamJob
+metadata: {name: broken}
+spec:
+  pipeline:
+    sources:
+      p: {datagen: {kind: payments}}
+    streams:
+      w: {from: p, window: {tumbling: 1m}, aggregate: {n: "median(amount)"}}
+    sinks:
+      out: {from: nowhere, file: {path: out.jsonl}}
+"#,
+    );
+    let message = wait_until("the broken job to be Failed", Duration::from_secs(60), || {
+        (get(&ns, "sj/broken", "{.status.phase}") == "Failed")
+            .then(|| get(&ns, "sj/broken", "{.status.conditions[?(@.type==\"Ready\")].message}"))
+    });
+    for needle in ["spec.pipeline.streams.w.window", "needs keyBy", "median", "spec.pipeline.sinks.out.from"] {
+        assert!(message.contains(needle), "{needle:?} in {message}");
+    }
+    let events = event_reasons(&ns, "broken");
+    assert!(events.contains("InvalidSpec"), "{events}");
+    assert!(!kubectl_raw(&["-n", &ns, "get", "statefulset", "broken"]).status.success(), "nothing deployed");
+
+    // Deleting the StreamJob deletes what it owns (the garbage collector follows the owners).
+    kubectl(&["-n", &ns, "delete", "sj", "per-card"]);
+    wait_until("the job's objects to be gone", Duration::from_secs(120), || {
+        let left: Vec<&str> = ["configmap", "service", "statefulset", "poddisruptionbudget"]
+            .into_iter()
+            .filter(|k| kubectl_raw(&["-n", &ns, "get", k, "per-card"]).status.success())
+            .collect();
+        let pods = get(&ns, "pods", "{.items[*].metadata.name}");
+        (left.is_empty() && pods.is_empty()).then_some(())
+    });
+}

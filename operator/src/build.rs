@@ -1,0 +1,321 @@
+//! The objects a StreamJob runs as, built as pure functions of the StreamJob: a ConfigMap with
+//! the job's manifest, a headless Service, a StatefulSet of workers and a PodDisruptionBudget,
+//! all owned by the StreamJob (deleting it deletes them).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, Service, ServicePort, ServiceSpec, Volume,
+    VolumeMount,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+use weir_crds::{StreamJob, DEFAULT_IMAGE};
+
+/// The worker's admin port: metrics, health and readiness.
+pub const ADMIN_PORT: i32 = 9249;
+/// Where the job's manifest is mounted in a worker.
+pub const CONFIG_DIR: &str = "/etc/weir";
+pub const CONFIG_FILE: &str = "job.yaml";
+/// Where a worker keeps its RocksDB state.
+pub const STATE_DIR: &str = "/var/lib/weir/state";
+/// The label that selects a job's Pods.
+pub const JOB_LABEL: &str = "weir.dev/job";
+/// A hash of the manifest on the Pod template: a changed job rolls its Pods.
+pub const CONFIG_HASH: &str = "weir.dev/config-hash";
+
+/// Everything a StreamJob runs as.
+#[derive(Debug, Clone)]
+pub struct Desired {
+    pub config_map: ConfigMap,
+    pub service: Service,
+    pub stateful_set: StatefulSet,
+    pub pdb: PodDisruptionBudget,
+}
+
+pub fn parallelism(job: &StreamJob) -> i32 {
+    job.spec.parallelism.unwrap_or(1).max(0)
+}
+
+/// Labels on every object of the job; the selector is `weir.dev/job=<name>`.
+pub fn labels(job: &StreamJob) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), "weir-worker".to_string()),
+        ("app.kubernetes.io/instance".to_string(), job.name_any()),
+        ("app.kubernetes.io/managed-by".to_string(), "weir-operator".to_string()),
+        (JOB_LABEL.to_string(), job.name_any()),
+    ])
+}
+
+pub fn selector(job: &StreamJob) -> String {
+    format!("{JOB_LABEL}={}", job.name_any())
+}
+
+/// The manifest the workers read: the StreamJob's name, namespace and spec.
+pub fn manifest_yaml(job: &StreamJob) -> String {
+    let doc = serde_json::json!({
+        "apiVersion": "weir.dev/v1alpha1",
+        "kind": "StreamJob",
+        "metadata": {"name": job.name_any(), "namespace": job.namespace().unwrap_or_else(|| "default".into())},
+        "spec": job.spec,
+    });
+    serde_yaml::to_string(&doc).expect("a StreamJob serializes")
+}
+
+fn meta(job: &StreamJob) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(job.name_any()),
+        namespace: job.namespace(),
+        labels: Some(labels(job)),
+        owner_references: job.controller_owner_ref(&()).map(|r| vec![r]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// FNV-1a of the manifest, in hex.
+fn hash(text: &str) -> String {
+    let h = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+    format!("{h:016x}")
+}
+
+fn env(name: &str, value: &str) -> EnvVar {
+    EnvVar { name: name.into(), value: Some(value.into()), ..EnvVar::default() }
+}
+
+fn env_field(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector { field_path: path.into(), ..ObjectFieldSelector::default() }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("admin".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    }
+}
+
+/// The objects for `job`.
+pub fn desired(job: &StreamJob) -> Desired {
+    let name = job.name_any();
+    let manifest = manifest_yaml(job);
+    let config_map = ConfigMap {
+        metadata: meta(job),
+        data: Some(BTreeMap::from([(CONFIG_FILE.to_string(), manifest.clone())])),
+        ..ConfigMap::default()
+    };
+    let match_labels = BTreeMap::from([(JOB_LABEL.to_string(), name.clone())]);
+    let service = Service {
+        metadata: meta(job),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            selector: Some(match_labels.clone()),
+            ports: Some(vec![ServicePort {
+                name: Some("admin".into()),
+                port: ADMIN_PORT,
+                target_port: Some(IntOrString::String("admin".into())),
+                ..ServicePort::default()
+            }]),
+            publish_not_ready_addresses: Some(true),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    };
+    let worker = Container {
+        name: "worker".into(),
+        image: Some(job.spec.image.clone().unwrap_or_else(|| DEFAULT_IMAGE.into())),
+        args: Some(vec!["pod".into()]),
+        env: Some(vec![
+            env_field("POD_NAME", "metadata.name"),
+            env_field("POD_IP", "status.podIP"),
+            env("WEIR_PARALLELISM", &parallelism(job).to_string()),
+            env("WEIR_CONFIG", &format!("{CONFIG_DIR}/{CONFIG_FILE}")),
+            env("WEIR_STATE_DIR", STATE_DIR),
+            env("WEIR_ADMIN_ADDR", &format!("$(POD_IP):{ADMIN_PORT}")),
+        ]),
+        ports: Some(vec![ContainerPort {
+            name: Some("admin".into()),
+            container_port: ADMIN_PORT,
+            ..ContainerPort::default()
+        }]),
+        readiness_probe: Some(http_probe("/readyz", 2, 3)),
+        liveness_probe: Some(http_probe("/healthz", 10, 6)),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "config".into(),
+                mount_path: CONFIG_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+            VolumeMount { name: "state".into(), mount_path: STATE_DIR.into(), ..VolumeMount::default() },
+        ]),
+        ..Container::default()
+    };
+    let mut template_labels = labels(job);
+    template_labels.extend(match_labels.clone());
+    let stateful_set = StatefulSet {
+        metadata: meta(job),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(parallelism(job)),
+            service_name: Some(name.clone()),
+            // Workers start and stop together: ordinals carry no start order.
+            pod_management_policy: Some("Parallel".into()),
+            selector: LabelSelector { match_labels: Some(match_labels.clone()), ..LabelSelector::default() },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(template_labels),
+                    annotations: Some(BTreeMap::from([(CONFIG_HASH.to_string(), hash(&manifest))])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![worker],
+                    // SIGTERM: the worker ends its epoch, commits, checkpoints and exits.
+                    termination_grace_period_seconds: Some(60),
+                    volumes: Some(vec![
+                        Volume {
+                            name: "config".into(),
+                            config_map: Some(ConfigMapVolumeSource {
+                                name: name.clone(),
+                                ..ConfigMapVolumeSource::default()
+                            }),
+                            ..Volume::default()
+                        },
+                        Volume {
+                            name: "state".into(),
+                            empty_dir: Some(EmptyDirVolumeSource::default()),
+                            ..Volume::default()
+                        },
+                    ]),
+                    ..PodSpec::default()
+                }),
+            },
+            ..StatefulSetSpec::default()
+        }),
+        ..StatefulSet::default()
+    };
+    let pdb = PodDisruptionBudget {
+        metadata: meta(job),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector { match_labels: Some(match_labels), ..LabelSelector::default() }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    };
+    Desired { config_map, service, stateful_set, pdb }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(yaml: &str) -> StreamJob {
+        let mut j: StreamJob = serde_yaml::from_str(yaml).unwrap();
+        j.metadata.uid = Some("uid-1".into());
+        j
+    }
+
+    const FIXTURE: &str = r#"
+apiVersion: weir.dev/v1alpha1
+kind: StreamJob
+metadata: {name: card-fraud, namespace: payments}
+spec:
+  image: registry.example/weir-worker:1.2.3
+  parallelism: 3
+  pipeline:
+    sources:
+      payments:
+        kafka: {brokers: "kafka:9092", topic: payments}
+        schema: {card_id: string, amount: double, ts: timestamp}
+        eventTime: {field: ts}
+    streams:
+      w: {from: payments, keyBy: [card_id], window: {tumbling: 1m}, aggregate: {n: "count(*)"}}
+    sinks:
+      out: {from: w, kafka: {brokers: "kafka:9092", topic: out}}
+"#;
+
+    #[test]
+    fn objects_are_owned_labelled_and_select_the_job_pods() {
+        let j = job(FIXTURE);
+        let d = desired(&j);
+        for m in [&d.config_map.metadata, &d.service.metadata, &d.stateful_set.metadata, &d.pdb.metadata] {
+            assert_eq!((m.name.as_deref(), m.namespace.as_deref()), (Some("card-fraud"), Some("payments")));
+            let owner = &m.owner_references.as_ref().unwrap()[0];
+            assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("StreamJob", "uid-1", Some(true)));
+            assert_eq!(m.labels.as_ref().unwrap()[JOB_LABEL], "card-fraud");
+        }
+        let sts = d.stateful_set.spec.unwrap();
+        assert_eq!((sts.replicas, sts.service_name.as_deref()), (Some(3), Some("card-fraud")));
+        let pod_labels = sts.template.metadata.as_ref().unwrap().labels.clone().unwrap();
+        for (k, v) in sts.selector.match_labels.unwrap() {
+            assert_eq!(pod_labels.get(&k), Some(&v), "the selector selects the Pods");
+        }
+        assert_eq!(selector(&j), "weir.dev/job=card-fraud");
+        assert_eq!(d.service.spec.unwrap().cluster_ip.as_deref(), Some("None"));
+        assert_eq!(d.pdb.spec.unwrap().max_unavailable, Some(IntOrString::Int(1)));
+    }
+
+    #[test]
+    fn the_worker_container_runs_the_mounted_manifest_as_its_ordinal() {
+        let d = desired(&job(FIXTURE));
+        let pod = d.stateful_set.spec.unwrap().template.spec.unwrap();
+        let c = &pod.containers[0];
+        assert_eq!(c.image.as_deref(), Some("registry.example/weir-worker:1.2.3"));
+        assert_eq!(c.args.as_deref(), Some(&["pod".to_string()][..]));
+        let env: BTreeMap<&str, &EnvVar> = c.env.iter().flatten().map(|e| (e.name.as_str(), e)).collect();
+        assert_eq!(env["WEIR_PARALLELISM"].value.as_deref(), Some("3"));
+        assert_eq!(env["WEIR_CONFIG"].value.as_deref(), Some("/etc/weir/job.yaml"));
+        assert_eq!(env["WEIR_ADMIN_ADDR"].value.as_deref(), Some("$(POD_IP):9249"));
+        let pod_name = env["POD_NAME"].value_from.as_ref().unwrap().field_ref.as_ref().unwrap();
+        assert_eq!(pod_name.field_path, "metadata.name");
+        assert_eq!(c.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(), Some("/readyz"));
+        let mounts: Vec<&str> = c.volume_mounts.iter().flatten().map(|m| m.mount_path.as_str()).collect();
+        assert_eq!(mounts, ["/etc/weir", "/var/lib/weir/state"]);
+        let volumes = pod.volumes.unwrap();
+        assert_eq!(volumes[0].config_map.as_ref().unwrap().name, "card-fraud");
+    }
+
+    #[test]
+    fn the_config_map_holds_a_manifest_the_worker_reads_and_changes_roll_the_pods() {
+        let j = job(FIXTURE);
+        let d = desired(&j);
+        let text = &d.config_map.data.as_ref().unwrap()[CONFIG_FILE];
+        let m = weir_crds::Manifest::from_yaml(text, "x").unwrap();
+        assert_eq!((m.metadata.name.as_str(), m.metadata.namespace.as_deref()), ("card-fraud", Some("payments")));
+        assert_eq!(m.spec, j.spec);
+        let hash_of = |d: &Desired| {
+            d.stateful_set.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().annotations.clone().unwrap()
+                [CONFIG_HASH]
+                .clone()
+        };
+        let mut changed = j.clone();
+        changed.spec.pipeline.streams.get_mut("w").unwrap().window = serde_yaml::from_str("{tumbling: 5m}").unwrap();
+        assert_ne!(hash_of(&d), hash_of(&desired(&changed)));
+        assert_eq!(hash_of(&d), hash_of(&desired(&j.clone())), "the same job builds the same objects");
+    }
+
+    #[test]
+    fn defaults_fill_what_the_job_leaves_out() {
+        let j = job("metadata: {name: small}\nspec:\n  pipeline:\n    sources: {}\n    sinks: {}\n");
+        let d = desired(&j);
+        let sts = d.stateful_set.spec.unwrap();
+        assert_eq!(sts.replicas, Some(1));
+        assert_eq!(sts.template.spec.unwrap().containers[0].image.as_deref(), Some(DEFAULT_IMAGE));
+        assert_eq!(d.config_map.metadata.namespace, None);
+    }
+}

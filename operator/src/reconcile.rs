@@ -1,0 +1,199 @@
+//! The StreamJob controller: validate the spec (every error into a condition and an Event),
+//! server-side apply the desired objects with one field manager, and report status.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use weir_crds::{Condition, StreamJob, StreamJobStatus};
+
+use crate::build::{self, Desired};
+
+/// The field manager of everything the operator writes.
+pub const FIELD_MANAGER: &str = "weir-operator";
+
+/// What a reconcile can fail with; it is retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+pub struct Ctx {
+    pub client: Client,
+    pub recorder: Recorder,
+}
+
+/// Runs the controller for StreamJobs in `namespace` (all when `None`) until the stream ends.
+pub async fn run(client: Client, namespace: Option<String>) {
+    let api = |c: &Client| -> Api<StreamJob> {
+        match &namespace {
+            Some(ns) => Api::namespaced(c.clone(), ns),
+            None => Api::all(c.clone()),
+        }
+    };
+    fn owned<K>(c: &Client, ns: &Option<String>) -> Api<K>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + Sync
+            + 'static,
+    {
+        match ns {
+            Some(ns) => Api::namespaced(c.clone(), ns),
+            None => Api::all(c.clone()),
+        }
+    }
+    let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+    let ctx = Arc::new(Ctx { client: client.clone(), recorder: Recorder::new(client.clone(), reporter) });
+    let cfg = watcher::Config::default();
+    Controller::new(api(&client), cfg.clone())
+        .owns(owned::<StatefulSet>(&client, &namespace), cfg.clone())
+        .owns(owned::<ConfigMap>(&client, &namespace), cfg.clone())
+        .owns(owned::<Service>(&client, &namespace), cfg)
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!("reconcile: {e}");
+            }
+        })
+        .await;
+}
+
+fn error_policy(job: Arc<StreamJob>, e: &Error, _: Arc<Ctx>) -> Action {
+    tracing::warn!(job = %job.name_any(), "reconcile failed: {e}");
+    Action::requeue(Duration::from_secs(5))
+}
+
+fn now() -> String {
+    k8s_openapi::jiff::Timestamp::now().to_string()
+}
+
+/// `conditions` with `c` set, keeping the transition time when the status did not change.
+fn with_condition(conditions: &[Condition], mut c: Condition) -> Vec<Condition> {
+    let mut out: Vec<Condition> = conditions.iter().filter(|x| x.type_ != c.type_).cloned().collect();
+    let previous = conditions.iter().find(|x| x.type_ == c.type_);
+    c.last_transition_time = match previous {
+        Some(p) if p.status == c.status => p.last_transition_time.clone(),
+        _ => Some(now()),
+    };
+    out.push(c);
+    out
+}
+
+fn condition(type_: &str, ok: bool, reason: &str, message: String) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: if ok { "True" } else { "False" }.into(),
+        reason: Some(reason.into()),
+        message: Some(message),
+        last_transition_time: None,
+    }
+}
+
+async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let name = obj.meta().name.clone().unwrap_or_default();
+    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(obj)).await?;
+    Ok(())
+}
+
+async fn publish(ctx: &Ctx, job: &StreamJob, type_: EventType, reason: &str, note: String) {
+    let ev = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
+    if let Err(e) = ctx.recorder.publish(&ev, &job.object_ref(&())).await {
+        tracing::warn!(job = %job.name_any(), "cannot publish event {reason}: {e}");
+    }
+}
+
+async fn set_status(ctx: &Ctx, job: &StreamJob, status: StreamJobStatus) -> Result<(), Error> {
+    let ns = job.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<StreamJob> = Api::namespaced(ctx.client.clone(), &ns);
+    let patch = serde_json::json!({
+        "apiVersion": "weir.dev/v1alpha1",
+        "kind": "StreamJob",
+        "status": status,
+    });
+    api.patch_status(&job.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+    Ok(())
+}
+
+/// One pass: invalid specs are reported and nothing is deployed; valid ones are applied and
+/// their phase follows the StatefulSet (Deploying until every worker is ready, then Running).
+pub async fn reconcile(job: Arc<StreamJob>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let ns = job.namespace().unwrap_or_else(|| "default".into());
+    let old = job.status.clone().unwrap_or_default();
+    let generation = job.metadata.generation;
+    if let Err(errs) = weir_crds::validate_spec(&job.spec) {
+        let message = errs.to_string();
+        if old.observed_generation != generation || old.phase.as_deref() != Some("Failed") {
+            publish(&ctx, &job, EventType::Warning, "InvalidSpec", message.clone()).await;
+        }
+        let status = StreamJobStatus {
+            phase: Some("Failed".into()),
+            observed_generation: generation,
+            conditions: with_condition(&old.conditions, condition("Ready", false, "InvalidSpec", message)),
+            ..old.clone()
+        };
+        set_status(&ctx, &job, status).await?;
+        return Ok(Action::await_change());
+    }
+    let Desired { config_map, service, stateful_set, pdb } = build::desired(&job);
+    apply(&ctx.client, &ns, &config_map).await?;
+    apply(&ctx.client, &ns, &service).await?;
+    apply::<StatefulSet>(&ctx.client, &ns, &stateful_set).await?;
+    apply::<PodDisruptionBudget>(&ctx.client, &ns, &pdb).await?;
+
+    let want = build::parallelism(&job);
+    let sts: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
+    let current = sts.get_opt(&job.name_any()).await?;
+    let ready = current.as_ref().and_then(|s| s.status.as_ref()?.ready_replicas).unwrap_or(0);
+    let updated = current.as_ref().is_some_and(|s| {
+        let st = s.status.as_ref();
+        st.and_then(|st| st.observed_generation) == s.metadata.generation
+            && st.and_then(|st| st.updated_replicas).unwrap_or(0) == want
+    });
+    let running = ready == want && updated;
+    let phase = if running { "Running" } else { "Deploying" };
+    if old.phase.as_deref() != Some(phase) {
+        let note = match running {
+            true => format!("all {want} workers are ready"),
+            false => format!("{ready} of {want} workers ready"),
+        };
+        publish(&ctx, &job, EventType::Normal, phase, note).await;
+    }
+    let message = format!("{ready} of {want} workers ready");
+    let reason = if running { "WorkersReady" } else { "WorkersStarting" };
+    let status = StreamJobStatus {
+        phase: Some(phase.into()),
+        observed_generation: generation,
+        parallelism: Some(ready),
+        selector: Some(build::selector(&job)),
+        conditions: with_condition(&old.conditions, condition("Ready", running, reason, message)),
+        ..old.clone()
+    };
+    if Some(&status) != job.status.as_ref() {
+        set_status(&ctx, &job, status).await?;
+    }
+    Ok(Action::requeue(Duration::from_secs(if running { 60 } else { 5 })))
+}
