@@ -5,6 +5,7 @@
 //! every error and deploys nothing; deleting a StreamJob removes everything it created.
 //! (kubectl reads YAML 1.1, where an unquoted key `n` is `false`: the manifests quote it.)
 
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -46,14 +47,13 @@ fn apply(ns: &str, yaml: &str) {
     kubectl(&["-n", ns, "apply", "-f", file.to_str().unwrap()]);
 }
 
-#[test]
-fn streamjob_runs_exactly_once_reports_and_cleans_up() {
-    require_port("kube-apiserver", 6443);
-    require_port("Kafka", 9092);
+/// Installs the CRD, creates a fresh namespace and starts an operator watching it; the
+/// returned guard stops the operator and deletes the namespace.
+fn setup(prefix: &str) -> (Cleanup, PathBuf) {
     let crd = repo_dir().join("crds/streamjob.yaml");
     kubectl(&["apply", "--server-side", "--force-conflicts", "-f", crd.to_str().unwrap()]);
     kubectl(&["wait", "--for=condition=established", "crd/streamjobs.weir.dev", "--timeout=60s"]);
-    let ns = unique("op");
+    let ns = unique(prefix);
     kubectl(&["create", "namespace", &ns]);
     let log = run_dir().join("logs").join(format!("e2e-operator-{ns}.log"));
     std::fs::create_dir_all(log.parent().unwrap()).unwrap();
@@ -64,33 +64,59 @@ fn streamjob_runs_exactly_once_reports_and_cleans_up() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let _cleanup = Cleanup { operator, namespace: ns.clone() };
+    (Cleanup { operator, namespace: ns }, log)
+}
 
-    let (input, output, corrections) = (format!("{ns}-in"), format!("{ns}-out"), format!("{ns}-late"));
-    create_topics(&[(&input, PARTITIONS), (&output, PARTITIONS), (&corrections, 1)]);
-    let evs = events(PARTITIONS);
-    produce(&producer(), &input, &evs);
-    apply(
-        &ns,
-        &format!(
-            r#"
+/// The StreamJob `per-card`: the tests' window job on `input`, results to `output`, late events
+/// to `corrections`.
+fn window_job(parallelism: i32, checkpointing: &str, input: &str, output: &str, corrections: &str) -> String {
+    format!(
+        r#"
 apiVersion: weir.dev/v1alpha1
 kind: StreamJob
 metadata: {{name: per-card}}
 spec:
   image: weir-worker:dev
-  parallelism: {PARTITIONS}
+  parallelism: {parallelism}
   epochInterval: 50ms
-  checkpointing: {{interval: 1s}}
+  checkpointing: {checkpointing}
   pipeline:
 {pipeline}    sinks:
       results: {{from: per_card_minute, kafka: {{brokers: "{b}", topic: {output}}}}}
       corrections: {{kafka: {{brokers: "{b}", topic: {corrections}}}}}
 "#,
-            b = kafka_brokers(),
-            pipeline = window_job_pipeline(&input)
-        ),
-    );
+        pipeline = window_job_pipeline(input),
+        b = kafka_brokers()
+    )
+}
+
+/// Waits until `topic` holds a result for each of `expected` windows; returns the results by
+/// (card, window start) and how many messages there were.
+fn windows_of(topic: &str, partitions: i32, expected: usize) -> (Windows, usize) {
+    wait_until(&format!("{expected} windows in {topic}"), Duration::from_secs(180), || {
+        let all = read_all(topic, partitions);
+        let got: Windows = all
+            .iter()
+            .map(|(_, v)| {
+                let card = v["card_id"].as_str().unwrap().to_string();
+                ((card, v["window_start"].as_i64().unwrap()), (v["n"].as_i64().unwrap(), v["total"].as_i64().unwrap()))
+            })
+            .collect();
+        (got.len() >= expected).then_some((got, all.len()))
+    })
+}
+
+#[test]
+fn streamjob_runs_exactly_once_reports_and_cleans_up() {
+    require_port("kube-apiserver", 6443);
+    require_port("Kafka", 9092);
+    let (cleanup, log) = setup("op");
+    let ns = cleanup.namespace.clone();
+    let (input, output, corrections) = (format!("{ns}-in"), format!("{ns}-out"), format!("{ns}-late"));
+    create_topics(&[(&input, PARTITIONS), (&output, PARTITIONS), (&corrections, 1)]);
+    let evs = events(PARTITIONS);
+    produce(&producer(), &input, &evs);
+    apply(&ns, &window_job(PARTITIONS, "{interval: 1s}", &input, &output, &corrections));
     wait_until(&format!("phase Running (operator log: {})", log.display()), Duration::from_secs(120), || {
         (get(&ns, "sj/per-card", "{.status.phase}") == "Running").then_some(())
     });
@@ -101,20 +127,7 @@ spec:
         assert_eq!(owner, "StreamJob", "{kind} is owned by the StreamJob");
     }
     let (want, want_late) = reference(&evs, PARTITIONS);
-    let mut emitted = 0;
-    let mut got = Windows::new();
-    wait_until("every window of the input", Duration::from_secs(120), || {
-        let all = read_all(&output, PARTITIONS);
-        emitted = all.len();
-        got = all
-            .iter()
-            .map(|(_, v)| {
-                let card = v["card_id"].as_str().unwrap().to_string();
-                ((card, v["window_start"].as_i64().unwrap()), (v["n"].as_i64().unwrap(), v["total"].as_i64().unwrap()))
-            })
-            .collect();
-        (got.len() >= want.len()).then_some(())
-    });
+    let (got, emitted) = windows_of(&output, PARTITIONS, want.len());
     assert_eq!(got, want, "every window equals the reference");
     assert_eq!(emitted, want.len(), "each window is committed once");
     assert_eq!(read_all(&corrections, 1).len(), want_late.len(), "each late event is committed once");
@@ -159,4 +172,44 @@ spec:
         let pods = get(&ns, "pods", "{.items[*].metadata.name}");
         (left.is_empty() && pods.is_empty()).then_some(())
     });
+}
+
+/// A rescale while input flows: parallelism 2 -> 3 rolls the workers; partitions move between
+/// them, each new owner restores the partition's last checkpoint, fences the old owner's
+/// producer and replays with its output muted up to the committed offsets, so every window is
+/// still committed exactly once.
+#[test]
+fn rescale_through_checkpoints_keeps_exactly_once() {
+    require_port("kube-apiserver", 6443);
+    require_port("Kafka", 9092);
+    const P: i32 = 4;
+    let (cleanup, log) = setup("rescale");
+    let ns = cleanup.namespace.clone();
+    let (input, output, corrections) = (format!("{ns}-in"), format!("{ns}-out"), format!("{ns}-late"));
+    create_topics(&[(&input, P), (&output, P), (&corrections, 1)]);
+    let evs = events(P);
+    let (first, second) = evs.split_at(evs.len() / 2);
+    let producer = producer();
+    produce(&producer, &input, first);
+    let checkpoints = tempfile::tempdir().unwrap();
+    let checkpointing = format!("{{interval: 300ms, storage: \"file://{}\"}}", checkpoints.path().display());
+    let job = |parallelism| window_job(parallelism, &checkpointing, &input, &output, &corrections);
+    apply(&ns, &job(2));
+    wait_until(&format!("2 workers Running (operator log: {})", log.display()), Duration::from_secs(120), || {
+        (get(&ns, "sj/per-card", "{.status.phase}") == "Running").then_some(())
+    });
+    wait_until("results of the first half", Duration::from_secs(60), || {
+        (!read_all(&output, P).is_empty()).then_some(())
+    });
+    apply(&ns, &job(3));
+    produce(&producer, &input, second);
+    wait_until("3 workers Running", Duration::from_secs(180), || {
+        let running = get(&ns, "sj/per-card", "{.status.phase}") == "Running";
+        (running && get(&ns, "sj/per-card", "{.status.parallelism}") == "3").then_some(())
+    });
+    let (want, want_late) = reference(&evs, P);
+    let (got, emitted) = windows_of(&output, P, want.len());
+    assert_eq!(got, want, "every window equals the reference");
+    assert_eq!(emitted, want.len(), "each window is committed once across the rescale");
+    assert_eq!(read_all(&corrections, 1).len(), want_late.len(), "each late event is committed once");
 }
