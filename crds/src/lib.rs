@@ -46,6 +46,18 @@ pub fn parse_timestamp_millis(text: &str) -> Option<i64> {
     chrono::DateTime::parse_from_rfc3339(t).ok().map(|d| d.timestamp_millis())
 }
 
+/// The Kafka consumer group of a job: a source's `kafka.group`, else `weir.<namespace>.<name>`
+/// (`weir.<name>` without a namespace, in a local run).
+pub fn consumer_group(pipeline: &PipelineSpec, name: &str, namespace: Option<&str>) -> String {
+    if let Some(g) = pipeline.sources.values().find_map(|s| s.kafka.as_ref()?.group.clone()) {
+        return g;
+    }
+    match namespace {
+        Some(ns) => format!("weir.{ns}.{name}"),
+        None => format!("weir.{name}"),
+    }
+}
+
 /// The StreamJob CRD as YAML, as `crdgen` writes it to `crds/streamjob.yaml`.
 pub fn crd_yaml() -> String {
     use kube::CustomResourceExt;

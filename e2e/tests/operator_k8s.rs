@@ -49,7 +49,7 @@ fn apply(ns: &str, yaml: &str) {
 
 /// Installs the CRD, creates a fresh namespace and starts an operator watching it; the
 /// returned guard stops the operator and deletes the namespace.
-fn setup(prefix: &str) -> (Cleanup, PathBuf) {
+fn setup(prefix: &str) -> (Cleanup, PathBuf, u16) {
     let crd = repo_dir().join("crds/streamjob.yaml");
     kubectl(&["apply", "--server-side", "--force-conflicts", "-f", crd.to_str().unwrap()]);
     kubectl(&["wait", "--for=condition=established", "crd/streamjobs.weir.dev", "--timeout=60s"]);
@@ -57,14 +57,31 @@ fn setup(prefix: &str) -> (Cleanup, PathBuf) {
     kubectl(&["create", "namespace", &ns]);
     let log = run_dir().join("logs").join(format!("e2e-operator-{ns}.log"));
     std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    let api_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let operator = Command::new(debug_bin("weir-operator"))
-        .args(["--namespace", &ns])
+        .args(["--namespace", &ns, "--api-addr", &format!("127.0.0.1:{api_port}")])
         .env("KUBECONFIG", kubeconfig())
+        .env("WEIR_API_TOKEN", TOKEN)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    (Cleanup { operator, namespace: ns }, log)
+    (Cleanup { operator, namespace: ns }, log, api_port)
+}
+
+const TOKEN: &str = "e2e-token";
+
+/// One REST call to the operator: the status code and the JSON answer.
+fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(s, "{method} {path} HTTP/1.0\r\nHost: x\r\n{auth}Content-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (code, serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
 }
 
 /// The StreamJob `per-card`: the tests' window job on `input`, results to `output`, late events
@@ -110,7 +127,7 @@ fn windows_of(topic: &str, partitions: i32, expected: usize) -> (Windows, usize)
 fn streamjob_runs_exactly_once_reports_and_cleans_up() {
     require_port("kube-apiserver", 6443);
     require_port("Kafka", 9092);
-    let (cleanup, log) = setup("op");
+    let (cleanup, log, api) = setup("op");
     let ns = cleanup.namespace.clone();
     let (input, output, corrections) = (format!("{ns}-in"), format!("{ns}-out"), format!("{ns}-late"));
     create_topics(&[(&input, PARTITIONS), (&output, PARTITIONS), (&corrections, 1)]);
@@ -133,6 +150,48 @@ fn streamjob_runs_exactly_once_reports_and_cleans_up() {
     assert_eq!(read_all(&corrections, 1).len(), want_late.len(), "each late event is committed once");
     let events = event_reasons(&ns, "per-card");
     assert!(events.contains("Running"), "a Running event: {events}");
+
+    // The REST API sees the same job, its workers' figures and its consumer group's lag.
+    assert_eq!(http(api, "GET", "/jobs", None, "").0, 401, "a token is required");
+    assert_eq!(http(api, "GET", "/jobs", Some("wrong"), "").0, 401);
+    let (code, jobs) = http(api, "GET", "/jobs", Some(TOKEN), "");
+    assert_eq!(
+        (code, jobs["jobs"][0]["name"].as_str(), jobs["jobs"][0]["phase"].as_str()),
+        (200, Some("per-card"), Some("Running"))
+    );
+    let m = wait_until("metrics of both workers with all input read", Duration::from_secs(60), || {
+        let (code, m) = http(api, "GET", "/jobs/per-card/metrics", Some(TOKEN), "");
+        (code == 200 && m["recordsIn"].as_f64() == Some(evs.len() as f64)).then_some(m)
+    });
+    assert_eq!(m["workers"].as_array().unwrap().len(), PARTITIONS as usize, "{m}");
+    assert!(m["workers"].as_array().unwrap().iter().all(|w| w["error"].is_null()), "{m}");
+    assert_eq!(m["lateRecords"].as_f64(), Some(want_late.len() as f64), "{m}");
+    let group = format!("weir.{ns}.per-card");
+    let (code, lag) = http(api, "GET", &format!("/consumer-groups/{group}/lag"), Some(TOKEN), "");
+    assert_eq!(code, 200, "{lag}");
+    // Each partition's last offset may be a transaction marker the group never reads.
+    assert!(lag["lag"].as_i64().unwrap() <= PARTITIONS as i64, "{lag}");
+    assert_eq!(lag["topics"][0]["partitions"].as_array().unwrap().len(), PARTITIONS as usize);
+    assert_eq!(http(api, "GET", "/consumer-groups/nobody/lag", Some(TOKEN), "").0, 404);
+    assert_eq!(http(api, "GET", "/jobs/absent", Some(TOKEN), "").0, 404);
+    let (code, err) = http(
+        api,
+        "POST",
+        "/jobs",
+        Some(TOKEN),
+        "metadata: {name: bad}\nspec: {pipeline: {sources: {}, streams: {w: {from: x}}, sinks: {}}}",
+    );
+    assert_eq!(code, 400, "{err}");
+    assert!(err["error"].as_str().unwrap().contains("spec.pipeline.streams.w.from"), "{err}");
+    let (code, dup) =
+        http(api, "POST", "/jobs", Some(TOKEN), &window_job(1, "{interval: 1s}", &input, &output, &corrections));
+    assert_eq!(code, 409, "the job exists: {dup}");
+    let other =
+        window_job(1, "{interval: 1s}", &input, &output, &corrections).replace("name: per-card", "name: via-api");
+    let (code, created) = http(api, "POST", "/jobs", Some(TOKEN), &other);
+    assert_eq!((code, created["namespace"].as_str()), (201, Some(ns.as_str())), "{created}");
+    assert_eq!(http(api, "GET", "/jobs/via-api", Some(TOKEN), "").0, 200);
+    kubectl(&["-n", &ns, "delete", "sj", "via-api"]);
 
     // Invalid: every error is in the status and an Event; nothing is deployed.
     apply(
@@ -183,7 +242,7 @@ fn rescale_through_checkpoints_keeps_exactly_once() {
     require_port("kube-apiserver", 6443);
     require_port("Kafka", 9092);
     const P: i32 = 4;
-    let (cleanup, log) = setup("rescale");
+    let (cleanup, log, _) = setup("rescale");
     let ns = cleanup.namespace.clone();
     let (input, output, corrections) = (format!("{ns}-in"), format!("{ns}-out"), format!("{ns}-late"));
     create_topics(&[(&input, P), (&output, P), (&corrections, 1)]);

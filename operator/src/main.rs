@@ -3,8 +3,12 @@
 //! Service, a StatefulSet of workers and a PodDisruptionBudget, and reports its status.
 //! Kubernetes access comes from `KUBECONFIG` or the in-cluster service account.
 
+mod api;
 mod build;
 mod reconcile;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 use std::process::ExitCode;
 
@@ -19,6 +23,12 @@ struct Cli {
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "WEIR_NAMESPACE")]
     namespace: Option<String>,
+    /// Address of the REST API.
+    #[arg(long, env = "WEIR_API_ADDR", default_value = "127.0.0.1:8080")]
+    api_addr: SocketAddr,
+    /// Bearer token the REST API requires (required unless it listens on loopback only).
+    #[arg(long, env = "WEIR_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
 }
 
 #[tokio::main]
@@ -45,8 +55,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .await
         .context("looking up the StreamJob CRD")?
         .context("the StreamJob CRD is not installed; run `kubectl apply -f crds/streamjob.yaml`")?;
+    if cli.api_token.is_none() && !cli.api_addr.ip().is_loopback() {
+        anyhow::bail!(
+            "the REST API on {} would be open to anyone: set WEIR_API_TOKEN (or listen on 127.0.0.1)",
+            cli.api_addr
+        );
+    }
+    let state = Arc::new(api::ApiState {
+        client: client.clone(),
+        namespace: cli.namespace.clone().unwrap_or_else(|| "default".into()),
+        restricted: cli.namespace.is_some(),
+        token: cli.api_token.clone(),
+    });
+    let listener = tokio::net::TcpListener::bind(cli.api_addr)
+        .await
+        .with_context(|| format!("listening for the REST API on {}", cli.api_addr))?;
+    tracing::info!("REST API on http://{}", listener.local_addr()?);
+    let api = tokio::spawn(async move { axum::serve(listener, api::router(state)).await });
     tracing::info!(namespace = cli.namespace.as_deref().unwrap_or("(all)"), "watching StreamJobs");
     reconcile::run(client, cli.namespace).await;
+    api.abort();
     tracing::info!("stopped");
     Ok(())
 }

@@ -16,6 +16,10 @@ pub struct Metrics {
     pub state_size: IntGaugeVec,
     pub cached_keys: IntGaugeVec,
     pub busy_ratio: Gauge,
+    /// Records read per second over the last second.
+    pub input_rate: Gauge,
+    /// Records per second the worker would process if fully busy (rate / busy ratio).
+    pub capacity: Gauge,
     pub epoch_duration: Histogram,
     /// Checkpoints by outcome: completed, failed, skipped (the previous one still uploading).
     pub checkpoints: IntCounterVec,
@@ -44,6 +48,16 @@ impl Metrics {
         ))
         .expect("valid metric");
         registry.register(Box::new(busy.clone())).expect("unique metric");
+        let plain_gauge = |name: &str, help: &str| {
+            let g = Gauge::with_opts(Opts::new(name, help)).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let input_rate = plain_gauge("weir_input_records_per_second", "Records read per second over the last second");
+        let capacity = plain_gauge(
+            "weir_capacity_records_per_second",
+            "Records per second the worker would process if fully busy (input rate / busy ratio)",
+        );
         let epoch = Histogram::with_opts(
             HistogramOpts::new(
                 "weir_epoch_commit_duration_seconds",
@@ -82,6 +96,8 @@ impl Metrics {
             state_size: gauge("weir_state_size_bytes", "Approximate state size", &["partition"]),
             cached_keys: gauge("weir_state_cached_keys", "Keys held decoded in memory", &["operator", "partition"]),
             busy_ratio: busy,
+            input_rate,
+            capacity,
             epoch_duration: epoch,
             registry,
         }

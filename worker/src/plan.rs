@@ -103,12 +103,7 @@ impl JobPlan {
         let p = &m.spec.pipeline;
         let mut errs = ValidationErrors::default();
         let compiler = ExprCompiler::default();
-        let ns = m.metadata.namespace.as_deref();
-        let default_group = match ns {
-            Some(ns) => format!("weir.{ns}.{}", m.metadata.name),
-            None => format!("weir.{}", m.metadata.name),
-        };
-        let group = p.sources.values().find_map(|s| s.kafka.as_ref()?.group.clone()).unwrap_or(default_group);
+        let group = weir_crds::consumer_group(p, &m.metadata.name, m.metadata.namespace.as_deref());
         let source_index: BTreeMap<&str, usize> = p.sources.keys().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
         let sink_index: BTreeMap<&str, usize> = p.sinks.keys().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
         let mut sources: Vec<SourcePlan> = p

@@ -233,6 +233,7 @@ impl Runtime {
         let (mut last_commit, mut last_flush) = (Instant::now(), Instant::now());
         let (mut busy, mut window_start) = (Duration::ZERO, Instant::now());
         let (mut first_record, mut records) = (None, 0u64);
+        let mut records_at_window = 0u64;
         loop {
             for i in 0..self.sources.len() {
                 if self.ended[i] {
@@ -280,10 +281,16 @@ impl Runtime {
             }
             busy += started.elapsed();
             if window_start.elapsed() >= Duration::from_secs(1) {
-                let ratio = busy.as_secs_f64() / window_start.elapsed().as_secs_f64();
-                self.metrics.busy_ratio.set(ratio.min(1.0));
+                let secs = window_start.elapsed().as_secs_f64();
+                self.metrics.busy_ratio.set((busy.as_secs_f64() / secs).min(1.0));
+                // Input rate over the last second, and what the worker could do fully busy.
+                let rate = (records - records_at_window) as f64 / secs;
+                self.metrics.input_rate.set(rate);
+                if busy.as_secs_f64() > 0.01 {
+                    self.metrics.capacity.set(rate * secs / busy.as_secs_f64());
+                }
                 self.report_lag();
-                (busy, window_start) = (Duration::ZERO, Instant::now());
+                (busy, window_start, records_at_window) = (Duration::ZERO, Instant::now(), records);
             }
             if done || stopping {
                 if let Some(cp) = self.checkpointer.as_mut() {

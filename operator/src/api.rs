@@ -1,0 +1,334 @@
+//! The operator's REST API, beside kubectl:
+//!
+//! - `GET /jobs[?namespace=]`: the StreamJobs with their phase.
+//! - `POST /jobs[?namespace=]`: creates a StreamJob from a manifest (YAML or JSON); every error,
+//!   with its path, in a 400 answer, a 409 when it exists.
+//! - `GET /jobs/{name}[?namespace=]`: one StreamJob, spec and status.
+//! - `GET /jobs/{name}/metrics[?namespace=]`: the job's figures gathered from its workers'
+//!   metrics (events/s, capacity, lag, processing lag, checkpoints, busy ratio per worker).
+//! - `GET /consumer-groups/{group}/lag`: per-partition lag of a job's consumer group, from Kafka.
+//!
+//! Every answer is JSON; errors are `{"error": "..."}` with a 4xx or 5xx status. With a token
+//! configured (`WEIR_API_TOKEN`), every route but `/healthz` needs `Authorization: Bearer <token>`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{ListParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use weir_crds::{Manifest, ManifestError, StreamJob};
+
+use crate::build;
+
+pub struct ApiState {
+    pub client: Client,
+    /// Namespace of requests that name none.
+    pub namespace: String,
+    /// Only this namespace is served when the operator watches one.
+    pub restricted: bool,
+    pub token: Option<String>,
+}
+
+/// A JSON error answer.
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({"error": self.1}))).into_response()
+    }
+}
+
+impl From<kube::Error> for ApiError {
+    fn from(e: kube::Error) -> ApiError {
+        match &e {
+            kube::Error::Api(s) if s.code == 404 => ApiError(StatusCode::NOT_FOUND, s.message.clone()),
+            kube::Error::Api(s) if s.code == 409 => ApiError(StatusCode::CONFLICT, s.message.clone()),
+            kube::Error::Api(s) if (400..500).contains(&s.code) => {
+                ApiError(StatusCode::from_u16(s.code).unwrap_or(StatusCode::BAD_REQUEST), s.message.clone())
+            }
+            _ => ApiError(StatusCode::BAD_GATEWAY, format!("Kubernetes API: {e}")),
+        }
+    }
+}
+
+type Res = Result<Json<Value>, ApiError>;
+
+#[derive(Deserialize)]
+pub struct NsQuery {
+    namespace: Option<String>,
+}
+
+impl ApiState {
+    fn ns(&self, q: &NsQuery) -> Result<String, ApiError> {
+        let ns = q.namespace.clone().unwrap_or_else(|| self.namespace.clone());
+        if self.restricted && ns != self.namespace {
+            return Err(ApiError(
+                StatusCode::FORBIDDEN,
+                format!("this operator serves namespace {}, not {ns}", self.namespace),
+            ));
+        }
+        Ok(ns)
+    }
+
+    fn jobs(&self, ns: &str) -> Api<StreamJob> {
+        Api::namespaced(self.client.clone(), ns)
+    }
+
+    fn check_token(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(token) = &self.token else { return Ok(()) };
+        let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            Some(g) if g == token => Ok(()),
+            Some(_) => Err(ApiError(StatusCode::UNAUTHORIZED, "the bearer token is not valid".into())),
+            None => Err(ApiError(StatusCode::UNAUTHORIZED, "send Authorization: Bearer <token>".into())),
+        }
+    }
+}
+
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/jobs", get(list_jobs).post(create_job))
+        .route("/jobs/{name}", get(get_job))
+        .route("/jobs/{name}/metrics", get(job_metrics))
+        .route("/consumer-groups/{group}/lag", get(group_lag))
+        .with_state(state)
+}
+
+fn summary(j: &StreamJob) -> Value {
+    let st = j.status.clone().unwrap_or_default();
+    json!({
+        "namespace": j.namespace(),
+        "name": j.name_any(),
+        "phase": st.phase,
+        "parallelism": {"desired": build::parallelism(j), "ready": st.parallelism},
+        "observedGeneration": st.observed_generation,
+        "generation": j.metadata.generation,
+    })
+}
+
+async fn list_jobs(State(s): State<Arc<ApiState>>, headers: HeaderMap, Query(q): Query<NsQuery>) -> Res {
+    s.check_token(&headers)?;
+    let ns = s.ns(&q)?;
+    let jobs = s.jobs(&ns).list(&ListParams::default()).await?;
+    Ok(Json(json!({"jobs": jobs.items.iter().map(summary).collect::<Vec<_>>()})))
+}
+
+async fn create_job(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Query(q): Query<NsQuery>,
+    body: String,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    s.check_token(&headers)?;
+    // YAML is a superset of JSON: one parser for both, with the path of every error.
+    let m = Manifest::from_yaml(&body, "").map_err(|e| match e {
+        ManifestError::Invalid(errs) => ApiError(StatusCode::BAD_REQUEST, format!("invalid StreamJob: {errs}")),
+        e => ApiError(StatusCode::BAD_REQUEST, e.to_string()),
+    })?;
+    if m.metadata.name.is_empty() {
+        return Err(ApiError(StatusCode::BAD_REQUEST, "metadata.name: a StreamJob needs a name".into()));
+    }
+    let ns = match (&m.metadata.namespace, &q.namespace) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("metadata.namespace {a} differs from ?namespace={b}"),
+            ))
+        }
+        (Some(a), _) => s.ns(&NsQuery { namespace: Some(a.clone()) })?,
+        (None, _) => s.ns(&q)?,
+    };
+    let mut job = StreamJob::new(&m.metadata.name, m.spec);
+    job.metadata.namespace = Some(ns.clone());
+    let created = s.jobs(&ns).create(&PostParams::default(), &job).await?;
+    Ok((StatusCode::CREATED, Json(summary(&created))))
+}
+
+async fn get_job(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(q): Query<NsQuery>,
+) -> Res {
+    s.check_token(&headers)?;
+    let job = s.jobs(&s.ns(&q)?).get(&name).await?;
+    let mut v = summary(&job);
+    v["spec"] = serde_json::to_value(&job.spec).unwrap_or(Value::Null);
+    v["status"] = serde_json::to_value(&job.status).unwrap_or(Value::Null);
+    Ok(Json(v))
+}
+
+/// A Prometheus text body as (metric name, labels, value) rows.
+fn parse_metrics(text: &str) -> Vec<(String, String, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (head, value) = l.rsplit_once(' ')?;
+            let (name, labels) = match head.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (head, ""),
+            };
+            Some((name.to_string(), labels.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn total(rows: &[(String, String, f64)], name: &str) -> f64 {
+    rows.iter().filter(|r| r.0 == name).map(|r| r.2).sum()
+}
+
+fn max_of(rows: &[(String, String, f64)], name: &str) -> Option<f64> {
+    rows.iter().filter(|r| r.0 == name).map(|r| r.2).reduce(f64::max)
+}
+
+/// GET `path` from `ip:port` over plain HTTP/1.0; the body of a 200 answer.
+async fn http_get(ip: &str, port: i32, path: &str) -> anyhow::Result<String> {
+    let fetch = async {
+        let mut s = tokio::net::TcpStream::connect(format!("{ip}:{port}")).await?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n").as_bytes()).await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        let (head, body) = out.split_once("\r\n\r\n").ok_or_else(|| anyhow::anyhow!("no HTTP answer"))?;
+        anyhow::ensure!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "answered {head}");
+        Ok(body.to_string())
+    };
+    tokio::time::timeout(Duration::from_secs(3), fetch).await.map_err(|_| anyhow::anyhow!("timed out"))?
+}
+
+async fn job_metrics(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(q): Query<NsQuery>,
+) -> Res {
+    s.check_token(&headers)?;
+    let ns = s.ns(&q)?;
+    let job = s.jobs(&ns).get(&name).await?;
+    let pods: Api<Pod> = Api::namespaced(s.client.clone(), &ns);
+    let list = pods.list(&ListParams::default().labels(&build::selector(&job))).await?;
+    let mut workers = Vec::new();
+    let mut all: Vec<(String, String, f64)> = Vec::new();
+    for pod in &list.items {
+        let ip = pod.status.as_ref().and_then(|st| st.pod_ip.clone());
+        let Some(ip) = ip else {
+            workers.push(json!({"pod": pod.name_any(), "error": "no Pod IP yet"}));
+            continue;
+        };
+        match http_get(&ip, build::ADMIN_PORT, "/metrics").await {
+            Ok(text) => {
+                let rows = parse_metrics(&text);
+                workers.push(json!({
+                    "pod": pod.name_any(),
+                    "eventsPerSecond": total(&rows, "weir_input_records_per_second"),
+                    "capacityPerSecond": total(&rows, "weir_capacity_records_per_second"),
+                    "busyRatio": total(&rows, "weir_busy_ratio"),
+                    "consumerLag": total(&rows, "weir_consumer_lag"),
+                }));
+                all.extend(rows);
+            }
+            Err(e) => workers.push(json!({"pod": pod.name_any(), "error": format!("scraping {ip}: {e}")})),
+        }
+    }
+    let checkpoints = total(&all, "weir_checkpoint_duration_seconds_count");
+    Ok(Json(json!({
+        "namespace": ns,
+        "name": name,
+        "eventsPerSecond": total(&all, "weir_input_records_per_second"),
+        "capacityPerSecond": total(&all, "weir_capacity_records_per_second"),
+        "recordsIn": total(&all, "weir_records_in_total"),
+        "recordsOut": total(&all, "weir_records_out_total"),
+        "lateRecords": total(&all, "weir_late_records_total"),
+        "deadLetters": total(&all, "weir_dead_letters_total"),
+        "consumerLag": total(&all, "weir_consumer_lag"),
+        "processingLagMs": max_of(&all, "weir_watermark_lag_ms"),
+        "checkpoints": checkpoints,
+        "meanCheckpointSeconds": (checkpoints > 0.0).then(|| total(&all, "weir_checkpoint_duration_seconds_sum") / checkpoints),
+        "workers": workers,
+    })))
+}
+
+async fn group_lag(State(s): State<Arc<ApiState>>, headers: HeaderMap, Path(group): Path<String>) -> Res {
+    s.check_token(&headers)?;
+    let jobs: Api<StreamJob> = if s.restricted { s.jobs(&s.namespace) } else { Api::all(s.client.clone()) };
+    let mut sources: Vec<(String, String)> = Vec::new();
+    for j in jobs.list(&ListParams::default()).await?.items {
+        if weir_crds::consumer_group(&j.spec.pipeline, &j.name_any(), j.namespace().as_deref()) == group {
+            sources.extend(j.spec.pipeline.sources.values().filter_map(|src| {
+                let k = src.kafka.as_ref()?;
+                Some((k.brokers.clone(), k.topic.clone()))
+            }));
+        }
+    }
+    if sources.is_empty() {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("no StreamJob reads Kafka with consumer group {group}")));
+    }
+    let g = group.clone();
+    let topics = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Value>> {
+        sources.iter().map(|(brokers, topic)| topic_lag(brokers, &g, topic)).collect()
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, format!("Kafka: {e:#}")))?;
+    let lag: i64 = topics.iter().filter_map(|t| t["lag"].as_i64()).sum();
+    Ok(Json(json!({"group": group, "lag": lag, "topics": topics})))
+}
+
+/// Committed offset, end offset and lag of every partition of `topic` for `group`.
+fn topic_lag(brokers: &str, group: &str, topic: &str) -> anyhow::Result<Value> {
+    let timeout = Duration::from_secs(10);
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let md = consumer.fetch_metadata(Some(topic), timeout)?;
+    let count = md.topics().first().map_or(0, |t| t.partitions().len()) as i32;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..count {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(tpl, timeout)?;
+    let mut partitions = BTreeMap::new();
+    let mut lag = 0;
+    for p in 0..count {
+        let (low, high) = consumer.fetch_watermarks(topic, p, timeout)?;
+        let at = match committed.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => Some(o),
+            _ => None,
+        };
+        let l = high - at.unwrap_or(low);
+        lag += l;
+        partitions.insert(p, json!({"partition": p, "committed": at, "end": high, "lag": l}));
+    }
+    Ok(
+        json!({"topic": topic, "brokers": brokers, "lag": lag, "partitions": partitions.into_values().collect::<Vec<_>>()}),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text_is_read_per_series() {
+        let text = "# HELP x y\n# TYPE weir_consumer_lag gauge\nweir_consumer_lag{partition=\"0\",source=\"p\",job=\"j\"} 5\nweir_consumer_lag{partition=\"1\",source=\"p\",job=\"j\"} 7\nweir_busy_ratio{job=\"j\"} 0.25\nweir_watermark_lag_ms{partition=\"0\"} 120\nweir_watermark_lag_ms{partition=\"1\"} 80\n";
+        let rows = parse_metrics(text);
+        assert_eq!(total(&rows, "weir_consumer_lag"), 12.0);
+        assert_eq!(total(&rows, "weir_busy_ratio"), 0.25);
+        assert_eq!(max_of(&rows, "weir_watermark_lag_ms"), Some(120.0));
+        assert_eq!(max_of(&rows, "absent"), None);
+    }
+}
