@@ -28,7 +28,7 @@ log "installing the StreamJob CRD and starting the operator (log: $WEIR_RUN/logs
 kubectl apply --server-side --force-conflicts -f "$REPO_DIR/crds/streamjob.yaml" >/dev/null
 kubectl wait --for=condition=established crd/streamjobs.weir.dev --timeout=60s >/dev/null
 kubectl create namespace "$NS" >/dev/null
-KUBECONFIG=$WEIR_RUN/k8s/admin.kubeconfig "$TARGET/weir-operator" --namespace "$NS" >"$WEIR_RUN/logs/demo-operator.log" 2>&1 &
+KUBECONFIG=$WEIR_RUN/k8s/admin.kubeconfig "$TARGET/weir-operator" --namespace "$NS" --api-addr 127.0.0.1:8080 >"$WEIR_RUN/logs/demo-operator.log" 2>&1 &
 operator=$!
 trap 'kubectl -n "$NS" delete streamjob --all --wait=false >/dev/null 2>&1 || true; kill $operator 2>/dev/null || true' EXIT
 
@@ -69,6 +69,9 @@ echo "== the job's metrics (summed over its workers): records in $in, out $out, 
 for ip in $(kubectl -n "$NS" get pods -l "weir.dev/job=$JOB" -o jsonpath='{.items[*].status.podIP}'); do
   curl -sf "http://$ip:9249/metrics" | grep -E '^weir_(records_out|late_records|dead_letters|busy)' | sed "s/^/$ip  /"
 done
+echo
+echo "== the operator's REST API: GET /jobs/$JOB/metrics"
+curl -sf "http://127.0.0.1:8080/jobs/$JOB/metrics?namespace=$NS" | python3 -m json.tool | head -40 || true
 echo
 echo "== 10 results from topic payments-per-card-minute (key: card_id), read_committed"
 "$KAFKA" consume --topic payments-per-card-minute --from-beginning --max-messages 10 \

@@ -187,7 +187,8 @@ fn parse_metrics(text: &str) -> Vec<(String, String, f64)> {
 }
 
 fn total(rows: &[(String, String, f64)], name: &str) -> f64 {
-    rows.iter().filter(|r| r.0 == name).map(|r| r.2).sum()
+    // Adding 0.0 turns the empty sum's -0.0 into 0.
+    rows.iter().filter(|r| r.0 == name).map(|r| r.2).sum::<f64>() + 0.0
 }
 
 fn max_of(rows: &[(String, String, f64)], name: &str) -> Option<f64> {
@@ -330,5 +331,6 @@ mod tests {
         assert_eq!(total(&rows, "weir_busy_ratio"), 0.25);
         assert_eq!(max_of(&rows, "weir_watermark_lag_ms"), Some(120.0));
         assert_eq!(max_of(&rows, "absent"), None);
+        assert!(total(&rows, "absent").is_sign_positive());
     }
 }
