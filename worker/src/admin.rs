@@ -5,14 +5,62 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::routing::get;
-use axum::Router;
+use axum::{Json, Router};
+use serde_json::json;
 
+use crate::checkpoint::Savepoints;
 use crate::metrics::Metrics;
 
+/// `POST /savepoints/{id}`: asks the worker for savepoint `id` (taken after its next commit);
+/// `GET /savepoints/{id}`: its progress. Without checkpoint storage there are no savepoints.
+fn savepoint_routes(savepoints: Savepoints, enabled: bool) -> Router {
+    let post = savepoints.clone();
+    Router::new().route(
+        "/savepoints/{id}",
+        get(move |Path(id): Path<String>| async move {
+            let st = savepoints.lock().expect("savepoint status");
+            match st.progress.get(&id) {
+                Some(p) => (StatusCode::OK, Json(json!({"id": id, "state": p.state(), "progress": p}))),
+                None if st.requested.as_deref() == Some(&id) => {
+                    (StatusCode::OK, Json(json!({"id": id, "state": "requested"})))
+                }
+                None => (StatusCode::NOT_FOUND, Json(json!({"error": format!("no savepoint {id} on this worker")}))),
+            }
+        })
+        .post(move |Path(id): Path<String>| async move {
+            if !enabled {
+                let error = "savepoints need spec.checkpointing.storage";
+                return (StatusCode::CONFLICT, Json(json!({"error": error})));
+            }
+            if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                let error = "a savepoint id holds only letters, digits, - and _";
+                return (StatusCode::BAD_REQUEST, Json(json!({"error": error})));
+            }
+            let mut st = post.lock().expect("savepoint status");
+            if st.progress.contains_key(&id) || st.requested.as_deref() == Some(&id) {
+                return (StatusCode::CONFLICT, Json(json!({"error": format!("savepoint {id} was already requested")})));
+            }
+            if st.requested.is_some() {
+                let error = "another savepoint is about to be taken; retry";
+                return (StatusCode::TOO_MANY_REQUESTS, Json(json!({"error": error})));
+            }
+            st.requested = Some(id.clone());
+            (StatusCode::ACCEPTED, Json(json!({"id": id, "state": "requested"})))
+        }),
+    )
+}
+
 /// Starts the server on its own thread; returns once it listens.
-pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> anyhow::Result<SocketAddr> {
+pub fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    savepoints: Savepoints,
+    savepoints_enabled: bool,
+) -> anyhow::Result<SocketAddr> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let listener = rt.block_on(tokio::net::TcpListener::bind(addr))?;
     let bound = listener.local_addr()?;
@@ -28,7 +76,8 @@ pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) ->
                     (StatusCode::SERVICE_UNAVAILABLE, "restoring state")
                 }
             }),
-        );
+        )
+        .merge(savepoint_routes(savepoints, savepoints_enabled));
     std::thread::Builder::new().name("admin-http".into()).spawn(move || {
         if let Err(e) = rt.block_on(async { axum::serve(listener, app).await }) {
             tracing::error!("admin server stopped: {e}");
@@ -50,11 +99,39 @@ mod tests {
         out
     }
 
+    fn post(addr: SocketAddr, path: &str) -> String {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(s, "POST {path} HTTP/1.0\r\nHost: x\r\nContent-Length: 0\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn savepoint_requests_are_checked_and_queued() {
+        let sp = Savepoints::default();
+        let off =
+            serve("127.0.0.1:0".parse().unwrap(), Arc::new(Metrics::new("t")), Default::default(), sp.clone(), false)
+                .unwrap();
+        assert!(post(off, "/savepoints/a").starts_with("HTTP/1.0 409"), "no storage, no savepoints");
+        let on =
+            serve("127.0.0.1:0".parse().unwrap(), Arc::new(Metrics::new("t")), Default::default(), sp.clone(), true)
+                .unwrap();
+        assert!(post(on, "/savepoints/bad%20id").starts_with("HTTP/1.0 400"));
+        assert!(post(on, "/savepoints/sp-1").starts_with("HTTP/1.0 202"));
+        assert_eq!(sp.lock().unwrap().requested.as_deref(), Some("sp-1"));
+        assert!(post(on, "/savepoints/sp-1").starts_with("HTTP/1.0 409"), "the same id twice");
+        assert!(post(on, "/savepoints/sp-2").starts_with("HTTP/1.0 429"), "one at a time");
+        assert!(get(on, "/savepoints/sp-1").contains(r#""state":"requested""#));
+        assert!(get(on, "/savepoints/nope").starts_with("HTTP/1.0 404"));
+    }
+
     #[test]
     fn health_readiness_and_metrics() {
         let metrics = Arc::new(Metrics::new("t"));
         let ready = Arc::new(AtomicBool::new(false));
-        let addr = serve("127.0.0.1:0".parse().unwrap(), metrics.clone(), ready.clone()).unwrap();
+        let addr = serve("127.0.0.1:0".parse().unwrap(), metrics.clone(), ready.clone(), Savepoints::default(), false)
+            .unwrap();
         assert!(get(addr, "/healthz").starts_with("HTTP/1.0 200"));
         assert!(get(addr, "/readyz").starts_with("HTTP/1.0 503"), "not ready before state is restored");
         ready.store(true, Ordering::Relaxed);

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use weir_crds::{Manifest, ManifestError};
+use weir_worker::checkpoint::Savepoints;
 use weir_worker::metrics::Metrics;
 use weir_worker::plan::JobPlan;
 use weir_worker::runtime::{Runtime, RuntimeConfig, WorkerIdentity};
@@ -45,6 +46,9 @@ enum Cmd {
         /// Keys per operator and task kept decoded in memory in front of RocksDB.
         #[arg(long, env = "WEIR_MAX_CACHED_KEYS", default_value_t = 100_000)]
         max_cached_keys: usize,
+        /// Partitions without local state start from this savepoint.
+        #[arg(long, env = "WEIR_RESTORE_SAVEPOINT")]
+        restore_savepoint: Option<String>,
     },
     /// Runs as worker `ordinal` of `parallelism` in a Pod.
     Pod {
@@ -65,6 +69,9 @@ enum Cmd {
         state_memory_mib: usize,
         #[arg(long, env = "WEIR_MAX_CACHED_KEYS", default_value_t = 100_000)]
         max_cached_keys: usize,
+        /// Partitions without local state start from this savepoint.
+        #[arg(long, env = "WEIR_RESTORE_SAVEPOINT")]
+        restore_savepoint: Option<String>,
     },
     /// Checks a manifest and prints every error with its path.
     Validate {
@@ -107,7 +114,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             println!("{}: valid", file.display());
             Ok(())
         }
-        Cmd::Run { file, state_dir, admin_addr, state_memory_mib, max_cached_keys } => {
+        Cmd::Run { file, state_dir, admin_addr, state_memory_mib, max_cached_keys, restore_savepoint } => {
             let (_, mut plan) = load(&file)?;
             plan.max_cached_keys = max_cached_keys.max(1);
             let _temp;
@@ -120,7 +127,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 None => std::env::temp_dir().join("weir").join("state").join(&plan.group),
             };
             let identity = WorkerIdentity { ordinal: 0, parallelism: 1 };
-            run(plan, identity, state_dir, admin_addr, state_memory_mib)
+            run(plan, identity, state_dir, admin_addr, state_memory_mib, restore_savepoint)
         }
         Cmd::Pod {
             config,
@@ -131,6 +138,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             admin_addr,
             state_memory_mib,
             max_cached_keys,
+            restore_savepoint,
         } => {
             let ordinal = match (ordinal, pod_name) {
                 (Some(o), _) => o,
@@ -146,7 +154,8 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             }
             let (_, mut plan) = load(&config)?;
             plan.max_cached_keys = max_cached_keys.max(1);
-            run(plan, WorkerIdentity { ordinal, parallelism }, state_dir, Some(admin_addr), state_memory_mib)
+            let identity = WorkerIdentity { ordinal, parallelism };
+            run(plan, identity, state_dir, Some(admin_addr), state_memory_mib, restore_savepoint)
         }
     }
 }
@@ -157,19 +166,22 @@ fn run(
     state_dir: PathBuf,
     admin: Option<SocketAddr>,
     mem_mib: usize,
+    restore_savepoint: Option<String>,
 ) -> anyhow::Result<()> {
     let plan = Arc::new(plan);
     let metrics = Arc::new(Metrics::new(&plan.name));
     let ready = Arc::new(AtomicBool::new(false));
+    let savepoints = Savepoints::default();
     if let Some(addr) = admin {
-        let bound = weir_worker::admin::serve(addr, metrics.clone(), ready.clone())?;
+        let storage = plan.checkpoint_storage.is_some();
+        let bound = weir_worker::admin::serve(addr, metrics.clone(), ready.clone(), savepoints.clone(), storage)?;
         tracing::info!("admin server on http://{bound}");
     }
     let shutdown = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, shutdown.clone()).context("installing signal handlers")?;
     }
-    let cfg = RuntimeConfig { identity, state_dir, state_memory_bytes: mem_mib << 20 };
+    let cfg = RuntimeConfig { identity, state_dir, state_memory_bytes: mem_mib << 20, savepoints, restore_savepoint };
     let mut rt = Runtime::open(plan.clone(), &cfg, metrics)?;
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(job = %plan.name, "running");

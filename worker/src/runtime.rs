@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::checkpoint::storage::{self, Storage};
-use crate::checkpoint::{self, Checkpointer};
+use crate::checkpoint::{self, Checkpointer, Savepoints};
 use crate::metrics::Metrics;
 use crate::plan::JobPlan;
 use crate::sink::kafka::{KafkaProducer, KafkaSink};
@@ -41,6 +41,10 @@ pub struct RuntimeConfig {
     pub state_dir: PathBuf,
     /// Shared RocksDB block cache and write-buffer budget.
     pub state_memory_bytes: usize,
+    /// Savepoints requested through the admin server, and their progress.
+    pub savepoints: Savepoints,
+    /// Partitions without local state start from this savepoint (else the newest checkpoint).
+    pub restore_savepoint: Option<String>,
 }
 
 pub struct Runtime {
@@ -57,6 +61,7 @@ pub struct Runtime {
     txn_positions: BTreeMap<u32, Vec<(usize, i64)>>,
     checkpointer: Option<Checkpointer>,
     last_checkpoint: Instant,
+    savepoints: Savepoints,
 }
 
 impl Runtime {
@@ -98,7 +103,13 @@ impl Runtime {
                 if dir.exists() {
                     std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
                 }
-                if let Some(m) = checkpoint::restore(storage.as_ref(), p, &dir)? {
+                let from_savepoint = match &cfg.restore_savepoint {
+                    Some(id) => checkpoint::restore_savepoint(storage.as_ref(), id, p, &dir)?,
+                    None => None,
+                };
+                if let (Some(id), Some(m)) = (&cfg.restore_savepoint, &from_savepoint) {
+                    tracing::info!(partition = p, savepoint = %id, bytes = m.bytes, "restored state from savepoint");
+                } else if let Some(m) = checkpoint::restore(storage.as_ref(), p, &dir)? {
                     if m.fingerprint != plan.fingerprint {
                         tracing::warn!(
                             partition = p,
@@ -181,7 +192,13 @@ impl Runtime {
         }
         let ended = vec![false; sources.len()];
         let checkpointer = checkpoint_storage.map(|st| {
-            Checkpointer::new(st, plan.checkpoints_retained, cfg.state_dir.join("checkpoints"), metrics.clone())
+            Checkpointer::new(
+                st,
+                plan.checkpoints_retained,
+                cfg.state_dir.join("checkpoints"),
+                metrics.clone(),
+                cfg.savepoints.clone(),
+            )
         });
         Ok(Runtime {
             sinks: task_sinks,
@@ -193,6 +210,7 @@ impl Runtime {
             transactional,
             txn_positions: BTreeMap::new(),
             checkpointer,
+            savepoints: cfg.savepoints.clone(),
             last_checkpoint: Instant::now(),
         })
     }
@@ -278,6 +296,12 @@ impl Runtime {
                 // Results become visible every epoch; state is committed less often.
                 self.epoch()?;
                 last_flush = Instant::now();
+            }
+            let requested = self.savepoints.lock().expect("savepoint status").requested.take();
+            if let Some(name) = requested {
+                self.commit()?;
+                (last_commit, last_flush) = (Instant::now(), Instant::now());
+                self.savepoint(&name)?;
             }
             busy += started.elapsed();
             if window_start.elapsed() >= Duration::from_secs(1) {
@@ -369,6 +393,23 @@ impl Runtime {
             cp.checkpoint(p, &self.plan.fingerprint, |dir| Ok(task.checkpoint(dir)?))?;
         }
         self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+
+    /// Takes savepoint `name` of every task's just-committed state; its upload runs in the
+    /// background and its progress is visible through the admin server.
+    fn savepoint(&mut self, name: &str) -> anyhow::Result<()> {
+        let Some(cp) = self.checkpointer.as_mut() else { return Ok(()) };
+        {
+            let mut st = self.savepoints.lock().expect("savepoint status");
+            let progress = st.progress.entry(name.to_string()).or_default();
+            progress.partitions = self.tasks.keys().copied().collect();
+            progress.location = cp.savepoint_location(name);
+        }
+        for (&p, task) in &self.tasks {
+            cp.savepoint(p, &self.plan.fingerprint, name, |dir| Ok(task.checkpoint(dir)?))?;
+        }
+        tracing::info!(savepoint = name, "savepoint taken; uploading");
         Ok(())
     }
 

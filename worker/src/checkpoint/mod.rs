@@ -88,9 +88,67 @@ pub fn restore(storage: &dyn Storage, partition: u32, dir: &Path) -> Result<Opti
     Ok(Some(m))
 }
 
+fn savepoint_prefix(id: &str, partition: u32) -> String {
+    format!("savepoints/{id}/p{partition}/")
+}
+
+/// Downloads savepoint `id` of `partition` into the empty folder `dir`; `None` when the
+/// savepoint has no such partition.
+pub fn restore_savepoint(
+    storage: &dyn Storage,
+    id: &str,
+    partition: u32,
+    dir: &Path,
+) -> Result<Option<CheckpointManifest>, StorageError> {
+    let prefix = savepoint_prefix(id, partition);
+    let key = format!("{prefix}{MANIFEST}");
+    if !storage.list(&key)?.contains(&key) {
+        return Ok(None);
+    }
+    let bytes = storage.get_bytes(&key)?;
+    let m: CheckpointManifest = serde_json::from_slice(&bytes)
+        .map_err(|e| StorageError { location: storage.describe(&key), message: format!("unreadable manifest: {e}") })?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| StorageError { location: dir.display().to_string(), message: e.to_string() })?;
+    for name in m.sst.iter().chain(&m.files) {
+        storage.get_to_file(&format!("{prefix}{name}"), &dir.join(name))?;
+    }
+    Ok(Some(m))
+}
+
+/// Progress of the savepoints a worker was asked for: per id, the partitions done, and the
+/// first error.
+#[derive(Default)]
+pub struct SavepointStatus {
+    pub requested: Option<String>,
+    pub progress: BTreeMap<String, SavepointProgress>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SavepointProgress {
+    pub partitions: Vec<u32>,
+    pub done: Vec<u32>,
+    pub error: Option<String>,
+    pub location: String,
+}
+
+impl SavepointProgress {
+    pub fn state(&self) -> &'static str {
+        match (&self.error, self.done.len() >= self.partitions.len() && !self.partitions.is_empty()) {
+            (Some(_), _) => "failed",
+            (None, true) => "completed",
+            (None, false) => "in-progress",
+        }
+    }
+}
+
+pub type Savepoints = Arc<std::sync::Mutex<SavepointStatus>>;
+
 struct Job {
     partition: u32,
     id: u64,
+    /// A savepoint: every file copied under `savepoints/<id>/`, never garbage-collected.
+    savepoint: Option<String>,
     dir: PathBuf,
     created_ms: i64,
     started: Instant,
@@ -110,16 +168,39 @@ pub struct Checkpointer {
 
 impl Checkpointer {
     /// Checkpoints to `storage`, keeping the newest `retained`; local snapshots go under `local`.
-    pub fn new(storage: Arc<dyn Storage>, retained: usize, local: PathBuf, metrics: Arc<Metrics>) -> Checkpointer {
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        retained: usize,
+        local: PathBuf,
+        metrics: Arc<Metrics>,
+        savepoints: Savepoints,
+    ) -> Checkpointer {
         let (tx, rx) = mpsc::channel::<Job>();
         let in_flight = Arc::new(AtomicUsize::new(0));
         let mut up = Uploader { storage: storage.clone(), retained: retained.max(1), uploaded: BTreeMap::new() };
-        let (flight, m) = (in_flight.clone(), metrics.clone());
+        let (flight, m, sp) = (in_flight.clone(), metrics.clone(), savepoints);
         let uploader = std::thread::Builder::new()
             .name("weir-checkpoint".into())
             .spawn(move || {
                 for job in rx {
                     let (partition, id, started) = (job.partition, job.id, job.started);
+                    if let Some(name) = job.savepoint.clone() {
+                        let result = up.upload_savepoint(job);
+                        let mut st = sp.lock().expect("savepoint status");
+                        let progress = st.progress.entry(name.clone()).or_default();
+                        match result {
+                            Ok(()) => progress.done.push(partition),
+                            Err(e) => {
+                                tracing::warn!(partition, savepoint = %name, "savepoint failed: {e:#}");
+                                progress.error.get_or_insert_with(|| format!("partition {partition}: {e:#}"));
+                            }
+                        }
+                        if progress.state() == "completed" {
+                            tracing::info!(savepoint = %name, "savepoint completed");
+                        }
+                        flight.fetch_sub(1, Ordering::SeqCst);
+                        continue;
+                    }
                     match up.upload(job, &m) {
                         Ok(()) => {
                             m.checkpoints.with_label_values(&["completed"]).inc();
@@ -164,13 +245,43 @@ impl Checkpointer {
         fingerprint: &str,
         snapshot: impl FnOnce(&Path) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
+        self.queue(partition, fingerprint, None, snapshot)
+    }
+
+    /// Like a checkpoint, but a savepoint `name`: self-contained and kept.
+    pub fn savepoint(
+        &mut self,
+        partition: u32,
+        fingerprint: &str,
+        name: &str,
+        snapshot: impl FnOnce(&Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        self.queue(partition, fingerprint, Some(name.to_string()), snapshot)
+    }
+
+    /// Where savepoint `name` is stored.
+    pub fn savepoint_location(&self, name: &str) -> String {
+        self.storage.describe(&format!("savepoints/{name}"))
+    }
+
+    fn queue(
+        &mut self,
+        partition: u32,
+        fingerprint: &str,
+        savepoint: Option<String>,
+        snapshot: impl FnOnce(&Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
         let started = Instant::now();
-        let id = match self.next_id.get(&partition) {
-            Some(&id) => id,
-            None => completed(self.storage.as_ref(), partition)?.last().map_or(1, |last| last + 1),
+        let id = match (&savepoint, self.next_id.get(&partition)) {
+            (Some(_), _) => 0,
+            (None, Some(&id)) => id,
+            (None, None) => completed(self.storage.as_ref(), partition)?.last().map_or(1, |last| last + 1),
         };
-        self.next_id.insert(partition, id + 1);
-        let dir = self.local.join(format!("p{partition}-chk-{id}"));
+        if savepoint.is_none() {
+            self.next_id.insert(partition, id + 1);
+        }
+        let tag = savepoint.as_deref().map_or_else(|| format!("chk-{id}"), |n| format!("sp-{n}"));
+        let dir = self.local.join(format!("p{partition}-{tag}"));
         if dir.exists() {
             std::fs::remove_dir_all(&dir)?;
         }
@@ -180,6 +291,7 @@ impl Checkpointer {
         let job = Job {
             partition,
             id,
+            savepoint,
             dir,
             created_ms: chrono::Utc::now().timestamp_millis(),
             started,
@@ -268,6 +380,34 @@ impl Uploader {
         self.collect_garbage(p)
     }
 
+    /// Copies every file of the snapshot under `savepoints/<name>/p<partition>/`, manifest last.
+    fn upload_savepoint(&mut self, job: Job) -> anyhow::Result<()> {
+        let name = job.savepoint.clone().expect("a savepoint job");
+        let prefix = savepoint_prefix(&name, job.partition);
+        let mut files: Vec<(String, u64)> = Vec::new();
+        for entry in std::fs::read_dir(&job.dir)? {
+            let entry = entry?;
+            files.push((entry.file_name().to_string_lossy().into_owned(), entry.metadata()?.len()));
+        }
+        files.sort();
+        for (f, _) in &files {
+            self.storage.put_file(&format!("{prefix}{f}"), &job.dir.join(f))?;
+        }
+        let (sst, other): (Vec<_>, Vec<_>) = files.iter().partition(|(f, _)| f.ends_with(".sst"));
+        let manifest = CheckpointManifest {
+            id: 0,
+            partition: job.partition,
+            created_ms: job.created_ms,
+            sst: sst.iter().map(|(f, _)| f.clone()).collect(),
+            files: other.iter().map(|(f, _)| f.clone()).collect(),
+            bytes: files.iter().map(|(_, n)| n).sum(),
+            fingerprint: job.fingerprint,
+        };
+        self.storage.put_bytes(&format!("{prefix}{MANIFEST}"), serde_json::to_vec_pretty(&manifest)?)?;
+        std::fs::remove_dir_all(&job.dir)?;
+        Ok(())
+    }
+
     /// Drops checkpoints beyond the newest `retained`, then SST files no kept one references.
     fn collect_garbage(&mut self, p: u32) -> anyhow::Result<()> {
         let ids = completed(self.storage.as_ref(), p)?;
@@ -322,7 +462,8 @@ mod tests {
         let metrics = Arc::new(Metrics::new("t"));
         let shared = RocksShared::new(1 << 20, 1 << 20);
         let store = RocksStore::open(state.path(), &shared).unwrap();
-        let mut cp = Checkpointer::new(st.clone(), 2, local.path().to_path_buf(), metrics.clone());
+        let savepoints = Savepoints::default();
+        let mut cp = Checkpointer::new(st.clone(), 2, local.path().to_path_buf(), metrics.clone(), savepoints.clone());
         let mut ssts: Vec<BTreeSet<String>> = Vec::new();
         for round in 0..4 {
             put(&store, round * 1_000, (round + 1) * 1_000);
@@ -358,6 +499,26 @@ mod tests {
         assert_eq!(back.scan(b"key-", b"key-\xff", 100_000).unwrap().len(), 4_000);
         assert!(back.get(b"key-010000").unwrap().is_none());
         assert!(local.path().read_dir().unwrap().next().is_none(), "local snapshots are removed after upload");
+        // A savepoint is self-contained and outlives checkpoint retention.
+        savepoints
+            .lock()
+            .unwrap()
+            .progress
+            .insert("sp1".into(), SavepointProgress { partitions: vec![0], ..Default::default() });
+        cp.savepoint(0, "f1", "sp1", |dir| Ok(store.checkpoint(dir)?)).unwrap();
+        while cp.busy() {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(savepoints.lock().unwrap().progress["sp1"].state(), "completed");
+        for _ in 0..3 {
+            checkpoint(&mut cp, &store);
+        }
+        let back = tempfile::tempdir().unwrap();
+        let m = restore_savepoint(st.as_ref(), "sp1", 0, &back.path().join("p0")).unwrap().unwrap();
+        assert_eq!(m.fingerprint, "f1");
+        let sp = RocksStore::open(&back.path().join("p0"), &shared).unwrap();
+        assert_eq!(sp.scan(b"key-", b"key-\xff", 100_000).unwrap().len(), 4_010, "the state when it was taken");
+        assert!(restore_savepoint(st.as_ref(), "nope", 0, &back.path().join("x")).unwrap().is_none());
         assert!(restore(st.as_ref(), 1, &restored.path().join("p1")).unwrap().is_none());
     }
 
