@@ -186,6 +186,8 @@ fn streamjob_runs_exactly_once_reports_and_cleans_up() {
     let (code, dup) =
         http(api, "POST", "/jobs", Some(TOKEN), &window_job(1, "{interval: 1s}", &input, &output, &corrections));
     assert_eq!(code, 409, "the job exists: {dup}");
+    let (code, err) = http(api, "POST", "/jobs/per-card/savepoints", Some(TOKEN), "");
+    assert!(code == 409 && err["error"].as_str().unwrap().contains("checkpointing.storage"), "{err}");
     let other =
         window_job(1, "{interval: 1s}", &input, &output, &corrections).replace("name: per-card", "name: via-api");
     let (code, created) = http(api, "POST", "/jobs", Some(TOKEN), &other);
@@ -242,7 +244,7 @@ fn rescale_through_checkpoints_keeps_exactly_once() {
     require_port("kube-apiserver", 6443);
     require_port("Kafka", 9092);
     const P: i32 = 4;
-    let (cleanup, log, _) = setup("rescale");
+    let (cleanup, log, api) = setup("rescale");
     let ns = cleanup.namespace.clone();
     let (input, output, corrections) = (format!("{ns}-in"), format!("{ns}-out"), format!("{ns}-late"));
     create_topics(&[(&input, P), (&output, P), (&corrections, 1)]);
@@ -271,4 +273,22 @@ fn rescale_through_checkpoints_keeps_exactly_once() {
     assert_eq!(got, want, "every window equals the reference");
     assert_eq!(emitted, want.len(), "each window is committed once across the rescale");
     assert_eq!(read_all(&corrections, 1).len(), want_late.len(), "each late event is committed once");
+
+    // A savepoint through the REST API: every worker stores its partitions, self-contained.
+    let (code, sp) = http(api, "POST", "/jobs/per-card/savepoints", Some(TOKEN), "");
+    assert_eq!(code, 202, "{sp}");
+    let id = sp["id"].as_str().unwrap().to_string();
+    let done = wait_until("the savepoint to complete", Duration::from_secs(60), || {
+        let (code, st) = http(api, "GET", &format!("/jobs/per-card/savepoints/{id}"), Some(TOKEN), "");
+        assert_eq!(code, 200, "{st}");
+        assert_ne!(st["state"], "failed", "{st}");
+        (st["state"] == "completed").then_some(st)
+    });
+    assert_eq!(done["workers"].as_array().unwrap().len(), 3, "{done}");
+    for p in 0..P {
+        let manifest = checkpoints.path().join(format!("savepoints/{id}/p{p}/_manifest.json"));
+        assert!(manifest.exists(), "partition {p} is in the savepoint: {}", manifest.display());
+    }
+    let last = get(&ns, "sj/per-card", "{.status.lastSavepoint.path}");
+    assert!(last.ends_with(&format!("savepoints/{id}")), "status.lastSavepoint: {last}");
 }
