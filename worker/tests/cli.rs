@@ -157,3 +157,83 @@ fn a_lost_state_folder_is_restored_from_the_last_checkpoint() {
     let again = std::fs::read_to_string(dir.path().join("out/file_per_card_minute.jsonl")).unwrap();
     assert_eq!(again, results);
 }
+
+#[test]
+fn a_savepoint_taken_through_the_admin_server_starts_a_new_run() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("job.yaml");
+    let storage = dir.path().join("storage");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"
+metadata: {{name: sp}}
+spec:
+  checkpointing: {{interval: 1h, storage: "file://{}"}}
+  pipeline:
+    sources:
+      payments:
+        datagen: {{kind: payments, seed: 3, keys: 50, eventRate: 1000, rate: 2000}}
+        eventTime: {{field: ts, maxOutOfOrderness: 5s}}
+    streams:
+      w: {{from: payments, keyBy: [card_id], window: {{tumbling: 1m}}, aggregate: {{"n": "count(*)"}}}}
+    sinks:
+      out: {{from: w, file: {{path: out.jsonl}}}}
+"#,
+            storage.display()
+        ),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let call = |method: &str, path: &str| -> String {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(s, "{method} {path} HTTP/1.0\r\nHost: x\r\nContent-Length: 0\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let state = dir.path().join("state");
+    let mut w = worker()
+        .args(["run", "-f", manifest.to_str().unwrap(), "--state-dir", state.to_str().unwrap()])
+        .args(["--admin-addr", &format!("127.0.0.1:{port}")])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let wait = |what: &str, mut ok: Box<dyn FnMut() -> bool + '_>| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !ok() {
+            assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    wait(
+        "the worker to be ready",
+        Box::new(|| {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && call("GET", "/readyz").contains("200 OK")
+        }),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(call("POST", "/savepoints/before-upgrade").starts_with("HTTP/1.0 202"));
+    wait("the savepoint", Box::new(|| call("GET", "/savepoints/before-upgrade").contains(r#""state":"completed""#)));
+    w.kill().unwrap();
+    w.wait().unwrap();
+    assert!(storage.join("savepoints/before-upgrade/p0/_manifest.json").exists());
+
+    // A new node: no local state; the savepoint, not a checkpoint (there is none), is restored.
+    std::fs::remove_dir_all(&state).unwrap();
+    let out = worker()
+        .args(["run", "-f", manifest.to_str().unwrap(), "--state-dir", state.to_str().unwrap()])
+        .args(["--restore-savepoint", "before-upgrade"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = out.id().to_string();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let out = out.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("restored state from savepoint") && log.contains("before-upgrade"), "{log}");
+}
