@@ -18,14 +18,16 @@ const PARTITIONS: i32 = 2;
 
 /// Stops the operator and removes the test namespace however the test ends.
 struct Cleanup {
-    operator: Child,
+    operators: Vec<Child>,
     namespace: String,
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let _ = self.operator.kill();
-        let _ = self.operator.wait();
+        for op in &mut self.operators {
+            let _ = op.kill();
+            let _ = op.wait();
+        }
         let _ = kubectl_raw(&["delete", "namespace", &self.namespace, "--wait=false"]);
     }
 }
@@ -57,16 +59,22 @@ fn setup(prefix: &str) -> (Cleanup, PathBuf, u16) {
     kubectl(&["create", "namespace", &ns]);
     let log = run_dir().join("logs").join(format!("e2e-operator-{ns}.log"));
     std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    let (operator, api_port) = start_operator(&ns, &log);
+    (Cleanup { operators: vec![operator], namespace: ns }, log, api_port)
+}
+
+/// An operator watching `ns` (leader lease of 3 s), logging to `log`; its REST API port.
+fn start_operator(ns: &str, log: &std::path::Path) -> (Child, u16) {
     let api_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let operator = Command::new(debug_bin("weir-operator"))
-        .args(["--namespace", &ns, "--api-addr", &format!("127.0.0.1:{api_port}")])
+        .args(["--namespace", ns, "--api-addr", &format!("127.0.0.1:{api_port}"), "--lease-seconds", "3"])
         .env("KUBECONFIG", kubeconfig())
         .env("WEIR_API_TOKEN", TOKEN)
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .unwrap();
-    (Cleanup { operator, namespace: ns }, log, api_port)
+    (operator, api_port)
 }
 
 const TOKEN: &str = "e2e-token";
@@ -291,4 +299,50 @@ fn rescale_through_checkpoints_keeps_exactly_once() {
     }
     let last = get(&ns, "sj/per-card", "{.status.lastSavepoint.path}");
     assert!(last.ends_with(&format!("savepoints/{id}")), "status.lastSavepoint: {last}");
+}
+
+/// Two operators: one leads (holds the Lease) and reconciles; when it dies the other takes the
+/// Lease over and reconciles in its place.
+#[test]
+fn one_of_two_operators_leads_and_the_other_takes_over() {
+    require_port("kube-apiserver", 6443);
+    let (mut cleanup, log_a, _) = setup("lead");
+    let ns = cleanup.namespace.clone();
+    let log_b = log_a.with_extension("second.log");
+    let (b, _) = start_operator(&ns, &log_b);
+    cleanup.operators.push(b);
+    let pids: Vec<String> = cleanup.operators.iter().map(|c| c.id().to_string()).collect();
+    let holder = wait_until("a leader", Duration::from_secs(30), || {
+        let h = get(&ns, "lease/weir-operator", "{.spec.holderIdentity}");
+        (!h.is_empty()).then_some(h)
+    });
+    let leader = pids.iter().position(|p| holder.ends_with(&format!("-{p}"))).expect("the holder is one of the two");
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(get(&ns, "lease/weir-operator", "{.spec.holderIdentity}"), holder, "the leader keeps its lease");
+    let logs = [&log_a, &log_b].map(|l| std::fs::read_to_string(l).unwrap());
+    assert!(logs[leader].contains("leading") && !logs[1 - leader].contains("leading"), "only one leads: {logs:?}");
+
+    cleanup.operators[leader].kill().unwrap();
+    cleanup.operators[leader].wait().unwrap();
+    let other = &pids[1 - leader];
+    wait_until("the other operator to take the lease over", Duration::from_secs(30), || {
+        get(&ns, "lease/weir-operator", "{.spec.holderIdentity}").ends_with(&format!("-{other}")).then_some(())
+    });
+    assert_eq!(get(&ns, "lease/weir-operator", "{.spec.leaseTransitions}"), "1");
+    apply(
+        &ns,
+        r#"
+apiVersion: weir.dev/v1alpha1
+kind: StreamJob
+metadata: {name: gen}
+spec:
+  image: weir-worker:dev
+  pipeline:
+    sources: {p: {datagen: {kind: payments, rate: 10}}}
+    sinks: {o: {from: p, file: {path: out.jsonl}}}
+"#,
+    );
+    wait_until("the new leader to reconcile", Duration::from_secs(60), || {
+        (get(&ns, "sj/gen", "{.status.phase}") == "Running").then_some(())
+    });
 }

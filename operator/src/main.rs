@@ -5,6 +5,7 @@
 
 mod api;
 mod build;
+mod lease;
 mod reconcile;
 
 use std::net::SocketAddr;
@@ -29,6 +30,14 @@ struct Cli {
     /// Bearer token the REST API requires (required unless it listens on loopback only).
     #[arg(long, env = "WEIR_API_TOKEN", hide_env_values = true)]
     api_token: Option<String>,
+    /// Namespace of the leader-election Lease (default: the watched namespace, else `default`).
+    #[arg(long, env = "WEIR_LEASE_NAMESPACE")]
+    lease_namespace: Option<String>,
+    #[arg(long, env = "WEIR_LEASE_NAME", default_value = "weir-operator")]
+    lease_name: String,
+    /// Seconds without renewal after which another replica takes the lead.
+    #[arg(long, env = "WEIR_LEASE_SECONDS", default_value_t = 15)]
+    lease_seconds: u64,
 }
 
 #[tokio::main]
@@ -72,9 +81,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .with_context(|| format!("listening for the REST API on {}", cli.api_addr))?;
     tracing::info!("REST API on http://{}", listener.local_addr()?);
     let api = tokio::spawn(async move { axum::serve(listener, api::router(state)).await });
+    // Only the replica holding the Lease reconciles; every replica serves the API.
+    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let lease_ns = cli.lease_namespace.clone().or_else(|| cli.namespace.clone()).unwrap_or_else(|| "default".into());
+    let elector = lease::Elector::new(
+        client.clone(),
+        &lease_ns,
+        &cli.lease_name,
+        &identity,
+        std::time::Duration::from_secs(cli.lease_seconds.max(1)),
+    );
+    elector.acquire().await;
     tracing::info!(namespace = cli.namespace.as_deref().unwrap_or("(all)"), "watching StreamJobs");
-    reconcile::run(client, cli.namespace).await;
+    let outcome = tokio::select! {
+        () = reconcile::run(client, cli.namespace) => Ok(()),
+        lost = elector.hold() => Err(anyhow::anyhow!("stopping: {lost}")),
+    };
     api.abort();
     tracing::info!("stopped");
-    Ok(())
+    outcome
 }
