@@ -79,6 +79,16 @@ fn start_operator(ns: &str, log: &std::path::Path) -> (Child, u16) {
 
 const TOKEN: &str = "e2e-token";
 
+/// The body of a GET without a token (health, metrics).
+fn http_text(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
 /// One REST call to the operator: the status code and the JSON answer.
 fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, serde_json::Value) {
     use std::io::{Read, Write};
@@ -161,6 +171,12 @@ fn streamjob_runs_exactly_once_reports_and_cleans_up() {
 
     // The REST API sees the same job, its workers' figures and its consumer group's lag.
     assert_eq!(http(api, "GET", "/jobs", None, "").0, 401, "a token is required");
+    let metrics = http_text(api, "/metrics");
+    assert!(
+        metrics.contains(&format!(r#"weir_operator_job_phase{{name="per-card",namespace="{ns}",phase="Running"}} 1"#)),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"weir_operator_reconciles_total{outcome="ok"}"#), "{metrics}");
     assert_eq!(http(api, "GET", "/jobs", Some("wrong"), "").0, 401);
     let (code, jobs) = http(api, "GET", "/jobs", Some(TOKEN), "");
     assert_eq!(

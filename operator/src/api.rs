@@ -9,7 +9,8 @@
 //! - `GET /consumer-groups/{group}/lag`: per-partition lag of a job's consumer group, from Kafka.
 //!
 //! Every answer is JSON; errors are `{"error": "..."}` with a 4xx or 5xx status. With a token
-//! configured (`WEIR_API_TOKEN`), every route but `/healthz` needs `Authorization: Bearer <token>`.
+//! configured (`WEIR_API_TOKEN`), every route but `/healthz` and `/metrics` (Prometheus) needs
+//! `Authorization: Bearer <token>`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -33,6 +34,7 @@ use weir_crds::{Manifest, ManifestError, StreamJob};
 use crate::build;
 
 pub struct ApiState {
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub client: Client,
     /// Namespace of requests that name none.
     pub namespace: String,
@@ -100,6 +102,7 @@ impl ApiState {
 pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(|State(s): State<Arc<ApiState>>| async move { s.metrics.render() }))
         .route("/jobs", get(list_jobs).post(create_job))
         .route("/jobs/{name}", get(get_job))
         .route("/jobs/{name}/metrics", get(job_metrics))

@@ -6,6 +6,7 @@
 mod api;
 mod build;
 mod lease;
+mod metrics;
 mod reconcile;
 
 use std::net::SocketAddr;
@@ -70,7 +71,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cli.api_addr
         );
     }
+    let metrics = Arc::new(metrics::Metrics::new());
     let state = Arc::new(api::ApiState {
+        metrics: metrics.clone(),
         client: client.clone(),
         namespace: cli.namespace.clone().unwrap_or_else(|| "default".into()),
         restricted: cli.namespace.is_some(),
@@ -97,7 +100,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     elector.acquire().await;
     tracing::info!(namespace = cli.namespace.as_deref().unwrap_or("(all)"), "watching StreamJobs");
     let outcome = tokio::select! {
-        () = reconcile::run(client, cli.namespace) => Ok(()),
+        () = reconcile::run(client, cli.namespace, metrics) => Ok(()),
         lost = elector.hold() => Err(anyhow::anyhow!("stopping: {lost}")),
     };
     api.abort();

@@ -18,6 +18,7 @@ use serde::Serialize;
 use weir_crds::{Condition, StreamJob, StreamJobStatus};
 
 use crate::build::{self, Desired};
+use crate::metrics::Metrics;
 
 /// The field manager of everything the operator writes.
 pub const FIELD_MANAGER: &str = "weir-operator";
@@ -32,10 +33,11 @@ pub enum Error {
 pub struct Ctx {
     pub client: Client,
     pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Runs the controller for StreamJobs in `namespace` (all when `None`) until the stream ends.
-pub async fn run(client: Client, namespace: Option<String>) {
+pub async fn run(client: Client, namespace: Option<String>, metrics: Arc<Metrics>) {
     let api = |c: &Client| -> Api<StreamJob> {
         match &namespace {
             Some(ns) => Api::namespaced(c.clone(), ns),
@@ -58,7 +60,7 @@ pub async fn run(client: Client, namespace: Option<String>) {
         }
     }
     let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
-    let ctx = Arc::new(Ctx { client: client.clone(), recorder: Recorder::new(client.clone(), reporter) });
+    let ctx = Arc::new(Ctx { client: client.clone(), recorder: Recorder::new(client.clone(), reporter), metrics });
     let cfg = watcher::Config::default();
     Controller::new(api(&client), cfg.clone())
         .owns(owned::<StatefulSet>(&client, &namespace), cfg.clone())
@@ -74,7 +76,8 @@ pub async fn run(client: Client, namespace: Option<String>) {
         .await;
 }
 
-fn error_policy(job: Arc<StreamJob>, e: &Error, _: Arc<Ctx>) -> Action {
+fn error_policy(job: Arc<StreamJob>, e: &Error, ctx: Arc<Ctx>) -> Action {
+    ctx.metrics.reconciles.with_label_values(&["error"]).inc();
     tracing::warn!(job = %job.name_any(), "reconcile failed: {e}");
     Action::requeue(Duration::from_secs(5))
 }
@@ -141,21 +144,31 @@ async fn set_status(ctx: &Ctx, job: &StreamJob, status: StreamJobStatus) -> Resu
 /// One pass: invalid specs are reported and nothing is deployed; valid ones are applied and
 /// their phase follows the StatefulSet (Deploying until every worker is ready, then Running).
 pub async fn reconcile(job: Arc<StreamJob>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let timer = ctx.metrics.duration.start_timer();
+    let result = reconcile_job(&job, &ctx).await;
+    timer.observe_duration();
+    result
+}
+
+async fn reconcile_job(job: &StreamJob, ctx: &Ctx) -> Result<Action, Error> {
+    let job = job.clone();
     let ns = job.namespace().unwrap_or_else(|| "default".into());
     let old = job.status.clone().unwrap_or_default();
     let generation = job.metadata.generation;
     if let Err(errs) = weir_crds::validate_spec(&job.spec) {
         let message = errs.to_string();
         if old.observed_generation != generation || old.phase.as_deref() != Some("Failed") {
-            publish(&ctx, &job, EventType::Warning, "InvalidSpec", message.clone()).await;
+            publish(ctx, &job, EventType::Warning, "InvalidSpec", message.clone()).await;
         }
+        ctx.metrics.reconciles.with_label_values(&["invalid"]).inc();
+        ctx.metrics.set_phase(&ns, &job.name_any(), "Failed");
         let status = StreamJobStatus {
             phase: Some("Failed".into()),
             observed_generation: generation,
             conditions: with_condition(&old.conditions, condition("Ready", false, "InvalidSpec", message)),
             ..old.clone()
         };
-        set_status(&ctx, &job, status).await?;
+        set_status(ctx, &job, status).await?;
         return Ok(Action::await_change());
     }
     let Desired { config_map, service, stateful_set, pdb } = build::desired(&job);
@@ -180,7 +193,7 @@ pub async fn reconcile(job: Arc<StreamJob>, ctx: Arc<Ctx>) -> Result<Action, Err
             true => format!("all {want} workers are ready"),
             false => format!("{ready} of {want} workers ready"),
         };
-        publish(&ctx, &job, EventType::Normal, phase, note).await;
+        publish(ctx, &job, EventType::Normal, phase, note).await;
     }
     let message = format!("{ready} of {want} workers ready");
     let reason = if running { "WorkersReady" } else { "WorkersStarting" };
@@ -193,7 +206,9 @@ pub async fn reconcile(job: Arc<StreamJob>, ctx: Arc<Ctx>) -> Result<Action, Err
         ..old.clone()
     };
     if Some(&status) != job.status.as_ref() {
-        set_status(&ctx, &job, status).await?;
+        set_status(ctx, &job, status).await?;
     }
+    ctx.metrics.reconciles.with_label_values(&["ok"]).inc();
+    ctx.metrics.set_phase(&ns, &job.name_any(), phase);
     Ok(Action::requeue(Duration::from_secs(if running { 60 } else { 5 })))
 }

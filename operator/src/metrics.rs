@@ -1,0 +1,48 @@
+//! The operator's Prometheus metrics, served at `/metrics` beside the REST API.
+
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+pub struct Metrics {
+    registry: Registry,
+    /// Reconciles by outcome (`ok`, `invalid`, `error`).
+    pub reconciles: IntCounterVec,
+    pub duration: Histogram,
+    /// StreamJobs by namespace, name and phase (1 for the current phase).
+    pub phase: IntGaugeVec,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let reconciles =
+            IntCounterVec::new(Opts::new("weir_operator_reconciles_total", "Reconciles by outcome"), &["outcome"])
+                .expect("valid metric");
+        let duration = Histogram::with_opts(
+            HistogramOpts::new("weir_operator_reconcile_duration_seconds", "Time of one reconcile")
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]),
+        )
+        .expect("valid metric");
+        let phase = IntGaugeVec::new(
+            Opts::new("weir_operator_job_phase", "1 for the current phase of each StreamJob"),
+            &["namespace", "name", "phase"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(reconciles.clone())).expect("unique metric");
+        registry.register(Box::new(duration.clone())).expect("unique metric");
+        registry.register(Box::new(phase.clone())).expect("unique metric");
+        Metrics { registry, reconciles, duration, phase }
+    }
+
+    /// Records the phase of a job (clearing its other phases).
+    pub fn set_phase(&self, namespace: &str, name: &str, phase: &str) {
+        for p in ["Deploying", "Running", "Failed"] {
+            self.phase.with_label_values(&[namespace, name, p]).set(i64::from(p == phase));
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = String::new();
+        prometheus::TextEncoder::new().encode_utf8(&self.registry.gather(), &mut buf).expect("text encoding");
+        buf
+    }
+}
