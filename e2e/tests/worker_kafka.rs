@@ -149,3 +149,39 @@ spec:
     let dead = std::fs::read_to_string(dir.path().join("dead.jsonl")).unwrap();
     assert!(dead.contains("\"partition\":0"), "the bad record reached the dead letter: {dead}");
 }
+
+/// A sink topic that does not exist stops the worker at once with what to do, in both delivery
+/// modes, instead of waiting for Kafka's message timeout.
+#[test]
+fn a_missing_sink_topic_is_a_clear_error() {
+    require_port("Kafka", 9092);
+    let name = unique("missing");
+    let input = format!("{name}-in");
+    create_topics(&[(&input, 1)]);
+    let dir = tempfile::tempdir().unwrap();
+    for delivery in ["exactly-once", "at-least-once"] {
+        let manifest = dir.path().join(format!("{delivery}.yaml"));
+        std::fs::write(
+            &manifest,
+            format!(
+                r#"
+metadata: {{name: {name}}}
+spec:
+  delivery: {delivery}
+  pipeline:
+    sources: {{p: {{kafka: {{brokers: "{b}", topic: {input}, bounded: true}}, schema: {{id: string}}}}}}
+    sinks: {{out: {{from: p, kafka: {{brokers: "{b}", topic: {name}-nowhere}}}}}}
+"#,
+                b = kafka_brokers()
+            ),
+        )
+        .unwrap();
+        let out = Command::new(worker_bin()).args(["run", "-f", manifest.to_str().unwrap()]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{delivery}: {err}");
+        assert!(
+            err.contains(&format!("topic {name}-nowhere does not exist")) && err.contains("create it first"),
+            "{delivery}: {err}"
+        );
+    }
+}

@@ -158,11 +158,18 @@ impl Runtime {
         }
         let names: Vec<String> = plan.sinks.iter().map(|s| s.name.clone()).collect();
         let mut task_sinks = BTreeMap::new();
-        for &p in tasks.keys() {
+        for (i, &p) in tasks.keys().enumerate() {
             let txn = match transactional {
                 true => Some(Arc::new(Self::task_producer(&plan, p).map_err(anyhow::Error::msg)?)),
                 false => None,
             };
+            if let (0, Some(txn)) = (i, &txn) {
+                for s in &plan.sinks {
+                    if let Some(k) = &s.spec.kafka {
+                        txn.check_topic(&k.topic).map_err(|e| anyhow::anyhow!("sink {}: {e}", s.name))?;
+                    }
+                }
+            }
             let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
             for (s, sh) in plan.sinks.iter().zip(&shared) {
                 match (sh, &s.spec.kafka, &txn) {

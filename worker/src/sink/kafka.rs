@@ -151,6 +151,20 @@ impl KafkaProducer {
         Ok(())
     }
 
+    /// Fails with what to do when `topic` does not exist (topics are never auto-created, and a
+    /// message to a missing topic would otherwise wait for `message.timeout.ms` before failing).
+    pub fn check_topic(&self, topic: &str) -> std::result::Result<(), String> {
+        let md = self
+            .producer
+            .client()
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .map_err(|e| format!("reading metadata of topic {topic} from {}: {e}", self.brokers))?;
+        match md.topics().iter().find(|t| t.name() == topic) {
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
+            _ => Err(format!("topic {topic} does not exist on {}; create it first", self.brokers)),
+        }
+    }
+
     pub fn has_open_transaction(&self) -> bool {
         self.txn.as_ref().is_some_and(|open| *open.lock().expect("transaction lock"))
     }
@@ -168,10 +182,11 @@ pub struct KafkaSink {
 }
 
 impl KafkaSink {
-    /// A sink with its own idempotent (not transactional) producer.
+    /// A sink with its own idempotent (not transactional) producer; checks that its topic exists.
     pub fn new(name: &str, spec: &KafkaSinkSpec) -> Result<KafkaSink> {
-        let producer = KafkaProducer::new(&spec.brokers, &spec.properties, None)
-            .map_err(|message| SinkError::Failed { sink: name.to_string(), message })?;
+        let failed = |message| SinkError::Failed { sink: name.to_string(), message };
+        let producer = KafkaProducer::new(&spec.brokers, &spec.properties, None).map_err(failed)?;
+        producer.check_topic(&spec.topic).map_err(failed)?;
         Ok(KafkaSink::with_producer(name, spec, Arc::new(producer)))
     }
 
