@@ -66,10 +66,21 @@ pub struct SinkPlan {
     pub key_cols: Vec<usize>,
 }
 
-/// FNV-1a, 64 bits, in hex: stable across builds and platforms.
+/// FNV-1a, 64 bits: stable across builds and platforms.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
 fn fingerprint(bytes: &[u8]) -> String {
-    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
-    format!("{hash:016x}")
+    format!("{:016x}", fnv1a(bytes))
+}
+
+/// Where a step keeps its state: derived from the step's name, not its position, so a job
+/// changed by adding or removing other steps finds each step's state where it left it.
+pub fn state_prefix(step: &str) -> Vec<u8> {
+    let mut p = vec![1u8];
+    p.extend_from_slice(&fnv1a(step.as_bytes()).to_be_bytes());
+    p
 }
 
 /// Everything needed to run a job.
@@ -240,7 +251,7 @@ impl JobPlan {
         if let Some(w) = &n.window {
             ops.push(Box::new(WindowOp::new(WindowConfig {
                 name: n.name.clone(),
-                state_prefix: (i as u16 + 1).to_be_bytes().to_vec(),
+                state_prefix: state_prefix(&n.name),
                 kind: w.kind,
                 allowed_lateness: w.allowed_lateness,
                 keys: w.keys.clone(),
@@ -378,4 +389,17 @@ fn numeric_only(f: weir_crds::AggregateFn) -> bool {
 
 fn is_engine_type(t: &DataType) -> bool {
     [FieldType::String, FieldType::Long, FieldType::Double, FieldType::Boolean].iter().any(|f| &engine_type(*f) == t)
+}
+
+#[cfg(test)]
+mod state_prefix_tests {
+    use super::state_prefix;
+
+    #[test]
+    fn prefixes_follow_step_names_and_never_change() {
+        // Stored state depends on these bytes: a change here orphans every job's state.
+        assert_eq!(state_prefix("per_card_minute"), [1, 145, 170, 109, 174, 117, 50, 222, 164].to_vec());
+        assert_ne!(state_prefix("a"), state_prefix("b"));
+        assert_ne!(state_prefix("a")[..2], [0, 0], "task metadata lives under [0, 0]");
+    }
 }
