@@ -66,29 +66,7 @@ fn windows_survive_sigkill(delivery: &str, checkpoint_interval: &str, lose_state
     producer.flush(Duration::from_secs(30)).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let manifest = dir.path().join("job.yaml");
-    std::fs::write(
-        &manifest,
-        format!(
-            r#"
-metadata: {{name: {name}}}
-spec:
-  delivery: {delivery}
-  epochInterval: 50ms
-  checkpointing: {{interval: {checkpoint_interval}, storage: "file://{checkpoints}"}}
-  pipeline:
-{pipeline}    sinks:
-      results: {{from: per_card_minute, kafka: {{brokers: "{b}", topic: {output}}}}}
-      corrections: {{kafka: {{brokers: "{b}", topic: {corrections}}}}}
-      dead: {{file: {{path: dead.jsonl}}}}
-    deadLetter: dead
-"#,
-            b = kafka_brokers(),
-            checkpoints = dir.path().join("checkpoints").display(),
-            pipeline = window_job_pipeline(&input)
-        ),
-    )
-    .unwrap();
+    let manifest = write_job(dir.path(), &name, delivery, checkpoint_interval, &input, &output, &corrections);
     let state = dir.path().join("state");
     // The worker's log outlives the test's temporary folder, for diagnosis.
     let log = weir_e2e::run_dir().join("logs").join(format!("e2e-{name}.log"));
@@ -109,13 +87,64 @@ spec:
 
     // Second run resumes from the state and positions it committed.
     let mut w = start_worker(&manifest, &state, &log);
-    let (want, want_late) = reference(&evs, PARTITIONS);
+    check_results(&evs, &output, &corrections, delivery == "exactly-once");
+
+    // SIGTERM: commits and exits 0.
+    let pid = w.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = w.wait().unwrap();
+    assert!(status.success(), "SIGTERM exits 0; log: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    let dead = std::fs::read_to_string(dir.path().join("dead.jsonl")).unwrap();
+    assert!(dead.contains("\"partition\":0"), "the bad record reached the dead letter: {dead}");
+}
+
+/// The window job of these tests, exactly-once or at-least-once, checkpointing every
+/// `interval` to a folder next to it, with a dead-letter file.
+fn write_job(
+    dir: &Path,
+    name: &str,
+    delivery: &str,
+    interval: &str,
+    input: &str,
+    output: &str,
+    corrections: &str,
+) -> std::path::PathBuf {
+    let manifest = dir.join("job.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"
+metadata: {{name: {name}}}
+spec:
+  delivery: {delivery}
+  epochInterval: 50ms
+  checkpointing: {{interval: {interval}, storage: "file://{checkpoints}"}}
+  pipeline:
+{pipeline}    sinks:
+      results: {{from: per_card_minute, kafka: {{brokers: "{b}", topic: {output}}}}}
+      corrections: {{kafka: {{brokers: "{b}", topic: {corrections}}}}}
+      dead: {{file: {{path: dead.jsonl}}}}
+    deadLetter: dead
+"#,
+            b = kafka_brokers(),
+            checkpoints = dir.join("checkpoints").display(),
+            pipeline = window_job_pipeline(input)
+        ),
+    )
+    .unwrap();
+    manifest
+}
+
+/// Waits until `output` holds every window of `evs`, then checks the results against the
+/// reference and the late events; `exactly_once`: each result and late event once.
+fn check_results(evs: &[(i32, Ev)], output: &str, corrections: &str, exactly_once: bool) {
+    let (want, want_late) = reference(evs, PARTITIONS);
     let mut last = BTreeMap::new();
     let mut emitted = 0;
     let deadline = Instant::now() + Duration::from_secs(120);
     while Instant::now() < deadline {
         let mut got = Windows::new();
-        let all = read_all(&output, PARTITIONS);
+        let all = read_all(output, PARTITIONS);
         emitted = all.len();
         for (key, v) in all {
             let card = v["card_id"].as_str().unwrap().to_string();
@@ -133,21 +162,58 @@ spec:
     assert_eq!(last.len(), want.len(), "every window the input fires is emitted, no other");
     assert_eq!(last, want, "every window equals the reference");
     let late_all: Vec<String> =
-        read_all(&corrections, 1).iter().map(|(_, v)| v["id"].as_str().unwrap().to_string()).collect();
+        read_all(corrections, 1).iter().map(|(_, v)| v["id"].as_str().unwrap().to_string()).collect();
     let late: BTreeSet<String> = late_all.iter().cloned().collect();
     assert_eq!(late, want_late, "exactly the late events reach the corrections topic");
-    if delivery == "exactly-once" {
+    if exactly_once {
         assert_eq!(emitted, want.len(), "each window result is committed exactly once");
         assert_eq!(late_all.len(), want_late.len(), "each late event is committed exactly once");
     }
+}
 
-    // SIGTERM: commits and exits 0.
-    let pid = w.id().to_string();
-    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    let status = w.wait().unwrap();
-    assert!(status.success(), "SIGTERM exits 0; log: {}", std::fs::read_to_string(&log).unwrap_or_default());
-    let dead = std::fs::read_to_string(dir.path().join("dead.jsonl")).unwrap();
-    assert!(dead.contains("\"partition\":0"), "the bad record reached the dead letter: {dead}");
+/// Eight SIGKILLs at random moments while the input is being produced (every third one also
+/// loses the state folder, so the next run restores a checkpoint); a last run finishes the input.
+/// A `read_committed` consumer sees every window and late event exactly once.
+#[test]
+fn exactly_once_through_repeated_random_kills() {
+    require_port("Kafka", 9092);
+    let name = unique("kills");
+    let (input, output, corrections) = (format!("{name}-in"), format!("{name}-out"), format!("{name}-late"));
+    create_topics(&[(&input, PARTITIONS), (&output, PARTITIONS), (&corrections, 1)]);
+    let evs = events(PARTITIONS);
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = write_job(dir.path(), &name, "exactly-once", "200ms", &input, &output, &corrections);
+    let state = dir.path().join("state");
+    let log = weir_e2e::run_dir().join("logs").join(format!("e2e-{name}.log"));
+    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    let feeder = {
+        let (input, evs) = (input.clone(), evs.clone());
+        std::thread::spawn(move || {
+            let p = producer();
+            for chunk in evs.chunks(evs.len() / 20 + 1) {
+                produce(&p, &input, chunk);
+                std::thread::sleep(Duration::from_millis(150));
+            }
+        })
+    };
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for round in 0..8 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let mut w = start_worker(&manifest, &state, &log);
+        std::thread::sleep(Duration::from_millis(300 + x % 900));
+        w.kill().unwrap();
+        w.wait().unwrap();
+        if round % 3 == 2 && state.exists() {
+            std::fs::remove_dir_all(&state).unwrap();
+        }
+    }
+    feeder.join().unwrap();
+    let mut w = start_worker(&manifest, &state, &log);
+    check_results(&evs, &output, &corrections, true);
+    w.kill().unwrap();
+    w.wait().unwrap();
 }
 
 /// A sink topic that does not exist stops the worker at once with what to do, in both delivery
