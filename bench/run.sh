@@ -57,11 +57,13 @@ Q
 }
 
 # run_one LABEL SOURCE_YAML QUERY [WORKER ARGS...]: prints one result row.
+# SPEC_EXTRA: more spec fields, e.g. checkpointing.
 run_one() {
   local label=$1 source=$2 q=$3; shift 3
   cat >"$WORK/$q.yaml" <<YAML
 metadata: {name: bench-$q}
 spec:
+${SPEC_EXTRA:-}
   pipeline:
     sources:
       payments:
@@ -93,6 +95,10 @@ done
 # State larger than the cache: 100,000 cards, only 1,000 kept decoded, an 8 MiB block cache.
 [[ " $QUERIES " == *" sliding_5m_1m "* ]] &&
   run_one file-smallcache "file: {path: $DATA}" sliding_5m_1m --max-cached-keys 1000 --state-memory-mib 8
+# Checkpoint overhead: the tumbling run again, with an incremental checkpoint every second.
+[[ " $QUERIES " == *" tumbling_1m "* ]] &&
+  SPEC_EXTRA="  checkpointing: {interval: 1s, storage: \"file://$WORK/checkpoints\"}" \
+    run_one file-checkpoint-1s "file: {path: $DATA}" tumbling_1m
 
 if [[ ${BENCH_KAFKA:-1} != 0 ]]; then
   port_open "$KAFKA_PORT" || die "Kafka is not running; make stack-up (or BENCH_KAFKA=0)"
