@@ -233,3 +233,33 @@ spec:
     );
     assert!(has(&errs, "spec.pipeline.streams.w.aggregate.false", "quote the name"), "{errs:#?}");
 }
+
+#[test]
+fn worker_env_and_resources_are_checked() {
+    let errs = errors(
+        r#"
+spec:
+  env:
+  - {name: AWS_REGION, value: eu-west-1}
+  - {name: "1BAD"}
+  - {name: WEIR_CONFIG, value: x}
+  - {name: TOKEN, value: a, valueFrom: {secretKeyRef: {name: s, key: k}}}
+  resources: {requests: {cpu: 500m, memory: lots}, limits: {gpu: "1"}}
+  pipeline:
+    sources: {p: {datagen: {kind: payments}}}
+    sinks: {o: {from: p, file: {path: o}}}
+"#,
+    );
+    let expect = [
+        ("spec.env[1].name", "not an environment variable name"),
+        ("spec.env[1]", "exactly one of value and valueFrom"),
+        ("spec.env[2].name", "set by the operator"),
+        ("spec.env[3]", "exactly one of value and valueFrom"),
+        ("spec.resources.requests.memory", "not a quantity"),
+        ("spec.resources.limits.gpu", "only cpu, memory"),
+    ];
+    for (path, needle) in expect {
+        assert!(has(&errs, path, needle), "missing error at {path} containing {needle:?}; got {errs:#?}");
+    }
+    assert_eq!(errs.len(), expect.len(), "unexpected extra errors: {errs:#?}");
+}

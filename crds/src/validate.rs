@@ -64,6 +64,37 @@ pub fn validate_spec(spec: &StreamJobSpec) -> Result<(), ValidationErrors> {
     if let Some(d) = &spec.epoch_interval {
         positive(&mut errs, "spec.epochInterval", d);
     }
+    for (i, e) in spec.env.iter().enumerate() {
+        let path = format!("spec.env[{i}]");
+        let name_ok = e.name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && e.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !name_ok {
+            errs.push(format!("{path}.name"), format!("`{}` is not an environment variable name", e.name));
+        }
+        if e.name.starts_with("WEIR_") || e.name == "POD_NAME" || e.name == "POD_IP" {
+            errs.push(format!("{path}.name"), format!("`{}` is set by the operator", e.name));
+        }
+        if e.value.is_some() == e.value_from.is_some() {
+            errs.push(path, "needs exactly one of value and valueFrom");
+        }
+    }
+    if let Some(r) = &spec.resources {
+        for (kind, map) in [("requests", &r.requests), ("limits", &r.limits)] {
+            for (k, v) in map {
+                if k != "cpu" && k != "memory" && k != "ephemeral-storage" {
+                    errs.push(format!("spec.resources.{kind}.{k}"), "only cpu, memory and ephemeral-storage");
+                }
+                let quantity_ok = !v.is_empty()
+                    && v.trim_end_matches(|c: char| c.is_ascii_alphabetic()).parse::<f64>().is_ok_and(|q| q >= 0.0);
+                if !quantity_ok {
+                    errs.push(
+                        format!("spec.resources.{kind}.{k}"),
+                        format!("`{v}` is not a quantity (e.g. 500m, 2Gi)"),
+                    );
+                }
+            }
+        }
+    }
     if let Some(c) = &spec.checkpointing {
         check_checkpointing(&mut errs, c);
     }

@@ -261,8 +261,9 @@ spec:
 
 /// A rescale while input flows: parallelism 2 -> 3 rolls the workers; partitions move between
 /// them, each new owner restores the partition's last checkpoint, fences the old owner's
-/// producer and replays with its output muted up to the committed offsets, so every window is
-/// still committed exactly once.
+/// producer and replays with its output muted up to the committed offsets. Then a suspend (no
+/// workers; input waits in Kafka) and a resume from the checkpoints. Every window is still
+/// committed exactly once; a savepoint of the resumed job completes.
 #[test]
 fn rescale_through_checkpoints_keeps_exactly_once() {
     require_port("kube-apiserver", 6443);
@@ -273,29 +274,49 @@ fn rescale_through_checkpoints_keeps_exactly_once() {
     let (input, output, corrections) = (format!("{ns}-in"), format!("{ns}-out"), format!("{ns}-late"));
     create_topics(&[(&input, P), (&output, P), (&corrections, 1)]);
     let evs = events(P);
-    let (first, second) = evs.split_at(evs.len() / 2);
+    let third = evs.len() / 3;
+    let (first, rest) = evs.split_at(third);
+    let (second, last) = rest.split_at(third);
     let producer = producer();
     produce(&producer, &input, first);
     let checkpoints = tempfile::tempdir().unwrap();
     let checkpointing = format!("{{interval: 300ms, storage: \"file://{}\"}}", checkpoints.path().display());
-    let job = |parallelism| window_job(parallelism, &checkpointing, &input, &output, &corrections);
-    apply(&ns, &job(2));
+    let job = |parallelism, state: &str| {
+        let yaml = window_job(parallelism, &checkpointing, &input, &output, &corrections);
+        yaml.replace("  epochInterval: 50ms\n", &format!("  epochInterval: 50ms\n  state: {state}\n"))
+    };
+    let phase_is = |phase: &str, workers: &str| {
+        get(&ns, "sj/per-card", "{.status.phase}") == phase
+            && get(&ns, "sj/per-card", "{.status.parallelism}") == workers
+    };
+    apply(&ns, &job(2, "running"));
     wait_until(&format!("2 workers Running (operator log: {})", log.display()), Duration::from_secs(120), || {
-        (get(&ns, "sj/per-card", "{.status.phase}") == "Running").then_some(())
+        phase_is("Running", "2").then_some(())
     });
-    wait_until("results of the first half", Duration::from_secs(60), || {
+    wait_until("results of the first third", Duration::from_secs(60), || {
         (!read_all(&output, P).is_empty()).then_some(())
     });
-    apply(&ns, &job(3));
+    // Rescale while input flows.
+    apply(&ns, &job(3, "running"));
     produce(&producer, &input, second);
-    wait_until("3 workers Running", Duration::from_secs(180), || {
-        let running = get(&ns, "sj/per-card", "{.status.phase}") == "Running";
-        (running && get(&ns, "sj/per-card", "{.status.parallelism}") == "3").then_some(())
+    wait_until("3 workers Running", Duration::from_secs(180), || phase_is("Running", "3").then_some(()));
+    // Suspend: the workers commit, checkpoint and stop; input arriving meanwhile waits in Kafka.
+    apply(&ns, &job(3, "suspended"));
+    wait_until("Suspended with no workers", Duration::from_secs(120), || {
+        (phase_is("Suspended", "0") && get(&ns, "pods", "{.items[*].metadata.name}").is_empty()).then_some(())
     });
+    produce(&producer, &input, last);
+    std::thread::sleep(Duration::from_secs(1));
+    let while_suspended = read_all(&output, P).len();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(read_all(&output, P).len(), while_suspended, "nothing runs while suspended");
+    // Resume: state comes back from the checkpoints.
+    apply(&ns, &job(3, "running"));
+    wait_until("3 workers Running again", Duration::from_secs(180), || phase_is("Running", "3").then_some(()));
     let (want, want_late) = reference(&evs, P);
     let (got, emitted) = windows_of(&output, P, want.len());
     assert_eq!(got, want, "every window equals the reference");
-    assert_eq!(emitted, want.len(), "each window is committed once across the rescale");
+    assert_eq!(emitted, want.len(), "each window is committed once across the rescale, suspend and resume");
     assert_eq!(read_all(&corrections, 1).len(), want_late.len(), "each late event is committed once");
 
     // A savepoint through the REST API: every worker stores its partitions, self-contained.

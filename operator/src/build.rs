@@ -7,14 +7,15 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, Service, ServicePort, ServiceSpec, Volume,
-    VolumeMount,
+    HTTPGetAction, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SecretKeySelector,
+    Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
-use weir_crds::{StreamJob, DEFAULT_IMAGE};
+use weir_crds::{JobState, StreamJob, DEFAULT_IMAGE};
 
 /// The worker's admin port: metrics, health and readiness.
 pub const ADMIN_PORT: i32 = 9249;
@@ -39,6 +40,37 @@ pub struct Desired {
 
 pub fn parallelism(job: &StreamJob) -> i32 {
     job.spec.parallelism.unwrap_or(1).max(0)
+}
+
+/// Workers the StatefulSet runs: none while the job is suspended.
+pub fn replicas(job: &StreamJob) -> i32 {
+    match job.spec.state {
+        JobState::Suspended => 0,
+        JobState::Running => parallelism(job),
+    }
+}
+
+fn user_env(job: &StreamJob) -> impl Iterator<Item = EnvVar> + '_ {
+    job.spec.env.iter().map(|e| EnvVar {
+        name: e.name.clone(),
+        value: e.value.clone(),
+        value_from: e.value_from.as_ref().map(|f| EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: f.secret_key_ref.name.clone(),
+                key: f.secret_key_ref.key.clone(),
+                ..SecretKeySelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+    })
+}
+
+fn resources(job: &StreamJob) -> Option<ResourceRequirements> {
+    let r = job.spec.resources.as_ref()?;
+    let q = |m: &BTreeMap<String, String>| {
+        (!m.is_empty()).then(|| m.iter().map(|(k, v)| (k.clone(), Quantity(v.clone()))).collect())
+    };
+    Some(ResourceRequirements { requests: q(&r.requests), limits: q(&r.limits), ..ResourceRequirements::default() })
 }
 
 /// Labels on every object of the job; the selector is `weir.dev/job=<name>`.
@@ -140,14 +172,20 @@ pub fn desired(job: &StreamJob) -> Desired {
         name: "worker".into(),
         image: Some(job.spec.image.clone().unwrap_or_else(|| DEFAULT_IMAGE.into())),
         args: Some(vec!["pod".into()]),
-        env: Some(vec![
-            env_field("POD_NAME", "metadata.name"),
-            env_field("POD_IP", "status.podIP"),
-            env("WEIR_PARALLELISM", &parallelism(job).to_string()),
-            env("WEIR_CONFIG", &format!("{CONFIG_DIR}/{CONFIG_FILE}")),
-            env("WEIR_STATE_DIR", STATE_DIR),
-            env("WEIR_ADMIN_ADDR", &format!("$(POD_IP):{ADMIN_PORT}")),
-        ]),
+        env: Some(
+            [
+                env_field("POD_NAME", "metadata.name"),
+                env_field("POD_IP", "status.podIP"),
+                env("WEIR_PARALLELISM", &parallelism(job).to_string()),
+                env("WEIR_CONFIG", &format!("{CONFIG_DIR}/{CONFIG_FILE}")),
+                env("WEIR_STATE_DIR", STATE_DIR),
+                env("WEIR_ADMIN_ADDR", &format!("$(POD_IP):{ADMIN_PORT}")),
+            ]
+            .into_iter()
+            .chain(user_env(job))
+            .collect(),
+        ),
+        resources: resources(job),
         ports: Some(vec![ContainerPort {
             name: Some("admin".into()),
             container_port: ADMIN_PORT,
@@ -171,7 +209,7 @@ pub fn desired(job: &StreamJob) -> Desired {
     let stateful_set = StatefulSet {
         metadata: meta(job),
         spec: Some(StatefulSetSpec {
-            replicas: Some(parallelism(job)),
+            replicas: Some(replicas(job)),
             service_name: Some(name.clone()),
             // Workers start and stop together: ordinals carry no start order.
             pod_management_policy: Some("Parallel".into()),
@@ -307,6 +345,29 @@ spec:
         changed.spec.pipeline.streams.get_mut("w").unwrap().window = serde_yaml::from_str("{tumbling: 5m}").unwrap();
         assert_ne!(hash_of(&d), hash_of(&desired(&changed)));
         assert_eq!(hash_of(&d), hash_of(&desired(&j.clone())), "the same job builds the same objects");
+    }
+
+    #[test]
+    fn env_resources_and_suspension_reach_the_statefulset() {
+        let mut j = job(FIXTURE);
+        j.spec.env = serde_yaml::from_str(
+            "[{name: AWS_REGION, value: eu-west-1}, {name: AWS_SECRET_ACCESS_KEY, valueFrom: {secretKeyRef: {name: s3, key: secret}}}]",
+        )
+        .unwrap();
+        j.spec.resources =
+            Some(serde_yaml::from_str("{requests: {cpu: 500m, memory: 1Gi}, limits: {memory: 2Gi}}").unwrap());
+        let sts = desired(&j).stateful_set.spec.unwrap();
+        assert_eq!(sts.replicas, Some(3));
+        let c = &sts.template.spec.unwrap().containers[0];
+        let env: BTreeMap<&str, &EnvVar> = c.env.iter().flatten().map(|e| (e.name.as_str(), e)).collect();
+        assert_eq!(env["AWS_REGION"].value.as_deref(), Some("eu-west-1"));
+        let secret = env["AWS_SECRET_ACCESS_KEY"].value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
+        assert_eq!((secret.name.as_str(), secret.key.as_str()), ("s3", "secret"));
+        let r = c.resources.as_ref().unwrap();
+        assert_eq!(r.requests.as_ref().unwrap()["cpu"], Quantity("500m".into()));
+        assert_eq!(r.limits.as_ref().unwrap()["memory"], Quantity("2Gi".into()));
+        j.spec.state = JobState::Suspended;
+        assert_eq!(desired(&j).stateful_set.spec.unwrap().replicas, Some(0), "suspended: no workers");
     }
 
     #[test]

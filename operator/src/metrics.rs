@@ -35,7 +35,7 @@ impl Metrics {
 
     /// Records the phase of a job (clearing its other phases).
     pub fn set_phase(&self, namespace: &str, name: &str, phase: &str) {
-        for p in ["Deploying", "Running", "Failed"] {
+        for p in ["Deploying", "Running", "Suspending", "Suspended", "Failed"] {
             self.phase.with_label_values(&[namespace, name, p]).set(i64::from(p == phase));
         }
     }

@@ -15,7 +15,7 @@ use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use weir_crds::{Condition, StreamJob, StreamJobStatus};
+use weir_crds::{Condition, JobState, StreamJob, StreamJobStatus};
 
 use crate::build::{self, Desired};
 use crate::metrics::Metrics;
@@ -177,7 +177,8 @@ async fn reconcile_job(job: &StreamJob, ctx: &Ctx) -> Result<Action, Error> {
     apply::<StatefulSet>(&ctx.client, &ns, &stateful_set).await?;
     apply::<PodDisruptionBudget>(&ctx.client, &ns, &pdb).await?;
 
-    let want = build::parallelism(&job);
+    let want = build::replicas(&job);
+    let suspended = job.spec.state == JobState::Suspended;
     let sts: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
     let current = sts.get_opt(&job.name_any()).await?;
     let ready = current.as_ref().and_then(|s| s.status.as_ref()?.ready_replicas).unwrap_or(0);
@@ -187,22 +188,33 @@ async fn reconcile_job(job: &StreamJob, ctx: &Ctx) -> Result<Action, Error> {
             && st.and_then(|st| st.updated_replicas).unwrap_or(0) == want
     });
     let running = ready == want && updated;
-    let phase = if running { "Running" } else { "Deploying" };
+    let phase = match (suspended, running) {
+        (true, true) => "Suspended",
+        (true, false) => "Suspending",
+        (false, true) => "Running",
+        (false, false) => "Deploying",
+    };
     if old.phase.as_deref() != Some(phase) {
-        let note = match running {
-            true => format!("all {want} workers are ready"),
-            false => format!("{ready} of {want} workers ready"),
+        let note = match (suspended, running) {
+            (true, true) => "every worker committed, checkpointed and stopped".to_string(),
+            (true, false) => format!("stopping {ready} workers"),
+            (false, true) => format!("all {want} workers are ready"),
+            (false, false) => format!("{ready} of {want} workers ready"),
         };
         publish(ctx, &job, EventType::Normal, phase, note).await;
     }
     let message = format!("{ready} of {want} workers ready");
-    let reason = if running { "WorkersReady" } else { "WorkersStarting" };
+    let reason = match (suspended, running) {
+        (true, _) => "Suspended",
+        (false, true) => "WorkersReady",
+        (false, false) => "WorkersStarting",
+    };
     let status = StreamJobStatus {
         phase: Some(phase.into()),
         observed_generation: generation,
         parallelism: Some(ready),
         selector: Some(build::selector(&job)),
-        conditions: with_condition(&old.conditions, condition("Ready", running, reason, message)),
+        conditions: with_condition(&old.conditions, condition("Ready", running && !suspended, reason, message)),
         ..old.clone()
     };
     if Some(&status) != job.status.as_ref() {
