@@ -13,7 +13,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::{kafka_brokers, unique};
+use crate::{kafka_brokers, unique, wait_until};
 
 pub const OOO_MS: i64 = 5_000;
 pub const WINDOW_MS: i64 = 60_000;
@@ -162,4 +162,20 @@ pub fn read_all(topic: &str, partitions: i32) -> Vec<(Option<String>, serde_json
         }
     }
     out
+}
+
+/// Waits until `topic` holds a result for each of `expected` windows; returns the results by
+/// (card, window start) and how many messages there were.
+pub fn windows_of(topic: &str, partitions: i32, expected: usize) -> (Windows, usize) {
+    wait_until(&format!("{expected} windows in {topic}"), Duration::from_secs(180), || {
+        let all = read_all(topic, partitions);
+        let got: Windows = all
+            .iter()
+            .map(|(_, v)| {
+                let card = v["card_id"].as_str().unwrap().to_string();
+                ((card, v["window_start"].as_i64().unwrap()), (v["n"].as_i64().unwrap(), v["total"].as_i64().unwrap()))
+            })
+            .collect();
+        (got.len() >= expected).then_some((got, all.len()))
+    })
 }

@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use weir_e2e::payments::{create_topics, events, produce, producer, read_all, reference, window_job_pipeline, Windows};
+use weir_e2e::payments::{
+    create_topics, events, produce, producer, read_all, reference, window_job_pipeline, windows_of,
+};
 use weir_e2e::{
     debug_bin, kafka_brokers, kubeconfig, kubectl, kubectl_raw, repo_dir, require_port, run_dir, unique, wait_until,
 };
@@ -123,22 +125,6 @@ spec:
         pipeline = window_job_pipeline(input),
         b = kafka_brokers()
     )
-}
-
-/// Waits until `topic` holds a result for each of `expected` windows; returns the results by
-/// (card, window start) and how many messages there were.
-fn windows_of(topic: &str, partitions: i32, expected: usize) -> (Windows, usize) {
-    wait_until(&format!("{expected} windows in {topic}"), Duration::from_secs(180), || {
-        let all = read_all(topic, partitions);
-        let got: Windows = all
-            .iter()
-            .map(|(_, v)| {
-                let card = v["card_id"].as_str().unwrap().to_string();
-                ((card, v["window_start"].as_i64().unwrap()), (v["n"].as_i64().unwrap(), v["total"].as_i64().unwrap()))
-            })
-            .collect();
-        (got.len() >= expected).then_some((got, all.len()))
-    })
 }
 
 #[test]

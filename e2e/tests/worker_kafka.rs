@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::producer::{BaseRecord, Producer};
 use weir_e2e::payments::{
-    create_topics, events, produce, producer, read_all, reference, window_job_pipeline, Ev, Windows,
+    create_topics, events, produce, producer, read_all, reference, window_job_pipeline, windows_of, Ev, Windows,
 };
 use weir_e2e::{kafka_brokers, require_port, unique, wait_until, worker_bin};
 
@@ -141,7 +141,10 @@ fn check_results(evs: &[(i32, Ev)], output: &str, corrections: &str, exactly_onc
     let (want, want_late) = reference(evs, PARTITIONS);
     let mut last = BTreeMap::new();
     let mut emitted = 0;
+    let mut late_all: Vec<String> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(120);
+    // At-least-once, results and late events go through separate producers and can become
+    // visible at different moments: wait for both.
     while Instant::now() < deadline {
         let mut got = Windows::new();
         let all = read_all(output, PARTITIONS);
@@ -155,14 +158,13 @@ fn check_results(evs: &[(i32, Ev)], output: &str, corrections: &str, exactly_onc
             );
         }
         last = got;
-        if last == want {
+        late_all = read_all(corrections, 1).iter().map(|(_, v)| v["id"].as_str().unwrap().to_string()).collect();
+        if last == want && late_all.iter().cloned().collect::<BTreeSet<_>>() == want_late {
             break;
         }
     }
     assert_eq!(last.len(), want.len(), "every window the input fires is emitted, no other");
     assert_eq!(last, want, "every window equals the reference");
-    let late_all: Vec<String> =
-        read_all(corrections, 1).iter().map(|(_, v)| v["id"].as_str().unwrap().to_string()).collect();
     let late: BTreeSet<String> = late_all.iter().cloned().collect();
     assert_eq!(late, want_late, "exactly the late events reach the corrections topic");
     if exactly_once {
@@ -250,4 +252,120 @@ spec:
             "{delivery}: {err}"
         );
     }
+}
+
+/// A worker in Pod mode: ordinal `ordinal` of `parallelism`, admin server on `port`.
+fn start_pod(
+    manifest: &Path,
+    ordinal: u32,
+    parallelism: u32,
+    state: &Path,
+    port: u16,
+    restore: Option<&str>,
+    log: &Path,
+) -> Child {
+    let mut c = Command::new(worker_bin());
+    c.arg("pod")
+        .env("WEIR_CONFIG", manifest)
+        .env("POD_NAME", format!("job-{ordinal}"))
+        .env("WEIR_PARALLELISM", parallelism.to_string())
+        .env("WEIR_STATE_DIR", state)
+        .env("WEIR_ADMIN_ADDR", format!("127.0.0.1:{port}"))
+        .env_remove("WEIR_ORDINAL")
+        .stdout(Stdio::null())
+        .stderr(std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap());
+    if let Some(id) = restore {
+        c.env("WEIR_RESTORE_SAVEPOINT", id);
+    }
+    c.spawn().expect("starting weir-worker pod")
+}
+
+fn admin(port: u16, method: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
+    write!(s, "{method} {path} HTTP/1.0\r\nHost: x\r\nContent-Length: 0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Three workers take a savepoint and are killed; `to` workers with fresh state folders start
+/// from the savepoint (partitions now spread differently) and finish the input: every window
+/// and late event exactly once.
+fn savepoint_into_parallelism(to: u32) {
+    require_port("Kafka", 9092);
+    const P4: i32 = 4;
+    let name = unique(&format!("sp{to}"));
+    let (input, output, corrections) = (format!("{name}-in"), format!("{name}-out"), format!("{name}-late"));
+    create_topics(&[(&input, P4), (&output, P4), (&corrections, 1)]);
+    let evs = events(P4);
+    let (first, second) = evs.split_at(evs.len() / 2);
+    let producer = producer();
+    produce(&producer, &input, first);
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = write_job(dir.path(), &name, "exactly-once", "1h", &input, &output, &corrections);
+    let log = weir_e2e::run_dir().join("logs").join(format!("e2e-{name}.log"));
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut workers: Vec<Child> = (0..3u32)
+        .map(|i| start_pod(&manifest, i, 3, &dir.path().join(format!("a{i}")), ports[i as usize], None, &log))
+        .collect();
+    let read_in = |ports: &[u16]| -> u64 {
+        ports
+            .iter()
+            .flat_map(|&p| {
+                let m = admin(p, "GET", "/metrics");
+                m.lines()
+                    .filter(|l| l.starts_with("weir_records_in_total"))
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .sum()
+    };
+    wait_until("the first half read by 3 workers", Duration::from_secs(60), || {
+        (read_in(&ports) == first.len() as u64).then_some(())
+    });
+    for &p in &ports {
+        assert!(admin(p, "POST", "/savepoints/sp1").starts_with("HTTP/1.0 202"));
+    }
+    wait_until("the savepoint on every worker", Duration::from_secs(60), || {
+        ports.iter().all(|&p| admin(p, "GET", "/savepoints/sp1").contains(r#""state":"completed""#)).then_some(())
+    });
+    for w in &mut workers {
+        w.kill().unwrap();
+        w.wait().unwrap();
+    }
+    produce(&producer, &input, second);
+    let ports: Vec<u16> = (0..to).map(|_| free_port()).collect();
+    let mut workers: Vec<Child> = (0..to)
+        .map(|i| start_pod(&manifest, i, to, &dir.path().join(format!("b{i}")), ports[i as usize], Some("sp1"), &log))
+        .collect();
+    let (want, want_late) = reference(&evs, P4);
+    let (got, emitted) = windows_of(&output, P4, want.len());
+    let late = read_all(&corrections, 1).len();
+    for w in &mut workers {
+        w.kill().unwrap();
+        w.wait().unwrap();
+    }
+    assert_eq!(got, want, "3 -> {to} workers through a savepoint: every window equals the reference");
+    assert_eq!((emitted, late), (want.len(), want_late.len()), "each result and late event once");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        text.matches("restored state from savepoint").count(),
+        P4 as usize,
+        "every partition from the savepoint"
+    );
+}
+
+#[test]
+fn a_savepoint_of_3_workers_restores_into_2() {
+    savepoint_into_parallelism(2);
+}
+
+#[test]
+fn a_savepoint_of_3_workers_restores_into_4() {
+    savepoint_into_parallelism(4);
 }
