@@ -13,7 +13,8 @@ use weir_e2e::payments::{
     create_topics, events, produce, producer, read_all, reference, window_job_pipeline, windows_of,
 };
 use weir_e2e::{
-    debug_bin, kafka_brokers, kubeconfig, kubectl, kubectl_raw, repo_dir, require_port, run_dir, unique, wait_until,
+    debug_bin, kafka_brokers, kubeconfig, kubectl, kubectl_raw, repo_dir, require_port, run_dir, s3_endpoint, unique,
+    wait_until,
 };
 
 const PARTITIONS: i32 = 2;
@@ -80,6 +81,34 @@ fn start_operator(ns: &str, log: &std::path::Path) -> (Child, u16) {
 }
 
 const TOKEN: &str = "e2e-token";
+
+/// Every key under `prefix` in the stack's S3 bucket.
+fn s3_keys(prefix: &str) -> Vec<String> {
+    use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::Config::builder()
+                .behavior_version(BehaviorVersion::latest())
+                .region(Region::new("us-east-1"))
+                .endpoint_url(s3_endpoint())
+                .credentials_provider(Credentials::new("weiradmin", "weirsecret", None, None, "weir-e2e"))
+                .force_path_style(true)
+                .build(),
+        );
+        let mut keys = Vec::new();
+        let mut token = None;
+        loop {
+            let page =
+                s3.list_objects_v2().bucket("weir").prefix(prefix).set_continuation_token(token).send().await.unwrap();
+            keys.extend(page.contents().iter().filter_map(|o| o.key().map(str::to_string)));
+            match page.next_continuation_token() {
+                Some(t) => token = Some(t.to_string()),
+                None => break keys,
+            }
+        }
+    })
+}
 
 /// The body of a GET without a token (health, metrics).
 fn http_text(port: u16, path: &str) -> String {
@@ -248,8 +277,9 @@ spec:
 /// A rescale while input flows: parallelism 2 -> 3 rolls the workers; partitions move between
 /// them, each new owner restores the partition's last checkpoint, fences the old owner's
 /// producer and replays with its output muted up to the committed offsets. Then a suspend (no
-/// workers; input waits in Kafka) and a resume from the checkpoints. Every window is still
-/// committed exactly once; a savepoint of the resumed job completes.
+/// workers; input waits in Kafka) and a resume from the checkpoints, which are in S3 (credentials
+/// from a Secret through `spec.env`). Every window is still committed exactly once; a savepoint
+/// of the resumed job completes.
 #[test]
 fn rescale_through_checkpoints_keeps_exactly_once() {
     require_port("kube-apiserver", 6443);
@@ -265,11 +295,27 @@ fn rescale_through_checkpoints_keeps_exactly_once() {
     let (second, last) = rest.split_at(third);
     let producer = producer();
     produce(&producer, &input, first);
-    let checkpoints = tempfile::tempdir().unwrap();
-    let checkpointing = format!("{{interval: 300ms, storage: \"file://{}\"}}", checkpoints.path().display());
+    // Checkpoints go to the stack's S3 server, with credentials from a Secret.
+    require_port("S3", 7070);
+    kubectl(&[
+        "-n",
+        &ns,
+        "create",
+        "secret",
+        "generic",
+        "s3",
+        "--from-literal=key=weiradmin",
+        "--from-literal=secret=weirsecret",
+    ]);
+    let prefix = format!("e2e-{ns}");
+    let checkpointing = format!("{{interval: 300ms, storage: \"s3://weir/{prefix}\"}}");
+    let env = format!(
+        "  env:\n  - {{name: AWS_ENDPOINT_URL, value: \"{}\"}}\n  - {{name: AWS_ACCESS_KEY_ID, valueFrom: {{secretKeyRef: {{name: s3, key: key}}}}}}\n  - {{name: AWS_SECRET_ACCESS_KEY, valueFrom: {{secretKeyRef: {{name: s3, key: secret}}}}}}\n",
+        s3_endpoint()
+    );
     let job = |parallelism, state: &str| {
         let yaml = window_job(parallelism, &checkpointing, &input, &output, &corrections);
-        yaml.replace("  epochInterval: 50ms\n", &format!("  epochInterval: 50ms\n  state: {state}\n"))
+        yaml.replace("  epochInterval: 50ms\n", &format!("  epochInterval: 50ms\n  state: {state}\n{env}"))
     };
     let phase_is = |phase: &str, workers: &str| {
         get(&ns, "sj/per-card", "{.status.phase}") == phase
@@ -316,10 +362,12 @@ fn rescale_through_checkpoints_keeps_exactly_once() {
         (st["state"] == "completed").then_some(st)
     });
     assert_eq!(done["workers"].as_array().unwrap().len(), 3, "{done}");
+    let stored = s3_keys(&prefix);
     for p in 0..P {
-        let manifest = checkpoints.path().join(format!("savepoints/{id}/p{p}/_manifest.json"));
-        assert!(manifest.exists(), "partition {p} is in the savepoint: {}", manifest.display());
+        let manifest = format!("{prefix}/savepoints/{id}/p{p}/_manifest.json");
+        assert!(stored.contains(&manifest), "partition {p} is in the savepoint: {stored:?}");
     }
+    assert!(stored.iter().any(|k| k.contains("/chk-") && k.ends_with("_manifest.json")), "checkpoints in S3");
     let last = get(&ns, "sj/per-card", "{.status.lastSavepoint.path}");
     assert!(last.ends_with(&format!("savepoints/{id}")), "status.lastSavepoint: {last}");
 }

@@ -1,6 +1,6 @@
 //! weir-node-agent: a stand-in for the kubelet on the local stack, for tests only. It registers a
 //! Node, keeps its Lease fresh, and runs every Pod scheduled to it as local processes: one per
-//! container, with the container's env (fieldRef and `$(VAR)` expansion included), volume mount
+//! container, with the container's env (fieldRef, Secret keys and `$(VAR)` expansion included), volume mount
 //! paths rewritten to a folder per Pod, HTTP readiness probes, restarts with backoff, and
 //! graceful termination when the Pod is deleted. Each Pod gets its own loopback IP.
 
@@ -50,6 +50,8 @@ struct RunningPod {
     uid: String,
     ip: String,
     dir: PathBuf,
+    /// Values of the Secret keys the Pod's env refers to: (secret, key) -> value.
+    secrets: BTreeMap<(String, String), String>,
     procs: BTreeMap<String, Proc>,
     last_status: serde_json::Value,
 }
@@ -108,13 +110,14 @@ async fn main() -> anyhow::Result<()> {
                 next_ip = if next_ip >= 250 { 10 } else { next_ip + 1 };
                 let dir = args.root.join(&ns).join(&name);
                 match prepare_pod(&client, &pod, &dir).await {
-                    Ok(()) => {
+                    Ok(secrets) => {
                         running.insert(
                             key.clone(),
                             RunningPod {
                                 uid,
                                 ip: format!("127.0.0.{next_ip}"),
                                 dir,
+                                secrets,
                                 procs: BTreeMap::new(),
                                 last_status: json!(null),
                             },
@@ -193,8 +196,8 @@ fn now_rfc3339() -> String {
     k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
-/// Writes the Pod's ConfigMap volumes into its folder.
-async fn prepare_pod(client: &Client, pod: &Pod, dir: &Path) -> anyhow::Result<()> {
+/// Writes the Pod's ConfigMap volumes into its folder; reads the Secret keys its env uses.
+async fn prepare_pod(client: &Client, pod: &Pod, dir: &Path) -> anyhow::Result<BTreeMap<(String, String), String>> {
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     std::fs::create_dir_all(dir)?;
     let spec = pod.spec.as_ref().context("Pod without spec")?;
@@ -209,7 +212,18 @@ async fn prepare_pod(client: &Client, pod: &Pod, dir: &Path) -> anyhow::Result<(
             }
         }
     }
-    Ok(())
+    let mut secrets = BTreeMap::new();
+    let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
+    for c in &spec.containers {
+        for r in c.env.iter().flatten().filter_map(|e| e.value_from.as_ref()?.secret_key_ref.as_ref()) {
+            let secret = api.get(&r.name).await.with_context(|| format!("Secret {} of env", r.name))?;
+            let value =
+                secret.data.as_ref().and_then(|d| d.get(&r.key)).map(|b| String::from_utf8_lossy(&b.0).into_owned());
+            let value = value.with_context(|| format!("Secret {} has no key {}", r.name, r.key))?;
+            secrets.insert((r.name.clone(), r.key.clone()), value);
+        }
+    }
+    Ok(secrets)
 }
 
 /// Starts containers that are not running (with backoff) and probes readiness.
@@ -234,7 +248,7 @@ async fn sync_pod(args: &Args, pod: &Pod, rp: &mut RunningPod) {
             }
         }
         if p.child.is_none() && Instant::now() >= p.next_start {
-            match spawn(args, pod, c, &rp.dir, &rp.ip) {
+            match spawn(args, pod, c, &rp.dir, &rp.ip, &rp.secrets) {
                 Ok(child) => {
                     p.child = Some(child);
                     p.started_at = Some(Time(k8s_openapi::jiff::Timestamp::now()));
@@ -264,7 +278,14 @@ async fn sync_pod(args: &Args, pod: &Pod, rp: &mut RunningPod) {
     }
 }
 
-fn spawn(args: &Args, pod: &Pod, c: &Container, dir: &Path, ip: &str) -> anyhow::Result<Child> {
+fn spawn(
+    args: &Args,
+    pod: &Pod,
+    c: &Container,
+    dir: &Path,
+    ip: &str,
+    secrets: &BTreeMap<(String, String), String>,
+) -> anyhow::Result<Child> {
     let mounts: Vec<(String, PathBuf)> =
         c.volume_mounts.iter().flatten().map(|m| (m.mount_path.clone(), dir.join("volumes").join(&m.name))).collect();
     let rewrite = |s: &str| -> String {
@@ -279,6 +300,8 @@ fn spawn(args: &Args, pod: &Pod, c: &Container, dir: &Path, ip: &str) -> anyhow:
     for e in c.env.iter().flatten() {
         let val = if let Some(v) = &e.value {
             expand(v, &env)
+        } else if let Some(r) = e.value_from.as_ref().and_then(|vf| vf.secret_key_ref.as_ref()) {
+            secrets.get(&(r.name.clone(), r.key.clone())).cloned().unwrap_or_default()
         } else if let Some(f) = e.value_from.as_ref().and_then(|vf| vf.field_ref.as_ref()) {
             match f.field_path.as_str() {
                 "metadata.name" => pod.metadata.name.clone().unwrap_or_default(),
