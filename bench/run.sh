@@ -4,8 +4,8 @@
 # and state larger than the in-memory cache. Start-up is excluded: the worker reports the time
 # from its first record read to everything processed and committed.
 # Env: BENCH_EVENTS (default 1000000), BENCH_KAFKA=0 to skip the Kafka runs, BENCH_QUERIES to
-# run only some queries (e.g. "tumbling_1m session_2m"), BENCH_PERF=1 to record a perf profile
-# of each run (perf.data files next to the data set).
+# run only some queries (e.g. "tumbling_1m session_2m", or " " for none), BENCH_PERF=1 to record
+# a perf profile of each run (perf.data files next to the data set).
 set -euo pipefail
 source "$(dirname "$0")/../e2e/stack/lib.sh"
 EVENTS=${BENCH_EVENTS:-1000000}
@@ -118,4 +118,33 @@ YAML
   for q in $QUERIES; do
     run_one kafka "kafka: {brokers: \"127.0.0.1:$KAFKA_PORT\", topic: $TOPIC, startFrom: earliest, bounded: true, group: bench-$q-$RANDOM}" "$q"
   done
+
+  # End-to-end latency with exactly-once on: from the producer's send time to the result being
+  # readable by a read_committed consumer, at a steady rate (BENCH_LATENCY_RATE, default 20000/s)
+  # and epoch interval (BENCH_LATENCY_EPOCH, default 100ms).
+  LAT=bench-latency-$RANDOM
+  for t in "$LAT-in" "$LAT-out"; do "$STACK_DIR/kafka.sh" topics --create --topic "$t" --partitions 1 >/dev/null; done
+  cat >"$WORK/latency.yaml" <<YAML
+metadata: {name: $LAT}
+spec:
+  delivery: exactly-once
+  epochInterval: ${BENCH_LATENCY_EPOCH:-100ms}
+  pipeline:
+    sources:
+      payments:
+        kafka: {brokers: "127.0.0.1:$KAFKA_PORT", topic: $LAT-in, startFrom: earliest}
+        schema: {id: string, card_id: string, amount: double, status: string, ts: timestamp, sent_ms: long}
+        eventTime: {field: ts, maxOutOfOrderness: 1s}
+    streams:
+      q: {from: payments, where: "status = 'approved'", select: {id: id, card_id: card_id, sent_ms: sent_ms}}
+    sinks:
+      out: {from: q, kafka: {brokers: "127.0.0.1:$KAFKA_PORT", topic: $LAT-out}}
+YAML
+  "$WORKER" run -f "$WORK/latency.yaml" --state-dir "$WORK/state-latency" >"$WORK/latency.log" 2>&1 &
+  lat_worker=$!
+  sleep 3
+  "$(dirname "$WORKER")/weir-latency" --brokers "127.0.0.1:$KAFKA_PORT" --input "$LAT-in" --output "$LAT-out" \
+    --rate "${BENCH_LATENCY_RATE:-20000}" --seconds 15 || { tail -20 "$WORK/latency.log"; kill $lat_worker; die "latency run failed"; }
+  kill -TERM $lat_worker; wait $lat_worker || true
+  for t in "$LAT-in" "$LAT-out"; do "$STACK_DIR/kafka.sh" topics --delete --topic "$t" >/dev/null 2>&1 || true; done
 fi
