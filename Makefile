@@ -13,6 +13,7 @@ deps:
 	@scripts/install-deps.sh
 
 build: deps
+	@scripts/prune-target.sh
 	cargo build --workspace --all-targets --locked
 
 release: deps
