@@ -28,12 +28,27 @@ pub const DEFAULT_IMAGE: &str = "weir-worker:0.1.0";
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.autoscaler) || !has(self.autoscaler.minParallelism) || !has(self.autoscaler.maxParallelism) || self.autoscaler.minParallelism <= self.autoscaler.maxParallelism",
+        "message": "autoscaler.minParallelism must not be above autoscaler.maxParallelism"
+    },
+    {
+        "rule": "!has(self.env) || self.env.all(e, !e.name.startsWith('WEIR_') && e.name != 'POD_NAME' && e.name != 'POD_IP')",
+        "message": "env names WEIR_*, POD_NAME and POD_IP are set by the operator"
+    },
+    {
+        "rule": "!has(self.env) || self.env.all(e, has(e.value) != has(e.valueFrom))",
+        "message": "each env entry needs exactly one of value and valueFrom"
+    }
+]))]
 pub struct StreamJobSpec {
     /// Worker container image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// Number of workers; never above the input partition count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub parallelism: Option<i32>,
     #[serde(default)]
     pub upgrade_mode: UpgradeMode,

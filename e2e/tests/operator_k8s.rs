@@ -261,6 +261,24 @@ spec:
     let events = event_reasons(&ns, "broken");
     assert!(events.contains("InvalidSpec"), "{events}");
     assert!(!kubectl_raw(&["-n", &ns, "get", "statefulset", "broken"]).status.success(), "nothing deployed");
+    // What the API server can check itself (schema and CEL rules) never gets stored.
+    let file = std::env::temp_dir().join(format!("{}.yaml", unique("cel")));
+    std::fs::write(
+        &file,
+        "apiVersion: weir.dev/v1alpha1\nkind: StreamJob\nmetadata: {name: cel}\nspec:\n  parallelism: 0\n  env: [{name: WEIR_X, value: a}, {name: OK}]\n  autoscaler: {minParallelism: 5, maxParallelism: 2}\n  pipeline: {sources: {}, sinks: {}}\n",
+    )
+    .unwrap();
+    let out = kubectl_raw(&["-n", &ns, "apply", "-f", file.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    for needle in [
+        "spec.parallelism",
+        "minParallelism must not be above",
+        "set by the operator",
+        "exactly one of value and valueFrom",
+    ] {
+        assert!(err.contains(needle), "{needle:?} in {err}");
+    }
 
     // Deleting the StreamJob deletes what it owns (the garbage collector follows the owners).
     kubectl(&["-n", &ns, "delete", "sj", "per-card"]);
