@@ -186,6 +186,7 @@ fn streamjob_runs_exactly_once_reports_and_cleans_up() {
 
     // The REST API sees the same job, its workers' figures and its consumer group's lag.
     assert_eq!(http(api, "GET", "/jobs", None, "").0, 401, "a token is required");
+    assert!(http_text(api, "/openapi.json").contains(r#""openapi":"3.0.3""#), "the API describes itself");
     let metrics = http_text(api, "/metrics");
     assert!(
         metrics.contains(&format!(r#"weir_operator_job_phase{{name="per-card",namespace="{ns}",phase="Running"}} 1"#)),

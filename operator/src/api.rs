@@ -9,8 +9,8 @@
 //! - `GET /consumer-groups/{group}/lag`: per-partition lag of a job's consumer group, from Kafka.
 //!
 //! Every answer is JSON; errors are `{"error": "..."}` with a 4xx or 5xx status. With a token
-//! configured (`WEIR_API_TOKEN`), every route but `/healthz` and `/metrics` (Prometheus) needs
-//! `Authorization: Bearer <token>`.
+//! configured (`WEIR_API_TOKEN`), every route but `/healthz`, `/metrics` (Prometheus) and
+//! `/openapi.json` (this API described in OpenAPI 3) needs `Authorization: Bearer <token>`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -103,6 +103,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(|State(s): State<Arc<ApiState>>| async move { s.metrics.render() }))
+        .route("/openapi.json", get(|| async { Json(openapi()) }))
         .route("/jobs", get(list_jobs).post(create_job))
         .route("/jobs/{name}", get(get_job))
         .route("/jobs/{name}/metrics", get(job_metrics))
@@ -110,6 +111,46 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/jobs/{name}/savepoints/{id}", get(savepoint_status))
         .route("/consumer-groups/{group}/lag", get(group_lag))
         .with_state(state)
+}
+
+/// The API's OpenAPI 3 description (served at `/openapi.json`).
+pub fn openapi() -> Value {
+    let ns = json!({"name": "namespace", "in": "query", "required": false, "schema": {"type": "string"},
+        "description": "namespace (default: the watched one, else default)"});
+    let name = json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string"}});
+    let error = json!({"description": "what is wrong", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    let ok = |what: &str| json!({"description": what, "content": {"application/json": {"schema": {"type": "object"}}}});
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "Weir operator API", "version": env!("CARGO_PKG_VERSION"),
+            "description": "StreamJobs, their workers' figures, savepoints and consumer-group lag, beside kubectl."},
+        "security": [{"bearer": []}],
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {"Error": {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}}
+        },
+        "paths": {
+            "/jobs": {
+                "get": {"summary": "List StreamJobs with their phase", "parameters": [ns],
+                    "responses": {"200": ok("the jobs"), "401": error, "403": error}},
+                "post": {"summary": "Create a StreamJob from a manifest (YAML or JSON)", "parameters": [ns],
+                    "requestBody": {"required": true, "content": {"application/yaml": {"schema": {"type": "string"}}, "application/json": {"schema": {"type": "object"}}}},
+                    "responses": {"201": ok("the created job"), "400": error, "401": error, "403": error, "409": error}}
+            },
+            "/jobs/{name}": {"get": {"summary": "One StreamJob: summary, spec, status", "parameters": [name, ns],
+                "responses": {"200": ok("the job"), "401": error, "404": error}}},
+            "/jobs/{name}/metrics": {"get": {"summary": "Events/s, capacity, lag, processing lag, checkpoints, per worker", "parameters": [name, ns],
+                "responses": {"200": ok("the job's figures"), "401": error, "404": error}}},
+            "/jobs/{name}/savepoints": {"post": {"summary": "Take a savepoint on every worker", "parameters": [name, ns],
+                "responses": {"202": ok("the savepoint id"), "401": error, "404": error, "409": error}}},
+            "/jobs/{name}/savepoints/{id}": {"get": {"summary": "Progress of a savepoint", "parameters": [name, {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}, ns],
+                "responses": {"200": ok("in-progress, failed or completed"), "401": error, "404": error}}},
+            "/consumer-groups/{group}/lag": {"get": {"summary": "Committed and end offsets and lag per partition", "parameters": [{"name": "group", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "responses": {"200": ok("the lag"), "401": error, "404": error, "502": error}}},
+            "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "ok"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics of the operator", "security": [], "responses": {"200": {"description": "text exposition format"}}}}
+        }
+    })
 }
 
 fn summary(j: &StreamJob) -> Value {
@@ -437,6 +478,26 @@ fn topic_lag(brokers: &str, group: &str, topic: &str) -> anyhow::Result<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_openapi_document_describes_every_route() {
+        let doc = openapi();
+        assert_eq!(doc["openapi"], "3.0.3");
+        let paths: Vec<&str> = doc["paths"].as_object().unwrap().keys().map(String::as_str).collect();
+        for route in [
+            "/jobs",
+            "/jobs/{name}",
+            "/jobs/{name}/metrics",
+            "/jobs/{name}/savepoints",
+            "/jobs/{name}/savepoints/{id}",
+            "/consumer-groups/{group}/lag",
+            "/healthz",
+            "/metrics",
+        ] {
+            assert!(paths.contains(&route), "{route} is documented");
+        }
+        assert!(doc["paths"]["/jobs"]["post"]["responses"]["400"].is_object());
+    }
 
     #[test]
     fn prometheus_text_is_read_per_series() {
