@@ -436,3 +436,39 @@ spec:
         (get(&ns, "sj/gen", "{.status.phase}") == "Running").then_some(())
     });
 }
+
+/// The operator holds no state of its own: one killed while a job changes, replaced by a new
+/// one, brings the job to its new spec (StatefulSet rolled, status observing the new generation).
+#[test]
+fn a_restarted_operator_completes_a_change() {
+    require_port("kube-apiserver", 6443);
+    let (mut cleanup, log, _) = setup("restart");
+    let ns = cleanup.namespace.clone();
+    let gen_job = |rate: u32| {
+        format!(
+            "apiVersion: weir.dev/v1alpha1\nkind: StreamJob\nmetadata: {{name: gen}}\nspec:\n  image: weir-worker:dev\n  pipeline:\n    sources: {{p: {{datagen: {{kind: payments, rate: {rate}}}}}}}\n    sinks: {{o: {{from: p, file: {{path: out.jsonl}}}}}}\n"
+        )
+    };
+    apply(&ns, &gen_job(10));
+    wait_until(&format!("Running (operator log: {})", log.display()), Duration::from_secs(60), || {
+        (get(&ns, "sj/gen", "{.status.phase}") == "Running").then_some(())
+    });
+    let hash = |ns: &str| get(ns, "statefulset/gen", "{.spec.template.metadata.annotations.weir\\.dev/config-hash}");
+    let before = hash(&ns);
+    // The operator dies; the job changes meanwhile.
+    for op in &mut cleanup.operators {
+        op.kill().unwrap();
+        op.wait().unwrap();
+    }
+    apply(&ns, &gen_job(20));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(hash(&ns), before, "nothing acts without an operator");
+    let (op, _) = start_operator(&ns, &log.with_extension("second.log"));
+    cleanup.operators.push(op);
+    wait_until("the new operator to apply the change", Duration::from_secs(60), || {
+        let generation = get(&ns, "sj/gen", "{.metadata.generation}");
+        let observed = get(&ns, "sj/gen", "{.status.observedGeneration}");
+        let running = get(&ns, "sj/gen", "{.status.phase}") == "Running";
+        (running && generation == observed && hash(&ns) != before).then_some(())
+    });
+}
