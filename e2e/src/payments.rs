@@ -26,6 +26,15 @@ pub fn create_topics(names: &[(&str, i32)]) {
     for r in rt.block_on(admin.create_topics(&topics, &AdminOptions::new())).unwrap() {
         r.unwrap();
     }
+    // Until the broker's metadata lists them with all their partitions.
+    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", kafka_brokers()).create().unwrap();
+    for (name, partitions) in names {
+        wait_until(&format!("topic {name} in the metadata"), Duration::from_secs(30), || {
+            let md = consumer.fetch_metadata(Some(name), Duration::from_secs(5)).ok()?;
+            let t = md.topics().iter().find(|t| t.name() == *name)?;
+            (t.error().is_none() && t.partitions().len() == *partitions as usize).then_some(())
+        });
+    }
 }
 
 /// (card, window start) -> (count, sum).

@@ -369,3 +369,76 @@ fn a_savepoint_of_3_workers_restores_into_2() {
 fn a_savepoint_of_3_workers_restores_into_4() {
     savepoint_into_parallelism(4);
 }
+
+/// Exactly-once with `startFrom: latest`: a worker that restarts without state (killed before
+/// its first state commit) resumes at the group's committed offset, not at the topic's end, so
+/// input that arrived while it was down is not skipped; every record is written once.
+#[test]
+fn latest_resumes_at_the_committed_offset_after_losing_state() {
+    require_port("Kafka", 9092);
+    let name = unique("latest");
+    let (input, output) = (format!("{name}-in"), format!("{name}-out"));
+    create_topics(&[(&input, 1), (&output, 1)]);
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("job.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"
+metadata: {{name: {name}}}
+spec:
+  epochInterval: 50ms
+  checkpointing: {{interval: 1h}}
+  pipeline:
+    sources: {{p: {{kafka: {{brokers: "{b}", topic: {input}, startFrom: latest}}, schema: {{id: string}}}}}}
+    streams: {{s: {{from: p, select: {{id: id}}}}}}
+    sinks: {{out: {{from: s, kafka: {{brokers: "{b}", topic: {output}}}}}}}
+"#,
+            b = kafka_brokers()
+        ),
+    )
+    .unwrap();
+    let log = weir_e2e::run_dir().join("logs").join(format!("e2e-{name}.log"));
+    let state = dir.path().join("state");
+    let producer = producer();
+    let send = |from: usize, to: usize| {
+        for i in from..to {
+            let payload = format!(r#"{{"id":"r{i}"}}"#);
+            producer.send(BaseRecord::<(), _>::to(&input).partition(0).payload(&payload)).unwrap();
+        }
+        producer.flush(Duration::from_secs(30)).unwrap();
+    };
+    let mut w = start_worker(&manifest, &state, &log);
+    // `latest`: only what arrives once the worker runs; keep sending until it shows up.
+    let mut sent = 0;
+    wait_until("the worker to pick up new input", Duration::from_secs(60), || {
+        send(sent, sent + 10);
+        sent += 10;
+        std::thread::sleep(Duration::from_millis(300));
+        (!read_all(&output, 1).is_empty()).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    w.kill().unwrap();
+    w.wait().unwrap();
+    let before: BTreeSet<String> =
+        read_all(&output, 1).iter().map(|(_, v)| v["id"].as_str().unwrap().to_string()).collect();
+    // Input while the worker is down, then a restart with no state at all.
+    std::fs::remove_dir_all(&state).ok();
+    send(sent, sent + 100);
+    let first_missed = sent;
+    sent += 100;
+    let mut w = start_worker(&manifest, &state, &log);
+    let ids = wait_until("the input sent while down", Duration::from_secs(60), || {
+        let all: Vec<String> =
+            read_all(&output, 1).iter().map(|(_, v)| v["id"].as_str().unwrap().to_string()).collect();
+        all.contains(&format!("r{}", sent - 1)).then_some(all)
+    });
+    w.kill().unwrap();
+    w.wait().unwrap();
+    let unique: BTreeSet<String> = ids.iter().cloned().collect();
+    assert_eq!(unique.len(), ids.len(), "every record written once");
+    for i in first_missed..sent {
+        assert!(unique.contains(&format!("r{i}")), "r{i}, sent while the worker was down, is not skipped");
+    }
+    assert!(unique.is_superset(&before));
+}

@@ -128,11 +128,18 @@ impl KafkaSource {
                     self.committed_ahead.push((p, g));
                 }
             }
+            // Exactly-once without restored state, the state is rebuilt from `startFrom` with the
+            // output muted up to the group's offset; but never from later than that offset
+            // (`latest`, or a timestamp past it), which would skip input.
             let offset = match (self.restored.get(&p), group_offset, self.spec.start_from) {
                 (Some(&o), _, _) => Offset::Offset(o),
                 (None, Some(o), _) if !self.exactly_once => Offset::Offset(o),
-                (None, _, StartFrom::Latest) => Offset::End,
-                (None, _, StartFrom::Timestamp) => Offset::Offset(self.offset_for_time(p, ts.unwrap_or(0))?),
+                (None, Some(o), StartFrom::Latest) => Offset::Offset(o),
+                (None, None, StartFrom::Latest) => Offset::End,
+                (None, g, StartFrom::Timestamp) => {
+                    let at = self.offset_for_time(p, ts.unwrap_or(0))?;
+                    Offset::Offset(g.map_or(at, |g| at.min(g)))
+                }
                 (None, _, StartFrom::Committed | StartFrom::Earliest) => Offset::Beginning,
             };
             if let Offset::Offset(o) = offset {
