@@ -26,6 +26,8 @@ pub struct Metrics {
     pub checkpoint_bytes: IntCounterVec,
     pub checkpoint_duration: Histogram,
     pub last_checkpoint: IntGaugeVec,
+    /// When the last checkpoint completed (Unix seconds): its age is `time() - this`.
+    pub last_checkpoint_time: IntGaugeVec,
 }
 
 impl Metrics {
@@ -85,6 +87,11 @@ impl Metrics {
             ),
             checkpoint_duration,
             last_checkpoint: gauge("weir_last_checkpoint_id", "Id of the last completed checkpoint", &["partition"]),
+            last_checkpoint_time: gauge(
+                "weir_last_checkpoint_timestamp_seconds",
+                "When the last checkpoint completed (Unix time)",
+                &["partition"],
+            ),
             records_in: counter("weir_records_in_total", "Records read", &["source", "partition"]),
             records_out: counter("weir_records_out_total", "Records written", &["sink"]),
             dead_letters: counter("weir_dead_letters_total", "Records that failed to decode", &["source"]),

@@ -206,6 +206,8 @@ impl Checkpointer {
                             m.checkpoints.with_label_values(&["completed"]).inc();
                             m.checkpoint_duration.observe(started.elapsed().as_secs_f64());
                             m.last_checkpoint.with_label_values(&[&partition.to_string()]).set(id as i64);
+                            let now = chrono::Utc::now().timestamp();
+                            m.last_checkpoint_time.with_label_values(&[&partition.to_string()]).set(now);
                             tracing::info!(partition, id, "checkpoint completed");
                         }
                         Err(e) => {
@@ -483,6 +485,8 @@ mod tests {
         );
         // Two kept; nothing in storage that they do not reference.
         assert_eq!(completed(st.as_ref(), 0).unwrap(), vec![3, 4]);
+        let age = chrono::Utc::now().timestamp() - metrics.last_checkpoint_time.with_label_values(&["0"]).get();
+        assert!((0..60).contains(&age), "the last checkpoint's time is recorded: {age} s ago");
         let kept: BTreeSet<String> =
             [3, 4].iter().flat_map(|&id| read_manifest(st.as_ref(), 0, id).unwrap().sst).collect();
         let stored: BTreeSet<String> =
