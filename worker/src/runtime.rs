@@ -340,19 +340,24 @@ impl Runtime {
     /// Ends an epoch: every task's sinks flushed; exactly-once, every task that read or wrote
     /// anything commits its transaction with its input offsets.
     fn epoch(&mut self) -> anyhow::Result<()> {
-        let group = self.sources.iter().find_map(|s| s.transactional_offsets());
+        // Each Kafka source's topic and consumer group, read once per epoch (exactly-once only).
+        let kafka: Vec<_> = match self.transactional {
+            true => self.sources.iter().map(|s| s.transactional_offsets()).collect(),
+            false => Vec::new(),
+        };
+        let group = kafka.iter().flatten().map(|(_, g)| g).next();
         for (p, task) in &self.tasks {
             let sinks = self.sinks.get_mut(p).expect("every task has sinks");
             sinks.flush()?;
-            let (Some(txn), Some((_, group))) = (&sinks.txn, &group) else { continue };
+            let (Some(txn), Some(group)) = (&sinks.txn, group) else { continue };
             let positions = task.positions();
             if self.txn_positions.get(p) == Some(&positions) && !txn.has_open_transaction() {
                 continue;
             }
             let mut offsets = rdkafka::TopicPartitionList::new();
             for &(src, pos) in &positions {
-                if let Some((topic, _)) = self.sources[src].transactional_offsets() {
-                    offsets.add_partition_offset(&topic, *p as i32, rdkafka::Offset::Offset(pos))?;
+                if let Some((topic, _)) = &kafka[src] {
+                    offsets.add_partition_offset(topic, *p as i32, rdkafka::Offset::Offset(pos))?;
                 }
             }
             txn.commit_epoch(&offsets, group).map_err(|e| anyhow::anyhow!("partition {p}: {e}"))?;
