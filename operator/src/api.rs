@@ -374,21 +374,18 @@ async fn job_metrics(
     s.check_token(&headers)?;
     let ns = s.ns(&q)?;
     let job = s.jobs(&ns).get(&name).await?;
-    let pods: Api<Pod> = Api::namespaced(s.client.clone(), &ns);
-    let list = pods.list(&ListParams::default().labels(&build::selector(&job))).await?;
     let mut workers = Vec::new();
     let mut all: Vec<(String, String, f64)> = Vec::new();
-    for pod in &list.items {
-        let ip = pod.status.as_ref().and_then(|st| st.pod_ip.clone());
+    for (pod, ip) in self::workers(&s, &ns, &job).await? {
         let Some(ip) = ip else {
-            workers.push(json!({"pod": pod.name_any(), "error": "no Pod IP yet"}));
+            workers.push(json!({"pod": pod, "error": "no Pod IP yet"}));
             continue;
         };
         match http_get(&ip, build::ADMIN_PORT, "/metrics").await {
             Ok(text) => {
                 let rows = parse_metrics(&text);
                 workers.push(json!({
-                    "pod": pod.name_any(),
+                    "pod": pod,
                     "eventsPerSecond": total(&rows, "weir_input_records_per_second"),
                     "capacityPerSecond": total(&rows, "weir_capacity_records_per_second"),
                     "busyRatio": total(&rows, "weir_busy_ratio"),
@@ -396,7 +393,7 @@ async fn job_metrics(
                 }));
                 all.extend(rows);
             }
-            Err(e) => workers.push(json!({"pod": pod.name_any(), "error": format!("scraping {ip}: {e}")})),
+            Err(e) => workers.push(json!({"pod": pod, "error": format!("scraping {ip}: {e}")})),
         }
     }
     let checkpoints = total(&all, "weir_checkpoint_duration_seconds_count");

@@ -151,14 +151,13 @@ pub async fn reconcile(job: Arc<StreamJob>, ctx: Arc<Ctx>) -> Result<Action, Err
 }
 
 async fn reconcile_job(job: &StreamJob, ctx: &Ctx) -> Result<Action, Error> {
-    let job = job.clone();
     let ns = job.namespace().unwrap_or_else(|| "default".into());
     let old = job.status.clone().unwrap_or_default();
     let generation = job.metadata.generation;
     if let Err(errs) = weir_crds::validate_spec(&job.spec) {
         let message = errs.to_string();
         if old.observed_generation != generation || old.phase.as_deref() != Some("Failed") {
-            publish(ctx, &job, EventType::Warning, "InvalidSpec", message.clone()).await;
+            publish(ctx, job, EventType::Warning, "InvalidSpec", message.clone()).await;
         }
         ctx.metrics.reconciles.with_label_values(&["invalid"]).inc();
         ctx.metrics.set_phase(&ns, &job.name_any(), "Failed");
@@ -168,16 +167,16 @@ async fn reconcile_job(job: &StreamJob, ctx: &Ctx) -> Result<Action, Error> {
             conditions: with_condition(&old.conditions, condition("Ready", false, "InvalidSpec", message)),
             ..old.clone()
         };
-        set_status(ctx, &job, status).await?;
+        set_status(ctx, job, status).await?;
         return Ok(Action::await_change());
     }
-    let Desired { config_map, service, stateful_set, pdb } = build::desired(&job);
+    let Desired { config_map, service, stateful_set, pdb } = build::desired(job);
     apply(&ctx.client, &ns, &config_map).await?;
     apply(&ctx.client, &ns, &service).await?;
     apply::<StatefulSet>(&ctx.client, &ns, &stateful_set).await?;
     apply::<PodDisruptionBudget>(&ctx.client, &ns, &pdb).await?;
 
-    let want = build::replicas(&job);
+    let want = build::replicas(job);
     let suspended = job.spec.state == JobState::Suspended;
     let sts: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
     let current = sts.get_opt(&job.name_any()).await?;
@@ -201,7 +200,7 @@ async fn reconcile_job(job: &StreamJob, ctx: &Ctx) -> Result<Action, Error> {
             (false, true) => format!("all {want} workers are ready"),
             (false, false) => format!("{ready} of {want} workers ready"),
         };
-        publish(ctx, &job, EventType::Normal, phase, note).await;
+        publish(ctx, job, EventType::Normal, phase, note).await;
     }
     let message = format!("{ready} of {want} workers ready");
     let reason = match (suspended, running) {
@@ -213,12 +212,12 @@ async fn reconcile_job(job: &StreamJob, ctx: &Ctx) -> Result<Action, Error> {
         phase: Some(phase.into()),
         observed_generation: generation,
         parallelism: Some(ready),
-        selector: Some(build::selector(&job)),
+        selector: Some(build::selector(job)),
         conditions: with_condition(&old.conditions, condition("Ready", running && !suspended, reason, message)),
         ..old.clone()
     };
     if Some(&status) != job.status.as_ref() {
-        set_status(ctx, &job, status).await?;
+        set_status(ctx, job, status).await?;
     }
     ctx.metrics.reconciles.with_label_values(&["ok"]).inc();
     ctx.metrics.set_phase(&ns, &job.name_any(), phase);
