@@ -10,18 +10,91 @@ use weir_crds::AggregateFn;
 
 use crate::value::{Col, Value};
 
-/// The running state of one aggregate in one window.
+/// The running state of one aggregate in one window: 24 bytes, so that a key's windows stay
+/// inline in its cache entry (the window operator is bound by memory latency over many keys).
+/// Payloads that are large or rare are boxed.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Acc {
     Count(i64),
     SumI(Option<i64>),
     SumF(Option<f64>),
     Avg { sum: f64, n: i64 },
-    Min(Option<Value>),
-    Max(Option<Value>),
-    First(Option<(i64, Value)>),
-    Last(Option<(i64, Value)>),
-    Distinct(BTreeSet<Vec<u8>>),
+    Min(Extreme),
+    Max(Extreme),
+    First(Option<Box<(i64, Value)>>),
+    Last(Option<Box<(i64, Value)>>),
+    Distinct(Box<BTreeSet<Vec<u8>>>),
+}
+
+/// The smallest or largest value so far (`None` before the first non-null one).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Extreme {
+    None,
+    I64(i64),
+    F64(f64),
+    Bool(bool),
+    Str(Box<String>),
+}
+
+impl Extreme {
+    fn of(col: &Col, row: usize) -> Extreme {
+        match col {
+            Col::Str(a) => Extreme::Str(Box::new(a.value(row).to_string())),
+            Col::I64(a) => Extreme::I64(a.value(row)),
+            Col::F64(a) => Extreme::F64(a.value(row)),
+            Col::Bool(a) => Extreme::Bool(a.value(row)),
+        }
+    }
+
+    fn from_value(v: Value) -> Extreme {
+        match v {
+            Value::Null => Extreme::None,
+            Value::Str(s) => Extreme::Str(Box::new(s)),
+            Value::I64(x) => Extreme::I64(x),
+            Value::F64(x) => Extreme::F64(x),
+            Value::Bool(x) => Extreme::Bool(x),
+        }
+    }
+
+    fn value(&self) -> Value {
+        match self {
+            Extreme::None => Value::Null,
+            Extreme::Str(s) => Value::Str(String::clone(s)),
+            Extreme::I64(x) => Value::I64(*x),
+            Extreme::F64(x) => Value::F64(*x),
+            Extreme::Bool(x) => Value::Bool(*x),
+        }
+    }
+
+    /// How row `row` of `col` compares with this value; `None` when there is none yet (or the
+    /// types differ, which a checked pipeline never has).
+    fn cmp_row(&self, col: &Col, row: usize) -> Option<std::cmp::Ordering> {
+        match (col, self) {
+            (Col::Str(a), Extreme::Str(s)) => Some(a.value(row).cmp(s.as_str())),
+            (Col::I64(a), Extreme::I64(v)) => Some(a.value(row).cmp(v)),
+            (Col::F64(a), Extreme::F64(v)) => a.value(row).partial_cmp(v),
+            (Col::Bool(a), Extreme::Bool(v)) => Some(a.value(row).cmp(v)),
+            _ => None,
+        }
+    }
+
+    /// Keeps `other` if it is the better one (`want`: Less for min, Greater for max).
+    fn keep(&mut self, other: Extreme, want: std::cmp::Ordering) {
+        if matches!(other, Extreme::None) {
+            return;
+        }
+        let better = match (&other, &*self) {
+            (_, Extreme::None) => true,
+            (Extreme::Str(a), Extreme::Str(b)) => a.cmp(b) == want,
+            (Extreme::I64(a), Extreme::I64(b)) => a.cmp(b) == want,
+            (Extreme::F64(a), Extreme::F64(b)) => a.partial_cmp(b) == Some(want),
+            (Extreme::Bool(a), Extreme::Bool(b)) => a.cmp(b) == want,
+            _ => false,
+        };
+        if better {
+            *self = other;
+        }
+    }
 }
 
 impl Acc {
@@ -32,11 +105,11 @@ impl Acc {
             AggregateFn::Sum if arg == Some(&DataType::Int64) => Acc::SumI(None),
             AggregateFn::Sum => Acc::SumF(None),
             AggregateFn::Avg => Acc::Avg { sum: 0.0, n: 0 },
-            AggregateFn::Min => Acc::Min(None),
-            AggregateFn::Max => Acc::Max(None),
+            AggregateFn::Min => Acc::Min(Extreme::None),
+            AggregateFn::Max => Acc::Max(Extreme::None),
             AggregateFn::First => Acc::First(None),
             AggregateFn::Last => Acc::Last(None),
-            AggregateFn::CountDistinct => Acc::Distinct(BTreeSet::new()),
+            AggregateFn::CountDistinct => Acc::Distinct(Box::default()),
         }
     }
 
@@ -75,25 +148,25 @@ impl Acc {
                 *n += 1;
             }
             Acc::Min(m) => {
-                if m.as_ref().is_none_or(|cur| less(col, row, cur)) {
-                    *m = Some(col.value(row));
+                if matches!(m, Extreme::None) || m.cmp_row(col, row) == Some(std::cmp::Ordering::Less) {
+                    *m = Extreme::of(col, row);
                 }
             }
             Acc::Max(m) => {
-                if m.as_ref().is_none_or(|cur| greater(col, row, cur)) {
-                    *m = Some(col.value(row));
+                if matches!(m, Extreme::None) || m.cmp_row(col, row) == Some(std::cmp::Ordering::Greater) {
+                    *m = Extreme::of(col, row);
                 }
             }
-            Acc::First(f) => {
-                if f.as_ref().is_none_or(|(t, _)| ts < *t) {
-                    *f = Some((ts, col.value(row)));
-                }
-            }
-            Acc::Last(l) => {
-                if l.as_ref().is_none_or(|(t, _)| ts >= *t) {
-                    *l = Some((ts, col.value(row)));
-                }
-            }
+            Acc::First(f) => match f {
+                Some(b) if ts >= b.0 => {}
+                Some(b) => **b = (ts, col.value(row)),
+                None => *f = Some(Box::new((ts, col.value(row)))),
+            },
+            Acc::Last(l) => match l {
+                Some(b) if ts < b.0 => {}
+                Some(b) => **b = (ts, col.value(row)),
+                None => *l = Some(Box::new((ts, col.value(row)))),
+            },
             Acc::Distinct(set) => {
                 let mut k = Vec::new();
                 col.encode_key(row, &mut k);
@@ -112,20 +185,8 @@ impl Acc {
                 *sum += s2;
                 *n += n2;
             }
-            (Acc::Min(a), Acc::Min(b)) => {
-                if let Some(b) = b {
-                    if a.as_ref().is_none_or(|x| b < *x) {
-                        *a = Some(b);
-                    }
-                }
-            }
-            (Acc::Max(a), Acc::Max(b)) => {
-                if let Some(b) = b {
-                    if a.as_ref().is_none_or(|x| b > *x) {
-                        *a = Some(b);
-                    }
-                }
-            }
+            (Acc::Min(a), Acc::Min(b)) => a.keep(b, std::cmp::Ordering::Less),
+            (Acc::Max(a), Acc::Max(b)) => a.keep(b, std::cmp::Ordering::Greater),
             (Acc::First(a), Acc::First(b)) => {
                 if let Some(b) = b {
                     if a.as_ref().is_none_or(|x| b.0 < x.0) {
@@ -140,7 +201,7 @@ impl Acc {
                     }
                 }
             }
-            (Acc::Distinct(a), Acc::Distinct(b)) => a.extend(b),
+            (Acc::Distinct(a), Acc::Distinct(b)) => a.extend(*b),
             (a, b) => debug_assert!(false, "merging different accumulators {a:?} and {b:?}"),
         }
     }
@@ -158,14 +219,13 @@ impl Acc {
                     Value::F64(sum / *n as f64)
                 }
             }
-            Acc::Min(v) | Acc::Max(v) => v.clone().unwrap_or(Value::Null),
-            Acc::First(v) | Acc::Last(v) => v.as_ref().map_or(Value::Null, |(_, v)| v.clone()),
+            Acc::Min(v) | Acc::Max(v) => v.value(),
+            Acc::First(v) | Acc::Last(v) => v.as_ref().map_or(Value::Null, |b| b.1.clone()),
             Acc::Distinct(s) => Value::I64(s.len() as i64),
         }
     }
 
     pub fn encode(&self, out: &mut Vec<u8>) {
-        let opt_val = |out: &mut Vec<u8>, v: &Option<Value>| v.as_ref().unwrap_or(&Value::Null).encode(out);
         match self {
             Acc::Count(n) => {
                 out.push(0);
@@ -184,29 +244,25 @@ impl Acc {
                 out.extend_from_slice(&sum.to_le_bytes());
                 out.extend_from_slice(&n.to_le_bytes());
             }
-            Acc::Min(v) => {
-                out.push(4);
-                opt_val(out, v);
-            }
-            Acc::Max(v) => {
-                out.push(5);
-                opt_val(out, v);
+            Acc::Min(v) | Acc::Max(v) => {
+                out.push(if matches!(self, Acc::Min(_)) { 4 } else { 5 });
+                v.value().encode(out);
             }
             Acc::First(v) | Acc::Last(v) => {
                 out.push(if matches!(self, Acc::First(_)) { 6 } else { 7 });
                 match v {
                     None => out.push(0),
-                    Some((t, v)) => {
+                    Some(b) => {
                         out.push(1);
-                        out.extend_from_slice(&t.to_le_bytes());
-                        v.encode(out);
+                        out.extend_from_slice(&b.0.to_le_bytes());
+                        b.1.encode(out);
                     }
                 }
             }
             Acc::Distinct(s) => {
                 out.push(8);
                 out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-                for k in s {
+                for k in s.iter() {
                     out.extend_from_slice(&(k.len() as u32).to_le_bytes());
                     out.extend_from_slice(k);
                 }
@@ -227,10 +283,8 @@ impl Acc {
                     (1, _) => Acc::SumI(None),
                     (2, Value::F64(x)) => Acc::SumF(Some(x)),
                     (2, _) => Acc::SumF(None),
-                    (4, Value::Null) => Acc::Min(None),
-                    (4, v) => Acc::Min(Some(v)),
-                    (_, Value::Null) => Acc::Max(None),
-                    (_, v) => Acc::Max(Some(v)),
+                    (4, v) => Acc::Min(Extreme::from_value(v)),
+                    (_, v) => Acc::Max(Extreme::from_value(v)),
                 };
                 (acc, rest)
             }
@@ -242,14 +296,14 @@ impl Acc {
                 } else {
                     let t = i64le(r)?;
                     let (v, rest) = Value::decode(&r[8..])?;
-                    (Some((t, v)), rest)
+                    (Some(Box::new((t, v))), rest)
                 };
                 (if tag == 6 { Acc::First(v) } else { Acc::Last(v) }, rest)
             }
             8 => {
                 let n = u32le(r)?;
                 let mut r = &r[4..];
-                let mut set = BTreeSet::new();
+                let mut set = Box::<BTreeSet<Vec<u8>>>::default();
                 for _ in 0..n {
                     let len = u32le(r)?;
                     set.insert(r.get(4..4 + len)?.to_vec());
@@ -278,31 +332,16 @@ fn as_f64(col: &Col, row: usize) -> f64 {
     }
 }
 
-fn less(col: &Col, row: usize, cur: &Value) -> bool {
-    match (col, cur) {
-        (Col::Str(a), Value::Str(s)) => a.value(row) < s.as_str(),
-        (Col::I64(a), Value::I64(v)) => a.value(row) < *v,
-        (Col::F64(a), Value::F64(v)) => a.value(row) < *v,
-        (Col::Bool(a), Value::Bool(v)) => !a.value(row) & *v,
-        _ => false,
-    }
-}
-
-fn greater(col: &Col, row: usize, cur: &Value) -> bool {
-    match (col, cur) {
-        (Col::Str(a), Value::Str(s)) => a.value(row) > s.as_str(),
-        (Col::I64(a), Value::I64(v)) => a.value(row) > *v,
-        (Col::F64(a), Value::F64(v)) => a.value(row) > *v,
-        (Col::Bool(a), Value::Bool(v)) => a.value(row) & !*v,
-        _ => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use datafusion::arrow::array::{ArrayRef, Float64Array, StringArray};
     use std::sync::Arc;
+
+    #[test]
+    fn accumulators_stay_small() {
+        assert!(std::mem::size_of::<Acc>() <= 24, "{} bytes", std::mem::size_of::<Acc>());
+    }
 
     #[test]
     fn update_merge_and_encode_round_trip() {
@@ -361,11 +400,11 @@ mod tests {
                 Acc::SumI(_) => Acc::SumI(None),
                 Acc::SumF(_) => Acc::SumF(None),
                 Acc::Avg { .. } => Acc::Avg { sum: 0.0, n: 0 },
-                Acc::Min(_) => Acc::Min(None),
-                Acc::Max(_) => Acc::Max(None),
+                Acc::Min(_) => Acc::Min(Extreme::None),
+                Acc::Max(_) => Acc::Max(Extreme::None),
                 Acc::First(_) => Acc::First(None),
                 Acc::Last(_) => Acc::Last(None),
-                Acc::Distinct(_) => Acc::Distinct(BTreeSet::new()),
+                Acc::Distinct(_) => Acc::Distinct(Box::default()),
             }
         }
     }

@@ -21,6 +21,7 @@ mod assign;
 mod panes;
 
 use std::collections::BTreeMap;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, Int64Array};
@@ -372,15 +373,31 @@ impl Operator for WindowOp {
             arg_arrays.iter().map(|a| a.as_ref().map(|a| Col::new(a).expect("arguments have engine types"))).collect();
         let lateness = self.cfg.allowed_lateness;
         let nkeys = self.cfg.keys.len();
-        let mut key = std::mem::take(&mut self.key_buf);
+        // Every row's key and hash first, so that each row can prefetch the cache entry of a
+        // row a few places ahead while it works on its own.
+        let mut keys = std::mem::take(&mut self.key_buf);
+        keys.clear();
+        let mut key_ends = Vec::with_capacity(batch.num_rows());
+        for row in 0..batch.num_rows() {
+            for c in &key_cols {
+                c.encode_key(row, &mut keys);
+            }
+            key_ends.push(keys.len());
+        }
+        let hashes: Vec<u64> = (0..batch.num_rows())
+            .map(|row| self.cache.hasher().hash_one(&keys[if row == 0 { 0 } else { key_ends[row - 1] }..key_ends[row]]))
+            .collect();
         let mut starts = Vec::with_capacity(8);
         for row in 0..batch.num_rows() {
+            if let Some(&h) = hashes.get(row + PREFETCH_AHEAD) {
+                prefetch_entry(&self.cache, h);
+            }
+            if let Some(&h) = hashes.get(row + PREFETCH_AHEAD / 2) {
+                prefetch_windows(&self.cache, h);
+            }
             let (ts, wm) = (batch.event_time.value(row), batch.watermark.value(row));
             let expired = |end: i64| (end - 1).saturating_add(lateness) <= wm;
-            key.clear();
-            for c in &key_cols {
-                c.encode_key(row, &mut key);
-            }
+            let key = &keys[if row == 0 { 0 } else { key_ends[row - 1] }..key_ends[row]];
             let kind = self.cfg.kind;
             if let Some(pn) = self.panes {
                 if pn.pane_expired(pn.pane_of(ts), wm) {
@@ -406,14 +423,14 @@ impl Operator for WindowOp {
             let WindowOp { cfg, cache, dirty, timers, refire, uncached_in_state, panes, pending, out_schema, .. } =
                 self;
             // One hash lookup per row when the key is cached.
-            let (k, entry) = match cache.raw_entry_mut().from_key(key.as_slice()) {
+            let (k, entry) = match cache.raw_entry_mut().from_key_hashed_nocheck(hashes[row], key) {
                 RawEntryMut::Occupied(o) => o.into_key_value(),
                 RawEntryMut::Vacant(v) => {
-                    let stored = if *uncached_in_state { cfg.fetch(ctx.state, &key)? } else { None };
+                    let stored = if *uncached_in_state { cfg.fetch(ctx.state, key)? } else { None };
                     // A new entry is dirty from the start, so the write-back drops it if it stays
                     // empty.
                     let e = stored.unwrap_or_else(|| KeyEntry::new(false));
-                    let (k, e) = v.insert(Key::from_slice(&key), e);
+                    let (k, e) = v.insert_hashed_nocheck(hashes[row], Key::from_slice(key), e);
                     if e.dirty {
                         dirty.push(k.clone());
                     }
@@ -562,7 +579,7 @@ impl Operator for WindowOp {
                 );
             }
         }
-        self.key_buf = key;
+        self.key_buf = keys;
         Ok(None)
     }
 
@@ -595,7 +612,14 @@ impl Operator for WindowOp {
             }
             // Windows due at the same time fire in the order their timers were set.
             let (time, due) = entry.remove_entry();
-            for (key, start) in due {
+            let hashes: Vec<u64> = due.iter().map(|(k, _)| self.cache.hasher().hash_one(k.as_slice())).collect();
+            for (i, (key, start)) in due.into_iter().enumerate() {
+                if let Some(&h) = hashes.get(i + PREFETCH_AHEAD) {
+                    prefetch_entry(&self.cache, h);
+                }
+                if let Some(&h) = hashes.get(i + PREFETCH_AHEAD / 2) {
+                    prefetch_windows(&self.cache, h);
+                }
                 let WindowOp { cfg, cache, uncached_in_state, dirty, timers, panes, .. } = self;
                 let Some(e) = cached_entry(cache, cfg, *uncached_in_state, ctx.state, &key)? else { continue };
                 if let Some(pn) = panes {
@@ -649,6 +673,47 @@ impl Operator for WindowOp {
     fn cached_keys(&self) -> usize {
         self.cache.len()
     }
+}
+
+/// How many rows (or due keys) ahead the window operator prefetches cache entries.
+const PREFETCH_AHEAD: usize = 8;
+
+/// Asks the CPU to start loading the cache entry of the key with `hash`, so that its lookup a
+/// few rows later finds it in the CPU cache: over many keys, the operator is otherwise bound by
+/// memory latency. Takes the first bucket whose hash tag matches without comparing keys (that
+/// would wait for the load): the key's own in all but rare cases, where a wasted prefetch is
+/// the only cost.
+fn prefetch_entry(cache: &hashbrown::HashMap<Key, KeyEntry, FxBuildHasher>, hash: u64) {
+    if let Some((k, _)) = cache.raw_entry().from_hash(hash, |_| true) {
+        let at = k as *const Key as *const u8;
+        for line in (0..std::mem::size_of::<(Key, KeyEntry)>()).step_by(64) {
+            prefetch_line(at.wrapping_add(line));
+        }
+    }
+}
+
+/// The second step for an entry prefetched earlier: its windows when they are on the heap
+/// (a key with several windows or panes).
+fn prefetch_windows(cache: &hashbrown::HashMap<Key, KeyEntry, FxBuildHasher>, hash: u64) {
+    if let Some((_, e)) = cache.raw_entry().from_hash(hash, |_| true) {
+        if e.wins.spilled() {
+            let at = e.wins.as_ptr() as *const u8;
+            for line in (0..std::mem::size_of_val(e.wins.as_slice()).min(256)).step_by(64) {
+                prefetch_line(at.wrapping_add(line));
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn prefetch_line(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint: it never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 /// The entry of `key`, read from state into the cache on a miss; `None` when it has no windows.
