@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use rdkafka::bindings as rd;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
@@ -18,6 +19,8 @@ const META_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct KafkaSource {
     name: String,
     spec: KafkaSourceSpec,
+    /// Declared before the consumer: its queues are released before the consumer is destroyed.
+    fetch: Option<FetchQueue>,
     consumer: BaseConsumer,
     partitions: Vec<u32>,
     restored: BTreeMap<u32, i64>,
@@ -33,6 +36,8 @@ pub struct KafkaSource {
     /// Exactly-once: the group's offsets were committed with results, so without restored
     /// state the task rebuilds it from `startFrom` up to them, never starts at them.
     exactly_once: bool,
+    /// The mean size of the records last polled, to size the next batch's buffers.
+    record_bytes: usize,
 }
 
 impl KafkaSource {
@@ -83,6 +88,7 @@ impl KafkaSource {
         Ok(KafkaSource {
             name: name.to_string(),
             spec: spec.clone(),
+            fetch: None,
             consumer,
             partitions,
             restored: BTreeMap::new(),
@@ -93,6 +99,7 @@ impl KafkaSource {
             stop_at: None,
             committed_ahead: Vec::new(),
             exactly_once: false,
+            record_bytes: 512,
         })
     }
 
@@ -160,6 +167,12 @@ impl KafkaSource {
             }
             self.stop_at = Some(stop);
         }
+        // Split the partitions' queues off before assigning, so that no message lands in the
+        // consumer's queue.
+        self.fetch = Some(
+            FetchQueue::new(&self.consumer, &self.spec.topic, &self.partitions)
+                .ok_or_else(|| self.err("creating the fetch queue".into()))?,
+        );
         self.consumer.assign(&start).map_err(|e| self.err(format!("assigning partitions: {e}")))?;
         self.assigned = true;
         Ok(())
@@ -244,20 +257,51 @@ impl Source for KafkaSource {
     fn poll(&mut self, max: usize, wait: Duration) -> Result<Polled> {
         self.start()?;
         let mut by_partition: BTreeMap<u32, Records> = BTreeMap::new();
+        // The consumer's own queue has only events now (commit results, errors); serve them.
+        match self.consumer.poll(Duration::ZERO) {
+            None => {}
+            Some(Err(e)) => return Err(self.err(format!("polling {}: {e}", self.spec.topic))),
+            Some(Ok(m)) => {
+                let ts = m.timestamp().to_millis().unwrap_or(0);
+                by_partition.entry(m.partition() as u32).or_default().push(
+                    m.payload().unwrap_or_default(),
+                    m.offset(),
+                    ts,
+                );
+            }
+        }
+        let fetch = self.fetch.as_mut().expect("started");
         let mut n = 0;
         let mut timeout = wait;
         while n < max {
-            match self.consumer.poll(timeout) {
-                None => break,
-                Some(Err(e)) => return Err(self.err(format!("polling {}: {e}", self.spec.topic))),
-                Some(Ok(m)) => {
-                    let p = m.partition() as u32;
-                    let ts = m.timestamp().to_millis().unwrap_or(0);
-                    by_partition.entry(p).or_default().push(m.payload().unwrap_or_default(), m.offset(), ts);
-                    self.position.insert(p, m.offset() + 1);
-                    n += 1;
-                    timeout = Duration::ZERO;
-                }
+            let got = fetch.consume(timeout, max - n);
+            if got == 0 {
+                break;
+            }
+            timeout = Duration::ZERO;
+            for m in fetch.messages() {
+                let m = m.map_err(|e| SourceError::Failed {
+                    source_name: self.name.clone(),
+                    message: format!("polling {}: {e}", self.spec.topic),
+                })?;
+                let recs = match by_partition.last_entry() {
+                    Some(e) if *e.key() == m.partition => e.into_mut(),
+                    // Sized for the rest of the batch, so that it never grows by copying.
+                    _ => by_partition
+                        .entry(m.partition)
+                        .or_insert_with(|| Records::with_capacity(max - n, (max - n) * self.record_bytes)),
+                };
+                recs.push(m.payload, m.offset, m.timestamp);
+            }
+            n += got;
+        }
+        let (count, bytes) = by_partition.values().fold((0, 0), |(c, b), r| (c + r.len(), b + r.data.len()));
+        if count > 0 {
+            self.record_bytes = bytes.div_ceil(count).max(16);
+        }
+        for (p, recs) in &by_partition {
+            if let Some(last) = recs.positions.last() {
+                self.position.insert(*p, last + 1);
             }
         }
         self.refresh_high_watermarks();
@@ -292,5 +336,109 @@ impl Source for KafkaSource {
             .iter()
             .filter_map(|p| Some((*p, (self.high_watermarks.get(p)? - self.position.get(p)?).max(0))))
             .collect()
+    }
+}
+
+/// The assigned partitions' fetched messages, forwarded into one queue of the source's own and
+/// read in batches (`rd_kafka_consume_batch_queue`): one call and one clock read per batch
+/// instead of several per message through the consumer's event poll, which cost about a tenth
+/// of the worker's time at a million messages a second. The consumer's own queue keeps the
+/// events (commit results, errors).
+struct FetchQueue {
+    queue: *mut rd::rd_kafka_queue_t,
+    partitions: Vec<*mut rd::rd_kafka_queue_t>,
+    /// Messages of the last batch, owned until the next one (or drop).
+    batch: Vec<*mut rd::rd_kafka_message_t>,
+}
+
+// SAFETY: librdkafka queues and messages may be used from any thread; the source owns them.
+unsafe impl Send for FetchQueue {}
+
+/// One fetched message, borrowed from its batch.
+struct Fetched<'a> {
+    partition: u32,
+    offset: i64,
+    timestamp: i64,
+    payload: &'a [u8],
+}
+
+impl FetchQueue {
+    fn new(consumer: &BaseConsumer, topic: &str, partitions: &[u32]) -> Option<FetchQueue> {
+        let rk = consumer.client().native_ptr();
+        let topic = std::ffi::CString::new(topic).ok()?;
+        // SAFETY: `rk` is a live consumer handle; every queue obtained here is released in drop.
+        unsafe {
+            let queue = rd::rd_kafka_queue_new(rk);
+            if queue.is_null() {
+                return None;
+            }
+            let mut q = FetchQueue { queue, partitions: Vec::new(), batch: Vec::new() };
+            for &p in partitions {
+                let pq = rd::rd_kafka_queue_get_partition(rk, topic.as_ptr(), p as i32);
+                if pq.is_null() {
+                    return None;
+                }
+                rd::rd_kafka_queue_forward(pq, queue);
+                q.partitions.push(pq);
+            }
+            Some(q)
+        }
+    }
+
+    /// Waits up to `timeout` for messages and takes up to `max`; the count taken.
+    fn consume(&mut self, timeout: Duration, max: usize) -> usize {
+        self.release();
+        self.batch.reserve(max);
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: the array has room for `max` pointers; librdkafka fills the first `n`.
+        unsafe {
+            let n = rd::rd_kafka_consume_batch_queue(self.queue, ms, self.batch.as_mut_ptr(), max).max(0) as usize;
+            self.batch.set_len(n);
+            n
+        }
+    }
+
+    /// The messages of the last batch, in order; a message carrying an error yields it.
+    fn messages(&self) -> impl Iterator<Item = std::result::Result<Fetched<'_>, String>> {
+        self.batch.iter().map(|&m| {
+            // SAFETY: the batch's messages stay valid until `release`, which needs `&mut self`.
+            unsafe {
+                let msg = &*m;
+                if msg.err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+                    let text = std::ffi::CStr::from_ptr(rd::rd_kafka_err2str(msg.err)).to_string_lossy();
+                    return Err(format!("{text} (partition {}, offset {})", msg.partition, msg.offset));
+                }
+                let payload = if msg.payload.is_null() {
+                    &[][..]
+                } else {
+                    std::slice::from_raw_parts(msg.payload as *const u8, msg.len)
+                };
+                let mut kind = rd::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE;
+                let ts = rd::rd_kafka_message_timestamp(m, &mut kind);
+                Ok(Fetched { partition: msg.partition as u32, offset: msg.offset, timestamp: ts.max(0), payload })
+            }
+        })
+    }
+
+    fn release(&mut self) {
+        for m in self.batch.drain(..) {
+            // SAFETY: each message came from `rd_kafka_consume_batch_queue` and is freed once.
+            unsafe { rd::rd_kafka_message_destroy(m) };
+        }
+    }
+}
+
+impl Drop for FetchQueue {
+    fn drop(&mut self) {
+        self.release();
+        // SAFETY: the queues were obtained in `new` and are released once; forwarding is undone
+        // first so that the partitions deliver to the consumer again.
+        unsafe {
+            for &pq in &self.partitions {
+                rd::rd_kafka_queue_forward(pq, std::ptr::null_mut());
+                rd::rd_kafka_queue_destroy(pq);
+            }
+            rd::rd_kafka_queue_destroy(self.queue);
+        }
     }
 }
