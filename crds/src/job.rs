@@ -77,6 +77,11 @@ pub struct StreamJobSpec {
     /// CPU and memory of each worker, as Kubernetes quantities.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourcesSpec>,
+    /// Start even though the restored state (a savepoint, checkpoint or the workers' own) holds
+    /// steps that are no longer in the pipeline; their state is dropped. Without it such a
+    /// restore fails, as in Flink.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_non_restored_state: bool,
     pub pipeline: PipelineSpec,
 }
 

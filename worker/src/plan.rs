@@ -106,6 +106,8 @@ pub struct JobPlan {
     /// Folder of the manifest, for relative paths.
     pub base_dir: PathBuf,
     pub max_cached_keys: usize,
+    /// `allowNonRestoredState`: start without the state of steps no longer in the pipeline.
+    pub allow_non_restored_state: bool,
 }
 
 impl JobPlan {
@@ -216,6 +218,7 @@ impl JobPlan {
             fingerprint: fingerprint(&serde_json::to_vec(&m.spec.pipeline).unwrap_or_default()),
             base_dir: base_dir.to_path_buf(),
             max_cached_keys: 100_000,
+            allow_non_restored_state: m.spec.allow_non_restored_state,
         })
     }
 
@@ -236,6 +239,30 @@ impl JobPlan {
         } else {
             self.base_dir.join(p)
         }
+    }
+
+    /// The stateful steps by name, each with what its state's layout depends on: the window,
+    /// the key types and the aggregates in order (accumulators are stored by position, in the
+    /// order of the output names). Lateness, filters and renaming an output in place do not
+    /// change it, and a restored state survives them.
+    pub fn state_signatures(&self) -> BTreeMap<String, String> {
+        self.nodes
+            .iter()
+            .filter_map(|n| {
+                let w = n.window.as_ref()?;
+                let keys: Vec<String> = w.keys.iter().map(|(_, name, t)| format!("{name}: {t}")).collect();
+                let aggs: Vec<String> = w
+                    .aggs
+                    .iter()
+                    .map(|a| match &a.arg {
+                        Some(e) => format!("{:?}({}): {}", a.func, e.text, e.data_type),
+                        None => format!("{:?}(*)", a.func),
+                    })
+                    .collect();
+                let sig = format!("{:?} by [{}] of [{}]", w.kind, keys.join(", "), aggs.join(", "));
+                Some((n.name.clone(), sig))
+            })
+            .collect()
     }
 
     /// Fresh operators of step `i` for one task.

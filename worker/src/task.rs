@@ -3,6 +3,7 @@
 //! steps, fires windows as its watermark advances, and commits its state with its input
 //! positions at every epoch.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, BinaryArray, Int64Array};
@@ -11,11 +12,11 @@ use datafusion::arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use crate::batch::Batch;
 use crate::metrics::Metrics;
 use crate::operators::{OpCtx, OpError, Operator};
-use crate::plan::{JobPlan, Target};
+use crate::plan::{state_prefix, JobPlan, Target};
 use crate::sink::kafka::KafkaProducer;
 use crate::sink::{dead_letter, Sink, SinkError};
 use crate::source::Records;
-use crate::state::{StateError, StateStore, StateTx};
+use crate::state::{Ops, StateError, StateStore, StateTx};
 
 /// What can stop a task.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +27,8 @@ pub enum TaskError {
     Sink(#[from] SinkError),
     #[error("partition {partition}: {source}")]
     State { partition: u32, source: StateError },
+    #[error("partition {partition}: the state does not fit this pipeline: {message}")]
+    Incompatible { partition: u32, message: String },
 }
 
 /// The sinks a task writes to: shared with the worker's other tasks, except that with
@@ -93,11 +96,82 @@ pub struct Task {
 
 const META: &[u8] = &[0, 0];
 
-fn meta_key(kind: &[u8], source: usize) -> Vec<u8> {
+/// A source's metadata, by the source's name (so that adding or removing another source
+/// keeps it).
+fn meta_key(kind: &[u8], source: &str) -> Vec<u8> {
     let mut k = META.to_vec();
     k.extend_from_slice(kind);
-    k.extend_from_slice(&(source as u16).to_be_bytes());
+    k.push(b':');
+    k.extend_from_slice(source.as_bytes());
     k
+}
+
+/// The stateful steps whose state the store holds, with their state signatures (JSON).
+const STATE_STEPS: &[u8] = &[0, 0, b'o', b'p', b's'];
+
+/// Checks the state's stateful steps against the plan's, like Flink matching operator state by
+/// uid: a step keeps its state when its name and state signature match; a step with a changed
+/// signature is an error (its state cannot be carried over); a step no longer in the pipeline
+/// is an error unless `allowNonRestoredState`, which drops its state. Then records the plan's
+/// steps.
+fn reconcile_state_steps(store: &dyn StateStore, plan: &JobPlan, partition: u32) -> Result<(), TaskError> {
+    let err = |source| TaskError::State { partition, source };
+    let want = plan.state_signatures();
+    let stored: Option<BTreeMap<String, String>> =
+        store.get(STATE_STEPS).map_err(err)?.and_then(|b| serde_json::from_slice(&b).ok());
+    if let Some(stored) = &stored {
+        let mut problems = Vec::new();
+        let mut dropped = Vec::new();
+        for (name, sig) in stored {
+            match want.get(name) {
+                Some(w) if w == sig => {}
+                Some(w) => problems.push(format!(
+                    "step `{name}` holds state for `{sig}` but is now `{w}`; that state cannot be carried over: \
+                     give the changed step a new name to start it empty (its old state then needs \
+                     allowNonRestoredState: true)"
+                )),
+                None if plan.allow_non_restored_state => dropped.push(name.clone()),
+                None => problems.push(format!(
+                    "step `{name}` holds state but is no longer in the pipeline; set \
+                     allowNonRestoredState: true to start without it (its state is dropped)"
+                )),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(TaskError::Incompatible { partition, message: problems.join("; ") });
+        }
+        for name in dropped {
+            let removed = drop_prefix(store, &state_prefix(&name)).map_err(err)?;
+            tracing::warn!(partition, step = %name, entries = removed, "dropped the state of a removed step (allowNonRestoredState)");
+        }
+    }
+    if stored.as_ref() != Some(&want) {
+        let mut ops = Ops::default();
+        ops.insert(STATE_STEPS.to_vec(), Some(serde_json::to_vec(&want).expect("a map of strings serializes")));
+        store.write(&ops).map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Deletes every entry under `prefix`, in bounded batches; the count deleted.
+fn drop_prefix(store: &dyn StateStore, prefix: &[u8]) -> Result<usize, StateError> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            break;
+        }
+    }
+    let mut removed = 0;
+    loop {
+        let batch = store.scan(prefix, &end, 10_000)?;
+        if batch.is_empty() {
+            return Ok(removed);
+        }
+        removed += batch.len();
+        let ops: Ops = batch.into_iter().map(|(k, _)| (k, None)).collect();
+        store.write(&ops)?;
+    }
 }
 
 fn read_i64(v: Option<Vec<u8>>) -> Option<i64> {
@@ -112,13 +186,14 @@ impl Task {
         store: Box<dyn StateStore>,
         metrics: Arc<Metrics>,
     ) -> Result<Task, TaskError> {
+        reconcile_state_steps(store.as_ref(), &plan, partition)?;
         let state = StateTx::new(store);
         let err = |source| TaskError::State { partition, source };
         let mut sources = Vec::new();
-        for i in 0..plan.sources.len() {
+        for src in &plan.sources {
             sources.push(SourceState {
-                max_ts: read_i64(state.get(&meta_key(b"mts", i)).map_err(err)?).unwrap_or(i64::MIN),
-                next_position: read_i64(state.get(&meta_key(b"pos", i)).map_err(err)?),
+                max_ts: read_i64(state.get(&meta_key(b"mts", &src.name)).map_err(err)?).unwrap_or(i64::MIN),
+                next_position: read_i64(state.get(&meta_key(b"pos", &src.name)).map_err(err)?),
                 ended: false,
             });
         }
@@ -382,11 +457,11 @@ impl Task {
         let mut positions = Vec::new();
         for (i, s) in self.sources.iter().enumerate() {
             if let Some(p) = s.next_position {
-                extra.push((meta_key(b"pos", i), p.to_be_bytes().to_vec()));
+                extra.push((meta_key(b"pos", &self.plan.sources[i].name), p.to_be_bytes().to_vec()));
                 positions.push((i, p));
             }
             if s.max_ts != i64::MIN {
-                extra.push((meta_key(b"mts", i), s.max_ts.to_be_bytes().to_vec()));
+                extra.push((meta_key(b"mts", &self.plan.sources[i].name), s.max_ts.to_be_bytes().to_vec()));
             }
         }
         self.state.commit(extra).map_err(|source| TaskError::State { partition: self.partition, source })?;

@@ -237,3 +237,39 @@ spec:
     assert!(out.status.success(), "{log}");
     assert!(log.contains("restored state from savepoint") && log.contains("before-upgrade"), "{log}");
 }
+
+#[test]
+fn restored_state_must_fit_the_pipeline_step_by_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = copy_example(dir.path(), "payments-file.yaml");
+    let original = std::fs::read_to_string(&manifest).unwrap();
+    let state = dir.path().join("state");
+    let run = |text: &str| {
+        std::fs::write(&manifest, text).unwrap();
+        let out = worker()
+            .args(["run", "-f", manifest.to_str().unwrap(), "--state-dir", state.to_str().unwrap()])
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (ok, log) = run(&original);
+    assert!(ok, "{log}");
+    // Renaming an aggregate's output keeps the state's layout.
+    let (ok, log) = run(&original.replace("total: \"sum(amount)\"", "sum_amount: \"sum(amount)\""));
+    assert!(ok, "{log}");
+    // A changed aggregate cannot reuse the step's state.
+    let (ok, log) = run(&original.replace("max(amount)", "min(amount)"));
+    assert!(
+        !ok && log.contains("step `per_card_minute` holds state for") && log.contains("cannot be carried over"),
+        "{log}"
+    );
+    // A renamed step starts empty, and the old one's state is only dropped when allowed.
+    let renamed = original.replace("per_card_minute", "per_card_minute_v2");
+    let (ok, log) = run(&renamed);
+    assert!(!ok && log.contains("step `per_card_minute` holds state but is no longer in the pipeline"), "{log}");
+    let (ok, log) = run(&renamed.replace("spec:\n", "spec:\n  allowNonRestoredState: true\n"));
+    assert!(ok && log.contains("dropped the state of a removed step"), "{log}");
+    // The state now belongs to the new pipeline.
+    let (ok, log) = run(&renamed);
+    assert!(ok, "{log}");
+}
