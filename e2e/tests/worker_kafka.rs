@@ -254,6 +254,38 @@ spec:
     }
 }
 
+#[test]
+fn a_transaction_timeout_above_the_brokers_maximum_is_a_clear_error() {
+    require_port("Kafka", 9092);
+    let name = unique("txn-timeout");
+    let input = format!("{name}-in");
+    create_topics(&[(&input, 1), (&name, 1)]);
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("job.yaml");
+    // The local broker keeps Kafka's default transaction.max.timeout.ms of 15 minutes.
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"
+metadata: {{name: {name}}}
+spec:
+  pipeline:
+    sources: {{p: {{kafka: {{brokers: "{b}", topic: {input}, bounded: true}}, schema: {{id: string}}}}}}
+    sinks: {{out: {{from: p, kafka: {{brokers: "{b}", topic: {name}, properties: {{transaction.timeout.ms: "1000000"}}}}}}}}
+"#,
+            b = kafka_brokers()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(worker_bin()).args(["run", "-f", manifest.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("transaction.timeout.ms is 1000000 ms, above the brokers' transaction.max.timeout.ms"),
+        "{err}"
+    );
+}
+
 /// A worker in Pod mode: ordinal `ordinal` of `parallelism`, admin server on `port`.
 fn start_pod(
     manifest: &Path,
@@ -328,6 +360,17 @@ fn savepoint_into_parallelism(to: u32) {
     wait_until("the first half read by 3 workers", Duration::from_secs(60), || {
         (read_in(&ports) == first.len() as u64).then_some(())
     });
+    // Every worker has committed epoch transactions, and none failed.
+    wait_until("committed transactions on every worker", Duration::from_secs(30), || {
+        ports
+            .iter()
+            .all(|&p| {
+                let m = admin(p, "GET", "/metrics");
+                m.contains("weir_transactions_total") && m.contains(r#"outcome="committed""#)
+            })
+            .then_some(())
+    });
+    assert!(ports.iter().all(|&p| !admin(p, "GET", "/metrics").contains(r#"outcome="failed""#)));
     for &p in &ports {
         assert!(admin(p, "POST", "/savepoints/sp1").starts_with("HTTP/1.0 202"));
     }

@@ -21,6 +21,9 @@ pub struct Metrics {
     /// Records per second the worker would process if fully busy (rate / busy ratio).
     pub capacity: Gauge,
     pub epoch_duration: Histogram,
+    /// Exactly-once epoch transactions by partition and outcome (`committed`, `failed`: the
+    /// worker then stops, and the next owner of the transactional id aborts it).
+    pub transactions: IntCounterVec,
     /// Checkpoints by outcome: completed, failed, skipped (the previous one still uploading).
     pub checkpoints: IntCounterVec,
     pub checkpoint_bytes: IntCounterVec,
@@ -80,6 +83,11 @@ impl Metrics {
         registry.register(Box::new(checkpoint_duration.clone())).expect("unique metric");
         Metrics {
             checkpoints: counter("weir_checkpoints_total", "Checkpoints by outcome", &["outcome"]),
+            transactions: counter(
+                "weir_transactions_total",
+                "Exactly-once epoch transactions by outcome",
+                &["partition", "outcome"],
+            ),
             checkpoint_bytes: counter(
                 "weir_checkpoint_uploaded_bytes_total",
                 "Bytes uploaded by checkpoints",

@@ -360,7 +360,10 @@ impl Runtime {
                     offsets.add_partition_offset(topic, *p as i32, rdkafka::Offset::Offset(pos))?;
                 }
             }
-            txn.commit_epoch(&offsets, group).map_err(|e| anyhow::anyhow!("partition {p}: {e}"))?;
+            let committed = txn.commit_epoch(&offsets, group);
+            let outcome = if committed.is_ok() { "committed" } else { "failed" };
+            self.metrics.transactions.with_label_values(&[&p.to_string(), outcome]).inc();
+            committed.map_err(|e| anyhow::anyhow!("partition {p}: {e}"))?;
             self.txn_positions.insert(*p, positions);
         }
         Ok(())

@@ -48,7 +48,8 @@ pub struct KafkaProducer {
     txn: Option<Mutex<bool>>,
 }
 
-/// Transactions time out on the broker after this long without a commit.
+/// Transactions time out on the broker after this long without a commit (unless the sink's
+/// `transaction.timeout.ms` property says otherwise).
 pub const TRANSACTION_TIMEOUT_MS: u64 = 60_000;
 const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -70,8 +71,12 @@ impl KafkaProducer {
         for (k, v) in properties {
             cfg.set(k, v);
         }
+        // A timeout set in the sink's properties wins; the broker refuses one above its
+        // transaction.max.timeout.ms when transactions are initialized, below.
+        let timeout_ms =
+            properties.get("transaction.timeout.ms").cloned().unwrap_or(TRANSACTION_TIMEOUT_MS.to_string());
         if let Some(id) = transactional_id {
-            cfg.set("transactional.id", id).set("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS.to_string());
+            cfg.set("transactional.id", id).set("transaction.timeout.ms", &timeout_ms);
         }
         let deliveries = Deliveries::default();
         let producer: ThreadedProducer<Deliveries> = cfg
@@ -81,7 +86,9 @@ impl KafkaProducer {
             producer.init_transactions(TXN_CALL_TIMEOUT).map_err(|e| {
                 let hint = match e.rdkafka_error_code() {
                     Some(RDKafkaErrorCode::InvalidTransactionTimeout) => format!(
-                        "; the worker's transactions need {TRANSACTION_TIMEOUT_MS} ms: raise the brokers' transaction.max.timeout.ms to at least that"
+                        "; the worker's transaction.timeout.ms is {timeout_ms} ms, above the brokers' \
+                         transaction.max.timeout.ms: raise that to at least {timeout_ms}, or lower the \
+                         sink's transaction.timeout.ms property"
                     ),
                     _ => String::new(),
                 };
