@@ -223,30 +223,9 @@ fn exactly_once_through_repeated_random_kills() {
 #[test]
 fn a_missing_sink_topic_is_a_clear_error() {
     require_port("Kafka", 9092);
-    let name = unique("missing");
-    let input = format!("{name}-in");
-    create_topics(&[(&input, 1)]);
-    let dir = tempfile::tempdir().unwrap();
     for delivery in ["exactly-once", "at-least-once"] {
-        let manifest = dir.path().join(format!("{delivery}.yaml"));
-        std::fs::write(
-            &manifest,
-            format!(
-                r#"
-metadata: {{name: {name}}}
-spec:
-  delivery: {delivery}
-  pipeline:
-    sources: {{p: {{kafka: {{brokers: "{b}", topic: {input}, bounded: true}}, schema: {{id: string}}}}}}
-    sinks: {{out: {{from: p, kafka: {{brokers: "{b}", topic: {name}-nowhere}}}}}}
-"#,
-                b = kafka_brokers()
-            ),
-        )
-        .unwrap();
-        let out = Command::new(worker_bin()).args(["run", "-f", manifest.to_str().unwrap()]).output().unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{delivery}: {err}");
+        let name = unique("missing");
+        let err = failed_start(&name, delivery, &format!("topic: {name}-nowhere"));
         assert!(
             err.contains(&format!("topic {name}-nowhere does not exist")) && err.contains("create it first"),
             "{delivery}: {err}"
@@ -258,32 +237,42 @@ spec:
 fn a_transaction_timeout_above_the_brokers_maximum_is_a_clear_error() {
     require_port("Kafka", 9092);
     let name = unique("txn-timeout");
+    create_topics(&[(&name, 1)]);
+    // The local broker keeps Kafka's default transaction.max.timeout.ms of 15 minutes.
+    let sink = format!("topic: {name}, properties: {{transaction.timeout.ms: \"1000000\"}}");
+    let err = failed_start(&name, "exactly-once", &sink);
+    assert!(
+        err.contains("transaction.timeout.ms is 1000000 ms, above the brokers' transaction.max.timeout.ms"),
+        "{err}"
+    );
+}
+
+/// Runs a job from topic `<name>-in` (created here) to a Kafka sink with `sink` fields, which
+/// must fail at start; its error output.
+fn failed_start(name: &str, delivery: &str, sink: &str) -> String {
     let input = format!("{name}-in");
-    create_topics(&[(&input, 1), (&name, 1)]);
+    create_topics(&[(&input, 1)]);
     let dir = tempfile::tempdir().unwrap();
     let manifest = dir.path().join("job.yaml");
-    // The local broker keeps Kafka's default transaction.max.timeout.ms of 15 minutes.
     std::fs::write(
         &manifest,
         format!(
             r#"
 metadata: {{name: {name}}}
 spec:
+  delivery: {delivery}
   pipeline:
     sources: {{p: {{kafka: {{brokers: "{b}", topic: {input}, bounded: true}}, schema: {{id: string}}}}}}
-    sinks: {{out: {{from: p, kafka: {{brokers: "{b}", topic: {name}, properties: {{transaction.timeout.ms: "1000000"}}}}}}}}
+    sinks: {{out: {{from: p, kafka: {{brokers: "{b}", {sink}}}}}}}
 "#,
             b = kafka_brokers()
         ),
     )
     .unwrap();
     let out = Command::new(worker_bin()).args(["run", "-f", manifest.to_str().unwrap()]).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
-    assert!(
-        err.contains("transaction.timeout.ms is 1000000 ms, above the brokers' transaction.max.timeout.ms"),
-        "{err}"
-    );
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "{delivery}: {err}");
+    err
 }
 
 /// A worker in Pod mode: ordinal `ordinal` of `parallelism`, admin server on `port`.
