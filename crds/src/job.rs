@@ -203,6 +203,32 @@ pub struct StreamJobStatus {
     pub last_savepoint: Option<SavepointInfo>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// Hash of what the workers run (pipeline, parallelism, image, env...): a spec whose hash
+    /// differs is an upgrade.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployed: Option<String>,
+    /// An upgrade waiting for its savepoint (recorded before the workers are asked for it, so
+    /// a restarted operator picks it up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<UpgradeStatus>,
+    /// The savepoint the running workers started from (partitions without newer checkpoints
+    /// restore it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_from: Option<String>,
+}
+
+/// A savepoint-before-upgrade in progress.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpgradeStatus {
+    /// The savepoint's id (the trigger id given to every worker).
+    pub savepoint: String,
+    /// `StreamJobStatus::deployed` of the spec being rolled out.
+    pub target: String,
+    /// When it was triggered and by when it must complete (RFC 3339); past the deadline the
+    /// upgrade is abandoned with a Warning and retried, the running workers untouched.
+    pub started: String,
+    pub deadline: String,
 }
 
 /// A completed savepoint.

@@ -347,10 +347,26 @@ fn rescale_through_checkpoints_keeps_exactly_once() {
     wait_until("results of the first third", Duration::from_secs(60), || {
         (!read_all(&output, P).is_empty()).then_some(())
     });
-    // Rescale while input flows.
+    // Rescale while input flows: an upgrade through a savepoint, whose id is in the status
+    // before the workers are asked for it.
+    let deployed = get(&ns, "sj/per-card", "{.status.deployed}");
+    assert!(!deployed.is_empty(), "status.deployed is recorded");
     apply(&ns, &job(3, "running"));
     produce(&producer, &input, second);
+    let upgrade = wait_until("the upgrade's savepoint in status", Duration::from_secs(30), || {
+        let id = get(&ns, "sj/per-card", "{.status.upgrade.savepoint}");
+        (!id.is_empty()).then_some(id)
+    });
+    assert!(upgrade.starts_with("upgrade-"), "{upgrade}");
     wait_until("3 workers Running", Duration::from_secs(180), || phase_is("Running", "3").then_some(()));
+    assert_eq!(get(&ns, "sj/per-card", "{.status.restoredFrom}"), upgrade, "the workers restore the savepoint");
+    assert_ne!(get(&ns, "sj/per-card", "{.status.deployed}"), deployed);
+    let sts_env =
+        get(&ns, "sts/per-card", "{.spec.template.spec.containers[0].env[?(@.name=='WEIR_RESTORE_SAVEPOINT')].value}");
+    assert_eq!(sts_env, upgrade);
+    let reasons = event_reasons(&ns, "per-card");
+    assert!(reasons.contains("SavepointForUpgrade") && reasons.contains("Upgrading"), "{reasons}");
+    assert!(s3_keys(&prefix).iter().any(|k| k.starts_with(&format!("{prefix}/savepoints/{upgrade}/"))));
     // Suspend: the workers commit, checkpoint and stop; input arriving meanwhile waits in Kafka.
     apply(&ns, &job(3, "suspended"));
     wait_until("Suspended with no workers", Duration::from_secs(120), || {

@@ -21,17 +21,16 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use weir_crds::{Manifest, ManifestError, StreamJob};
 
 use crate::build;
+use crate::workers::{self as w, http_get, savepoint_progress, Progress, TriggerError};
 
 pub struct ApiState {
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -241,34 +240,9 @@ fn max_of(rows: &[(String, String, f64)], name: &str) -> Option<f64> {
     rows.iter().filter(|r| r.0 == name).map(|r| r.2).reduce(f64::max)
 }
 
-/// `method path` to `ip:port` over plain HTTP/1.0: the status code and the body.
-async fn http_call(ip: &str, port: i32, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    let fetch = async {
-        let mut s = tokio::net::TcpStream::connect(format!("{ip}:{port}")).await?;
-        let req = format!("{method} {path} HTTP/1.0\r\nHost: {ip}\r\nContent-Length: 0\r\n\r\n");
-        s.write_all(req.as_bytes()).await?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).await?;
-        let (head, body) = out.split_once("\r\n\r\n").ok_or_else(|| anyhow::anyhow!("no HTTP answer"))?;
-        let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-        Ok((code, body.to_string()))
-    };
-    tokio::time::timeout(Duration::from_secs(3), fetch).await.map_err(|_| anyhow::anyhow!("timed out"))?
-}
-
-/// GET `path` from `ip:port`; the body of a 200 answer.
-async fn http_get(ip: &str, port: i32, path: &str) -> anyhow::Result<String> {
-    match http_call(ip, port, "GET", path).await? {
-        (200, body) => Ok(body),
-        (code, body) => anyhow::bail!("answered {code}: {body}"),
-    }
-}
-
-/// The job's worker Pods with their IPs (`None` before a Pod has one).
+/// The job's worker Pods with their IPs.
 async fn workers(s: &ApiState, ns: &str, job: &StreamJob) -> Result<Vec<(String, Option<String>)>, ApiError> {
-    let pods: Api<Pod> = Api::namespaced(s.client.clone(), ns);
-    let list = pods.list(&ListParams::default().labels(&build::selector(job))).await?;
-    Ok(list.items.iter().map(|p| (p.name_any(), p.status.as_ref().and_then(|st| st.pod_ip.clone()))).collect())
+    Ok(crate::workers::pods(&s.client, ns, job).await?)
 }
 
 /// `POST /jobs/{name}/savepoints`: asks every worker for a savepoint with a new id; 202 with
@@ -286,27 +260,11 @@ async fn trigger_savepoint(
         return Err(ApiError(StatusCode::CONFLICT, "savepoints need spec.checkpointing.storage".into()));
     }
     let pods = workers(&s, &ns, &job).await?;
-    if pods.is_empty() || pods.iter().any(|(_, ip)| ip.is_none()) {
-        return Err(ApiError(
-            StatusCode::CONFLICT,
-            "not every worker is running; retry when the job is Running".into(),
-        ));
-    }
     let id = format!("sp-{}", chrono_millis());
-    let mut answers = Vec::new();
-    for (pod, ip) in &pods {
-        let ip = ip.as_deref().unwrap_or_default();
-        match http_call(ip, build::ADMIN_PORT, "POST", &format!("/savepoints/{id}")).await {
-            Ok((202, _)) => answers.push(json!({"pod": pod, "state": "requested"})),
-            Ok((code, body)) => {
-                return Err(ApiError(
-                    StatusCode::CONFLICT,
-                    format!("worker {pod} refused the savepoint ({code}): {body}"),
-                ))
-            }
-            Err(e) => return Err(ApiError(StatusCode::BAD_GATEWAY, format!("worker {pod} ({ip}): {e}"))),
-        }
-    }
+    let answers = w::trigger_savepoint(&pods, &id).await.map_err(|e| match e {
+        TriggerError::Refused(m) => ApiError(StatusCode::CONFLICT, m),
+        TriggerError::Unreachable(m) => ApiError(StatusCode::BAD_GATEWAY, m),
+    })?;
     Ok((StatusCode::ACCEPTED, Json(json!({"id": id, "state": "requested", "workers": answers}))))
 }
 
@@ -326,34 +284,14 @@ async fn savepoint_status(
     let ns = s.ns(&q)?;
     let jobs = s.jobs(&ns);
     let job = jobs.get(&name).await?;
-    let mut states = Vec::new();
-    let mut location = None;
-    for (pod, ip) in workers(&s, &ns, &job).await? {
-        let answer = match ip {
-            Some(ip) => http_get(&ip, build::ADMIN_PORT, &format!("/savepoints/{id}")).await,
-            None => Err(anyhow::anyhow!("no Pod IP")),
-        };
-        match answer.ok().and_then(|b| serde_json::from_str::<Value>(&b).ok()) {
-            Some(v) => {
-                location = location.or_else(|| v["progress"]["location"].as_str().map(str::to_string));
-                states.push(json!({"pod": pod, "state": v["state"], "progress": v["progress"]}));
-            }
-            None => states.push(json!({"pod": pod, "state": "unknown"})),
-        }
-    }
-    if states.is_empty() {
+    let pods = workers(&s, &ns, &job).await?;
+    if pods.is_empty() {
         return Err(ApiError(StatusCode::NOT_FOUND, format!("savepoint {id}: the job has no workers")));
     }
-    let all = |st: &str| states.iter().all(|w| w["state"] == st);
-    let state = if all("completed") {
-        "completed"
-    } else if states.iter().any(|w| w["state"] == "failed") {
-        "failed"
-    } else if all("unknown") {
+    let Progress { state, location, workers: states } = savepoint_progress(&pods, &id).await;
+    if state == "unknown" {
         return Err(ApiError(StatusCode::NOT_FOUND, format!("no worker knows savepoint {id}")));
-    } else {
-        "in-progress"
-    };
+    }
     if state == "completed" {
         let path = location.clone().unwrap_or_default();
         let done = job.status.as_ref().and_then(|st| st.last_savepoint.as_ref()).is_some_and(|l| l.path == path);

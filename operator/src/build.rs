@@ -142,7 +142,16 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
     }
 }
 
-/// The objects for `job`.
+/// What the workers run, as a hash of the objects built from the spec alone (not the savepoint
+/// they restore from): a different hash is an upgrade.
+pub fn deployed_hash(job: &StreamJob) -> String {
+    let bare = StreamJob { status: None, ..job.clone() };
+    let d = desired(&bare);
+    let text = serde_json::to_string(&(&d.config_map.data, &d.stateful_set.spec)).unwrap_or_default();
+    hash(&text)
+}
+
+/// The objects for `job`; the workers restore `status.restoredFrom` when set.
 pub fn desired(job: &StreamJob) -> Desired {
     let name = job.name_any();
     let manifest = manifest_yaml(job);
@@ -182,6 +191,12 @@ pub fn desired(job: &StreamJob) -> Desired {
                 env("WEIR_ADMIN_ADDR", &format!("$(POD_IP):{ADMIN_PORT}")),
             ]
             .into_iter()
+            .chain(
+                job.status
+                    .as_ref()
+                    .and_then(|st| st.restored_from.as_deref())
+                    .map(|id| env("WEIR_RESTORE_SAVEPOINT", id)),
+            )
             .chain(user_env(job))
             .collect(),
         ),
@@ -368,6 +383,19 @@ spec:
         assert_eq!(r.limits.as_ref().unwrap()["memory"], Quantity("2Gi".into()));
         j.spec.state = JobState::Suspended;
         assert_eq!(desired(&j).stateful_set.spec.unwrap().replicas, Some(0), "suspended: no workers");
+    }
+
+    #[test]
+    fn a_restore_savepoint_is_in_the_env_but_not_in_the_deployed_hash() {
+        let mut j = job(FIXTURE);
+        let before = deployed_hash(&j);
+        j.status = Some(weir_crds::StreamJobStatus { restored_from: Some("upgrade-2-1".into()), ..Default::default() });
+        let sts = desired(&j).stateful_set.spec.unwrap();
+        let env = sts.template.spec.unwrap().containers[0].env.clone().unwrap();
+        assert!(env.iter().any(|e| e.name == "WEIR_RESTORE_SAVEPOINT" && e.value.as_deref() == Some("upgrade-2-1")));
+        assert_eq!(deployed_hash(&j), before);
+        j.spec.parallelism = Some(2);
+        assert_ne!(deployed_hash(&j), before, "a rescale is an upgrade");
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod build;
 mod lease;
 mod metrics;
 mod reconcile;
+mod workers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

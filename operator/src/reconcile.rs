@@ -15,10 +15,11 @@ use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use weir_crds::{Condition, JobState, StreamJob, StreamJobStatus};
+use weir_crds::{Condition, JobState, SavepointInfo, StreamJob, StreamJobStatus, UpgradeMode, UpgradeStatus};
 
 use crate::build::{self, Desired};
 use crate::metrics::Metrics;
+use crate::workers::{self, TriggerError};
 
 /// The field manager of everything the operator writes.
 pub const FIELD_MANAGER: &str = "weir-operator";
@@ -170,7 +171,21 @@ async fn reconcile_job(job: &StreamJob, ctx: &Ctx) -> Result<Action, Error> {
         set_status(ctx, job, status).await?;
         return Ok(Action::await_change());
     }
-    let Desired { config_map, service, stateful_set, pdb } = build::desired(job);
+    let target = build::deployed_hash(job);
+    let base = match upgrade(job, ctx, &old, &target).await? {
+        Upgrade::Deploy(status) => status,
+        Upgrade::Wait(status, action) => {
+            if Some(&status) != job.status.as_ref() {
+                set_status(ctx, job, status).await?;
+            }
+            ctx.metrics.reconciles.with_label_values(&["ok"]).inc();
+            ctx.metrics.set_phase(&ns, &job.name_any(), "Upgrading");
+            return Ok(action);
+        }
+    };
+    // The objects are built with the status that names the savepoint the workers restore.
+    let with_status = StreamJob { status: Some(base.clone()), ..job.clone() };
+    let Desired { config_map, service, stateful_set, pdb } = build::desired(&with_status);
     apply(&ctx.client, &ns, &config_map).await?;
     apply(&ctx.client, &ns, &service).await?;
     apply::<StatefulSet>(&ctx.client, &ns, &stateful_set).await?;
@@ -213,8 +228,8 @@ async fn reconcile_job(job: &StreamJob, ctx: &Ctx) -> Result<Action, Error> {
         observed_generation: generation,
         parallelism: Some(ready),
         selector: Some(build::selector(job)),
-        conditions: with_condition(&old.conditions, condition("Ready", running && !suspended, reason, message)),
-        ..old.clone()
+        conditions: with_condition(&base.conditions, condition("Ready", running && !suspended, reason, message)),
+        ..base
     };
     if Some(&status) != job.status.as_ref() {
         set_status(ctx, job, status).await?;
@@ -222,4 +237,122 @@ async fn reconcile_job(job: &StreamJob, ctx: &Ctx) -> Result<Action, Error> {
     ctx.metrics.reconciles.with_label_values(&["ok"]).inc();
     ctx.metrics.set_phase(&ns, &job.name_any(), phase);
     Ok(Action::requeue(Duration::from_secs(if running { 60 } else { 5 })))
+}
+
+/// How long the workers have to complete a savepoint before an upgrade.
+const UPGRADE_SAVEPOINT_DEADLINE: Duration = Duration::from_secs(300);
+
+/// Where a spec change stands: deploy now with this status, or wait (the running workers keep
+/// the previous spec) and reconcile again.
+enum Upgrade {
+    Deploy(StreamJobStatus),
+    Wait(StreamJobStatus, Action),
+}
+
+/// The savepoint-before-upgrade lifecycle. A spec whose [`build::deployed_hash`] differs from
+/// `status.deployed` is an upgrade. With `upgradeMode: savepoint` (the default) and checkpoint
+/// storage, and every worker running: the savepoint's id and deadline go into
+/// `status.upgrade` first, then every worker is asked for it, and later reconciles poll it
+/// (never blocking); once complete, the new spec rolls out with the workers restoring it
+/// (`status.restoredFrom`). A failed or late savepoint leaves the running workers alone, with
+/// a Warning, and is retried. Otherwise (`last-state`, `stateless`, no storage, workers not
+/// running) the new spec rolls out at once and the workers restore their last checkpoints,
+/// which is said in an Event, never silently.
+async fn upgrade(job: &StreamJob, ctx: &Ctx, old: &StreamJobStatus, target: &str) -> Result<Upgrade, Error> {
+    let mut status = old.clone();
+    if old.deployed.as_deref() == Some(target) && old.upgrade.is_none() {
+        return Ok(Upgrade::Deploy(status));
+    }
+    let Some(deployed) = old.deployed.as_deref() else {
+        // The first deployment.
+        status.deployed = Some(target.to_string());
+        return Ok(Upgrade::Deploy(status));
+    };
+    let savepoints = job.spec.upgrade_mode == UpgradeMode::Savepoint
+        && job.spec.checkpointing.as_ref().and_then(|c| c.storage.as_ref()).is_some();
+    let ns = job.namespace().unwrap_or_else(|| "default".into());
+    let Some(up) = old.upgrade.clone() else {
+        if !savepoints || old.phase.as_deref() != Some("Running") {
+            let why = if !savepoints {
+                format!("upgradeMode {:?} without a savepoint", job.spec.upgrade_mode)
+            } else {
+                format!("no savepoint, as not every worker is running (phase {})", old.phase.as_deref().unwrap_or("-"))
+            };
+            let note =
+                format!("rolling out {target} (was {deployed}), {why}: the workers restore their last checkpoints");
+            publish(ctx, job, EventType::Normal, "Upgrading", note).await;
+            status.deployed = Some(target.to_string());
+            return Ok(Upgrade::Deploy(status));
+        }
+        // Recorded before the workers are asked, so that a restarted operator finds it.
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let deadline =
+            now + k8s_openapi::jiff::SignedDuration::try_from(UPGRADE_SAVEPOINT_DEADLINE).unwrap_or_default();
+        let id = format!("upgrade-{}-{}", job.metadata.generation.unwrap_or(0), now.as_millisecond());
+        status.upgrade = Some(UpgradeStatus {
+            savepoint: id.clone(),
+            target: target.to_string(),
+            started: now.to_string(),
+            deadline: deadline.to_string(),
+        });
+        status.phase = Some("Upgrading".into());
+        set_status(ctx, job, status.clone()).await?;
+        let pods = workers::pods(&ctx.client, &ns, job).await?;
+        return Ok(match workers::trigger_savepoint(&pods, &id).await {
+            Ok(answers) => {
+                let note =
+                    format!("savepoint {id} requested from {} workers before rolling out {target}", answers.len());
+                publish(ctx, job, EventType::Normal, "SavepointForUpgrade", note).await;
+                Upgrade::Wait(status, Action::requeue(Duration::from_secs(2)))
+            }
+            Err(TriggerError::Refused(m) | TriggerError::Unreachable(m)) => {
+                let note = format!("savepoint {id} before the upgrade could not be requested: {m}; retrying");
+                publish(ctx, job, EventType::Warning, "SavepointFailed", note).await;
+                status.upgrade = None;
+                status.phase = old.phase.clone();
+                Upgrade::Wait(status, Action::requeue(Duration::from_secs(10)))
+            }
+        });
+    };
+    let pods = workers::pods(&ctx.client, &ns, job).await?;
+    let progress = workers::savepoint_progress(&pods, &up.savepoint).await;
+    let late =
+        up.deadline.parse::<k8s_openapi::jiff::Timestamp>().is_ok_and(|d| k8s_openapi::jiff::Timestamp::now() > d);
+    match progress.state {
+        "completed" => {
+            let location = progress.location.unwrap_or_default();
+            let note = format!(
+                "savepoint {} completed ({location}); rolling out {target} with the workers restoring it",
+                up.savepoint
+            );
+            publish(ctx, job, EventType::Normal, "Upgrading", note).await;
+            status.upgrade = None;
+            // The spec may have changed again meanwhile: the savepoint holds the state for
+            // whatever is rolled out now.
+            status.deployed = Some(target.to_string());
+            status.restored_from = Some(up.savepoint);
+            status.last_savepoint = Some(SavepointInfo { path: location, time: Some(now()) });
+            Ok(Upgrade::Deploy(status))
+        }
+        "in-progress" if !late => {
+            status.phase = Some("Upgrading".into());
+            Ok(Upgrade::Wait(status, Action::requeue(Duration::from_secs(2))))
+        }
+        state => {
+            let why = if state == "in-progress" {
+                "did not complete by its deadline".to_string()
+            } else {
+                format!("is {state}")
+            };
+            let note = format!(
+                "savepoint {} before the upgrade {why}; the workers keep running the previous spec; retrying",
+                up.savepoint
+            );
+            publish(ctx, job, EventType::Warning, "SavepointFailed", note).await;
+            // Back to Running (what the workers do), so the retry takes a new savepoint.
+            status.upgrade = None;
+            status.phase = Some("Running".into());
+            Ok(Upgrade::Wait(status, Action::requeue(Duration::from_secs(15))))
+        }
+    }
 }

@@ -93,7 +93,10 @@ fn savepoint_prefix(id: &str, partition: u32) -> String {
 }
 
 /// Downloads savepoint `id` of `partition` into the empty folder `dir`; `None` when the
-/// savepoint has no such partition.
+/// savepoint has no such partition, or when a checkpoint of the partition is newer (taken after
+/// the restore, by a worker that then failed, or by the previous deployment after the savepoint
+/// before it stopped): restoring the newest state replays the least input, and exactly-once
+/// recovery makes either give the same results.
 pub fn restore_savepoint(
     storage: &dyn Storage,
     id: &str,
@@ -108,6 +111,11 @@ pub fn restore_savepoint(
     let bytes = storage.get_bytes(&key)?;
     let m: CheckpointManifest = serde_json::from_slice(&bytes)
         .map_err(|e| StorageError { location: storage.describe(&key), message: format!("unreadable manifest: {e}") })?;
+    if let Some(&newest) = completed(storage, partition)?.last() {
+        if read_manifest(storage, partition, newest)?.created_ms > m.created_ms {
+            return Ok(None);
+        }
+    }
     std::fs::create_dir_all(dir)
         .map_err(|e| StorageError { location: dir.display().to_string(), message: e.to_string() })?;
     for name in m.sst.iter().chain(&m.files) {
@@ -518,6 +526,12 @@ mod tests {
             checkpoint(&mut cp, &store);
         }
         let back = tempfile::tempdir().unwrap();
+        // Checkpoints newer than the savepoint hold newer state: they are restored instead.
+        assert!(restore_savepoint(st.as_ref(), "sp1", 0, &back.path().join("p0")).unwrap().is_none());
+        // Without them (another job's storage, or all expired), the savepoint alone suffices.
+        for key in st.list("p0/").unwrap() {
+            st.delete(&key).unwrap();
+        }
         let m = restore_savepoint(st.as_ref(), "sp1", 0, &back.path().join("p0")).unwrap().unwrap();
         assert_eq!(m.fingerprint, "f1");
         let sp = RocksStore::open(&back.path().join("p0"), &shared).unwrap();

@@ -1,0 +1,112 @@
+//! A job's workers, reached over their admin port: listing them, asking each for a savepoint,
+//! and gathering the savepoint's progress. Used by the REST API and by the upgrade lifecycle.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::ListParams;
+use kube::{Api, Client, ResourceExt};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use weir_crds::StreamJob;
+
+use crate::build;
+
+/// `method path` to `ip:port` over plain HTTP/1.0: the status code and the body.
+pub async fn http_call(ip: &str, port: i32, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    let fetch = async {
+        let mut s = tokio::net::TcpStream::connect(format!("{ip}:{port}")).await?;
+        let req = format!("{method} {path} HTTP/1.0\r\nHost: {ip}\r\nContent-Length: 0\r\n\r\n");
+        s.write_all(req.as_bytes()).await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        let (head, body) = out.split_once("\r\n\r\n").ok_or_else(|| anyhow::anyhow!("no HTTP answer"))?;
+        let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        Ok((code, body.to_string()))
+    };
+    tokio::time::timeout(Duration::from_secs(3), fetch).await.map_err(|_| anyhow::anyhow!("timed out"))?
+}
+
+/// GET `path` from `ip:port`; the body of a 200 answer.
+pub async fn http_get(ip: &str, port: i32, path: &str) -> anyhow::Result<String> {
+    match http_call(ip, port, "GET", path).await? {
+        (200, body) => Ok(body),
+        (code, body) => anyhow::bail!("answered {code}: {body}"),
+    }
+}
+
+/// The job's worker Pods with their IPs (`None` before a Pod has one).
+pub async fn pods(client: &Client, ns: &str, job: &StreamJob) -> Result<Vec<(String, Option<String>)>, kube::Error> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let list = pods.list(&ListParams::default().labels(&build::selector(job))).await?;
+    Ok(list.items.iter().map(|p| (p.name_any(), p.status.as_ref().and_then(|st| st.pod_ip.clone()))).collect())
+}
+
+/// Why a savepoint could not be requested.
+#[derive(Debug)]
+pub enum TriggerError {
+    /// Not every worker runs, or one answered with a refusal.
+    Refused(String),
+    /// A worker could not be reached.
+    Unreachable(String),
+}
+
+/// Asks every worker in `pods` for savepoint `id`; each worker's answer.
+pub async fn trigger_savepoint(pods: &[(String, Option<String>)], id: &str) -> Result<Vec<Value>, TriggerError> {
+    if pods.is_empty() || pods.iter().any(|(_, ip)| ip.is_none()) {
+        return Err(TriggerError::Refused("not every worker is running; retry when the job is Running".into()));
+    }
+    let mut answers = Vec::new();
+    for (pod, ip) in pods {
+        let ip = ip.as_deref().unwrap_or_default();
+        match http_call(ip, build::ADMIN_PORT, "POST", &format!("/savepoints/{id}")).await {
+            Ok((202, _)) => answers.push(json!({"pod": pod, "state": "requested"})),
+            Ok((code, body)) => {
+                return Err(TriggerError::Refused(format!("worker {pod} refused the savepoint ({code}): {body}")))
+            }
+            Err(e) => return Err(TriggerError::Unreachable(format!("worker {pod} ({ip}): {e}"))),
+        }
+    }
+    Ok(answers)
+}
+
+/// A savepoint's progress over a job's workers.
+pub struct Progress {
+    /// `completed` once every worker's part is stored, `failed` if one failed, `in-progress`,
+    /// or `unknown` when no worker knows it.
+    pub state: &'static str,
+    /// Where it is stored.
+    pub location: Option<String>,
+    /// Each worker's state and progress.
+    pub workers: Vec<Value>,
+}
+
+/// Asks every worker in `pods` for the state of savepoint `id`.
+pub async fn savepoint_progress(pods: &[(String, Option<String>)], id: &str) -> Progress {
+    let mut workers = Vec::new();
+    let mut location = None;
+    for (pod, ip) in pods {
+        let answer = match ip {
+            Some(ip) => http_get(ip, build::ADMIN_PORT, &format!("/savepoints/{id}")).await,
+            None => Err(anyhow::anyhow!("no Pod IP")),
+        };
+        match answer.ok().and_then(|b| serde_json::from_str::<Value>(&b).ok()) {
+            Some(v) => {
+                location = location.or_else(|| v["progress"]["location"].as_str().map(str::to_string));
+                workers.push(json!({"pod": pod, "state": v["state"], "progress": v["progress"]}));
+            }
+            None => workers.push(json!({"pod": pod, "state": "unknown"})),
+        }
+    }
+    let all = |st: &str| workers.iter().all(|w| w["state"] == st);
+    let state = if workers.is_empty() || all("unknown") {
+        "unknown"
+    } else if all("completed") {
+        "completed"
+    } else if workers.iter().any(|w| w["state"] == "failed") {
+        "failed"
+    } else {
+        "in-progress"
+    };
+    Progress { state, location, workers }
+}
