@@ -453,16 +453,20 @@ spec:
     });
 }
 
-/// The operator holds no state of its own: one killed while a job changes, replaced by a new
-/// one, brings the job to its new spec (StatefulSet rolled, status observing the new generation).
+/// The operator holds no state of its own: one killed in the middle of an upgrade (its
+/// savepoint recorded in status and requested from the workers), replaced by a new one, finishes
+/// that upgrade: the job reaches its new spec (StatefulSet rolled, status observing the new
+/// generation) restoring that same savepoint.
 #[test]
 fn a_restarted_operator_completes_a_change() {
     require_port("kube-apiserver", 6443);
     let (mut cleanup, log, _) = setup("restart");
     let ns = cleanup.namespace.clone();
+    let storage = tempfile::tempdir().unwrap();
     let gen_job = |rate: u32| {
         format!(
-            "apiVersion: weir.dev/v1alpha1\nkind: StreamJob\nmetadata: {{name: gen}}\nspec:\n  image: weir-worker:dev\n  pipeline:\n    sources: {{p: {{datagen: {{kind: payments, rate: {rate}}}}}}}\n    sinks: {{o: {{from: p, file: {{path: out.jsonl}}}}}}\n"
+            "apiVersion: weir.dev/v1alpha1\nkind: StreamJob\nmetadata: {{name: gen}}\nspec:\n  image: weir-worker:dev\n  checkpointing: {{interval: 1s, storage: \"file://{}\"}}\n  pipeline:\n    sources: {{p: {{datagen: {{kind: payments, rate: {rate}}}}}}}\n    sinks: {{o: {{from: p, file: {{path: out.jsonl}}}}}}\n",
+            storage.path().display()
         )
     };
     apply(&ns, &gen_job(10));
@@ -471,20 +475,41 @@ fn a_restarted_operator_completes_a_change() {
     });
     let hash = |ns: &str| get(ns, "statefulset/gen", "{.spec.template.metadata.annotations.weir\\.dev/config-hash}");
     let before = hash(&ns);
-    // The operator dies; the job changes meanwhile.
+    // The operator dies in the middle of an upgrade: the job changed, the savepoint's id is in
+    // the status and the workers were asked for it (done here as the operator would have).
     for op in &mut cleanup.operators {
         op.kill().unwrap();
         op.wait().unwrap();
     }
     apply(&ns, &gen_job(20));
+    let id = format!("upgrade-{}-1", get(&ns, "sj/gen", "{.metadata.generation}"));
+    let upgrade = format!(
+        r#"{{"status": {{"phase": "Upgrading", "upgrade": {{"savepoint": "{id}", "target": "-", "started": "2026-01-01T00:00:00Z", "deadline": "2100-01-01T00:00:00Z"}}}}}}"#
+    );
+    kubectl(&["-n", &ns, "patch", "sj/gen", "--subresource=status", "--type=merge", "-p", &upgrade]);
+    for ip in get(&ns, "pods", "{.items[*].status.podIP}").split_whitespace() {
+        assert!(worker_call(ip, "POST", &format!("/savepoints/{id}")).starts_with("HTTP/1.0 202"));
+    }
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(hash(&ns), before, "nothing acts without an operator");
     let (op, _) = start_operator(&ns, &log.with_extension("second.log"));
     cleanup.operators.push(op);
-    wait_until("the new operator to apply the change", Duration::from_secs(60), || {
+    wait_until("the new operator to complete the upgrade", Duration::from_secs(60), || {
         let generation = get(&ns, "sj/gen", "{.metadata.generation}");
         let observed = get(&ns, "sj/gen", "{.status.observedGeneration}");
         let running = get(&ns, "sj/gen", "{.status.phase}") == "Running";
         (running && generation == observed && hash(&ns) != before).then_some(())
     });
+    assert_eq!(get(&ns, "sj/gen", "{.status.restoredFrom}"), id, "it restores the savepoint the first one asked for");
+    assert!(get(&ns, "sj/gen", "{.status.upgrade}").is_empty());
+}
+
+/// `method path` on a worker's admin server; the raw answer.
+fn worker_call(ip: &str, method: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect((ip, 9249)).unwrap();
+    write!(s, "{method} {path} HTTP/1.0\r\nHost: x\r\nContent-Length: 0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
 }

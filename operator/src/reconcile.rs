@@ -138,7 +138,14 @@ async fn set_status(ctx: &Ctx, job: &StreamJob, status: StreamJobStatus) -> Resu
         "kind": "StreamJob",
         "status": status,
     });
+    let cleared_upgrade = status.upgrade.is_none() && job.status.as_ref().is_some_and(|st| st.upgrade.is_some());
     api.patch_status(&job.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+    if cleared_upgrade {
+        // Server-side apply only removes what this manager set; a finished upgrade is removed
+        // whoever wrote it (a restored backup, a hand edit).
+        let clear = serde_json::json!({"status": {"upgrade": null}});
+        api.patch_status(&job.name_any(), &PatchParams::default(), &Patch::Merge(&clear)).await?;
+    }
     Ok(())
 }
 
