@@ -130,23 +130,35 @@ async fn publish(ctx: &Ctx, job: &StreamJob, type_: EventType, reason: &str, not
     }
 }
 
+/// Writes the status fields that differ from `job`'s (as read when the reconcile began), with
+/// a merge patch: fields others wrote meanwhile (the REST API's `lastSavepoint`) are left alone
+/// unless this reconcile changed them too.
 async fn set_status(ctx: &Ctx, job: &StreamJob, status: StreamJobStatus) -> Result<(), Error> {
+    let diff = status_diff(&job.status.clone().unwrap_or_default(), &status);
+    if diff.is_empty() {
+        return Ok(());
+    }
     let ns = job.namespace().unwrap_or_else(|| "default".into());
     let api: Api<StreamJob> = Api::namespaced(ctx.client.clone(), &ns);
-    let patch = serde_json::json!({
-        "apiVersion": "weir.dev/v1alpha1",
-        "kind": "StreamJob",
-        "status": status,
-    });
-    let cleared_upgrade = status.upgrade.is_none() && job.status.as_ref().is_some_and(|st| st.upgrade.is_some());
-    api.patch_status(&job.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
-    if cleared_upgrade {
-        // Server-side apply only removes what this manager set; a finished upgrade is removed
-        // whoever wrote it (a restored backup, a hand edit).
-        let clear = serde_json::json!({"status": {"upgrade": null}});
-        api.patch_status(&job.name_any(), &PatchParams::default(), &Patch::Merge(&clear)).await?;
-    }
+    let patch = serde_json::json!({ "status": diff });
+    let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
+    api.patch_status(&job.name_any(), &params, &Patch::Merge(&patch)).await?;
     Ok(())
+}
+
+/// The top-level status fields of `new` that differ from `old`; removed ones as `null`.
+fn status_diff(old: &StreamJobStatus, new: &StreamJobStatus) -> serde_json::Map<String, serde_json::Value> {
+    let as_map = |s: &StreamJobStatus| match serde_json::to_value(s) {
+        Ok(serde_json::Value::Object(m)) => m,
+        _ => serde_json::Map::new(),
+    };
+    let (old, new) = (as_map(old), as_map(new));
+    let mut diff: serde_json::Map<String, serde_json::Value> =
+        new.iter().filter(|(k, v)| old.get(*k) != Some(v)).map(|(k, v)| (k.clone(), v.clone())).collect();
+    for k in old.keys().filter(|k| !new.contains_key(*k)) {
+        diff.insert(k.clone(), serde_json::Value::Null);
+    }
+    diff
 }
 
 /// One pass: invalid specs are reported and nothing is deployed; valid ones are applied and
@@ -361,5 +373,24 @@ async fn upgrade(job: &StreamJob, ctx: &Ctx, old: &StreamJobStatus, target: &str
             status.phase = Some("Running".into());
             Ok(Upgrade::Wait(status, Action::requeue(Duration::from_secs(15))))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_writes_carry_only_what_changed() {
+        let old = StreamJobStatus {
+            phase: Some("Upgrading".into()),
+            upgrade: Some(UpgradeStatus { savepoint: "u1".into(), ..Default::default() }),
+            parallelism: Some(2),
+            ..Default::default()
+        };
+        let new = StreamJobStatus { phase: Some("Running".into()), parallelism: Some(2), ..Default::default() };
+        let diff = status_diff(&old, &new);
+        assert_eq!(serde_json::Value::Object(diff), serde_json::json!({"phase": "Running", "upgrade": null}));
+        assert!(status_diff(&new, &new).is_empty());
     }
 }
