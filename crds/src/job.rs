@@ -201,6 +201,10 @@ pub struct StreamJobStatus {
     pub lag: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_savepoint: Option<SavepointInfo>,
+    /// The last completed savepoints, oldest first (at most [`SAVEPOINT_HISTORY`]); the
+    /// savepoints themselves stay in storage.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub savepoints: Vec<SavepointInfo>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// Hash of what the workers run (pipeline, parallelism, image, env...): a spec whose hash
@@ -238,6 +242,28 @@ pub struct SavepointInfo {
     pub path: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time: Option<String>,
+    /// What asked for it: `upgrade` (before rolling out a changed spec) or `api` (the REST API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<String>,
+}
+
+/// Savepoints listed in `status.savepoints`.
+pub const SAVEPOINT_HISTORY: usize = 10;
+
+impl StreamJobStatus {
+    /// Records a completed savepoint: the last one, and the newest of the history (the oldest
+    /// beyond [`SAVEPOINT_HISTORY`] leave the list). Recording the same path again does nothing;
+    /// whether it was recorded.
+    pub fn record_savepoint(&mut self, info: SavepointInfo) -> bool {
+        if self.savepoints.iter().any(|s| s.path == info.path) {
+            return false;
+        }
+        self.savepoints.push(info.clone());
+        let excess = self.savepoints.len().saturating_sub(SAVEPOINT_HISTORY);
+        self.savepoints.drain(..excess);
+        self.last_savepoint = Some(info);
+        true
+    }
 }
 
 /// A status condition in the Kubernetes convention.

@@ -263,3 +263,16 @@ spec:
     }
     assert_eq!(errs.len(), expect.len(), "unexpected extra errors: {errs:#?}");
 }
+
+#[test]
+fn savepoint_history_keeps_the_newest_once_each() {
+    let mut st = StreamJobStatus::default();
+    let sp = |i: usize| SavepointInfo { path: format!("s3://b/savepoints/sp-{i}"), ..Default::default() };
+    for i in 0..SAVEPOINT_HISTORY + 3 {
+        assert!(st.record_savepoint(sp(i)));
+    }
+    assert!(!st.record_savepoint(sp(SAVEPOINT_HISTORY + 2)), "the same savepoint is recorded once");
+    assert_eq!(st.savepoints.len(), SAVEPOINT_HISTORY);
+    assert_eq!(st.savepoints[0], sp(3), "the oldest leave the list");
+    assert_eq!(st.last_savepoint, Some(sp(SAVEPOINT_HISTORY + 2)));
+}

@@ -405,6 +405,11 @@ fn rescale_through_checkpoints_keeps_exactly_once() {
     assert!(stored.iter().any(|k| k.contains("/chk-") && k.ends_with("_manifest.json")), "checkpoints in S3");
     let last = get(&ns, "sj/per-card", "{.status.lastSavepoint.path}");
     assert!(last.ends_with(&format!("savepoints/{id}")), "status.lastSavepoint: {last}");
+    // The history lists the upgrades' savepoints (rescale, suspend) and this one, oldest first.
+    let triggers = get(&ns, "sj/per-card", "{.status.savepoints[*].trigger}");
+    assert!(triggers.starts_with("upgrade") && triggers.ends_with("api"), "status.savepoints triggers: {triggers}");
+    let paths = get(&ns, "sj/per-card", "{.status.savepoints[*].path}");
+    assert!(paths.contains(&format!("savepoints/{upgrade}")), "{paths}");
 }
 
 /// Two operators: one leads (holds the Lease) and reconciles; when it dies the other takes the

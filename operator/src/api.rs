@@ -294,9 +294,10 @@ async fn savepoint_status(
     }
     if state == "completed" {
         let path = location.clone().unwrap_or_default();
-        let done = job.status.as_ref().and_then(|st| st.last_savepoint.as_ref()).is_some_and(|l| l.path == path);
-        if !done {
-            let patch = json!({"status": {"lastSavepoint": {"path": path, "time": k8s_openapi::jiff::Timestamp::now().to_string()}}});
+        let mut st = job.status.clone().unwrap_or_default();
+        let time = Some(k8s_openapi::jiff::Timestamp::now().to_string());
+        if st.record_savepoint(weir_crds::SavepointInfo { path, time, trigger: Some("api".into()) }) {
+            let patch = json!({"status": {"lastSavepoint": st.last_savepoint, "savepoints": st.savepoints}});
             jobs.patch_status(&name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await?;
         }
     }

@@ -350,7 +350,11 @@ async fn upgrade(job: &StreamJob, ctx: &Ctx, old: &StreamJobStatus, target: &str
             // whatever is rolled out now.
             status.deployed = Some(target.to_string());
             status.restored_from = Some(up.savepoint);
-            status.last_savepoint = Some(SavepointInfo { path: location, time: Some(now()) });
+            status.record_savepoint(SavepointInfo {
+                path: location,
+                time: Some(now()),
+                trigger: Some("upgrade".into()),
+            });
             Ok(Upgrade::Deploy(status))
         }
         "in-progress" if !late => {
