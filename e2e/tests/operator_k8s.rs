@@ -23,6 +23,8 @@ const PARTITIONS: i32 = 2;
 struct Cleanup {
     operators: Vec<Child>,
     namespace: String,
+    /// More namespaces the test created.
+    others: Vec<String>,
 }
 
 impl Drop for Cleanup {
@@ -31,7 +33,9 @@ impl Drop for Cleanup {
             let _ = op.kill();
             let _ = op.wait();
         }
-        let _ = kubectl_raw(&["delete", "namespace", &self.namespace, "--wait=false"]);
+        for ns in std::iter::once(&self.namespace).chain(&self.others) {
+            let _ = kubectl_raw(&["delete", "namespace", ns, "--wait=false"]);
+        }
     }
 }
 
@@ -63,10 +67,11 @@ fn setup(prefix: &str) -> (Cleanup, PathBuf, u16) {
     let log = run_dir().join("logs").join(format!("e2e-operator-{ns}.log"));
     std::fs::create_dir_all(log.parent().unwrap()).unwrap();
     let (operator, api_port) = start_operator(&ns, &log);
-    (Cleanup { operators: vec![operator], namespace: ns }, log, api_port)
+    (Cleanup { operators: vec![operator], namespace: ns, others: Vec::new() }, log, api_port)
 }
 
-/// An operator watching `ns` (leader lease of 3 s), logging to `log`; its REST API port.
+/// An operator watching `ns` (comma-separated namespaces; leader lease of 3 s), logging to
+/// `log`; its REST API port.
 fn start_operator(ns: &str, log: &std::path::Path) -> (Child, u16) {
     let api_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let operator = Command::new(debug_bin("weir-operator"))
@@ -507,6 +512,40 @@ fn a_restarted_operator_completes_a_change() {
     });
     assert_eq!(get(&ns, "sj/gen", "{.status.restoredFrom}"), id, "it restores the savepoint the first one asked for");
     assert!(get(&ns, "sj/gen", "{.status.upgrade}").is_empty());
+}
+
+/// One operator watching two namespaces (`--namespace a,b`) runs the jobs of both and leaves a
+/// third namespace's alone; its REST API serves only the watched ones.
+#[test]
+fn one_operator_watches_several_namespaces() {
+    require_port("kube-apiserver", 6443);
+    let (mut cleanup, log, _) = setup("multi");
+    let a = cleanup.namespace.clone();
+    let (b, c) = (format!("{a}-b"), format!("{a}-c"));
+    for ns in [&b, &c] {
+        kubectl(&["create", "namespace", ns]);
+        cleanup.others.push(ns.clone());
+    }
+    for op in &mut cleanup.operators {
+        op.kill().unwrap();
+        op.wait().unwrap();
+    }
+    let (op, api) = start_operator(&format!("{a},{b}"), &log);
+    cleanup.operators.push(op);
+    let job = "apiVersion: weir.dev/v1alpha1\nkind: StreamJob\nmetadata: {name: gen}\nspec:\n  image: weir-worker:dev\n  pipeline:\n    sources: {p: {datagen: {kind: payments, rate: 10}}}\n    sinks: {o: {from: p, file: {path: out.jsonl}}}\n";
+    for ns in [&a, &b, &c] {
+        apply(ns, job);
+    }
+    wait_until(&format!("Running in {a} and {b} (operator log: {})", log.display()), Duration::from_secs(90), || {
+        [&a, &b].iter().all(|ns| get(ns, "sj/gen", "{.status.phase}") == "Running").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(get(&c, "sj/gen", "{.status.phase}"), "", "a namespace not watched is left alone");
+    assert!(get(&c, "statefulsets", "{.items[*].metadata.name}").is_empty());
+    let (code, jobs) = http(api, "GET", &format!("/jobs?namespace={b}"), Some(TOKEN), "");
+    assert_eq!(code, 200, "{jobs}");
+    let (code, err) = http(api, "GET", &format!("/jobs?namespace={c}"), Some(TOKEN), "");
+    assert_eq!(code, 403, "{err}");
 }
 
 /// `method path` on a worker's admin server; the raw answer.

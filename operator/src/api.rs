@@ -37,8 +37,8 @@ pub struct ApiState {
     pub client: Client,
     /// Namespace of requests that name none.
     pub namespace: String,
-    /// Only this namespace is served when the operator watches one.
-    pub restricted: bool,
+    /// The namespaces served when the operator watches some (empty: all).
+    pub watched: Vec<String>,
     pub token: Option<String>,
 }
 
@@ -74,10 +74,10 @@ pub struct NsQuery {
 impl ApiState {
     fn ns(&self, q: &NsQuery) -> Result<String, ApiError> {
         let ns = q.namespace.clone().unwrap_or_else(|| self.namespace.clone());
-        if self.restricted && ns != self.namespace {
+        if !self.watched.is_empty() && !self.watched.contains(&ns) {
             return Err(ApiError(
                 StatusCode::FORBIDDEN,
-                format!("this operator serves namespace {}, not {ns}", self.namespace),
+                format!("this operator serves namespaces {}, not {ns}", self.watched.join(", ")),
             ));
         }
         Ok(ns)
@@ -355,9 +355,16 @@ async fn job_metrics(
 
 async fn group_lag(State(s): State<Arc<ApiState>>, headers: HeaderMap, Path(group): Path<String>) -> Res {
     s.check_token(&headers)?;
-    let jobs: Api<StreamJob> = if s.restricted { s.jobs(&s.namespace) } else { Api::all(s.client.clone()) };
+    let mut all = Vec::new();
+    if s.watched.is_empty() {
+        all = Api::<StreamJob>::all(s.client.clone()).list(&ListParams::default()).await?.items;
+    } else {
+        for ns in &s.watched {
+            all.extend(s.jobs(ns).list(&ListParams::default()).await?.items);
+        }
+    }
     let mut sources: Vec<(String, String)> = Vec::new();
-    for j in jobs.list(&ListParams::default()).await?.items {
+    for j in all {
         if weir_crds::consumer_group(&j.spec.pipeline, &j.name_any(), j.namespace().as_deref()) == group {
             sources.extend(j.spec.pipeline.sources.values().filter_map(|src| {
                 let k = src.kafka.as_ref()?;

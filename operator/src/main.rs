@@ -1,5 +1,5 @@
-//! `weir-operator`: the Kubernetes operator for StreamJobs. It reconciles every StreamJob (in one
-//! namespace with `--namespace`, else in all) into a ConfigMap with its manifest, a headless
+//! `weir-operator`: the Kubernetes operator for StreamJobs. It reconciles every StreamJob (in the
+//! namespaces given with `--namespace`, else in all) into a ConfigMap with its manifest, a headless
 //! Service, a StatefulSet of workers and a PodDisruptionBudget, and reports its status.
 //! Kubernetes access comes from `KUBECONFIG` or the in-cluster service account.
 
@@ -23,9 +23,9 @@ use kube::{Api, Client};
 #[derive(Parser)]
 #[command(name = "weir-operator", version, about = "The Weir StreamJob operator")]
 struct Cli {
-    /// Watch only this namespace (default: all namespaces).
-    #[arg(long, env = "WEIR_NAMESPACE")]
-    namespace: Option<String>,
+    /// Watch only these namespaces, comma-separated or repeated (default: all namespaces).
+    #[arg(long, env = "WEIR_NAMESPACE", value_delimiter = ',')]
+    namespace: Vec<String>,
     /// Address of the REST API.
     #[arg(long, env = "WEIR_API_ADDR", default_value = "127.0.0.1:8080")]
     api_addr: SocketAddr,
@@ -76,8 +76,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let state = Arc::new(api::ApiState {
         metrics: metrics.clone(),
         client: client.clone(),
-        namespace: cli.namespace.clone().unwrap_or_else(|| "default".into()),
-        restricted: cli.namespace.is_some(),
+        namespace: cli.namespace.first().cloned().unwrap_or_else(|| "default".into()),
+        watched: cli.namespace.clone(),
         token: cli.api_token.clone(),
     });
     let listener = tokio::net::TcpListener::bind(cli.api_addr)
@@ -90,7 +90,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
     });
-    let lease_ns = cli.lease_namespace.clone().or_else(|| cli.namespace.clone()).unwrap_or_else(|| "default".into());
+    let lease_ns =
+        cli.lease_namespace.clone().or_else(|| cli.namespace.first().cloned()).unwrap_or_else(|| "default".into());
     let elector = lease::Elector::new(
         client.clone(),
         &lease_ns,
@@ -99,7 +100,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         std::time::Duration::from_secs(cli.lease_seconds.max(1)),
     );
     elector.acquire().await;
-    tracing::info!(namespace = cli.namespace.as_deref().unwrap_or("(all)"), "watching StreamJobs");
+    let watched = if cli.namespace.is_empty() { "(all)".to_string() } else { cli.namespace.join(",") };
+    tracing::info!(namespaces = %watched, "watching StreamJobs");
     let outcome = tokio::select! {
         () = reconcile::run(client, cli.namespace, metrics) => Ok(()),
         lost = elector.hold() => Err(anyhow::anyhow!("stopping: {lost}")),

@@ -37,8 +37,18 @@ pub struct Ctx {
     pub metrics: Arc<Metrics>,
 }
 
-/// Runs the controller for StreamJobs in `namespace` (all when `None`) until the stream ends.
-pub async fn run(client: Client, namespace: Option<String>, metrics: Arc<Metrics>) {
+/// Runs the controller for StreamJobs in `namespaces` (all when empty): one controller per
+/// namespace, each watching only its own objects (a namespaced Role suffices), until they end.
+pub async fn run(client: Client, namespaces: Vec<String>, metrics: Arc<Metrics>) {
+    if namespaces.is_empty() {
+        return run_in(client, None, metrics).await;
+    }
+    let controllers = namespaces.into_iter().map(|ns| run_in(client.clone(), Some(ns), metrics.clone()));
+    futures::future::join_all(controllers).await;
+}
+
+/// The controller for StreamJobs in `namespace` (all when `None`).
+async fn run_in(client: Client, namespace: Option<String>, metrics: Arc<Metrics>) {
     let api = |c: &Client| -> Api<StreamJob> {
         match &namespace {
             Some(ns) => Api::namespaced(c.clone(), ns),
