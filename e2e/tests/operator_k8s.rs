@@ -73,9 +73,15 @@ fn setup(prefix: &str) -> (Cleanup, PathBuf, u16) {
 /// An operator watching `ns` (comma-separated namespaces; leader lease of 3 s), logging to
 /// `log`; its REST API port.
 fn start_operator(ns: &str, log: &std::path::Path) -> (Child, u16) {
+    start_operator_with(ns, log, &[])
+}
+
+/// [`start_operator`] with more arguments.
+fn start_operator_with(ns: &str, log: &std::path::Path, extra: &[&str]) -> (Child, u16) {
     let api_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let operator = Command::new(debug_bin("weir-operator"))
         .args(["--namespace", ns, "--api-addr", &format!("127.0.0.1:{api_port}"), "--lease-seconds", "3"])
+        .args(extra)
         .env("KUBECONFIG", kubeconfig())
         .env("WEIR_API_TOKEN", TOKEN)
         .stdout(Stdio::null())
@@ -546,6 +552,51 @@ fn one_operator_watches_several_namespaces() {
     assert_eq!(code, 200, "{jobs}");
     let (code, err) = http(api, "GET", &format!("/jobs?namespace={c}"), Some(TOKEN), "");
     assert_eq!(code, 403, "{err}");
+}
+
+/// With `--api-token-review` the REST API takes Kubernetes tokens (a ServiceAccount's here) and
+/// lets RBAC decide: a reader may list and get StreamJobs but not create them; a token the API
+/// server does not know is refused; the configured token still works.
+#[test]
+fn the_rest_api_takes_kubernetes_tokens_and_rbac() {
+    require_port("kube-apiserver", 6443);
+    let (mut cleanup, log, _) = setup("tokens");
+    let ns = cleanup.namespace.clone();
+    for op in &mut cleanup.operators {
+        op.kill().unwrap();
+        op.wait().unwrap();
+    }
+    let (op, api) = start_operator_with(&ns, &log, &["--api-token-review"]);
+    cleanup.operators.push(op);
+    kubectl(&["-n", &ns, "create", "serviceaccount", "reader"]);
+    kubectl(&["-n", &ns, "create", "role", "sj-reader", "--verb=get,list", "--resource=streamjobs.weir.dev"]);
+    kubectl(&[
+        "-n",
+        &ns,
+        "create",
+        "rolebinding",
+        "sj-reader",
+        "--role=sj-reader",
+        &format!("--serviceaccount={ns}:reader"),
+    ]);
+    let token = kubectl(&["-n", &ns, "create", "token", "reader"]).trim().to_string();
+    wait_until("the operator's API", Duration::from_secs(30), || {
+        std::net::TcpStream::connect(("127.0.0.1", api)).ok().map(|_| ())
+    });
+    let (code, body) = http(api, "GET", "/jobs", Some(&token), "");
+    assert_eq!(code, 200, "a reader lists StreamJobs: {body}");
+    let job = "apiVersion: weir.dev/v1alpha1\nkind: StreamJob\nmetadata: {name: gen}\nspec:\n  pipeline:\n    sources: {p: {datagen: {kind: payments, rate: 10}}}\n    sinks: {o: {from: p, file: {path: out.jsonl}}}\n";
+    let (code, body) = http(api, "POST", "/jobs", Some(&token), job);
+    assert_eq!(code, 403, "{body}");
+    let err = body["error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains(&format!("system:serviceaccount:{ns}:reader may not create streamjobs in namespace {ns}")),
+        "{err}"
+    );
+    let (code, body) = http(api, "GET", "/jobs", Some("not-a-token"), "");
+    assert_eq!(code, 401, "{body}");
+    let (code, body) = http(api, "POST", "/jobs", Some(TOKEN), job);
+    assert_eq!(code, 201, "the configured token still works: {body}");
 }
 
 /// `method path` on a worker's admin server; the raw answer.

@@ -10,7 +10,8 @@
 //!
 //! Every answer is JSON; errors are `{"error": "..."}` with a 4xx or 5xx status. With a token
 //! configured (`WEIR_API_TOKEN`), every route but `/healthz`, `/metrics` (Prometheus) and
-//! `/openapi.json` (this API described in OpenAPI 3) needs `Authorization: Bearer <token>`.
+//! `/openapi.json` (this API described in OpenAPI 3) needs `Authorization: Bearer <token>`; with
+//! `--api-token-review`, Kubernetes tokens too, each request authorized by RBAC.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,6 +22,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, UserInfo};
+use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -40,6 +43,16 @@ pub struct ApiState {
     /// The namespaces served when the operator watches some (empty: all).
     pub watched: Vec<String>,
     pub token: Option<String>,
+    /// Also accept bearer tokens the API server authenticates, authorized by RBAC.
+    pub token_review: bool,
+}
+
+/// Who sent a request.
+enum Caller {
+    /// No token needed, or the configured token.
+    Trusted,
+    /// A Kubernetes user or ServiceAccount, authenticated by a TokenReview.
+    User(UserInfo),
 }
 
 /// A JSON error answer.
@@ -87,14 +100,65 @@ impl ApiState {
         Api::namespaced(self.client.clone(), ns)
     }
 
-    fn check_token(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let Some(token) = &self.token else { return Ok(()) };
-        let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-        match given {
-            Some(g) if g == token => Ok(()),
-            Some(_) => Err(ApiError(StatusCode::UNAUTHORIZED, "the bearer token is not valid".into())),
-            None => Err(ApiError(StatusCode::UNAUTHORIZED, "send Authorization: Bearer <token>".into())),
+    /// Who sends the request: anyone when the API needs no token; else the bearer token must be
+    /// the configured one or (with `--api-token-review`) one the API server authenticates
+    /// (TokenReview), e.g. a ServiceAccount token.
+    async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+        if self.token.is_none() && !self.token_review {
+            return Ok(Caller::Trusted);
         }
+        let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        let Some(given) = given else {
+            return Err(ApiError(StatusCode::UNAUTHORIZED, "send Authorization: Bearer <token>".into()));
+        };
+        if self.token.as_deref() == Some(given) {
+            return Ok(Caller::Trusted);
+        }
+        if self.token_review {
+            let review = TokenReview {
+                spec: TokenReviewSpec { token: Some(given.to_string()), ..TokenReviewSpec::default() },
+                ..TokenReview::default()
+            };
+            let done = Api::<TokenReview>::all(self.client.clone()).create(&PostParams::default(), &review).await?;
+            let status = done.status.unwrap_or_default();
+            if status.authenticated == Some(true) {
+                return Ok(Caller::User(status.user.unwrap_or_default()));
+            }
+        }
+        Err(ApiError(StatusCode::UNAUTHORIZED, "the bearer token is not valid".into()))
+    }
+
+    /// Whether `caller` may `verb` StreamJobs in `ns` (all watched namespaces when `None`),
+    /// asked of the API server (SubjectAccessReview), so Kubernetes RBAC governs the REST API
+    /// as it does kubectl.
+    async fn permit(&self, caller: &Caller, verb: &str, ns: Option<&str>) -> Result<(), ApiError> {
+        let Caller::User(user) = caller else { return Ok(()) };
+        let review = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: user.username.clone(),
+                uid: user.uid.clone(),
+                groups: user.groups.clone(),
+                extra: user.extra.clone(),
+                resource_attributes: Some(ResourceAttributes {
+                    group: Some("weir.dev".into()),
+                    resource: Some("streamjobs".into()),
+                    verb: Some(verb.into()),
+                    namespace: ns.map(str::to_string),
+                    ..ResourceAttributes::default()
+                }),
+                ..SubjectAccessReviewSpec::default()
+            },
+            ..SubjectAccessReview::default()
+        };
+        let done = Api::<SubjectAccessReview>::all(self.client.clone()).create(&PostParams::default(), &review).await?;
+        let status = done.status.unwrap_or_default();
+        if status.allowed {
+            return Ok(());
+        }
+        let who = user.username.as_deref().unwrap_or("the caller");
+        let place = ns.map_or_else(|| "all namespaces".to_string(), |n| format!("namespace {n}"));
+        let why = status.reason.filter(|r| !r.is_empty()).map(|r| format!(": {r}")).unwrap_or_default();
+        Err(ApiError(StatusCode::FORBIDDEN, format!("{who} may not {verb} streamjobs in {place}{why}")))
     }
 }
 
@@ -165,8 +229,9 @@ fn summary(j: &StreamJob) -> Value {
 }
 
 async fn list_jobs(State(s): State<Arc<ApiState>>, headers: HeaderMap, Query(q): Query<NsQuery>) -> Res {
-    s.check_token(&headers)?;
+    let caller = s.authenticate(&headers).await?;
     let ns = s.ns(&q)?;
+    s.permit(&caller, "list", Some(&ns)).await?;
     let jobs = s.jobs(&ns).list(&ListParams::default()).await?;
     Ok(Json(json!({"jobs": jobs.items.iter().map(summary).collect::<Vec<_>>()})))
 }
@@ -177,7 +242,7 @@ async fn create_job(
     Query(q): Query<NsQuery>,
     body: String,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    s.check_token(&headers)?;
+    let caller = s.authenticate(&headers).await?;
     // YAML is a superset of JSON: one parser for both, with the path of every error.
     let m = Manifest::from_yaml(&body, "").map_err(|e| match e {
         ManifestError::Invalid(errs) => ApiError(StatusCode::BAD_REQUEST, format!("invalid StreamJob: {errs}")),
@@ -196,6 +261,7 @@ async fn create_job(
         (Some(a), _) => s.ns(&NsQuery { namespace: Some(a.clone()) })?,
         (None, _) => s.ns(&q)?,
     };
+    s.permit(&caller, "create", Some(&ns)).await?;
     let mut job = StreamJob::new(&m.metadata.name, m.spec);
     job.metadata.namespace = Some(ns.clone());
     let created = s.jobs(&ns).create(&PostParams::default(), &job).await?;
@@ -208,8 +274,10 @@ async fn get_job(
     Path(name): Path<String>,
     Query(q): Query<NsQuery>,
 ) -> Res {
-    s.check_token(&headers)?;
-    let job = s.jobs(&s.ns(&q)?).get(&name).await?;
+    let caller = s.authenticate(&headers).await?;
+    let ns = s.ns(&q)?;
+    s.permit(&caller, "get", Some(&ns)).await?;
+    let job = s.jobs(&ns).get(&name).await?;
     let mut v = summary(&job);
     v["spec"] = serde_json::to_value(&job.spec).unwrap_or(Value::Null);
     v["status"] = serde_json::to_value(&job.status).unwrap_or(Value::Null);
@@ -253,8 +321,9 @@ async fn trigger_savepoint(
     Path(name): Path<String>,
     Query(q): Query<NsQuery>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    s.check_token(&headers)?;
+    let caller = s.authenticate(&headers).await?;
     let ns = s.ns(&q)?;
+    s.permit(&caller, "update", Some(&ns)).await?;
     let job = s.jobs(&ns).get(&name).await?;
     if job.spec.checkpointing.as_ref().and_then(|c| c.storage.as_ref()).is_none() {
         return Err(ApiError(StatusCode::CONFLICT, "savepoints need spec.checkpointing.storage".into()));
@@ -280,8 +349,9 @@ async fn savepoint_status(
     Path((name, id)): Path<(String, String)>,
     Query(q): Query<NsQuery>,
 ) -> Res {
-    s.check_token(&headers)?;
+    let caller = s.authenticate(&headers).await?;
     let ns = s.ns(&q)?;
+    s.permit(&caller, "get", Some(&ns)).await?;
     let jobs = s.jobs(&ns);
     let job = jobs.get(&name).await?;
     let pods = workers(&s, &ns, &job).await?;
@@ -310,8 +380,9 @@ async fn job_metrics(
     Path(name): Path<String>,
     Query(q): Query<NsQuery>,
 ) -> Res {
-    s.check_token(&headers)?;
+    let caller = s.authenticate(&headers).await?;
     let ns = s.ns(&q)?;
+    s.permit(&caller, "get", Some(&ns)).await?;
     let job = s.jobs(&ns).get(&name).await?;
     let mut workers = Vec::new();
     let mut all: Vec<(String, String, f64)> = Vec::new();
@@ -354,12 +425,14 @@ async fn job_metrics(
 }
 
 async fn group_lag(State(s): State<Arc<ApiState>>, headers: HeaderMap, Path(group): Path<String>) -> Res {
-    s.check_token(&headers)?;
+    let caller = s.authenticate(&headers).await?;
     let mut all = Vec::new();
     if s.watched.is_empty() {
+        s.permit(&caller, "list", None).await?;
         all = Api::<StreamJob>::all(s.client.clone()).list(&ListParams::default()).await?.items;
     } else {
         for ns in &s.watched {
+            s.permit(&caller, "list", Some(ns)).await?;
             all.extend(s.jobs(ns).list(&ListParams::default()).await?.items);
         }
     }

@@ -32,6 +32,10 @@ struct Cli {
     /// Bearer token the REST API requires (required unless it listens on loopback only).
     #[arg(long, env = "WEIR_API_TOKEN", hide_env_values = true)]
     api_token: Option<String>,
+    /// Also accept bearer tokens the Kubernetes API server authenticates (TokenReview, e.g. a
+    /// ServiceAccount's), each request authorized by RBAC on streamjobs (SubjectAccessReview).
+    #[arg(long, env = "WEIR_API_TOKEN_REVIEW")]
+    api_token_review: bool,
     /// Namespace of the leader-election Lease (default: the watched namespace, else `default`).
     #[arg(long, env = "WEIR_LEASE_NAMESPACE")]
     lease_namespace: Option<String>,
@@ -66,9 +70,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .await
         .context("looking up the StreamJob CRD")?
         .context("the StreamJob CRD is not installed; run `kubectl apply -f crds/streamjob.yaml`")?;
-    if cli.api_token.is_none() && !cli.api_addr.ip().is_loopback() {
+    if cli.api_token.is_none() && !cli.api_token_review && !cli.api_addr.ip().is_loopback() {
         anyhow::bail!(
-            "the REST API on {} would be open to anyone: set WEIR_API_TOKEN (or listen on 127.0.0.1)",
+            "the REST API on {} would be open to anyone: set WEIR_API_TOKEN or --api-token-review (or listen on 127.0.0.1)",
             cli.api_addr
         );
     }
@@ -79,6 +83,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         namespace: cli.namespace.first().cloned().unwrap_or_else(|| "default".into()),
         watched: cli.namespace.clone(),
         token: cli.api_token.clone(),
+        token_review: cli.api_token_review,
     });
     let listener = tokio::net::TcpListener::bind(cli.api_addr)
         .await
