@@ -128,6 +128,15 @@ impl ApiState {
         Err(ApiError(StatusCode::UNAUTHORIZED, "the bearer token is not valid".into()))
     }
 
+    /// The namespace a request names (see [`ApiState::ns`]), once its sender is authenticated
+    /// and permitted to `verb` StreamJobs there.
+    async fn authorized_ns(&self, headers: &HeaderMap, q: &NsQuery, verb: &str) -> Result<String, ApiError> {
+        let caller = self.authenticate(headers).await?;
+        let ns = self.ns(q)?;
+        self.permit(&caller, verb, Some(&ns)).await?;
+        Ok(ns)
+    }
+
     /// Whether `caller` may `verb` StreamJobs in `ns` (all watched namespaces when `None`),
     /// asked of the API server (SubjectAccessReview), so Kubernetes RBAC governs the REST API
     /// as it does kubectl.
@@ -229,9 +238,7 @@ fn summary(j: &StreamJob) -> Value {
 }
 
 async fn list_jobs(State(s): State<Arc<ApiState>>, headers: HeaderMap, Query(q): Query<NsQuery>) -> Res {
-    let caller = s.authenticate(&headers).await?;
-    let ns = s.ns(&q)?;
-    s.permit(&caller, "list", Some(&ns)).await?;
+    let ns = s.authorized_ns(&headers, &q, "list").await?;
     let jobs = s.jobs(&ns).list(&ListParams::default()).await?;
     Ok(Json(json!({"jobs": jobs.items.iter().map(summary).collect::<Vec<_>>()})))
 }
@@ -274,9 +281,7 @@ async fn get_job(
     Path(name): Path<String>,
     Query(q): Query<NsQuery>,
 ) -> Res {
-    let caller = s.authenticate(&headers).await?;
-    let ns = s.ns(&q)?;
-    s.permit(&caller, "get", Some(&ns)).await?;
+    let ns = s.authorized_ns(&headers, &q, "get").await?;
     let job = s.jobs(&ns).get(&name).await?;
     let mut v = summary(&job);
     v["spec"] = serde_json::to_value(&job.spec).unwrap_or(Value::Null);
@@ -321,9 +326,7 @@ async fn trigger_savepoint(
     Path(name): Path<String>,
     Query(q): Query<NsQuery>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let caller = s.authenticate(&headers).await?;
-    let ns = s.ns(&q)?;
-    s.permit(&caller, "update", Some(&ns)).await?;
+    let ns = s.authorized_ns(&headers, &q, "update").await?;
     let job = s.jobs(&ns).get(&name).await?;
     if job.spec.checkpointing.as_ref().and_then(|c| c.storage.as_ref()).is_none() {
         return Err(ApiError(StatusCode::CONFLICT, "savepoints need spec.checkpointing.storage".into()));
@@ -349,9 +352,7 @@ async fn savepoint_status(
     Path((name, id)): Path<(String, String)>,
     Query(q): Query<NsQuery>,
 ) -> Res {
-    let caller = s.authenticate(&headers).await?;
-    let ns = s.ns(&q)?;
-    s.permit(&caller, "get", Some(&ns)).await?;
+    let ns = s.authorized_ns(&headers, &q, "get").await?;
     let jobs = s.jobs(&ns);
     let job = jobs.get(&name).await?;
     let pods = workers(&s, &ns, &job).await?;
@@ -380,9 +381,7 @@ async fn job_metrics(
     Path(name): Path<String>,
     Query(q): Query<NsQuery>,
 ) -> Res {
-    let caller = s.authenticate(&headers).await?;
-    let ns = s.ns(&q)?;
-    s.permit(&caller, "get", Some(&ns)).await?;
+    let ns = s.authorized_ns(&headers, &q, "get").await?;
     let job = s.jobs(&ns).get(&name).await?;
     let mut workers = Vec::new();
     let mut all: Vec<(String, String, f64)> = Vec::new();

@@ -141,8 +141,8 @@ async fn publish(ctx: &Ctx, job: &StreamJob, type_: EventType, reason: &str, not
 }
 
 /// Writes the status fields that differ from `job`'s (as read when the reconcile began), with
-/// a merge patch: fields others wrote meanwhile (the REST API's `lastSavepoint`) are left alone
-/// unless this reconcile changed them too.
+/// a merge patch, or nothing when none differ: fields others wrote meanwhile (the REST API's
+/// `lastSavepoint`) are left alone unless this reconcile changed them too.
 async fn set_status(ctx: &Ctx, job: &StreamJob, status: StreamJobStatus) -> Result<(), Error> {
     let diff = status_diff(&job.status.clone().unwrap_or_default(), &status);
     if diff.is_empty() {
@@ -204,9 +204,7 @@ async fn reconcile_job(job: &StreamJob, ctx: &Ctx) -> Result<Action, Error> {
     let base = match upgrade(job, ctx, &old, &target).await? {
         Upgrade::Deploy(status) => status,
         Upgrade::Wait(status, action) => {
-            if Some(&status) != job.status.as_ref() {
-                set_status(ctx, job, status).await?;
-            }
+            set_status(ctx, job, status).await?;
             ctx.metrics.reconciles.with_label_values(&["ok"]).inc();
             ctx.metrics.set_phase(&ns, &job.name_any(), "Upgrading");
             return Ok(action);
@@ -260,9 +258,7 @@ async fn reconcile_job(job: &StreamJob, ctx: &Ctx) -> Result<Action, Error> {
         conditions: with_condition(&base.conditions, condition("Ready", running && !suspended, reason, message)),
         ..base
     };
-    if Some(&status) != job.status.as_ref() {
-        set_status(ctx, job, status).await?;
-    }
+    set_status(ctx, job, status).await?;
     ctx.metrics.reconciles.with_label_values(&["ok"]).inc();
     ctx.metrics.set_phase(&ns, &job.name_any(), phase);
     Ok(Action::requeue(Duration::from_secs(if running { 60 } else { 5 })))
