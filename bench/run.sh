@@ -5,7 +5,8 @@
 # from its first record read to everything processed and committed.
 # Env: BENCH_EVENTS (default 1000000), BENCH_KAFKA=0 to skip the Kafka runs, BENCH_QUERIES to
 # run only some queries (e.g. "tumbling_1m session_2m", or " " for none), BENCH_PERF=1 to record
-# a perf profile of each run (perf.data files next to the data set).
+# a perf profile of each run (perf.data files next to the data set), BENCH_LATENCY_RATE=0 to skip
+# the latency run.
 set -euo pipefail
 source "$(dirname "$0")/../e2e/stack/lib.sh"
 EVENTS=${BENCH_EVENTS:-1000000}
@@ -121,7 +122,8 @@ YAML
 
   # End-to-end latency with exactly-once on: from the producer's send time to the result being
   # readable by a read_committed consumer, at a steady rate (BENCH_LATENCY_RATE, default 20000/s)
-  # and epoch interval (BENCH_LATENCY_EPOCH, default 100ms).
+  # and epoch interval (BENCH_LATENCY_EPOCH, default 100ms); BENCH_LATENCY_RATE=0 skips it.
+  [[ ${BENCH_LATENCY_RATE:-20000} == 0 ]] && exit 0
   LAT=bench-latency-$RANDOM
   for t in "$LAT-in" "$LAT-out"; do "$STACK_DIR/kafka.sh" topics --create --topic "$t" --partitions 1 >/dev/null; done
   cat >"$WORK/latency.yaml" <<YAML

@@ -55,6 +55,8 @@ pub struct ObjectDecoder {
 }
 
 struct Cursor<'a> {
+    /// The record, validated as UTF-8 once.
+    s: &'a str,
     b: &'a [u8],
     i: usize,
 }
@@ -68,6 +70,12 @@ impl<'a> Cursor<'a> {
             Some(_) => Err(format!("at byte {}: {what}", self.i)),
             None => Err(format!("at byte {}: {what}, found the end of the record", self.i)),
         }
+    }
+
+    /// The text between byte offsets `from` and `to`, which are cut at ASCII bytes (quotes,
+    /// escapes, number ends), so only char boundaries are checked, not the bytes again.
+    fn text(&self, from: usize, to: usize) -> &'a str {
+        self.s.get(from..to).unwrap_or_default()
     }
 
     fn ws(&mut self) {
@@ -108,7 +116,7 @@ impl<'a> Cursor<'a> {
         out.clear();
         let mut seg = start;
         loop {
-            out.push_str(utf8(&self.b[seg..at]));
+            out.push_str(self.text(seg, at));
             if self.b[at] == b'"' {
                 self.i = at + 1;
                 return Ok(None);
@@ -224,7 +232,7 @@ impl<'a> Cursor<'a> {
             }
         }
         self.i = i;
-        Ok((utf8(&b[start..i]), integer))
+        Ok((self.text(start, i), integer))
     }
 
     fn literal(&mut self, word: &[u8]) -> Res<()> {
@@ -357,11 +365,6 @@ fn name_slot(name: &[u8]) -> usize {
     (name.len().wrapping_mul(31) ^ (first as usize).wrapping_mul(7) ^ (last as usize).rotate_left(3)) & 255
 }
 
-/// The record was validated as UTF-8 as a whole and slices are cut at ASCII bytes.
-fn utf8(b: &[u8]) -> &str {
-    std::str::from_utf8(b).unwrap_or_default()
-}
-
 impl ObjectDecoder {
     /// A decoder for `fields` in the given order (the column order of the batches).
     pub fn new<'f>(fields: impl IntoIterator<Item = (&'f str, FieldType)>) -> ObjectDecoder {
@@ -407,7 +410,7 @@ impl ObjectDecoder {
     pub fn push(&mut self, rec: &[u8]) -> Res<()> {
         let text = std::str::from_utf8(rec).map_err(|e| format!("not UTF-8: {e}"))?;
         self.vals.iter_mut().for_each(|v| *v = Val::Null);
-        let mut c = Cursor { b: text.as_bytes(), i: 0 };
+        let mut c = Cursor { s: text, b: text.as_bytes(), i: 0 };
         c.ws();
         if c.peek() != Some(b'{') {
             return c.err("expected a JSON object");
@@ -489,7 +492,7 @@ impl ObjectDecoder {
                 let owned = &mut self.owned[f];
                 let span = c.string(owned)?;
                 let s = match span {
-                    Some((s, e)) => utf8(&c.b[s..e]),
+                    Some((s, e)) => c.text(s, e),
                     None => owned.as_str(),
                 };
                 match t {
