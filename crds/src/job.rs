@@ -61,12 +61,25 @@ pub struct StreamJobSpec {
     pub epoch_interval: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaler: Option<AutoscalerSpec>,
-    /// Change to restart every worker.
+    /// Change to restart every worker (they restore their last checkpoints, in every upgrade
+    /// mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_nonce: Option<i64>,
-    /// Change to take a savepoint.
+    /// Change to take a savepoint; the workers keep running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub savepoint_trigger_nonce: Option<i64>,
+    /// A savepoint the job starts from when it is first deployed: its location as listed in a
+    /// job's `status.savepoints` (e.g. the final savepoint of a deleted job).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_savepoint: Option<String>,
+    /// Take a savepoint when the StreamJob is deleted (a finalizer holds the deletion until it
+    /// completes, fails, or 5 minutes pass); its location is in an Event.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub savepoint_on_deletion: bool,
+    /// Roll back to the last spec that ran when a changed one does not have every worker ready
+    /// within this time (e.g. `5m`); off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_after: Option<Duration>,
     /// `running` (the default) or `suspended`: the workers commit, checkpoint and stop; resuming
     /// restores their state from the last checkpoint.
     #[serde(default)]
@@ -216,9 +229,44 @@ pub struct StreamJobStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade: Option<UpgradeStatus>,
     /// The savepoint the running workers started from (partitions without newer checkpoints
-    /// restore it).
+    /// restore it): an id, or a location (`spec.initialSavepoint`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restored_from: Option<String>,
+    /// Hash of what the workers compute (manifest and image, not how many run or whether): a
+    /// `stateless` upgrade starts from empty state only when it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployed_code: Option<String>,
+    /// Bumped by each `stateless` upgrade: the workers' checkpoints live under a folder of their
+    /// own per generation (and per StreamJob uid), so a fresh start never restores older state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_generation: Option<u32>,
+    /// The `spec.savepointTriggerNonce` last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub savepoint_trigger_nonce: Option<i64>,
+    /// A savepoint in progress that is not part of an upgrade (`savepointTriggerNonce`, or the
+    /// final one on deletion).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_savepoint: Option<PendingSavepoint>,
+    /// The last spec whose workers all became ready (JSON), what a rollback returns to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_stable_spec: Option<String>,
+    /// A spec that was rolled back (its `deployed` hash): it is not tried again until the spec
+    /// changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back: Option<String>,
+    /// When the rollout of the current spec started (RFC 3339), for `spec.rollbackAfter`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_started: Option<String>,
+}
+
+/// A savepoint outside an upgrade, polled until it completes or its deadline passes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingSavepoint {
+    pub id: String,
+    /// `nonce` (savepointTriggerNonce) or `deletion`.
+    pub trigger: String,
+    pub deadline: String,
 }
 
 /// A savepoint-before-upgrade in progress.

@@ -98,6 +98,24 @@ pub fn validate_spec(spec: &StreamJobSpec) -> Result<(), ValidationErrors> {
     if let Some(c) = &spec.checkpointing {
         check_checkpointing(&mut errs, c);
     }
+    let storage = spec.checkpointing.as_ref().and_then(|c| c.storage.as_ref()).is_some();
+    if let Some(d) = &spec.rollback_after {
+        positive(&mut errs, "spec.rollbackAfter", d);
+    }
+    if let Some(sp) = &spec.initial_savepoint {
+        if !sp.starts_with("s3://") && !sp.starts_with("file:///") {
+            errs.push("spec.initialSavepoint", format!("`{sp}` is not a savepoint location (s3://… or file:///…)"));
+        }
+        if !storage {
+            errs.push(
+                "spec.initialSavepoint",
+                "needs spec.checkpointing.storage (the restored state checkpoints there)",
+            );
+        }
+    }
+    if spec.savepoint_on_deletion && !storage {
+        errs.push("spec.savepointOnDeletion", "needs spec.checkpointing.storage to write the savepoint to");
+    }
     if let Some(a) = &spec.autoscaler {
         let (min, max) = (a.min_parallelism.unwrap_or(1), a.max_parallelism.unwrap_or(i32::MAX));
         if min < 1 {

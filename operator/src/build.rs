@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
-use weir_crds::{JobState, StreamJob, DEFAULT_IMAGE};
+use weir_crds::{JobState, StreamJob, StreamJobSpec, UpgradeMode, DEFAULT_IMAGE};
 
 /// The worker's admin port: metrics, health and readiness.
 pub const ADMIN_PORT: i32 = 9249;
@@ -28,6 +28,8 @@ pub const STATE_DIR: &str = "/var/lib/weir/state";
 pub const JOB_LABEL: &str = "weir.dev/job";
 /// A hash of the manifest on the Pod template: a changed job rolls its Pods.
 pub const CONFIG_HASH: &str = "weir.dev/config-hash";
+/// `spec.restartNonce` on the Pod template: changing it rolls the Pods.
+pub const RESTART_NONCE: &str = "weir.dev/restart-nonce";
 
 /// Everything a StreamJob runs as.
 #[derive(Debug, Clone)]
@@ -89,11 +91,29 @@ pub fn selector(job: &StreamJob) -> String {
 
 /// The manifest the workers read: the StreamJob's name, namespace and spec.
 pub fn manifest_yaml(job: &StreamJob) -> String {
+    // What the workers read: not how many of them run, whether, in which image, nor what only
+    // the operator acts on (nonces, upgrade mode, rollback, savepoints), so that changing
+    // those changes no more than it has to.
+    let spec = StreamJobSpec {
+        image: None,
+        parallelism: None,
+        upgrade_mode: UpgradeMode::default(),
+        autoscaler: None,
+        restart_nonce: None,
+        savepoint_trigger_nonce: None,
+        initial_savepoint: None,
+        savepoint_on_deletion: false,
+        rollback_after: None,
+        state: JobState::default(),
+        env: Vec::new(),
+        resources: None,
+        ..job.spec.clone()
+    };
     let doc = serde_json::json!({
         "apiVersion": "weir.dev/v1alpha1",
         "kind": "StreamJob",
         "metadata": {"name": job.name_any(), "namespace": job.namespace().unwrap_or_else(|| "default".into())},
-        "spec": job.spec,
+        "spec": spec,
     });
     serde_yaml::to_string(&doc).expect("a StreamJob serializes")
 }
@@ -151,6 +171,21 @@ pub fn deployed_hash(job: &StreamJob) -> String {
     hash(&text)
 }
 
+/// What the workers compute (their manifest and image), not how many run or whether: a
+/// `stateless` upgrade starts from empty state only when this changes.
+pub fn code_hash(job: &StreamJob) -> String {
+    hash(&format!("{}\n{}", manifest_yaml(job), job.spec.image.as_deref().unwrap_or(DEFAULT_IMAGE)))
+}
+
+/// The folder of the checkpoint storage the workers checkpoint to: one per StreamJob (by uid,
+/// so a job deleted and created again starts afresh) and state generation (bumped by each
+/// `stateless` upgrade). Savepoints stay at the storage's root.
+pub fn state_folder(job: &StreamJob) -> String {
+    let uid = job.metadata.uid.as_deref().unwrap_or("none");
+    let generation = job.status.as_ref().and_then(|s| s.state_generation).unwrap_or(0);
+    format!("state-{}-{generation}", &uid[..uid.len().min(8)])
+}
+
 /// The objects for `job`; the workers restore `status.restoredFrom` when set.
 pub fn desired(job: &StreamJob) -> Desired {
     let name = job.name_any();
@@ -189,6 +224,7 @@ pub fn desired(job: &StreamJob) -> Desired {
                 env("WEIR_CONFIG", &format!("{CONFIG_DIR}/{CONFIG_FILE}")),
                 env("WEIR_STATE_DIR", STATE_DIR),
                 env("WEIR_ADMIN_ADDR", &format!("$(POD_IP):{ADMIN_PORT}")),
+                env("WEIR_STATE_GENERATION", &state_folder(job)),
             ]
             .into_iter()
             .chain(
@@ -232,7 +268,12 @@ pub fn desired(job: &StreamJob) -> Desired {
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(template_labels),
-                    annotations: Some(BTreeMap::from([(CONFIG_HASH.to_string(), hash(&manifest))])),
+                    annotations: Some(
+                        [(CONFIG_HASH.to_string(), hash(&manifest))]
+                            .into_iter()
+                            .chain(job.spec.restart_nonce.map(|n| (RESTART_NONCE.to_string(), n.to_string())))
+                            .collect(),
+                    ),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
@@ -350,7 +391,8 @@ spec:
         let text = &d.config_map.data.as_ref().unwrap()[CONFIG_FILE];
         let m = weir_crds::Manifest::from_yaml(text, "x").unwrap();
         assert_eq!((m.metadata.name.as_str(), m.metadata.namespace.as_deref()), ("card-fraud", Some("payments")));
-        assert_eq!(m.spec, j.spec);
+        assert_eq!(m.spec.pipeline, j.spec.pipeline);
+        assert_eq!((m.spec.parallelism, m.spec.image), (None, None), "what only the operator reads is left out");
         let hash_of = |d: &Desired| {
             d.stateful_set.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().annotations.clone().unwrap()
                 [CONFIG_HASH]
@@ -396,6 +438,47 @@ spec:
         assert_eq!(deployed_hash(&j), before);
         j.spec.parallelism = Some(2);
         assert_ne!(deployed_hash(&j), before, "a rescale is an upgrade");
+    }
+
+    #[test]
+    fn stateless_upgrades_follow_what_the_workers_compute_not_how_many_run() {
+        let j = job(FIXTURE);
+        let code = code_hash(&j);
+        let mut same = j.clone();
+        same.spec.parallelism = Some(1);
+        same.spec.state = JobState::Suspended;
+        same.spec.restart_nonce = Some(7);
+        same.spec.savepoint_trigger_nonce = Some(3);
+        same.spec.rollback_after = Some("5m".into());
+        assert_eq!(code_hash(&same), code, "rescale, suspend, restart and nonces keep the state");
+        let mut image = j.clone();
+        image.spec.image = Some("registry.example/weir-worker:1.2.4".into());
+        let mut pipeline = j.clone();
+        pipeline.spec.pipeline.streams.get_mut("w").unwrap().window = serde_yaml::from_str("{tumbling: 5m}").unwrap();
+        assert!(code_hash(&image) != code && code_hash(&pipeline) != code);
+        // A restart rolls the Pods (a new template) without changing the manifest.
+        let mut restart = j.clone();
+        restart.spec.restart_nonce = Some(1);
+        assert_ne!(deployed_hash(&restart), deployed_hash(&j));
+        let template = desired(&restart).stateful_set.spec.unwrap().template.metadata.unwrap();
+        assert_eq!(template.annotations.unwrap()[RESTART_NONCE], "1");
+        assert_eq!(desired(&restart).config_map.data, desired(&j).config_map.data);
+    }
+
+    #[test]
+    fn checkpoints_go_to_a_folder_per_job_and_state_generation() {
+        let mut j = job(FIXTURE);
+        let folder = |j: &StreamJob| {
+            let c = desired(j).stateful_set.spec.unwrap().template.spec.unwrap().containers[0].clone();
+            c.env.unwrap().into_iter().find(|e| e.name == "WEIR_STATE_GENERATION").unwrap().value.unwrap()
+        };
+        assert_eq!(folder(&j), "state-uid-1-0");
+        let before = deployed_hash(&j);
+        j.status = Some(weir_crds::StreamJobStatus { state_generation: Some(2), ..Default::default() });
+        assert_eq!(folder(&j), "state-uid-1-2");
+        assert_eq!(deployed_hash(&j), before, "the generation is status, not spec");
+        j.metadata.uid = Some("0f3c9a2e-1111-2222".into());
+        assert_eq!(folder(&j), "state-0f3c9a2e-2", "a job created again has a new uid, so starts afresh");
     }
 
     #[test]

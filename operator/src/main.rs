@@ -6,6 +6,7 @@
 mod api;
 mod build;
 mod lease;
+mod lifecycle;
 mod metrics;
 mod reconcile;
 mod workers;

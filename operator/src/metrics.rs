@@ -2,6 +2,10 @@
 
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry};
 
+/// Every phase a StreamJob can be in.
+pub const PHASES: [&str; 8] =
+    ["Deploying", "Running", "Upgrading", "Suspending", "Suspended", "RollingBack", "RolledBack", "Failed"];
+
 pub struct Metrics {
     registry: Registry,
     /// Reconciles by outcome (`ok`, `invalid`, `error`).
@@ -35,7 +39,7 @@ impl Metrics {
 
     /// Records the phase of a job (clearing its other phases).
     pub fn set_phase(&self, namespace: &str, name: &str, phase: &str) {
-        for p in ["Deploying", "Running", "Suspending", "Suspended", "Failed"] {
+        for p in PHASES {
             self.phase.with_label_values(&[namespace, name, p]).set(i64::from(p == phase));
         }
     }

@@ -18,6 +18,7 @@ use serde::Serialize;
 use weir_crds::{Condition, JobState, SavepointInfo, StreamJob, StreamJobStatus, UpgradeMode, UpgradeStatus};
 
 use crate::build::{self, Desired};
+use crate::lifecycle;
 use crate::metrics::Metrics;
 use crate::workers::{self, TriggerError};
 
@@ -93,7 +94,7 @@ fn error_policy(job: Arc<StreamJob>, e: &Error, ctx: Arc<Ctx>) -> Action {
     Action::requeue(Duration::from_secs(5))
 }
 
-fn now() -> String {
+pub(crate) fn now() -> String {
     k8s_openapi::jiff::Timestamp::now().to_string()
 }
 
@@ -133,7 +134,7 @@ where
     Ok(())
 }
 
-async fn publish(ctx: &Ctx, job: &StreamJob, type_: EventType, reason: &str, note: String) {
+pub(crate) async fn publish(ctx: &Ctx, job: &StreamJob, type_: EventType, reason: &str, note: String) {
     let ev = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
     if let Err(e) = ctx.recorder.publish(&ev, &job.object_ref(&())).await {
         tracing::warn!(job = %job.name_any(), "cannot publish event {reason}: {e}");
@@ -143,7 +144,7 @@ async fn publish(ctx: &Ctx, job: &StreamJob, type_: EventType, reason: &str, not
 /// Writes the status fields that differ from `job`'s (as read when the reconcile began), with
 /// a merge patch, or nothing when none differ: fields others wrote meanwhile (the REST API's
 /// `lastSavepoint`) are left alone unless this reconcile changed them too.
-async fn set_status(ctx: &Ctx, job: &StreamJob, status: StreamJobStatus) -> Result<(), Error> {
+pub(crate) async fn set_status(ctx: &Ctx, job: &StreamJob, status: StreamJobStatus) -> Result<(), Error> {
     let diff = status_diff(&job.status.clone().unwrap_or_default(), &status);
     if diff.is_empty() {
         return Ok(());
@@ -181,6 +182,10 @@ pub async fn reconcile(job: Arc<StreamJob>, ctx: Arc<Ctx>) -> Result<Action, Err
 }
 
 async fn reconcile_job(job: &StreamJob, ctx: &Ctx) -> Result<Action, Error> {
+    if job.metadata.deletion_timestamp.is_some() {
+        return lifecycle::finalize(ctx, job).await;
+    }
+    lifecycle::keep_finalizer(ctx, job).await?;
     let ns = job.namespace().unwrap_or_else(|| "default".into());
     let old = job.status.clone().unwrap_or_default();
     let generation = job.metadata.generation;
@@ -200,9 +205,22 @@ async fn reconcile_job(job: &StreamJob, ctx: &Ctx) -> Result<Action, Error> {
         set_status(ctx, job, status).await?;
         return Ok(Action::await_change());
     }
+    // A rolled-back spec stays rolled back (the last stable one runs) until the spec changes.
+    let effective = lifecycle::effective(job, &old);
+    let job = &effective;
     let target = build::deployed_hash(job);
     let base = match upgrade(job, ctx, &old, &target).await? {
-        Upgrade::Deploy(status) => status,
+        Upgrade::Deploy(mut status) => {
+            if old.deployed != status.deployed {
+                status.rollout_started = Some(now());
+            }
+            if status.rolled_back.is_some() && status.rolled_back != Some(target.clone()) {
+                // Not rolled back (effective is the job's own spec): a new spec clears it.
+                status.rolled_back = None;
+            }
+            status.deployed_code = Some(build::code_hash(job));
+            status
+        }
         Upgrade::Wait(status, action) => {
             set_status(ctx, job, status).await?;
             ctx.metrics.reconciles.with_label_values(&["ok"]).inc();
@@ -229,9 +247,11 @@ async fn reconcile_job(job: &StreamJob, ctx: &Ctx) -> Result<Action, Error> {
             && st.and_then(|st| st.updated_replicas).unwrap_or(0) == want
     });
     let running = ready == want && updated;
+    let rolled_back = base.rolled_back.is_some();
     let phase = match (suspended, running) {
         (true, true) => "Suspended",
         (true, false) => "Suspending",
+        (false, true) if rolled_back => "RolledBack",
         (false, true) => "Running",
         (false, false) => "Deploying",
     };
@@ -239,6 +259,7 @@ async fn reconcile_job(job: &StreamJob, ctx: &Ctx) -> Result<Action, Error> {
         let note = match (suspended, running) {
             (true, true) => "every worker committed, checkpointed and stopped".to_string(),
             (true, false) => format!("stopping {ready} workers"),
+            (false, true) if rolled_back => format!("all {want} workers run the last stable spec"),
             (false, true) => format!("all {want} workers are ready"),
             (false, false) => format!("{ready} of {want} workers ready"),
         };
@@ -247,10 +268,11 @@ async fn reconcile_job(job: &StreamJob, ctx: &Ctx) -> Result<Action, Error> {
     let message = format!("{ready} of {want} workers ready");
     let reason = match (suspended, running) {
         (true, _) => "Suspended",
+        (false, true) if rolled_back => "RolledBack",
         (false, true) => "WorkersReady",
         (false, false) => "WorkersStarting",
     };
-    let status = StreamJobStatus {
+    let mut status = StreamJobStatus {
         phase: Some(phase.into()),
         observed_generation: generation,
         parallelism: Some(ready),
@@ -258,10 +280,29 @@ async fn reconcile_job(job: &StreamJob, ctx: &Ctx) -> Result<Action, Error> {
         conditions: with_condition(&base.conditions, condition("Ready", running && !suspended, reason, message)),
         ..base
     };
+    let mut again = Duration::from_secs(if running { 60 } else { 5 });
+    if running && !suspended {
+        // What runs now is what a rollback returns to.
+        status.last_stable_spec = serde_json::to_string(&job.spec).ok();
+        status.rollout_started = None;
+    } else if !suspended {
+        if let Some(note) = lifecycle::rollback(job, &mut status) {
+            publish(ctx, job, EventType::Warning, "RollingBack", note).await;
+            again = Duration::from_secs(1);
+        }
+    }
+    if old.deployed.is_none() {
+        // A nonce set at creation takes no savepoint.
+        status.savepoint_trigger_nonce = job.spec.savepoint_trigger_nonce;
+    }
+    if let Some(d) = lifecycle::nonce_savepoint(ctx, job, &mut status).await? {
+        again = again.min(d);
+    }
+    let phase = status.phase.clone().unwrap_or_default();
     set_status(ctx, job, status).await?;
     ctx.metrics.reconciles.with_label_values(&["ok"]).inc();
-    ctx.metrics.set_phase(&ns, &job.name_any(), phase);
-    Ok(Action::requeue(Duration::from_secs(if running { 60 } else { 5 })))
+    ctx.metrics.set_phase(&ns, &job.name_any(), &phase);
+    Ok(Action::requeue(again))
 }
 
 /// How long the workers have to complete a savepoint before an upgrade.
@@ -280,9 +321,11 @@ enum Upgrade {
 /// `status.upgrade` first, then every worker is asked for it, and later reconciles poll it
 /// (never blocking); once complete, the new spec rolls out with the workers restoring it
 /// (`status.restoredFrom`). A failed or late savepoint leaves the running workers alone, with
-/// a Warning, and is retried. Otherwise (`last-state`, `stateless`, no storage, workers not
-/// running) the new spec rolls out at once and the workers restore their last checkpoints,
-/// which is said in an Event, never silently.
+/// a Warning, and is retried. Otherwise (`last-state`, no storage, workers not running) the new
+/// spec rolls out at once and the workers restore their last checkpoints, which is said in an
+/// Event, never silently. `stateless` starts a new state folder (empty state, sources at their
+/// `startFrom`) when what the workers compute changed ([`build::code_hash`]); a rescale,
+/// suspend/resume or restart keeps the state in every mode.
 async fn upgrade(job: &StreamJob, ctx: &Ctx, old: &StreamJobStatus, target: &str) -> Result<Upgrade, Error> {
     let mut status = old.clone();
     if old.deployed.as_deref() == Some(target) && old.upgrade.is_none() {
@@ -291,22 +334,41 @@ async fn upgrade(job: &StreamJob, ctx: &Ctx, old: &StreamJobStatus, target: &str
     let Some(deployed) = old.deployed.as_deref() else {
         // The first deployment.
         status.deployed = Some(target.to_string());
+        if let Some(sp) = &job.spec.initial_savepoint {
+            let note = format!("the workers start from savepoint {sp} (spec.initialSavepoint)");
+            publish(ctx, job, EventType::Normal, "RestoringSavepoint", note).await;
+            status.restored_from = Some(sp.clone());
+        }
         return Ok(Upgrade::Deploy(status));
     };
     let savepoints = job.spec.upgrade_mode == UpgradeMode::Savepoint
         && job.spec.checkpointing.as_ref().and_then(|c| c.storage.as_ref()).is_some();
     let ns = job.namespace().unwrap_or_else(|| "default".into());
     let Some(up) = old.upgrade.clone() else {
-        if !savepoints || old.phase.as_deref() != Some("Running") {
-            let why = if !savepoints {
-                format!("upgradeMode {:?} without a savepoint", job.spec.upgrade_mode)
+        if !savepoints || !lifecycle::all_running(old.phase.as_deref()) {
+            let code = build::code_hash(job);
+            let fresh = job.spec.upgrade_mode == UpgradeMode::Stateless
+                && old.deployed_code.as_deref().is_some_and(|c| c != code);
+            let note = if fresh {
+                let generation = old.state_generation.unwrap_or(0) + 1;
+                status.state_generation = Some(generation);
+                format!(
+                    "rolling out {target} (was {deployed}) from empty state (upgradeMode stateless, state generation \
+                     {generation}): the sources start at their startFrom"
+                )
             } else {
-                format!("no savepoint, as not every worker is running (phase {})", old.phase.as_deref().unwrap_or("-"))
+                let why = if !savepoints {
+                    format!("upgradeMode {:?} without a savepoint", job.spec.upgrade_mode)
+                } else {
+                    let phase = old.phase.as_deref().unwrap_or("-");
+                    format!("no savepoint, as not every worker is running (phase {phase})")
+                };
+                format!("rolling out {target} (was {deployed}), {why}: the workers restore their last checkpoints")
             };
-            let note =
-                format!("rolling out {target} (was {deployed}), {why}: the workers restore their last checkpoints");
             publish(ctx, job, EventType::Normal, "Upgrading", note).await;
             status.deployed = Some(target.to_string());
+            // Restoring an earlier savepoint again would go back in time.
+            status.restored_from = None;
             return Ok(Upgrade::Deploy(status));
         }
         // Recorded before the workers are asked, so that a restarted operator finds it.

@@ -46,7 +46,8 @@ enum Cmd {
         /// Keys per operator and task kept decoded in memory in front of RocksDB.
         #[arg(long, env = "WEIR_MAX_CACHED_KEYS", default_value_t = 100_000)]
         max_cached_keys: usize,
-        /// Partitions without local state start from this savepoint.
+        /// Partitions without local state start from this savepoint: its id (under the
+        /// storage's `savepoints/`) or its location.
         #[arg(long, env = "WEIR_RESTORE_SAVEPOINT")]
         restore_savepoint: Option<String>,
     },
@@ -72,6 +73,10 @@ enum Cmd {
         /// Partitions without local state start from this savepoint.
         #[arg(long, env = "WEIR_RESTORE_SAVEPOINT")]
         restore_savepoint: Option<String>,
+        /// Folder of the checkpoint storage for this deployment's checkpoints (set by the
+        /// operator; a stateless upgrade starts a new one).
+        #[arg(long, env = "WEIR_STATE_GENERATION")]
+        state_generation: Option<String>,
     },
     /// Checks a manifest and prints every error with its path.
     Validate {
@@ -127,7 +132,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 None => std::env::temp_dir().join("weir").join("state").join(&plan.group),
             };
             let identity = WorkerIdentity { ordinal: 0, parallelism: 1 };
-            run(plan, identity, state_dir, admin_addr, state_memory_mib, restore_savepoint)
+            run(plan, identity, state_dir, admin_addr, state_memory_mib, (restore_savepoint, None))
         }
         Cmd::Pod {
             config,
@@ -139,6 +144,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             state_memory_mib,
             max_cached_keys,
             restore_savepoint,
+            state_generation,
         } => {
             let ordinal = match (ordinal, pod_name) {
                 (Some(o), _) => o,
@@ -155,7 +161,8 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             let (_, mut plan) = load(&config)?;
             plan.max_cached_keys = max_cached_keys.max(1);
             let identity = WorkerIdentity { ordinal, parallelism };
-            run(plan, identity, state_dir, Some(admin_addr), state_memory_mib, restore_savepoint)
+            let restore = (restore_savepoint, state_generation);
+            run(plan, identity, state_dir, Some(admin_addr), state_memory_mib, restore)
         }
     }
 }
@@ -166,7 +173,7 @@ fn run(
     state_dir: PathBuf,
     admin: Option<SocketAddr>,
     mem_mib: usize,
-    restore_savepoint: Option<String>,
+    (restore_savepoint, state_generation): (Option<String>, Option<String>),
 ) -> anyhow::Result<()> {
     let plan = Arc::new(plan);
     let metrics = Arc::new(Metrics::new(&plan.name));
@@ -181,7 +188,14 @@ fn run(
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, shutdown.clone()).context("installing signal handlers")?;
     }
-    let cfg = RuntimeConfig { identity, state_dir, state_memory_bytes: mem_mib << 20, savepoints, restore_savepoint };
+    let cfg = RuntimeConfig {
+        identity,
+        state_dir,
+        state_memory_bytes: mem_mib << 20,
+        savepoints,
+        restore_savepoint,
+        state_generation,
+    };
     let mut rt = Runtime::open(plan.clone(), &cfg, metrics)?;
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(job = %plan.name, "running");

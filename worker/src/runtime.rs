@@ -43,8 +43,12 @@ pub struct RuntimeConfig {
     pub state_memory_bytes: usize,
     /// Savepoints requested through the admin server, and their progress.
     pub savepoints: Savepoints,
-    /// Partitions without local state start from this savepoint (else the newest checkpoint).
+    /// Partitions without local state start from this savepoint (else the newest checkpoint):
+    /// an id under the storage's `savepoints/`, or a location.
     pub restore_savepoint: Option<String>,
+    /// The folder of the checkpoint storage this deployment's checkpoints go to (a stateless
+    /// upgrade starts a new one); the storage's root when absent.
+    pub state_generation: Option<String>,
 }
 
 pub struct Runtime {
@@ -91,9 +95,18 @@ impl Runtime {
         partitions.sort_unstable();
         partitions.dedup();
         let mut tasks = BTreeMap::new();
-        let checkpoint_storage: Option<Arc<dyn Storage>> = match &plan.checkpoint_storage {
+        // Savepoints at the root of the storage, checkpoints under the state generation's folder.
+        let storage_root: Option<Arc<dyn Storage>> = match &plan.checkpoint_storage {
             Some(url) => Some(Arc::from(storage::open(url)?)),
             None => None,
+        };
+        let checkpoint_storage: Option<Arc<dyn Storage>> = match (&storage_root, &cfg.state_generation) {
+            (Some(root), Some(g)) => Some(Arc::new(storage::Scoped::new(root.clone(), g))),
+            (root, _) => root.clone(),
+        };
+        let savepoint: Option<Arc<dyn Storage>> = match (&storage_root, &cfg.restore_savepoint) {
+            (Some(root), Some(sp)) => Some(checkpoint::savepoint_storage(root, sp)?),
+            _ => None,
         };
         for p in partitions {
             let dir = cfg.state_dir.join(format!("p{p}"));
@@ -103,8 +116,8 @@ impl Runtime {
                 if dir.exists() {
                     std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
                 }
-                let from_savepoint = match &cfg.restore_savepoint {
-                    Some(id) => checkpoint::restore_savepoint(storage.as_ref(), id, p, &dir)?,
+                let from_savepoint = match &savepoint {
+                    Some(sp) => checkpoint::restore_savepoint(sp.as_ref(), storage.as_ref(), p, &dir)?,
                     None => None,
                 };
                 if let (Some(id), Some(m)) = (&cfg.restore_savepoint, &from_savepoint) {
@@ -198,8 +211,9 @@ impl Runtime {
             }
         }
         let ended = vec![false; sources.len()];
-        let checkpointer = checkpoint_storage.map(|st| {
+        let checkpointer = checkpoint_storage.zip(storage_root).map(|(st, root)| {
             Checkpointer::new(
+                root,
                 st,
                 plan.checkpoints_retained,
                 cfg.state_dir.join("checkpoints"),

@@ -92,34 +92,47 @@ fn savepoint_prefix(id: &str, partition: u32) -> String {
     format!("savepoints/{id}/p{partition}/")
 }
 
-/// Downloads savepoint `id` of `partition` into the empty folder `dir`; `None` when the
-/// savepoint has no such partition, or when a checkpoint of the partition is newer (taken after
-/// the restore, by a worker that then failed, or by the previous deployment after the savepoint
-/// before it stopped): restoring the newest state replays the least input, and exactly-once
-/// recovery makes either give the same results.
+/// Savepoint `savepoint` as a storage of its own (keys `p<partition>/…`): a location
+/// (`s3://…/savepoints/<id>`, as listed in a job's status) or the id of one under `root`.
+pub fn savepoint_storage(root: &Arc<dyn Storage>, savepoint: &str) -> Result<Arc<dyn Storage>, StorageError> {
+    if savepoint.contains("://") {
+        Ok(Arc::from(storage::open(savepoint)?))
+    } else {
+        Ok(Arc::new(storage::Scoped::new(root.clone(), &format!("savepoints/{savepoint}"))))
+    }
+}
+
+/// Downloads the savepoint in `savepoint` (see [`savepoint_storage`]) of `partition` into the
+/// empty folder `dir`; `None` when the savepoint has no such partition, or when a checkpoint of
+/// the partition in `checkpoints` is newer (taken after the restore, by a worker that then
+/// failed, or by the previous deployment after the savepoint before it stopped): restoring the
+/// newest state replays the least input, and exactly-once recovery makes either give the same
+/// results.
 pub fn restore_savepoint(
-    storage: &dyn Storage,
-    id: &str,
+    savepoint: &dyn Storage,
+    checkpoints: &dyn Storage,
     partition: u32,
     dir: &Path,
 ) -> Result<Option<CheckpointManifest>, StorageError> {
-    let prefix = savepoint_prefix(id, partition);
+    let prefix = format!("p{partition}/");
     let key = format!("{prefix}{MANIFEST}");
-    if !storage.list(&key)?.contains(&key) {
+    if !savepoint.list(&key)?.contains(&key) {
         return Ok(None);
     }
-    let bytes = storage.get_bytes(&key)?;
-    let m: CheckpointManifest = serde_json::from_slice(&bytes)
-        .map_err(|e| StorageError { location: storage.describe(&key), message: format!("unreadable manifest: {e}") })?;
-    if let Some(&newest) = completed(storage, partition)?.last() {
-        if read_manifest(storage, partition, newest)?.created_ms > m.created_ms {
+    let bytes = savepoint.get_bytes(&key)?;
+    let m: CheckpointManifest = serde_json::from_slice(&bytes).map_err(|e| StorageError {
+        location: savepoint.describe(&key),
+        message: format!("unreadable manifest: {e}"),
+    })?;
+    if let Some(&newest) = completed(checkpoints, partition)?.last() {
+        if read_manifest(checkpoints, partition, newest)?.created_ms > m.created_ms {
             return Ok(None);
         }
     }
     std::fs::create_dir_all(dir)
         .map_err(|e| StorageError { location: dir.display().to_string(), message: e.to_string() })?;
     for name in m.sst.iter().chain(&m.files) {
-        storage.get_to_file(&format!("{prefix}{name}"), &dir.join(name))?;
+        savepoint.get_to_file(&format!("{prefix}{name}"), &dir.join(name))?;
     }
     Ok(Some(m))
 }
@@ -165,6 +178,9 @@ struct Job {
 
 /// Takes checkpoints and uploads them in the background.
 pub struct Checkpointer {
+    /// The storage root, where savepoints go.
+    root: Arc<dyn Storage>,
+    /// Where checkpoints go.
     storage: Arc<dyn Storage>,
     local: PathBuf,
     next_id: BTreeMap<u32, u64>,
@@ -175,8 +191,10 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// Checkpoints to `storage`, keeping the newest `retained`; local snapshots go under `local`.
+    /// Checkpoints to `storage`, keeping the newest `retained`, and savepoints under
+    /// `savepoints/` of `root`; local snapshots go under `local`.
     pub fn new(
+        root: Arc<dyn Storage>,
         storage: Arc<dyn Storage>,
         retained: usize,
         local: PathBuf,
@@ -185,7 +203,12 @@ impl Checkpointer {
     ) -> Checkpointer {
         let (tx, rx) = mpsc::channel::<Job>();
         let in_flight = Arc::new(AtomicUsize::new(0));
-        let mut up = Uploader { storage: storage.clone(), retained: retained.max(1), uploaded: BTreeMap::new() };
+        let mut up = Uploader {
+            root: root.clone(),
+            storage: storage.clone(),
+            retained: retained.max(1),
+            uploaded: BTreeMap::new(),
+        };
         let (flight, m, sp) = (in_flight.clone(), metrics.clone(), savepoints);
         let uploader = std::thread::Builder::new()
             .name("weir-checkpoint".into())
@@ -228,6 +251,7 @@ impl Checkpointer {
             })
             .expect("spawning the checkpoint uploader");
         Checkpointer {
+            root,
             storage,
             local,
             next_id: BTreeMap::new(),
@@ -236,10 +260,6 @@ impl Checkpointer {
             uploader: Some(uploader),
             metrics,
         }
-    }
-
-    pub fn storage(&self) -> &dyn Storage {
-        self.storage.as_ref()
     }
 
     /// Whether the previous checkpoint is still uploading.
@@ -271,7 +291,7 @@ impl Checkpointer {
 
     /// Where savepoint `name` is stored.
     pub fn savepoint_location(&self, name: &str) -> String {
-        self.storage.describe(&format!("savepoints/{name}"))
+        self.root.describe(&format!("savepoints/{name}"))
     }
 
     fn queue(
@@ -335,6 +355,9 @@ impl Drop for Checkpointer {
 }
 
 struct Uploader {
+    /// Where savepoints go (under `savepoints/`).
+    root: Arc<dyn Storage>,
+    /// Where checkpoints go.
     storage: Arc<dyn Storage>,
     retained: usize,
     /// SST files known to be in storage, per partition (listed once, then kept up to date).
@@ -401,7 +424,7 @@ impl Uploader {
         }
         files.sort();
         for (f, _) in &files {
-            self.storage.put_file(&format!("{prefix}{f}"), &job.dir.join(f))?;
+            self.root.put_file(&format!("{prefix}{f}"), &job.dir.join(f))?;
         }
         let (sst, other): (Vec<_>, Vec<_>) = files.iter().partition(|(f, _)| f.ends_with(".sst"));
         let manifest = CheckpointManifest {
@@ -413,7 +436,7 @@ impl Uploader {
             bytes: files.iter().map(|(_, n)| n).sum(),
             fingerprint: job.fingerprint,
         };
-        self.storage.put_bytes(&format!("{prefix}{MANIFEST}"), serde_json::to_vec_pretty(&manifest)?)?;
+        self.root.put_bytes(&format!("{prefix}{MANIFEST}"), serde_json::to_vec_pretty(&manifest)?)?;
         std::fs::remove_dir_all(&job.dir)?;
         Ok(())
     }
@@ -468,12 +491,21 @@ mod tests {
         let (state, remote, local) =
             (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let url = format!("file://{}", remote.path().display());
-        let st: Arc<dyn Storage> = Arc::from(storage::open(&url).unwrap());
+        let root: Arc<dyn Storage> = Arc::from(storage::open(&url).unwrap());
+        // Checkpoints in a state generation's folder, savepoints at the root.
+        let st: Arc<dyn Storage> = Arc::new(storage::Scoped::new(root.clone(), "gen-a"));
         let metrics = Arc::new(Metrics::new("t"));
         let shared = RocksShared::new(1 << 20, 1 << 20);
         let store = RocksStore::open(state.path(), &shared).unwrap();
         let savepoints = Savepoints::default();
-        let mut cp = Checkpointer::new(st.clone(), 2, local.path().to_path_buf(), metrics.clone(), savepoints.clone());
+        let mut cp = Checkpointer::new(
+            root.clone(),
+            st.clone(),
+            2,
+            local.path().to_path_buf(),
+            metrics.clone(),
+            savepoints.clone(),
+        );
         let mut ssts: Vec<BTreeSet<String>> = Vec::new();
         for round in 0..4 {
             put(&store, round * 1_000, (round + 1) * 1_000);
@@ -525,18 +557,28 @@ mod tests {
         for _ in 0..3 {
             checkpoint(&mut cp, &store);
         }
+        assert!(root.list("gen-a/p0/chk-").unwrap().len() > 1 && root.list("savepoints/sp1/p0/").unwrap().len() > 1);
         let back = tempfile::tempdir().unwrap();
+        let sp1 = savepoint_storage(&root, "sp1").unwrap();
         // Checkpoints newer than the savepoint hold newer state: they are restored instead.
-        assert!(restore_savepoint(st.as_ref(), "sp1", 0, &back.path().join("p0")).unwrap().is_none());
+        assert!(restore_savepoint(sp1.as_ref(), st.as_ref(), 0, &back.path().join("p0")).unwrap().is_none());
         // Without them (another job's storage, or all expired), the savepoint alone suffices.
         for key in st.list("p0/").unwrap() {
             st.delete(&key).unwrap();
         }
-        let m = restore_savepoint(st.as_ref(), "sp1", 0, &back.path().join("p0")).unwrap().unwrap();
+        let m = restore_savepoint(sp1.as_ref(), st.as_ref(), 0, &back.path().join("p0")).unwrap().unwrap();
+        assert_eq!(m.fingerprint, "f1");
+        // The same savepoint by its location, as a job's status lists it.
+        let location = cp.savepoint_location("sp1");
+        assert_eq!(location, format!("{url}/savepoints/sp1"));
+        let by_location = savepoint_storage(&root, &location).unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let m = restore_savepoint(by_location.as_ref(), st.as_ref(), 0, elsewhere.path()).unwrap().unwrap();
         assert_eq!(m.fingerprint, "f1");
         let sp = RocksStore::open(&back.path().join("p0"), &shared).unwrap();
         assert_eq!(sp.scan(b"key-", b"key-\xff", 100_000).unwrap().len(), 4_010, "the state when it was taken");
-        assert!(restore_savepoint(st.as_ref(), "nope", 0, &back.path().join("x")).unwrap().is_none());
+        let nope = savepoint_storage(&root, "nope").unwrap();
+        assert!(restore_savepoint(nope.as_ref(), st.as_ref(), 0, &back.path().join("x")).unwrap().is_none());
         assert!(restore(st.as_ref(), 1, &restored.path().join("p1")).unwrap().is_none());
     }
 

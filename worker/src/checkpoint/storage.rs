@@ -49,6 +49,48 @@ pub fn open(url: &str) -> Result<Box<dyn Storage>> {
     Err(bad("expected file:///path or s3://bucket/prefix"))
 }
 
+/// The part of another storage under a key prefix (a folder), with keys relative to it.
+pub struct Scoped {
+    inner: std::sync::Arc<dyn Storage>,
+    /// Ends in `/`.
+    prefix: String,
+}
+
+impl Scoped {
+    pub fn new(inner: std::sync::Arc<dyn Storage>, folder: &str) -> Scoped {
+        Scoped { inner, prefix: format!("{}/", folder.trim_matches('/')) }
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+}
+
+impl Storage for Scoped {
+    fn put_file(&self, key: &str, path: &Path) -> Result<()> {
+        self.inner.put_file(&self.key(key), path)
+    }
+    fn put_bytes(&self, key: &str, bytes: Vec<u8>) -> Result<()> {
+        self.inner.put_bytes(&self.key(key), bytes)
+    }
+    fn get_to_file(&self, key: &str, path: &Path) -> Result<()> {
+        self.inner.get_to_file(&self.key(key), path)
+    }
+    fn get_bytes(&self, key: &str) -> Result<Vec<u8>> {
+        self.inner.get_bytes(&self.key(key))
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let keys = self.inner.list(&self.key(prefix))?;
+        Ok(keys.into_iter().filter_map(|k| k.strip_prefix(&self.prefix).map(str::to_string)).collect())
+    }
+    fn delete(&self, key: &str) -> Result<()> {
+        self.inner.delete(&self.key(key))
+    }
+    fn describe(&self, key: &str) -> String {
+        self.inner.describe(&self.key(key))
+    }
+}
+
 /// A folder.
 pub struct FileStorage {
     root: PathBuf,

@@ -1,0 +1,336 @@
+//! Lifecycle steps beside the upgrade: savepoints asked for by `spec.savepointTriggerNonce`, the
+//! final savepoint of a deleted job (a finalizer), and the rollback to the last stable spec.
+
+use std::time::Duration;
+
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::ResourceExt;
+use weir_crds::{PendingSavepoint, SavepointInfo, StreamJob, StreamJobStatus, UpgradeMode};
+
+use crate::build;
+use crate::reconcile::{now, publish, set_status, Ctx, Error, FIELD_MANAGER};
+use crate::workers::{self, TriggerError};
+
+/// Held on a StreamJob with `spec.savepointOnDeletion` until its final savepoint is done.
+pub const FINALIZER: &str = "weir.dev/final-savepoint";
+
+/// How long a savepoint outside an upgrade may take.
+const SAVEPOINT_DEADLINE: Duration = Duration::from_secs(300);
+
+/// Phases in which every worker of the job runs (a rolled-back job runs the last stable spec).
+pub fn all_running(phase: Option<&str>) -> bool {
+    matches!(phase, Some("Running" | "RolledBack"))
+}
+
+fn has_storage(job: &StreamJob) -> bool {
+    job.spec.checkpointing.as_ref().and_then(|c| c.storage.as_ref()).is_some()
+}
+
+fn has_finalizer(job: &StreamJob) -> bool {
+    job.finalizers().iter().any(|f| f == FINALIZER)
+}
+
+fn namespace(job: &StreamJob) -> String {
+    job.namespace().unwrap_or_else(|| "default".into())
+}
+
+fn deadline_after(d: Duration) -> String {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    (now + k8s_openapi::jiff::SignedDuration::try_from(d).unwrap_or_default()).to_string()
+}
+
+fn passed(time: &str) -> bool {
+    time.parse::<k8s_openapi::jiff::Timestamp>().is_ok_and(|t| k8s_openapi::jiff::Timestamp::now() > t)
+}
+
+/// Writes the finalizer list (a merge patch carrying the resourceVersion, so a concurrent
+/// change makes it fail and the reconcile retry).
+async fn set_finalizers(ctx: &Ctx, job: &StreamJob, finalizers: Vec<String>) -> Result<(), Error> {
+    let api: Api<StreamJob> = Api::namespaced(ctx.client.clone(), &namespace(job));
+    let patch = serde_json::json!({
+        "metadata": {"finalizers": finalizers, "resourceVersion": job.resource_version()}
+    });
+    let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
+    api.patch(&job.name_any(), &params, &Patch::Merge(&patch)).await?;
+    Ok(())
+}
+
+/// Adds or removes the finalizer as `spec.savepointOnDeletion` says.
+pub async fn keep_finalizer(ctx: &Ctx, job: &StreamJob) -> Result<(), Error> {
+    let want = job.spec.savepoint_on_deletion;
+    if want == has_finalizer(job) {
+        return Ok(());
+    }
+    let mut list: Vec<String> = job.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
+    if want {
+        list.push(FINALIZER.into());
+    }
+    set_finalizers(ctx, job, list).await
+}
+
+/// Where a savepoint outside an upgrade stands.
+enum Outcome {
+    Completed(String),
+    Waiting,
+    Failed(String),
+}
+
+async fn poll(ctx: &Ctx, job: &StreamJob, pending: &PendingSavepoint) -> Result<Outcome, Error> {
+    let pods = workers::pods(&ctx.client, &namespace(job), job).await?;
+    let progress = workers::savepoint_progress(&pods, &pending.id).await;
+    Ok(match progress.state {
+        "completed" => Outcome::Completed(progress.location.unwrap_or_default()),
+        "in-progress" if !passed(&pending.deadline) => Outcome::Waiting,
+        "in-progress" => Outcome::Failed("did not complete by its deadline".into()),
+        state => Outcome::Failed(format!("is {state}")),
+    })
+}
+
+/// Records savepoint `id` as pending (before asking, so that a restarted operator polls it),
+/// then asks every worker for it; the reason when they could not be asked.
+async fn trigger(
+    ctx: &Ctx,
+    job: &StreamJob,
+    status: &mut StreamJobStatus,
+    id: String,
+    why: &str,
+) -> Result<Option<String>, Error> {
+    status.pending_savepoint =
+        Some(PendingSavepoint { id: id.clone(), trigger: why.into(), deadline: deadline_after(SAVEPOINT_DEADLINE) });
+    set_status(ctx, job, status.clone()).await?;
+    let pods = workers::pods(&ctx.client, &namespace(job), job).await?;
+    match workers::trigger_savepoint(&pods, &id).await {
+        Ok(answers) => {
+            let note = format!("savepoint {id} ({why}) requested from {} workers", answers.len());
+            publish(ctx, job, EventType::Normal, "SavepointRequested", note).await;
+            Ok(None)
+        }
+        Err(TriggerError::Refused(m) | TriggerError::Unreachable(m)) => {
+            status.pending_savepoint = None;
+            Ok(Some(m))
+        }
+    }
+}
+
+fn savepoint_id(kind: &str, n: i64) -> String {
+    format!("{kind}-{n}-{}", k8s_openapi::jiff::Timestamp::now().as_millisecond())
+}
+
+/// `spec.savepointTriggerNonce`: a changed nonce takes a savepoint while the workers keep
+/// running (once they all run); a pending one is polled. When to look again, if at all.
+pub async fn nonce_savepoint(
+    ctx: &Ctx,
+    job: &StreamJob,
+    status: &mut StreamJobStatus,
+) -> Result<Option<Duration>, Error> {
+    if let Some(p) = status.pending_savepoint.clone().filter(|p| p.trigger == "nonce") {
+        match poll(ctx, job, &p).await? {
+            Outcome::Waiting => return Ok(Some(Duration::from_secs(2))),
+            Outcome::Completed(path) => {
+                publish(ctx, job, EventType::Normal, "SavepointCompleted", format!("savepoint {} at {path}", p.id))
+                    .await;
+                status.record_savepoint(SavepointInfo { path, time: Some(now()), trigger: Some("nonce".into()) });
+            }
+            Outcome::Failed(why) => {
+                let note = format!("savepoint {} (savepointTriggerNonce) {why}; change the nonce to try again", p.id);
+                publish(ctx, job, EventType::Warning, "SavepointFailed", note).await;
+            }
+        }
+        status.pending_savepoint = None;
+        return Ok(None);
+    }
+    let Some(nonce) = job.spec.savepoint_trigger_nonce else { return Ok(None) };
+    if status.savepoint_trigger_nonce == Some(nonce) || status.pending_savepoint.is_some() {
+        return Ok(None);
+    }
+    if !has_storage(job) {
+        let note = "savepointTriggerNonce changed, but savepoints need spec.checkpointing.storage".to_string();
+        publish(ctx, job, EventType::Warning, "SavepointFailed", note).await;
+        status.savepoint_trigger_nonce = Some(nonce);
+        return Ok(None);
+    }
+    if !all_running(status.phase.as_deref()) {
+        // Taken once every worker runs.
+        return Ok(Some(Duration::from_secs(5)));
+    }
+    status.savepoint_trigger_nonce = Some(nonce);
+    match trigger(ctx, job, status, savepoint_id("nonce", nonce), "nonce").await? {
+        None => Ok(Some(Duration::from_secs(2))),
+        Some(why) => {
+            let note = format!("savepoint for savepointTriggerNonce {nonce} could not be requested: {why}");
+            publish(ctx, job, EventType::Warning, "SavepointFailed", note).await;
+            Ok(None)
+        }
+    }
+}
+
+/// A StreamJob being deleted while it holds the finalizer: takes the final savepoint if every
+/// worker runs, waits for it (at most [`SAVEPOINT_DEADLINE`]), says where it is in an Event,
+/// then lets the deletion go on (the owned objects go with it).
+pub async fn finalize(ctx: &Ctx, job: &StreamJob) -> Result<Action, Error> {
+    if !has_finalizer(job) {
+        return Ok(Action::await_change());
+    }
+    let mut status = job.status.clone().unwrap_or_default();
+    if let Some(p) = status.pending_savepoint.clone().filter(|p| p.trigger == "deletion") {
+        match poll(ctx, job, &p).await? {
+            Outcome::Waiting => return Ok(Action::requeue(Duration::from_secs(2))),
+            Outcome::Completed(path) => {
+                let note = format!(
+                    "final savepoint {} at {path}; a new StreamJob starts from it with spec.initialSavepoint: {path}",
+                    p.id
+                );
+                publish(ctx, job, EventType::Normal, "FinalSavepoint", note).await;
+                status.pending_savepoint = None;
+                status.record_savepoint(SavepointInfo { path, time: Some(now()), trigger: Some("deletion".into()) });
+                set_status(ctx, job, status).await?;
+            }
+            Outcome::Failed(why) => {
+                let note = format!("final savepoint {} {why}; deleting without it", p.id);
+                publish(ctx, job, EventType::Warning, "SavepointFailed", note).await;
+            }
+        }
+        release(ctx, job).await?;
+        return Ok(Action::await_change());
+    }
+    if has_storage(job) && all_running(status.phase.as_deref()) {
+        let id = savepoint_id("final", job.metadata.generation.unwrap_or(0));
+        match trigger(ctx, job, &mut status, id, "deletion").await? {
+            None => return Ok(Action::requeue(Duration::from_secs(2))),
+            Some(why) => {
+                let note = format!("final savepoint could not be requested: {why}; deleting without it");
+                publish(ctx, job, EventType::Warning, "SavepointFailed", note).await;
+            }
+        }
+    } else {
+        let note = format!(
+            "no final savepoint: the workers are not all running (phase {}); their last checkpoints stay in storage",
+            status.phase.as_deref().unwrap_or("-")
+        );
+        publish(ctx, job, EventType::Warning, "SavepointSkipped", note).await;
+    }
+    release(ctx, job).await?;
+    Ok(Action::await_change())
+}
+
+/// Lets the deletion go on.
+async fn release(ctx: &Ctx, job: &StreamJob) -> Result<(), Error> {
+    let rest: Vec<String> = job.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
+    set_finalizers(ctx, job, rest).await
+}
+
+/// The job to deploy: its own spec, or the last stable one while the spec that was rolled back
+/// is unchanged.
+pub fn effective(job: &StreamJob, status: &StreamJobStatus) -> StreamJob {
+    let stable = status.rolled_back.as_deref().filter(|failed| *failed == build::deployed_hash(job)).and_then(|_| {
+        let spec = serde_json::from_str(status.last_stable_spec.as_deref()?).ok()?;
+        Some(StreamJob { spec, ..job.clone() })
+    });
+    stable.unwrap_or_else(|| job.clone())
+}
+
+/// With `spec.rollbackAfter`, a rollout whose workers are not all ready in time goes back to
+/// the last stable spec: `status` is changed to deploy it and the Event's note returned. With
+/// `upgradeMode: savepoint` the workers restore the savepoint taken before the failed upgrade
+/// (in a new state folder, so nothing the failed spec checkpointed is restored); otherwise
+/// their last checkpoints.
+pub fn rollback(job: &StreamJob, status: &mut StreamJobStatus) -> Option<String> {
+    let after = Duration::from_millis(job.spec.rollback_after.as_ref()?.millis().ok()?);
+    let started = status.rollout_started.as_deref()?;
+    let stable: weir_crds::StreamJobSpec = serde_json::from_str(status.last_stable_spec.as_deref()?).ok()?;
+    let failing = build::deployed_hash(job);
+    let stable_job = StreamJob { spec: stable, status: None, ..job.clone() };
+    let stable_hash = build::deployed_hash(&stable_job);
+    let deadline = started.parse::<k8s_openapi::jiff::Timestamp>().ok()?
+        + k8s_openapi::jiff::SignedDuration::try_from(after).ok()?;
+    if stable_hash == failing || status.rolled_back.is_some() || k8s_openapi::jiff::Timestamp::now() < deadline {
+        return None;
+    }
+    status.rolled_back = Some(failing.clone());
+    status.deployed = Some(stable_hash.clone());
+    status.deployed_code = Some(build::code_hash(&stable_job));
+    status.rollout_started = None;
+    let restore = match (&status.restored_from, job.spec.upgrade_mode) {
+        (Some(sp), UpgradeMode::Savepoint) => {
+            status.state_generation = Some(status.state_generation.unwrap_or(0) + 1);
+            format!("restoring savepoint {sp}")
+        }
+        _ => "the workers restore their last checkpoints".to_string(),
+    };
+    status.phase = Some("RollingBack".into());
+    Some(format!(
+        "the workers of {failing} were not all ready within {}; rolling back to the last stable spec {stable_hash}, {restore}",
+        job.spec.rollback_after.as_ref().map(|d| d.to_string()).unwrap_or_default()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(window: &str, rollback_after: Option<&str>) -> StreamJob {
+        let yaml = format!(
+            r#"
+apiVersion: weir.dev/v1alpha1
+kind: StreamJob
+metadata: {{name: j, namespace: ns, uid: uid-1}}
+spec:
+  checkpointing: {{storage: "s3://weir/j"}}
+  pipeline:
+    sources:
+      p: {{kafka: {{brokers: "kafka:9092", topic: p}}, schema: {{card_id: string, ts: timestamp}}, eventTime: {{field: ts}}}}
+    streams:
+      w: {{from: p, keyBy: [card_id], window: {{tumbling: {window}}}, aggregate: {{n: "count(*)"}}}}
+"#
+        );
+        let mut j: StreamJob = serde_yaml::from_str(&yaml).unwrap();
+        j.spec.rollback_after = rollback_after.map(Into::into);
+        j
+    }
+
+    fn ago(seconds: i64) -> String {
+        (k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(seconds)).to_string()
+    }
+
+    #[test]
+    fn a_rollout_not_ready_in_time_goes_back_to_the_last_stable_spec() {
+        let stable = job("1m", Some("2m"));
+        let failing = job("5m", Some("2m"));
+        let mut status = StreamJobStatus {
+            last_stable_spec: serde_json::to_string(&stable.spec).ok(),
+            deployed: Some(build::deployed_hash(&failing)),
+            rollout_started: Some(ago(60)),
+            restored_from: Some("upgrade-2-1".into()),
+            ..Default::default()
+        };
+        assert!(rollback(&failing, &mut status.clone()).is_none(), "within the deadline");
+        assert!(rollback(&job("5m", None), &mut status.clone()).is_none(), "without rollbackAfter");
+        status.rollout_started = Some(ago(121));
+        let note = rollback(&failing, &mut status).unwrap();
+        assert!(note.contains("restoring savepoint upgrade-2-1"), "{note}");
+        assert_eq!(status.rolled_back, Some(build::deployed_hash(&failing)));
+        assert_eq!(status.deployed, Some(build::deployed_hash(&stable)));
+        assert_eq!(status.state_generation, Some(1), "a new state folder: nothing of the failed spec is restored");
+        assert_eq!(status.phase.as_deref(), Some("RollingBack"));
+        // While the spec is the one rolled back, the stable one is deployed; never twice.
+        assert_eq!(effective(&failing, &status).spec, stable.spec);
+        assert!(rollback(&failing, &mut status.clone()).is_none());
+        // A new spec is deployed as it is.
+        let next = job("10m", Some("2m"));
+        assert_eq!(effective(&next, &status).spec, next.spec);
+    }
+
+    #[test]
+    fn the_stable_spec_itself_is_never_rolled_back() {
+        let stable = job("1m", Some("1s"));
+        let mut status = StreamJobStatus {
+            last_stable_spec: serde_json::to_string(&stable.spec).ok(),
+            rollout_started: Some(ago(600)),
+            ..Default::default()
+        };
+        assert!(rollback(&stable, &mut status).is_none());
+        assert!(all_running(Some("RolledBack")) && !all_running(Some("Deploying")));
+    }
+}
