@@ -236,10 +236,14 @@ pub struct StreamJobStatus {
     /// `stateless` upgrade starts from empty state only when it changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployed_code: Option<String>,
-    /// Bumped by each `stateless` upgrade: the workers' checkpoints live under a folder of their
-    /// own per generation (and per StreamJob uid), so a fresh start never restores older state.
+    /// The state folder the workers checkpoint to, per StreamJob uid and generation: a new
+    /// generation (the time it began, epoch ms) starts with each `stateless` upgrade and each
+    /// rollback that restores a savepoint, so a fresh start never restores older state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub state_generation: Option<u32>,
+    pub state_generation: Option<i64>,
+    /// The state generation of the last stable spec, where a rollback returns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_state_generation: Option<i64>,
     /// The `spec.savepointTriggerNonce` last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub savepoint_trigger_nonce: Option<i64>,

@@ -520,6 +520,130 @@ fn a_restarted_operator_completes_a_change() {
     assert!(get(&ns, "sj/gen", "{.status.upgrade}").is_empty());
 }
 
+/// The lifecycle beside upgrades, on one job (`upgradeMode: stateless`, datagen at 200/s, a
+/// checkpoint a second): `savepointTriggerNonce` takes a savepoint without restarting anyone; a
+/// changed pipeline starts from empty state in a new state folder; a spec whose workers never
+/// become ready is rolled back after `rollbackAfter` to the last stable spec, which restores its
+/// own last checkpoint; deleting the job takes a final savepoint (finalizer) that a new job
+/// starts from with `initialSavepoint`.
+#[test]
+fn nonce_savepoint_stateless_upgrade_rollback_and_final_savepoint() {
+    require_port("kube-apiserver", 6443);
+    let (_cleanup, log, _) = setup("life");
+    let ns = _cleanup.namespace.clone();
+    let storage = tempfile::tempdir().unwrap();
+    let job = |name: &str, rate: u32, nonce: u32, sink: &str, extra: &str| {
+        format!(
+            "apiVersion: weir.dev/v1alpha1\nkind: StreamJob\nmetadata: {{name: {name}}}\nspec:\n  image: weir-worker:dev\n  upgradeMode: stateless\n  savepointTriggerNonce: {nonce}\n  rollbackAfter: 10s\n{extra}  checkpointing: {{interval: 1s, storage: \"file://{}\"}}\n  pipeline:\n    sources: {{p: {{datagen: {{kind: payments, rate: {rate}}}}}}}\n    sinks: {{o: {{from: p, file: {{path: {sink}}}}}}}\n",
+            storage.path().display()
+        )
+    };
+    let on_delete = "  savepointOnDeletion: true\n";
+    let phase = |name: &str| get(&ns, &format!("sj/{name}"), "{.status.phase}");
+    let settled = |name: &str, want: &str| {
+        let sj = format!("sj/{name}");
+        phase(name) == want && get(&ns, &sj, "{.metadata.generation}") == get(&ns, &sj, "{.status.observedGeneration}")
+    };
+    // The next position of the datagen source, from the worker's metrics (0 while unknown).
+    let position = || {
+        let ip = get(&ns, "pods", "{.items[0].status.podIP}");
+        if ip.is_empty() {
+            return 0;
+        }
+        let metrics = std::panic::catch_unwind(|| worker_call(&ip, "GET", "/metrics")).unwrap_or_default();
+        metrics
+            .lines()
+            .find(|l| l.starts_with("weir_source_position{"))
+            .and_then(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+            .unwrap_or(0.0) as i64
+    };
+    let folders = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(storage.path())
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with("state-"))
+            .collect();
+        v.sort();
+        v
+    };
+    apply(&ns, &job("gen", 200, 1, "out.jsonl", on_delete));
+    wait_until(&format!("Running (operator log: {})", log.display()), Duration::from_secs(60), || {
+        settled("gen", "Running").then_some(())
+    });
+    assert_eq!(get(&ns, "sj/gen", "{.metadata.finalizers}"), r#"["weir.dev/final-savepoint"]"#);
+    assert!(get(&ns, "sj/gen", "{.status.savepoints}").is_empty(), "a nonce set at creation takes no savepoint");
+
+    // A new nonce: a savepoint, the same Pod still running.
+    let pod_uid = get(&ns, "pods", "{.items[0].metadata.uid}");
+    apply(&ns, &job("gen", 200, 2, "out.jsonl", on_delete));
+    wait_until("the nonce's savepoint", Duration::from_secs(60), || {
+        get(&ns, "sj/gen", "{.status.savepoints[*].trigger}").contains("nonce").then_some(())
+    });
+    assert_eq!(get(&ns, "pods", "{.items[0].metadata.uid}"), pod_uid, "no restart for a savepoint");
+    let saved = get(&ns, "sj/gen", "{.status.lastSavepoint.path}");
+    let saved = saved.strip_prefix("file://").unwrap();
+    assert!(std::path::Path::new(saved).join("p0/_manifest.json").exists(), "{saved}");
+
+    // A changed pipeline with upgradeMode stateless: empty state, in a new folder.
+    let before = wait_until("2,000 records read", Duration::from_secs(60), || Some(position()).filter(|p| *p >= 2_000));
+    apply(&ns, &job("gen", 201, 2, "out.jsonl", on_delete));
+    wait_until("the stateless upgrade", Duration::from_secs(90), || {
+        (settled("gen", "Running") && !get(&ns, "sj/gen", "{.status.stateGeneration}").is_empty()).then_some(())
+    });
+    let fresh =
+        wait_until("the new worker's position", Duration::from_secs(30), || Some(position()).filter(|p| *p > 0));
+    assert!(fresh < before, "started from empty state: position {fresh}, was {before}");
+    let generation = get(&ns, "sj/gen", "{.status.stateGeneration}");
+    let env = get(
+        &ns,
+        "statefulset/gen",
+        "{.spec.template.spec.containers[0].env[?(@.name==\"WEIR_STATE_GENERATION\")].value}",
+    );
+    assert!(env.ends_with(&format!("-{generation}")), "{env}");
+    wait_until("checkpoints in the new state folder", Duration::from_secs(30), || {
+        (folders().len() == 2 && storage.path().join(&env).join("p0").exists()).then_some(())
+    });
+
+    // A spec whose workers cannot start (the sink cannot be created): rolled back after 10 s.
+    let stable_hash = get(&ns, "statefulset/gen", "{.spec.template.metadata.annotations.weir\\.dev/config-hash}");
+    let last = wait_until("1,000 more records", Duration::from_secs(60), || Some(position()).filter(|p| *p >= 1_000));
+    apply(&ns, &job("gen", 202, 2, "/proc/weir-no-such-dir/out.jsonl", on_delete));
+    wait_until("the rollback", Duration::from_secs(120), || settled("gen", "RolledBack").then_some(()));
+    let reasons = event_reasons(&ns, "gen");
+    assert!(reasons.contains("RollingBack") && reasons.contains("RolledBack"), "{reasons}");
+    assert_eq!(
+        get(&ns, "statefulset/gen", "{.spec.template.metadata.annotations.weir\\.dev/config-hash}"),
+        stable_hash
+    );
+    assert_eq!(get(&ns, "sj/gen", "{.status.stateGeneration}"), generation, "back in the stable spec's folder");
+    let resumed =
+        wait_until("the restored worker's position", Duration::from_secs(30), || Some(position()).filter(|p| *p > 0));
+    assert!(resumed >= last, "restored its last checkpoint: position {resumed}, was {last} before the failed upgrade");
+
+    // Deletion: a final savepoint, then everything goes; a new job starts from that savepoint.
+    let at_delete = position();
+    kubectl(&["-n", &ns, "delete", "sj/gen", "--wait=false"]);
+    let note = wait_until("the final savepoint's Event", Duration::from_secs(60), || {
+        let sel = "involvedObject.name=gen,reason=FinalSavepoint";
+        let note =
+            kubectl(&["-n", &ns, "get", "events", "--field-selector", sel, "-o", "jsonpath={.items[*].message}"]);
+        (!note.is_empty()).then_some(note)
+    });
+    wait_until("the StreamJob to go", Duration::from_secs(60), || {
+        get(&ns, "streamjobs", "{.items[*].metadata.name}").is_empty().then_some(())
+    });
+    let path = note.split("initialSavepoint: ").nth(1).unwrap().trim().to_string();
+    assert!(std::path::Path::new(path.strip_prefix("file://").unwrap()).join("p0/_manifest.json").exists(), "{note}");
+    wait_until("the old workers to stop", Duration::from_secs(60), || {
+        get(&ns, "pods", "{.items[*].metadata.name}").is_empty().then_some(())
+    });
+    apply(&ns, &job("gen-b", 201, 0, "out.jsonl", &format!("  initialSavepoint: \"{path}\"\n")));
+    wait_until("the new job", Duration::from_secs(60), || settled("gen-b", "Running").then_some(()));
+    assert!(event_reasons(&ns, "gen-b").contains("RestoringSavepoint"));
+    let restored = wait_until("its position", Duration::from_secs(30), || Some(position()).filter(|p| *p > 0));
+    assert!(restored >= at_delete, "the new job goes on from the final savepoint: {restored}, {at_delete}");
+}
+
 /// One operator watching two namespaces (`--namespace a,b`) runs the jobs of both and leaves a
 /// third namespace's alone; its REST API serves only the watched ones.
 #[test]

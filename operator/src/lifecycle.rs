@@ -182,10 +182,8 @@ pub async fn finalize(ctx: &Ctx, job: &StreamJob) -> Result<Action, Error> {
                     "final savepoint {} at {path}; a new StreamJob starts from it with spec.initialSavepoint: {path}",
                     p.id
                 );
+                // The job goes: the Event keeps where the savepoint is.
                 publish(ctx, job, EventType::Normal, "FinalSavepoint", note).await;
-                status.pending_savepoint = None;
-                status.record_savepoint(SavepointInfo { path, time: Some(now()), trigger: Some("deletion".into()) });
-                set_status(ctx, job, status).await?;
             }
             Outcome::Failed(why) => {
                 let note = format!("final savepoint {} {why}; deleting without it", p.id);
@@ -215,10 +213,25 @@ pub async fn finalize(ctx: &Ctx, job: &StreamJob) -> Result<Action, Error> {
     Ok(Action::await_change())
 }
 
-/// Lets the deletion go on.
+/// Lets the deletion go on: the finalizer leaves the list, provided the list is still the one
+/// read (a JSON patch `test`; status writes meanwhile do not matter, unlike a resourceVersion).
 async fn release(ctx: &Ctx, job: &StreamJob) -> Result<(), Error> {
     let rest: Vec<String> = job.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
-    set_finalizers(ctx, job, rest).await
+    let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+        {"op": "test", "path": "/metadata/finalizers", "value": job.finalizers()},
+        {"op": "replace", "path": "/metadata/finalizers", "value": rest},
+    ]))
+    .expect("a valid JSON patch");
+    let api: Api<StreamJob> = Api::namespaced(ctx.client.clone(), &namespace(job));
+    let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
+    api.patch(&job.name_any(), &params, &Patch::<()>::Json(patch)).await?;
+    Ok(())
+}
+
+/// A state generation never used before by this job: the time, epoch ms (after any earlier).
+pub fn new_state_generation(status: &StreamJobStatus) -> i64 {
+    let now = k8s_openapi::jiff::Timestamp::now().as_millisecond();
+    now.max(status.state_generation.unwrap_or(0) + 1)
 }
 
 /// The job to deploy: its own spec, or the last stable one while the spec that was rolled back
@@ -234,8 +247,9 @@ pub fn effective(job: &StreamJob, status: &StreamJobStatus) -> StreamJob {
 /// With `spec.rollbackAfter`, a rollout whose workers are not all ready in time goes back to
 /// the last stable spec: `status` is changed to deploy it and the Event's note returned. With
 /// `upgradeMode: savepoint` the workers restore the savepoint taken before the failed upgrade
-/// (in a new state folder, so nothing the failed spec checkpointed is restored); otherwise
-/// their last checkpoints.
+/// (in a new state folder, so nothing the failed spec checkpointed is restored); otherwise the
+/// last checkpoints of the stable spec's state folder (after a `stateless` upgrade that is the
+/// folder the failed spec left; with `last-state` they share it).
 pub fn rollback(job: &StreamJob, status: &mut StreamJobStatus) -> Option<String> {
     let after = Duration::from_millis(job.spec.rollback_after.as_ref()?.millis().ok()?);
     let started = status.rollout_started.as_deref()?;
@@ -254,10 +268,13 @@ pub fn rollback(job: &StreamJob, status: &mut StreamJobStatus) -> Option<String>
     status.rollout_started = None;
     let restore = match (&status.restored_from, job.spec.upgrade_mode) {
         (Some(sp), UpgradeMode::Savepoint) => {
-            status.state_generation = Some(status.state_generation.unwrap_or(0) + 1);
+            status.state_generation = Some(new_state_generation(status));
             format!("restoring savepoint {sp}")
         }
-        _ => "the workers restore their last checkpoints".to_string(),
+        _ => {
+            status.state_generation = status.stable_state_generation;
+            "the workers restore its last checkpoints".to_string()
+        }
     };
     status.phase = Some("RollingBack".into());
     Some(format!(
@@ -312,7 +329,10 @@ spec:
         assert!(note.contains("restoring savepoint upgrade-2-1"), "{note}");
         assert_eq!(status.rolled_back, Some(build::deployed_hash(&failing)));
         assert_eq!(status.deployed, Some(build::deployed_hash(&stable)));
-        assert_eq!(status.state_generation, Some(1), "a new state folder: nothing of the failed spec is restored");
+        assert!(
+            status.state_generation.unwrap() > 1_700_000_000_000,
+            "a new state folder: nothing of the failed spec is restored"
+        );
         assert_eq!(status.phase.as_deref(), Some("RollingBack"));
         // While the spec is the one rolled back, the stable one is deployed; never twice.
         assert_eq!(effective(&failing, &status).spec, stable.spec);
@@ -320,6 +340,27 @@ spec:
         // A new spec is deployed as it is.
         let next = job("10m", Some("2m"));
         assert_eq!(effective(&next, &status).spec, next.spec);
+    }
+
+    #[test]
+    fn without_a_savepoint_a_rollback_returns_to_the_stable_state_folder() {
+        let stable = job("1m", Some("2m"));
+        let mut failing = job("5m", Some("2m"));
+        failing.spec.upgrade_mode = UpgradeMode::Stateless;
+        let mut status = StreamJobStatus {
+            last_stable_spec: serde_json::to_string(&stable.spec).ok(),
+            rollout_started: Some(ago(300)),
+            state_generation: Some(20),
+            stable_state_generation: Some(10),
+            ..Default::default()
+        };
+        let note = rollback(&failing, &mut status).unwrap();
+        assert!(note.contains("restore its last checkpoints"), "{note}");
+        assert_eq!(status.state_generation, Some(10));
+        assert!(
+            new_state_generation(&StreamJobStatus { state_generation: Some(i64::MAX - 1), ..Default::default() })
+                == i64::MAX
+        );
     }
 
     #[test]

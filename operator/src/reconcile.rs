@@ -206,6 +206,7 @@ async fn reconcile_job(job: &StreamJob, ctx: &Ctx) -> Result<Action, Error> {
         return Ok(Action::await_change());
     }
     // A rolled-back spec stays rolled back (the last stable one runs) until the spec changes.
+    let spec_hash = build::deployed_hash(job);
     let effective = lifecycle::effective(job, &old);
     let job = &effective;
     let target = build::deployed_hash(job);
@@ -214,8 +215,8 @@ async fn reconcile_job(job: &StreamJob, ctx: &Ctx) -> Result<Action, Error> {
             if old.deployed != status.deployed {
                 status.rollout_started = Some(now());
             }
-            if status.rolled_back.is_some() && status.rolled_back != Some(target.clone()) {
-                // Not rolled back (effective is the job's own spec): a new spec clears it.
+            if status.rolled_back.is_some() && status.rolled_back != Some(spec_hash) {
+                // The spec changed since it was rolled back.
                 status.rolled_back = None;
             }
             status.deployed_code = Some(build::code_hash(job));
@@ -235,6 +236,11 @@ async fn reconcile_job(job: &StreamJob, ctx: &Ctx) -> Result<Action, Error> {
     apply(&ctx.client, &ns, &service).await?;
     apply::<StatefulSet>(&ctx.client, &ns, &stateful_set).await?;
     apply::<PodDisruptionBudget>(&ctx.client, &ns, &pdb).await?;
+    if old.phase.as_deref() == Some("RollingBack") {
+        // Workers of the failed spec that never became ready are replaced now (a StatefulSet
+        // waits for a broken Pod to become ready before it rolls it).
+        workers::delete_unready(&ctx.client, &ns, job).await?;
+    }
 
     let want = build::replicas(job);
     let suspended = job.spec.state == JobState::Suspended;
@@ -284,6 +290,7 @@ async fn reconcile_job(job: &StreamJob, ctx: &Ctx) -> Result<Action, Error> {
     if running && !suspended {
         // What runs now is what a rollback returns to.
         status.last_stable_spec = serde_json::to_string(&job.spec).ok();
+        status.stable_state_generation = status.state_generation;
         status.rollout_started = None;
     } else if !suspended {
         if let Some(note) = lifecycle::rollback(job, &mut status) {
@@ -350,7 +357,7 @@ async fn upgrade(job: &StreamJob, ctx: &Ctx, old: &StreamJobStatus, target: &str
             let fresh = job.spec.upgrade_mode == UpgradeMode::Stateless
                 && old.deployed_code.as_deref().is_some_and(|c| c != code);
             let note = if fresh {
-                let generation = old.state_generation.unwrap_or(0) + 1;
+                let generation = lifecycle::new_state_generation(&old);
                 status.state_generation = Some(generation);
                 format!(
                     "rolling out {target} (was {deployed}) from empty state (upgradeMode stateless, state generation \

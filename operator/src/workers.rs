@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::ListParams;
+use kube::api::{DeleteParams, ListParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -40,6 +40,24 @@ pub async fn pods(client: &Client, ns: &str, job: &StreamJob) -> Result<Vec<(Str
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let list = pods.list(&ListParams::default().labels(&build::selector(job))).await?;
     Ok(list.items.iter().map(|p| (p.name_any(), p.status.as_ref().and_then(|st| st.pod_ip.clone()))).collect())
+}
+
+/// Deletes the job's Pods that are not ready (their StatefulSet makes them again from its
+/// current template).
+pub async fn delete_unready(client: &Client, ns: &str, job: &StreamJob) -> Result<(), kube::Error> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    for p in pods.list(&ListParams::default().labels(&build::selector(job))).await?.items {
+        let ready = p
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        if !ready && p.metadata.deletion_timestamp.is_none() {
+            tracing::info!(pod = %p.name_any(), "deleting a worker of the rolled-back spec");
+            pods.delete(&p.name_any(), &DeleteParams::default()).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Why a savepoint could not be requested.
