@@ -357,7 +357,7 @@ async fn upgrade(job: &StreamJob, ctx: &Ctx, old: &StreamJobStatus, target: &str
             let fresh = job.spec.upgrade_mode == UpgradeMode::Stateless
                 && old.deployed_code.as_deref().is_some_and(|c| c != code);
             let note = if fresh {
-                let generation = lifecycle::new_state_generation(&old);
+                let generation = lifecycle::new_state_generation(old);
                 status.state_generation = Some(generation);
                 format!(
                     "rolling out {target} (was {deployed}) from empty state (upgradeMode stateless, state generation \
