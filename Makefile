@@ -57,6 +57,7 @@ demo: stack-up
 
 bench: release
 	bench/run.sh
+	[ "$${BENCH_RECOVERY:-1}" = 0 ] || bench/recovery.sh
 
 clean:
 	$(STACK) down --purge

@@ -6,7 +6,7 @@
 # Env: BENCH_EVENTS (default 1000000), BENCH_KAFKA=0 to skip the Kafka runs, BENCH_QUERIES to
 # run only some queries (e.g. "tumbling_1m session_2m", or " " for none), BENCH_PERF=1 to record
 # a perf profile of each run (perf.data files next to the data set), BENCH_LATENCY_RATE=0 to skip
-# the latency run.
+# the latency run, BENCH_OVERHEAD_EVENTS=0 to skip the checkpoint-overhead runs.
 set -euo pipefail
 source "$(dirname "$0")/../e2e/stack/lib.sh"
 EVENTS=${BENCH_EVENTS:-1000000}
@@ -58,7 +58,7 @@ Q
 }
 
 # run_one LABEL SOURCE_YAML QUERY [WORKER ARGS...]: prints one result row.
-# SPEC_EXTRA: more spec fields, e.g. checkpointing.
+# SPEC_EXTRA: more spec fields, e.g. checkpointing; OUT: the results' file (/dev/null drops them).
 run_one() {
   local label=$1 source=$2 q=$3; shift 3
   cat >"$WORK/$q.yaml" <<YAML
@@ -73,7 +73,7 @@ ${SPEC_EXTRA:-}
         eventTime: {field: ts, maxOutOfOrderness: 5s}
 $(query "$q")
     sinks:
-      out: {from: q, file: {path: $WORK/out-$q.jsonl}}
+      out: {from: q, file: {path: ${OUT:-$WORK/out-$q.jsonl}}}
 YAML
   local stats
   local perf=()
@@ -100,6 +100,17 @@ done
 [[ " $QUERIES " == *" tumbling_1m "* ]] &&
   SPEC_EXTRA="  checkpointing: {interval: 1s, storage: \"file://$WORK/checkpoints\"}" \
     run_one file-checkpoint-1s "file: {path: $DATA}" tumbling_1m
+
+# Checkpoint overhead at the default interval (30 s): a run long enough to take several,
+# generated in-process (BENCH_OVERHEAD_EVENTS, default 40,000,000; 0 skips it), without and with
+# checkpoints of the tumbling job's state.
+OVERHEAD_EVENTS=${BENCH_OVERHEAD_EVENTS:-40000000}
+if [[ $OVERHEAD_EVENTS != 0 && " $QUERIES " == *" tumbling_1m "* ]]; then
+  gen="datagen: {kind: payments, count: $OVERHEAD_EVENTS, seed: 11, keys: 100000, startTime: 1795564800000, eventRate: 2000}"
+  EVENTS=$OVERHEAD_EVENTS OUT=/dev/null run_one datagen "$gen" tumbling_1m
+  EVENTS=$OVERHEAD_EVENTS OUT=/dev/null SPEC_EXTRA="  checkpointing: {interval: 30s, storage: \"file://$WORK/checkpoints-30s\"}" \
+    run_one datagen-checkpoint-30s "$gen" tumbling_1m
+fi
 
 if [[ ${BENCH_KAFKA:-1} != 0 ]]; then
   port_open "$KAFKA_PORT" || die "Kafka is not running; make stack-up (or BENCH_KAFKA=0)"

@@ -138,6 +138,19 @@ impl Value {
         })
     }
 
+    /// The bytes after the encoded value at the start of `bytes`, without decoding it.
+    pub fn skip(bytes: &[u8]) -> Option<&[u8]> {
+        let (&tag, rest) = bytes.split_first()?;
+        let n = match tag {
+            TAG_NULL => 0,
+            TAG_STR => 4 + u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize,
+            TAG_I64 | TAG_F64 => 8,
+            TAG_BOOL => 1,
+            _ => return None,
+        };
+        rest.get(n..)
+    }
+
     /// Decodes a whole key (a sequence of values).
     pub fn decode_all(mut bytes: &[u8]) -> Option<Vec<Value>> {
         let mut out = Vec::new();

@@ -46,7 +46,7 @@ impl Extreme {
         }
     }
 
-    fn from_value(v: Value) -> Extreme {
+    pub(crate) fn from_value(v: Value) -> Extreme {
         match v {
             Value::Null => Extreme::None,
             Value::Str(s) => Extreme::Str(Box::new(s)),
@@ -266,6 +266,39 @@ impl Acc {
                     out.extend_from_slice(&(k.len() as u32).to_le_bytes());
                     out.extend_from_slice(k);
                 }
+            }
+        }
+    }
+
+    /// The bytes after the encoded accumulator at the start of `b`, without decoding it (no
+    /// allocation: rebuilding the timer index reads only the windows' bounds).
+    pub fn skip(b: &[u8]) -> Option<&[u8]> {
+        let (&tag, r) = b.split_first()?;
+        let u32le = |r: &[u8]| Some(u32::from_le_bytes(r.get(..4)?.try_into().ok()?) as usize);
+        match tag {
+            0 => r.get(8..),
+            1 | 2 | 4 | 5 => Value::skip(r),
+            3 => r.get(16..),
+            6 | 7 => {
+                let (&some, r) = r.split_first()?;
+                if some == 0 {
+                    Some(r)
+                } else {
+                    Value::skip(r.get(8..)?)
+                }
+            }
+            8 => {
+                let n = u32le(r)?;
+                let mut r = r.get(4..)?;
+                for _ in 0..n {
+                    let len = u32le(r)?;
+                    r = r.get(4 + len..)?;
+                }
+                Some(r)
+            }
+            _ => {
+                // Whatever else there is, decoded (and dropped) to find its end.
+                Acc::decode(b).map(|(_, rest)| rest)
             }
         }
     }

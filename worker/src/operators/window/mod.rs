@@ -243,11 +243,7 @@ impl WindowOp {
     /// When something next happens to `w`: it fires at `end - 1`, is dropped at
     /// `end - 1 + allowedLateness`.
     fn due(lateness: i64, w: &Win) -> i64 {
-        if w.fired {
-            (w.end - 1).saturating_add(lateness)
-        } else {
-            w.end - 1
-        }
+        due_at(lateness, w.end, w.fired)
     }
 
     /// Builds the timer index from the stored windows, once; keeps the first keys decoded.
@@ -256,6 +252,8 @@ impl WindowOp {
             return Ok(());
         }
         self.timers_loaded = true;
+        let started = std::time::Instant::now();
+        let mut keys = 0u64;
         let lo = self.entry_key(&[]);
         let mut hi = self.cfg.state_prefix.clone();
         hi.push(b'k' + 1);
@@ -265,8 +263,26 @@ impl WindowOp {
             let Some((last, _)) = page.last() else { break };
             from = last.clone();
             from.push(0);
+            keys += page.len() as u64;
             for (k, v) in page {
                 let key = Key::from_slice(&k[lo.len()..]);
+                if self.cache.len() >= self.cfg.max_cached_keys {
+                    // Beyond the cache only the timers are needed: the windows' bounds.
+                    self.uncached_in_state = true;
+                    let naccs = self.cfg.aggs.len();
+                    let (lateness, panes) = (self.cfg.allowed_lateness, self.panes.is_some());
+                    let timers = &mut self.timers;
+                    let timer = visit_windows(&v, naccs, |start, end, fired| {
+                        if !panes {
+                            timers.entry(due_at(lateness, end, fired)).or_default().push((key.clone(), start));
+                        }
+                    });
+                    let timer = timer.ok_or_else(|| self.cfg.corrupt("a window entry"))?;
+                    if panes && timer != i64::MAX {
+                        timers.entry(timer).or_default().push((key.clone(), 0));
+                    }
+                    continue;
+                }
                 let entry = decode_entry(&v, self.cfg.aggs.len()).ok_or_else(|| self.cfg.corrupt("a window entry"))?;
                 if self.panes.is_some() {
                     if entry.timer != i64::MAX {
@@ -286,6 +302,11 @@ impl WindowOp {
                     self.uncached_in_state = true;
                 }
             }
+        }
+        if keys > 0 {
+            // O(state): the time a restored task takes before it processes again.
+            let secs = started.elapsed().as_secs_f64();
+            tracing::info!(operator = %self.cfg.name, keys, secs, "timer index rebuilt from the restored state");
         }
         Ok(())
     }
@@ -763,6 +784,35 @@ fn encode_entry(e: &KeyEntry) -> Vec<u8> {
         }
     }
     out
+}
+
+/// [`WindowOp::due`] of a window ending at `end`.
+fn due_at(lateness: i64, end: i64, fired: bool) -> i64 {
+    if fired {
+        (end - 1).saturating_add(lateness)
+    } else {
+        end - 1
+    }
+}
+
+/// The bounds of an encoded entry's windows without decoding their accumulators (no
+/// allocation): `f(start, end, fired)` per window; returns the entry's own timer (pane-based
+/// operators keep one per entry).
+fn visit_windows(b: &[u8], naccs: usize, mut f: impl FnMut(i64, i64, bool)) -> Option<i64> {
+    let i64_at = |r: &[u8], at: usize| -> Option<i64> { Some(i64::from_le_bytes(r.get(at..at + 8)?.try_into().ok()?)) };
+    let n = u32::from_le_bytes(b.get(..4)?.try_into().ok()?) as usize;
+    let timer = i64_at(b, 12)?;
+    let mut r = b.get(20..)?;
+    for _ in 0..n {
+        let (start, end) = (i64_at(r, 0)?, i64_at(r, 8)?);
+        let fired = *r.get(16)? != 0;
+        r = r.get(17..)?;
+        for _ in 0..naccs {
+            r = Acc::skip(r)?;
+        }
+        f(start, end, fired);
+    }
+    Some(timer)
 }
 
 fn decode_entry(b: &[u8], naccs: usize) -> Option<KeyEntry> {

@@ -11,6 +11,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use weir_crds::AggregateFn;
 
+use self::acc::Extreme;
 use super::*;
 use crate::expr::ExprCompiler;
 use crate::state::{MemStore, RocksShared, RocksStore, StateStore, StateTx};
@@ -370,4 +371,34 @@ fn allowed_lateness_updates_and_reemits() {
     op.on_batch(mk(&[(30_000, 7)], &[90_000]), &mut ctx).unwrap();
     assert!(op.on_watermark(90_000, &mut ctx).unwrap().is_none(), "[0, 60s) was cleaned up, [60s, 120s) is open");
     assert_eq!(late, vec![b"7".to_vec()]);
+}
+
+#[test]
+fn timers_are_read_from_stored_entries_without_decoding_accumulators() {
+    let accs = || -> Accs {
+        let mut a = Accs::new();
+        a.push(Acc::Count(3));
+        a.push(Acc::SumI(Some(-7)));
+        a.push(Acc::SumF(None));
+        a.push(Acc::Avg { sum: 2.5, n: 2 });
+        a.push(Acc::Min(Extreme::from_value(Value::Str("abc".into()))));
+        a.push(Acc::Max(Extreme::from_value(Value::F64(9.5))));
+        a.push(Acc::First(Some(Box::new((5, Value::Str("m-00001".into()))))));
+        a.push(Acc::Last(None));
+        a.push(Acc::Distinct(Box::new(BTreeSet::from([b"x".to_vec(), b"yz".to_vec()]))));
+        a
+    };
+    let mut e = KeyEntry::new(true);
+    e.timer = 1234;
+    for (start, fired) in [(0, true), (60_000, false), (120_000, false)] {
+        e.wins.push(Win { start, end: start + 60_000, fired, refire: false, accs: accs() });
+    }
+    let bytes = encode_entry(&e);
+    let mut seen = Vec::new();
+    let timer = visit_windows(&bytes, accs().len(), |s, end, fired| seen.push((s, end, fired)));
+    assert_eq!(timer, Some(1234));
+    let decoded = decode_entry(&bytes, accs().len()).unwrap();
+    let want: Vec<(i64, i64, bool)> = decoded.wins.iter().map(|w| (w.start, w.end, w.fired)).collect();
+    assert_eq!(seen, want);
+    assert_eq!(visit_windows(&bytes[..bytes.len() - 1], accs().len(), |_, _, _| {}), None, "a cut entry is corrupt");
 }
