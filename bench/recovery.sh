@@ -20,7 +20,10 @@ WORK=$(mktemp -d -p "$WEIR_CACHE" recovery.XXXXXX)
 PORT=$((20000 + RANDOM % 20000))
 pid=
 cleanup() {
-  [[ -n $pid ]] && kill -9 "$pid" 2>/dev/null
+  if [[ -n $pid ]]; then
+    kill -9 "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+  fi
   rm -rf "$WORK"
 }
 trap cleanup EXIT
