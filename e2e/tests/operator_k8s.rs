@@ -183,6 +183,8 @@ fn streamjob_runs_exactly_once_reports_and_cleans_up() {
     });
     assert_eq!(get(&ns, "sj/per-card", "{.status.parallelism}"), PARTITIONS.to_string());
     assert_eq!(get(&ns, "sj/per-card", "{.status.selector}"), "weir.dev/job=per-card");
+    let lag = get(&ns, "sj/per-card", "{.status.lag}");
+    assert!(lag.parse::<i64>().is_ok_and(|l| l >= 0), "the consumer lag for kubectl get sj: {lag:?}");
     for kind in ["configmap", "service", "statefulset", "poddisruptionbudget"] {
         let owner = get(&ns, &format!("{kind}/per-card"), "{.metadata.ownerReferences[0].kind}");
         assert_eq!(owner, "StreamJob", "{kind} is owned by the StreamJob");

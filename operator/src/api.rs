@@ -33,7 +33,7 @@ use serde_json::{json, Value};
 use weir_crds::{Manifest, ManifestError, StreamJob};
 
 use crate::build;
-use crate::workers::{self as w, http_get, savepoint_progress, Progress, TriggerError};
+use crate::workers::{self as w, http_get, parse_metrics, savepoint_progress, total, Progress, TriggerError};
 
 pub struct ApiState {
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -287,26 +287,6 @@ async fn get_job(
     v["spec"] = serde_json::to_value(&job.spec).unwrap_or(Value::Null);
     v["status"] = serde_json::to_value(&job.status).unwrap_or(Value::Null);
     Ok(Json(v))
-}
-
-/// A Prometheus text body as (metric name, labels, value) rows.
-fn parse_metrics(text: &str) -> Vec<(String, String, f64)> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(|l| {
-            let (head, value) = l.rsplit_once(' ')?;
-            let (name, labels) = match head.split_once('{') {
-                Some((n, rest)) => (n, rest.trim_end_matches('}')),
-                None => (head, ""),
-            };
-            Some((name.to_string(), labels.to_string(), value.parse().ok()?))
-        })
-        .collect()
-}
-
-fn total(rows: &[(String, String, f64)], name: &str) -> f64 {
-    // Adding 0.0 turns the empty sum's -0.0 into 0.
-    rows.iter().filter(|r| r.0 == name).map(|r| r.2).sum::<f64>() + 0.0
 }
 
 fn max_of(rows: &[(String, String, f64)], name: &str) -> Option<f64> {

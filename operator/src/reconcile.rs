@@ -288,6 +288,11 @@ async fn reconcile_job(job: &StreamJob, ctx: &Ctx) -> Result<Action, Error> {
     };
     let mut again = Duration::from_secs(if running { 60 } else { 5 });
     if running && !suspended {
+        // For `kubectl get sj` (the Lag column); the REST API gives it per partition.
+        let pods = workers::pods(&ctx.client, &ns, job).await?;
+        if let Some(lag) = workers::consumer_lag(&pods).await {
+            status.lag = Some(lag);
+        }
         // What runs now is what a rollback returns to.
         status.last_stable_spec = serde_json::to_string(&job.spec).ok();
         status.stable_state_generation = status.state_generation;

@@ -42,6 +42,38 @@ pub async fn pods(client: &Client, ns: &str, job: &StreamJob) -> Result<Vec<(Str
     Ok(list.items.iter().map(|p| (p.name_any(), p.status.as_ref().and_then(|st| st.pod_ip.clone()))).collect())
 }
 
+/// A Prometheus text body as (metric name, labels, value) rows.
+pub fn parse_metrics(text: &str) -> Vec<(String, String, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (head, value) = l.rsplit_once(' ')?;
+            let (name, labels) = match head.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (head, ""),
+            };
+            Some((name.to_string(), labels.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The sum of metric `name` over `rows`.
+pub fn total(rows: &[(String, String, f64)], name: &str) -> f64 {
+    // Adding 0.0 turns the empty sum's -0.0 into 0.
+    rows.iter().filter(|r| r.0 == name).map(|r| r.2).sum::<f64>() + 0.0
+}
+
+/// The job's consumer lag in records (`weir_consumer_lag` over every worker), or `None` when a
+/// worker cannot be read (a partial sum would understate it).
+pub async fn consumer_lag(pods: &[(String, Option<String>)]) -> Option<i64> {
+    let mut lag = 0.0;
+    for (_, ip) in pods {
+        let text = http_get(ip.as_deref()?, build::ADMIN_PORT, "/metrics").await.ok()?;
+        lag += total(&parse_metrics(&text), "weir_consumer_lag");
+    }
+    (!pods.is_empty()).then_some(lag as i64)
+}
+
 /// Deletes the job's Pods that are not ready (their StatefulSet makes them again from its
 /// current template).
 pub async fn delete_unready(client: &Client, ns: &str, job: &StreamJob) -> Result<(), kube::Error> {
