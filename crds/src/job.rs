@@ -98,6 +98,13 @@ pub struct StreamJobSpec {
     pub pipeline: PipelineSpec,
 }
 
+impl StreamJobSpec {
+    /// `checkpointing.storage`, where checkpoints and savepoints go, if set.
+    pub fn checkpoint_storage(&self) -> Option<&str> {
+        self.checkpointing.as_ref()?.storage.as_deref()
+    }
+}
+
 /// Whether the job's workers run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]

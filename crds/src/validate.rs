@@ -98,7 +98,7 @@ pub fn validate_spec(spec: &StreamJobSpec) -> Result<(), ValidationErrors> {
     if let Some(c) = &spec.checkpointing {
         check_checkpointing(&mut errs, c);
     }
-    let storage = spec.checkpointing.as_ref().and_then(|c| c.storage.as_ref()).is_some();
+    let storage = spec.checkpoint_storage().is_some();
     if let Some(d) = &spec.rollback_after {
         positive(&mut errs, "spec.rollbackAfter", d);
     }

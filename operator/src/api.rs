@@ -308,7 +308,7 @@ async fn trigger_savepoint(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let ns = s.authorized_ns(&headers, &q, "update").await?;
     let job = s.jobs(&ns).get(&name).await?;
-    if job.spec.checkpointing.as_ref().and_then(|c| c.storage.as_ref()).is_none() {
+    if job.spec.checkpoint_storage().is_none() {
         return Err(ApiError(StatusCode::CONFLICT, "savepoints need spec.checkpointing.storage".into()));
     }
     let pods = workers(&s, &ns, &job).await?;

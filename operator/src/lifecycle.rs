@@ -25,7 +25,7 @@ pub fn all_running(phase: Option<&str>) -> bool {
 }
 
 fn has_storage(job: &StreamJob) -> bool {
-    job.spec.checkpointing.as_ref().and_then(|c| c.storage.as_ref()).is_some()
+    job.spec.checkpoint_storage().is_some()
 }
 
 fn has_finalizer(job: &StreamJob) -> bool {
@@ -36,7 +36,8 @@ fn namespace(job: &StreamJob) -> String {
     job.namespace().unwrap_or_else(|| "default".into())
 }
 
-fn deadline_after(d: Duration) -> String {
+/// The time `d` from now (RFC 3339).
+pub fn deadline_after(d: Duration) -> String {
     let now = k8s_openapi::jiff::Timestamp::now();
     (now + k8s_openapi::jiff::SignedDuration::try_from(d).unwrap_or_default()).to_string()
 }
@@ -70,19 +71,21 @@ pub async fn keep_finalizer(ctx: &Ctx, job: &StreamJob) -> Result<(), Error> {
     set_finalizers(ctx, job, list).await
 }
 
-/// Where a savepoint outside an upgrade stands.
-enum Outcome {
+/// Where a savepoint stands.
+pub enum Outcome {
     Completed(String),
     Waiting,
     Failed(String),
 }
 
-async fn poll(ctx: &Ctx, job: &StreamJob, pending: &PendingSavepoint) -> Result<Outcome, Error> {
+/// Asks the job's workers how savepoint `id` stands; still in progress past `deadline` (RFC
+/// 3339) is a failure.
+pub async fn poll(ctx: &Ctx, job: &StreamJob, id: &str, deadline: &str) -> Result<Outcome, Error> {
     let pods = workers::pods(&ctx.client, &namespace(job), job).await?;
-    let progress = workers::savepoint_progress(&pods, &pending.id).await;
+    let progress = workers::savepoint_progress(&pods, id).await;
     Ok(match progress.state {
         "completed" => Outcome::Completed(progress.location.unwrap_or_default()),
-        "in-progress" if !passed(&pending.deadline) => Outcome::Waiting,
+        "in-progress" if !passed(deadline) => Outcome::Waiting,
         "in-progress" => Outcome::Failed("did not complete by its deadline".into()),
         state => Outcome::Failed(format!("is {state}")),
     })
@@ -114,7 +117,8 @@ async fn trigger(
     }
 }
 
-fn savepoint_id(kind: &str, n: i64) -> String {
+/// A new savepoint id: `<kind>-<n>-<epoch ms>`.
+pub fn savepoint_id(kind: &str, n: i64) -> String {
     format!("{kind}-{n}-{}", k8s_openapi::jiff::Timestamp::now().as_millisecond())
 }
 
@@ -126,7 +130,7 @@ pub async fn nonce_savepoint(
     status: &mut StreamJobStatus,
 ) -> Result<Option<Duration>, Error> {
     if let Some(p) = status.pending_savepoint.clone().filter(|p| p.trigger == "nonce") {
-        match poll(ctx, job, &p).await? {
+        match poll(ctx, job, &p.id, &p.deadline).await? {
             Outcome::Waiting => return Ok(Some(Duration::from_secs(2))),
             Outcome::Completed(path) => {
                 publish(ctx, job, EventType::Normal, "SavepointCompleted", format!("savepoint {} at {path}", p.id))
@@ -175,7 +179,7 @@ pub async fn finalize(ctx: &Ctx, job: &StreamJob) -> Result<Action, Error> {
     }
     let mut status = job.status.clone().unwrap_or_default();
     if let Some(p) = status.pending_savepoint.clone().filter(|p| p.trigger == "deletion") {
-        match poll(ctx, job, &p).await? {
+        match poll(ctx, job, &p.id, &p.deadline).await? {
             Outcome::Waiting => return Ok(Action::requeue(Duration::from_secs(2))),
             Outcome::Completed(path) => {
                 let note = format!(

@@ -18,7 +18,7 @@ use serde::Serialize;
 use weir_crds::{Condition, JobState, SavepointInfo, StreamJob, StreamJobStatus, UpgradeMode, UpgradeStatus};
 
 use crate::build::{self, Desired};
-use crate::lifecycle;
+use crate::lifecycle::{self, Outcome};
 use crate::metrics::Metrics;
 use crate::workers::{self, TriggerError};
 
@@ -353,8 +353,7 @@ async fn upgrade(job: &StreamJob, ctx: &Ctx, old: &StreamJobStatus, target: &str
         }
         return Ok(Upgrade::Deploy(status));
     };
-    let savepoints = job.spec.upgrade_mode == UpgradeMode::Savepoint
-        && job.spec.checkpointing.as_ref().and_then(|c| c.storage.as_ref()).is_some();
+    let savepoints = job.spec.upgrade_mode == UpgradeMode::Savepoint && job.spec.checkpoint_storage().is_some();
     let ns = job.namespace().unwrap_or_else(|| "default".into());
     let Some(up) = old.upgrade.clone() else {
         if !savepoints || !lifecycle::all_running(old.phase.as_deref()) {
@@ -384,15 +383,12 @@ async fn upgrade(job: &StreamJob, ctx: &Ctx, old: &StreamJobStatus, target: &str
             return Ok(Upgrade::Deploy(status));
         }
         // Recorded before the workers are asked, so that a restarted operator finds it.
-        let now = k8s_openapi::jiff::Timestamp::now();
-        let deadline =
-            now + k8s_openapi::jiff::SignedDuration::try_from(UPGRADE_SAVEPOINT_DEADLINE).unwrap_or_default();
-        let id = format!("upgrade-{}-{}", job.metadata.generation.unwrap_or(0), now.as_millisecond());
+        let id = lifecycle::savepoint_id("upgrade", job.metadata.generation.unwrap_or(0));
         status.upgrade = Some(UpgradeStatus {
             savepoint: id.clone(),
             target: target.to_string(),
-            started: now.to_string(),
-            deadline: deadline.to_string(),
+            started: now(),
+            deadline: lifecycle::deadline_after(UPGRADE_SAVEPOINT_DEADLINE),
         });
         status.phase = Some("Upgrading".into());
         set_status(ctx, job, status.clone()).await?;
@@ -413,13 +409,8 @@ async fn upgrade(job: &StreamJob, ctx: &Ctx, old: &StreamJobStatus, target: &str
             }
         });
     };
-    let pods = workers::pods(&ctx.client, &ns, job).await?;
-    let progress = workers::savepoint_progress(&pods, &up.savepoint).await;
-    let late =
-        up.deadline.parse::<k8s_openapi::jiff::Timestamp>().is_ok_and(|d| k8s_openapi::jiff::Timestamp::now() > d);
-    match progress.state {
-        "completed" => {
-            let location = progress.location.unwrap_or_default();
+    match lifecycle::poll(ctx, job, &up.savepoint, &up.deadline).await? {
+        Outcome::Completed(location) => {
             let note = format!(
                 "savepoint {} completed ({location}); rolling out {target} with the workers restoring it",
                 up.savepoint
@@ -437,16 +428,11 @@ async fn upgrade(job: &StreamJob, ctx: &Ctx, old: &StreamJobStatus, target: &str
             });
             Ok(Upgrade::Deploy(status))
         }
-        "in-progress" if !late => {
+        Outcome::Waiting => {
             status.phase = Some("Upgrading".into());
             Ok(Upgrade::Wait(status, Action::requeue(Duration::from_secs(2))))
         }
-        state => {
-            let why = if state == "in-progress" {
-                "did not complete by its deadline".to_string()
-            } else {
-                format!("is {state}")
-            };
+        Outcome::Failed(why) => {
             let note = format!(
                 "savepoint {} before the upgrade {why}; the workers keep running the previous spec; retrying",
                 up.savepoint

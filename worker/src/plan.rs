@@ -213,7 +213,7 @@ impl JobPlan {
                 .unwrap_or(30_000)
                 .max(1),
             exactly_once: m.spec.delivery == weir_crds::Delivery::ExactlyOnce,
-            checkpoint_storage: m.spec.checkpointing.as_ref().and_then(|c| c.storage.clone()),
+            checkpoint_storage: m.spec.checkpoint_storage().map(str::to_string),
             checkpoints_retained: m.spec.checkpointing.as_ref().and_then(|c| c.retained).unwrap_or(3).max(1) as usize,
             fingerprint: fingerprint(&serde_json::to_vec(&m.spec.pipeline).unwrap_or_default()),
             base_dir: base_dir.to_path_buf(),

@@ -264,39 +264,23 @@ impl WindowOp {
             from = last.clone();
             from.push(0);
             keys += page.len() as u64;
+            let (naccs, lateness, panes) = (self.cfg.aggs.len(), self.cfg.allowed_lateness, self.panes.is_some());
             for (k, v) in page {
                 let key = Key::from_slice(&k[lo.len()..]);
-                if self.cache.len() >= self.cfg.max_cached_keys {
-                    // Beyond the cache only the timers are needed: the windows' bounds.
-                    self.uncached_in_state = true;
-                    let naccs = self.cfg.aggs.len();
-                    let (lateness, panes) = (self.cfg.allowed_lateness, self.panes.is_some());
-                    let timers = &mut self.timers;
-                    let timer = visit_windows(&v, naccs, |start, end, fired| {
-                        if !panes {
-                            timers.entry(due_at(lateness, end, fired)).or_default().push((key.clone(), start));
-                        }
-                    });
-                    let timer = timer.ok_or_else(|| self.cfg.corrupt("a window entry"))?;
-                    if panes && timer != i64::MAX {
-                        timers.entry(timer).or_default().push((key.clone(), 0));
+                // The timers come from the windows' bounds alone; the accumulators are decoded
+                // only for the entries that go into the cache.
+                let timers = &mut self.timers;
+                let timer = visit_windows(&v, naccs, |start, end, fired| {
+                    if !panes {
+                        timers.entry(due_at(lateness, end, fired)).or_default().push((key.clone(), start));
                     }
-                    continue;
-                }
-                let entry = decode_entry(&v, self.cfg.aggs.len()).ok_or_else(|| self.cfg.corrupt("a window entry"))?;
-                if self.panes.is_some() {
-                    if entry.timer != i64::MAX {
-                        self.timers.entry(entry.timer).or_default().push((key.clone(), 0));
-                    }
-                } else {
-                    for w in &entry.wins {
-                        self.timers
-                            .entry(Self::due(self.cfg.allowed_lateness, w))
-                            .or_default()
-                            .push((key.clone(), w.start));
-                    }
+                });
+                let timer = timer.ok_or_else(|| self.cfg.corrupt("a window entry"))?;
+                if panes && timer != i64::MAX {
+                    timers.entry(timer).or_default().push((key.clone(), 0));
                 }
                 if self.cache.len() < self.cfg.max_cached_keys {
+                    let entry = decode_entry(&v, naccs).ok_or_else(|| self.cfg.corrupt("a window entry"))?;
                     self.cache.insert(key, entry);
                 } else {
                     self.uncached_in_state = true;
