@@ -219,6 +219,17 @@ fn streamjob_runs_exactly_once_reports_and_cleans_up() {
     assert_eq!(m["workers"].as_array().unwrap().len(), PARTITIONS as usize, "{m}");
     assert!(m["workers"].as_array().unwrap().iter().all(|w| w["error"].is_null()), "{m}");
     assert_eq!(m["lateRecords"].as_f64(), Some(want_late.len() as f64), "{m}");
+    // Busy and backpressure per operator, from every worker, in pipeline order.
+    let ops = m["operators"].as_array().unwrap();
+    let names: Vec<String> = ops.iter().map(|o| format!("{}:{}", o["kind"], o["name"]).replace('"', "")).collect();
+    assert_eq!(names, ["source:payments", "step:per_card_minute", "sink:corrections", "sink:results"], "{m}");
+    for o in ops {
+        assert_eq!(o["workers"].as_array().unwrap().len(), PARTITIONS as usize, "{o}");
+        for ratio in ["busyRatio", "backpressureRatio"] {
+            assert!((0.0..=1.0).contains(&o[ratio].as_f64().unwrap()), "{o}");
+        }
+        assert!(["ok", "low", "high"].contains(&o["backpressureLevel"].as_str().unwrap()), "{o}");
+    }
     let group = format!("weir.{ns}.per-card");
     let (code, lag) = http(api, "GET", &format!("/consumer-groups/{group}/lag"), Some(TOKEN), "");
     assert_eq!(code, 200, "{lag}");

@@ -5,7 +5,8 @@
 //!   with its path, in a 400 answer, a 409 when it exists.
 //! - `GET /jobs/{name}[?namespace=]`: one StreamJob, spec and status.
 //! - `GET /jobs/{name}/metrics[?namespace=]`: the job's figures gathered from its workers'
-//!   metrics (events/s, capacity, lag, processing lag, checkpoints, busy ratio per worker).
+//!   metrics (events/s, capacity, lag, processing lag, checkpoints, busy ratio per worker,
+//!   busy and backpressure ratios per operator).
 //! - `GET /consumer-groups/{group}/lag`: per-partition lag of a job's consumer group, from Kafka.
 //!
 //! Every answer is JSON; errors are `{"error": "..."}` with a 4xx or 5xx status. With a token
@@ -211,7 +212,7 @@ pub fn openapi() -> Value {
             },
             "/jobs/{name}": {"get": {"summary": "One StreamJob: summary, spec, status", "parameters": [name, ns],
                 "responses": {"200": ok("the job"), "401": error, "404": error}}},
-            "/jobs/{name}/metrics": {"get": {"summary": "Events/s, capacity, lag, processing lag, checkpoints, per worker", "parameters": [name, ns],
+            "/jobs/{name}/metrics": {"get": {"summary": "Events/s, capacity, lag, processing lag, checkpoints, per worker; busy and backpressure per operator", "parameters": [name, ns],
                 "responses": {"200": ok("the job's figures"), "401": error, "404": error}}},
             "/jobs/{name}/savepoints": {"post": {"summary": "Take a savepoint on every worker", "parameters": [name, ns],
                 "responses": {"202": ok("the savepoint id"), "401": error, "404": error, "409": error}}},
@@ -289,7 +290,7 @@ async fn get_job(
     Ok(Json(v))
 }
 
-fn max_of(rows: &[(String, String, f64)], name: &str) -> Option<f64> {
+fn max_of(rows: &[w::Series], name: &str) -> Option<f64> {
     rows.iter().filter(|r| r.0 == name).map(|r| r.2).reduce(f64::max)
 }
 
@@ -364,7 +365,8 @@ async fn job_metrics(
     let ns = s.authorized_ns(&headers, &q, "get").await?;
     let job = s.jobs(&ns).get(&name).await?;
     let mut workers = Vec::new();
-    let mut all: Vec<(String, String, f64)> = Vec::new();
+    let mut all: Vec<w::Series> = Vec::new();
+    let mut per_worker = Vec::new();
     for (pod, ip) in self::workers(&s, &ns, &job).await? {
         let Some(ip) = ip else {
             workers.push(json!({"pod": pod, "error": "no Pod IP yet"}));
@@ -380,7 +382,8 @@ async fn job_metrics(
                     "busyRatio": total(&rows, "weir_busy_ratio"),
                     "consumerLag": total(&rows, "weir_consumer_lag"),
                 }));
-                all.extend(rows);
+                all.extend(rows.iter().cloned());
+                per_worker.push((pod, rows));
             }
             Err(e) => workers.push(json!({"pod": pod, "error": format!("scraping {ip}: {e}")})),
         }
@@ -399,6 +402,7 @@ async fn job_metrics(
         "processingLagMs": max_of(&all, "weir_watermark_lag_ms"),
         "checkpoints": checkpoints,
         "meanCheckpointSeconds": (checkpoints > 0.0).then(|| total(&all, "weir_checkpoint_duration_seconds_sum") / checkpoints),
+        "operators": w::operator_figures(&per_worker),
         "workers": workers,
     })))
 }

@@ -42,8 +42,11 @@ pub async fn pods(client: &Client, ns: &str, job: &StreamJob) -> Result<Vec<(Str
     Ok(list.items.iter().map(|p| (p.name_any(), p.status.as_ref().and_then(|st| st.pod_ip.clone()))).collect())
 }
 
-/// A Prometheus text body as (metric name, labels, value) rows.
-pub fn parse_metrics(text: &str) -> Vec<(String, String, f64)> {
+/// One series of a Prometheus text body: metric name, labels (`a="x",b="y"`), value.
+pub type Series = (String, String, f64);
+
+/// A Prometheus text body as series.
+pub fn parse_metrics(text: &str) -> Vec<Series> {
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
         .filter_map(|l| {
@@ -58,9 +61,81 @@ pub fn parse_metrics(text: &str) -> Vec<(String, String, f64)> {
 }
 
 /// The sum of metric `name` over `rows`.
-pub fn total(rows: &[(String, String, f64)], name: &str) -> f64 {
+pub fn total(rows: &[Series], name: &str) -> f64 {
     // Adding 0.0 turns the empty sum's -0.0 into 0.
     rows.iter().filter(|r| r.0 == name).map(|r| r.2).sum::<f64>() + 0.0
+}
+
+/// The value of label `name` in a Prometheus label list (`a="x",b="y"`).
+pub fn label<'a>(labels: &'a str, name: &str) -> Option<&'a str> {
+    labels.split("\",").find_map(|pair| {
+        let (k, v) = pair.split_once("=\"")?;
+        (k.trim_start_matches(',') == name).then(|| v.trim_end_matches('"'))
+    })
+}
+
+/// Flink's backpressure levels of a share of time spent backpressured: up to 10 % `ok`, up
+/// to 50 % `low`, above `high`.
+pub fn backpressure_level(ratio: f64) -> &'static str {
+    if ratio <= 0.1 {
+        "ok"
+    } else if ratio <= 0.5 {
+        "low"
+    } else {
+        "high"
+    }
+}
+
+/// Busy and backpressure ratios per operator (source, step, sink) over the job's workers, from
+/// each worker's `weir_operator_busy_ratio` and `weir_operator_backpressure_ratio`: per
+/// operator the highest ratio over the workers (the slowest worker sets the pace, as Flink
+/// reports the highest over subtasks), its backpressure level, and each worker's figures.
+pub fn operator_figures(workers: &[(String, Vec<Series>)]) -> Vec<Value> {
+    /// A worker's figures for one operator: pod, busy, backpressure.
+    type PerPod = Vec<(String, f64, f64)>;
+    // By (kind's place, kind, name).
+    let mut ops: std::collections::BTreeMap<(u8, String, String), PerPod> = Default::default();
+    for (pod, rows) in workers {
+        for (metric, labels, value) in rows {
+            let busy = match metric.as_str() {
+                "weir_operator_busy_ratio" => true,
+                "weir_operator_backpressure_ratio" => false,
+                _ => continue,
+            };
+            let (Some(name), Some(kind)) = (label(labels, "operator"), label(labels, "kind")) else { continue };
+            let order = match kind {
+                "source" => 0,
+                "step" => 1,
+                _ => 2,
+            };
+            let entries = ops.entry((order, kind.to_string(), name.to_string())).or_default();
+            let at = match entries.iter().position(|e| &e.0 == pod) {
+                Some(at) => at,
+                None => {
+                    entries.push((pod.clone(), 0.0, 0.0));
+                    entries.len() - 1
+                }
+            };
+            match busy {
+                true => entries[at].1 = *value,
+                false => entries[at].2 = *value,
+            }
+        }
+    }
+    ops.into_iter()
+        .map(|((_, kind, name), per_pod)| {
+            let busy = per_pod.iter().map(|e| e.1).fold(0.0, f64::max);
+            let backpressure = per_pod.iter().map(|e| e.2).fold(0.0, f64::max);
+            json!({
+                "name": name,
+                "kind": kind,
+                "busyRatio": busy,
+                "backpressureRatio": backpressure,
+                "backpressureLevel": backpressure_level(backpressure),
+                "workers": per_pod.iter().map(|(pod, b, bp)| json!({"pod": pod, "busyRatio": b, "backpressureRatio": bp})).collect::<Vec<_>>(),
+            })
+        })
+        .collect()
 }
 
 /// The job's consumer lag in records (`weir_consumer_lag` over every worker), or `None` when a
@@ -159,4 +234,34 @@ pub async fn savepoint_progress(pods: &[(String, Option<String>)], id: &str) -> 
         "in-progress"
     };
     Progress { state, location, workers }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operators_are_reported_with_the_highest_ratio_over_workers() {
+        let w0 = "weir_operator_busy_ratio{job=\"j\",kind=\"step\",operator=\"sums\"} 0.25\n\
+                  weir_operator_backpressure_ratio{job=\"j\",kind=\"step\",operator=\"sums\"} 0.05\n\
+                  weir_operator_busy_ratio{job=\"j\",kind=\"sink\",operator=\"out\"} 0.1\n\
+                  weir_operator_backpressure_ratio{job=\"j\",kind=\"sink\",operator=\"out\"} 0.6\n\
+                  weir_operator_busy_ratio{job=\"j\",kind=\"source\",operator=\"pay\"} 0.3\n";
+        let w1 = "weir_operator_busy_ratio{job=\"j\",kind=\"step\",operator=\"sums\"} 0.5\n\
+                  weir_operator_backpressure_ratio{job=\"j\",kind=\"step\",operator=\"sums\"} 0.2\n\
+                  weir_busy_ratio{job=\"j\"} 0.9\n";
+        let figures = operator_figures(&[("w-0".into(), parse_metrics(w0)), ("w-1".into(), parse_metrics(w1))]);
+        let names: Vec<_> = figures.iter().map(|f| f["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["pay", "sums", "out"], "sources, then steps, then sinks");
+        let sums = &figures[1];
+        assert_eq!(sums["kind"], "step");
+        assert_eq!(sums["busyRatio"], 0.5);
+        assert_eq!(sums["backpressureRatio"], 0.2);
+        assert_eq!(sums["backpressureLevel"], "low");
+        assert_eq!(sums["workers"][0], json!({"pod": "w-0", "busyRatio": 0.25, "backpressureRatio": 0.05}));
+        assert_eq!(figures[2]["backpressureLevel"], "high");
+        assert_eq!(figures[0]["backpressureLevel"], "ok");
+        assert_eq!(label("a=\"x\",operator=\"p,q\"", "operator"), Some("p,q"));
+        assert_eq!(label("a=\"x\"", "b"), None);
+    }
 }

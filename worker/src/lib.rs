@@ -11,6 +11,7 @@ pub mod expr;
 pub mod metrics;
 pub mod operators;
 pub mod plan;
+pub mod profile;
 pub mod runtime;
 pub mod sink;
 pub mod source;

@@ -1,7 +1,7 @@
 //! Prometheus metrics of a worker. Labels are bounded: job, source/sink/operator names from
 //! the manifest, and partition numbers.
 
-use prometheus::{Gauge, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{CounterVec, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -20,6 +20,12 @@ pub struct Metrics {
     pub input_rate: Gauge,
     /// Records per second the worker would process if fully busy (rate / busy ratio).
     pub capacity: Gauge,
+    /// Per operator (`operator`, `kind`: source, step, sink): share of the last second spent
+    /// in its own work, and waiting for sinks it feeds (see `profile`).
+    pub operator_busy: GaugeVec,
+    pub operator_backpressure: GaugeVec,
+    pub operator_busy_seconds: CounterVec,
+    pub operator_backpressured_seconds: CounterVec,
     pub epoch_duration: Histogram,
     /// Exactly-once epoch transactions by partition and outcome (`committed`, `failed`: the
     /// worker then stops, and the next owner of the transactional id aborts it).
@@ -63,6 +69,16 @@ impl Metrics {
             "weir_capacity_records_per_second",
             "Records per second the worker would process if fully busy (input rate / busy ratio)",
         );
+        let float_gauge = |name: &str, help: &str| {
+            let g = GaugeVec::new(Opts::new(name, help), &["operator", "kind"]).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let float_counter = |name: &str, help: &str| {
+            let c = CounterVec::new(Opts::new(name, help), &["operator", "kind"]).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
         let epoch = Histogram::with_opts(
             HistogramOpts::new(
                 "weir_epoch_commit_duration_seconds",
@@ -111,6 +127,22 @@ impl Metrics {
             state_size: gauge("weir_state_size_bytes", "Approximate state size", &["partition"]),
             cached_keys: gauge("weir_state_cached_keys", "Keys held decoded in memory", &["operator", "partition"]),
             busy_ratio: busy,
+            operator_busy: float_gauge(
+                "weir_operator_busy_ratio",
+                "Share of the last second an operator spent in its own work",
+            ),
+            operator_backpressure: float_gauge(
+                "weir_operator_backpressure_ratio",
+                "Share of the last second an operator waited for the sinks it feeds",
+            ),
+            operator_busy_seconds: float_counter(
+                "weir_operator_busy_seconds_total",
+                "Time an operator spent in its own work",
+            ),
+            operator_backpressured_seconds: float_counter(
+                "weir_operator_backpressured_seconds_total",
+                "Time an operator waited for the sinks it feeds",
+            ),
             input_rate,
             capacity,
             epoch_duration: epoch,

@@ -18,6 +18,7 @@ use crate::checkpoint::storage::{self, Storage};
 use crate::checkpoint::{self, Checkpointer, Savepoints};
 use crate::metrics::Metrics;
 use crate::plan::JobPlan;
+use crate::profile::Profile;
 use crate::sink::kafka::{KafkaProducer, KafkaSink};
 use crate::sink::{file::FileSink, Shared, SharedSink, Sink};
 use crate::source::{datagen::DatagenSource, file::FileSource, kafka::KafkaSource, Source};
@@ -66,6 +67,7 @@ pub struct Runtime {
     checkpointer: Option<Checkpointer>,
     last_checkpoint: Instant,
     savepoints: Savepoints,
+    profile: Profile,
 }
 
 impl Runtime {
@@ -193,7 +195,7 @@ impl Runtime {
                     _ => bail!("sink {} has no writer", s.name),
                 }
             }
-            task_sinks.insert(p, Sinks { sinks, names: names.clone(), metrics: metrics.clone(), txn, muted: false });
+            task_sinks.insert(p, Sinks::new(sinks, names.clone(), metrics.clone(), txn));
         }
         for (i, s) in sources.iter_mut().enumerate() {
             s.start()?;
@@ -223,6 +225,7 @@ impl Runtime {
         });
         Ok(Runtime {
             sinks: task_sinks,
+            profile: Profile::new(&plan),
             plan,
             sources,
             tasks,
@@ -335,6 +338,11 @@ impl Runtime {
                     self.metrics.capacity.set(rate * secs / busy.as_secs_f64());
                 }
                 self.report_lag();
+                for (p, task) in self.tasks.iter_mut() {
+                    self.profile.add(&mut task.times);
+                    self.profile.add_sinks(&mut self.sinks.get_mut(p).expect("every task has sinks").times);
+                }
+                self.profile.publish(&self.metrics, window_start.elapsed());
                 (busy, window_start, records_at_window) = (Duration::ZERO, Instant::now(), records);
             }
             if done || stopping {
@@ -374,7 +382,9 @@ impl Runtime {
                     offsets.add_partition_offset(topic, *p as i32, rdkafka::Offset::Offset(pos))?;
                 }
             }
+            let started = Instant::now();
             let committed = txn.commit_epoch(&offsets, group);
+            sinks.waited_for_commit(started.elapsed());
             let outcome = if committed.is_ok() { "committed" } else { "failed" };
             self.metrics.transactions.with_label_values(&[&p.to_string(), outcome]).inc();
             committed.map_err(|e| anyhow::anyhow!("partition {p}: {e}"))?;

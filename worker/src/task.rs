@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{Array, BinaryArray, Int64Array};
 use datafusion::arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
@@ -13,6 +14,7 @@ use crate::batch::Batch;
 use crate::metrics::Metrics;
 use crate::operators::{OpCtx, OpError, Operator};
 use crate::plan::{state_prefix, JobPlan, Target};
+use crate::profile::{self, Op, Times};
 use crate::sink::kafka::KafkaProducer;
 use crate::sink::{dead_letter, Sink, SinkError};
 use crate::source::Records;
@@ -41,18 +43,40 @@ pub struct Sinks {
     pub txn: Option<Arc<KafkaProducer>>,
     /// Kafka output is dropped while the task replays input whose results are committed.
     pub muted: bool,
+    /// Each sink's time writing and waiting for its system, since the last report.
+    pub times: Times,
 }
 
 impl Sinks {
+    pub fn new(
+        sinks: Vec<Box<dyn Sink>>,
+        names: Vec<String>,
+        metrics: Arc<Metrics>,
+        txn: Option<Arc<KafkaProducer>>,
+    ) -> Sinks {
+        let times = Times::new(sinks.len());
+        Sinks { sinks, names, metrics, txn, muted: false, times }
+    }
+
     fn skip(&self, i: usize) -> bool {
         self.muted && self.sinks[i].is_kafka()
+    }
+
+    /// Runs `f` on sink `i`, its time split into work and waiting for its system.
+    fn timed<T>(&mut self, i: usize, f: impl FnOnce(&mut dyn Sink) -> T) -> T {
+        let started = Instant::now();
+        let out = f(self.sinks[i].as_mut());
+        let waited = self.sinks[i].take_waited();
+        self.times.busy[i] += started.elapsed().saturating_sub(waited);
+        self.times.blocked[i] += waited;
+        out
     }
 
     fn write_rows(&mut self, i: usize, batch: &Batch, keys: &[usize]) -> Result<(), SinkError> {
         if self.skip(i) {
             return Ok(());
         }
-        self.sinks[i].write_rows(&batch.rows, keys, batch.raw.as_ref())?;
+        self.timed(i, |s| s.write_rows(&batch.rows, keys, batch.raw.as_ref()))?;
         self.metrics.records_out.with_label_values(&[&self.names[i]]).inc_by(batch.num_rows() as u64);
         Ok(())
     }
@@ -61,13 +85,28 @@ impl Sinks {
         if self.skip(i) {
             return Ok(());
         }
-        self.sinks[i].write_records(records)?;
+        self.timed(i, |s| s.write_records(records))?;
         self.metrics.records_out.with_label_values(&[&self.names[i]]).inc_by(records.len() as u64);
         Ok(())
     }
 
+    /// Flushes every sink; the time is waiting for their systems.
     pub fn flush(&mut self) -> Result<(), SinkError> {
-        self.sinks.iter_mut().try_for_each(|s| s.flush())
+        for i in 0..self.sinks.len() {
+            let started = Instant::now();
+            self.sinks[i].flush()?;
+            self.times.blocked[i] += started.elapsed();
+        }
+        Ok(())
+    }
+
+    /// Charges the time of the task's transaction commit to its Kafka sinks, in equal parts
+    /// (they wait for it together).
+    pub fn waited_for_commit(&mut self, took: Duration) {
+        let kafka: Vec<usize> = (0..self.sinks.len()).filter(|&i| self.sinks[i].is_kafka()).collect();
+        for &i in &kafka {
+            self.times.blocked[i] += took / kafka.len() as u32;
+        }
     }
 }
 
@@ -92,6 +131,8 @@ pub struct Task {
     /// Per source: input before this position was processed by an earlier run whose Kafka
     /// output is committed; it only rebuilds state (exactly-once recovery).
     replay_until: Vec<Option<i64>>,
+    /// Time in each source's decoding and each step's operators since the last report.
+    pub times: Times,
 }
 
 const META: &[u8] = &[0, 0];
@@ -208,6 +249,7 @@ impl Task {
             partition_label: partition.to_string(),
             late_logged: None,
             replay_until: vec![None; plan.sources.len()],
+            times: Times::new(profile::operators(&plan).len()),
             plan,
         })
     }
@@ -238,6 +280,11 @@ impl Task {
         self.sources.iter().enumerate().filter_map(|(i, s)| Some((i, s.next_position?))).collect()
     }
 
+    /// Adds the time since `started` to `op`'s busy time.
+    fn charge(&mut self, op: Op, started: Instant) {
+        self.times.busy[profile::index(&self.plan, op)] += started.elapsed();
+    }
+
     /// Processes records read from partition `self.partition` of source `src`.
     pub fn process(&mut self, src: usize, mut recs: Records, sinks: &mut Sinks) -> Result<(), TaskError> {
         if let Some(until) = self.replay_until[src] {
@@ -262,6 +309,7 @@ impl Task {
     }
 
     fn process_records(&mut self, src: usize, mut recs: Records, sinks: &mut Sinks) -> Result<(), TaskError> {
+        let mut started = Instant::now();
         let plan = self.plan.clone();
         let sp = &plan.sources[src];
         self.metrics.records_in.with_label_values(&[&sp.name, &self.partition_label]).inc_by(recs.len() as u64);
@@ -293,7 +341,10 @@ impl Task {
             kept = kept.iter().zip(&event_times).filter(|(_, t)| t.is_some()).map(|(k, _)| *k).collect();
         }
         if !bad.is_empty() {
+            // Dead letters are the sink's time.
+            self.charge(Op::Source(src), started);
             self.dead_letters(src, &recs, &mut bad, sinks)?;
+            started = Instant::now();
         }
         let times: Vec<i64> = event_times.into_iter().flatten().collect();
         let mut wms = Vec::with_capacity(times.len());
@@ -312,6 +363,7 @@ impl Task {
         } else {
             BinaryArray::from_iter_values(kept.iter().map(|&i| recs.payload(i as usize)))
         };
+        self.charge(Op::Source(src), started);
         if rows.num_rows() > 0 {
             let batch =
                 Batch { rows, event_time: Int64Array::from(times), watermark: Int64Array::from(wms), raw: Some(raw) };
@@ -367,8 +419,10 @@ impl Task {
         let mut cur = Some(batch);
         for j in from..self.nodes[i].len() {
             let Some(b) = cur.take() else { return Ok(()) };
+            let started = Instant::now();
             let mut ctx = OpCtx { state: &mut self.state, late: &mut self.late };
             cur = self.nodes[i][j].on_batch(b, &mut ctx)?;
+            self.charge(Op::Step(i), started);
             self.route_late(i, sinks)?;
         }
         if let Some(b) = cur {
@@ -388,7 +442,7 @@ impl Task {
         match node.late_sink {
             Some(s) => sinks.write_records(s, &self.late)?,
             None => {
-                if self.late_logged.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(10)) {
+                if self.late_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
                     self.late_logged = Some(std::time::Instant::now());
                     tracing::warn!(operator = %node.name, partition = self.partition,
                         "{} late event(s) not written: the step has no lateOutput (counted in weir_late_records_total)", self.late.len());
@@ -415,8 +469,11 @@ impl Task {
                 continue;
             }
             for j in 0..self.nodes[i].len() {
+                let started = Instant::now();
                 let mut ctx = OpCtx { state: &mut self.state, late: &mut self.late };
-                if let Some(out) = self.nodes[i][j].on_watermark(wm, &mut ctx)? {
+                let fired = self.nodes[i][j].on_watermark(wm, &mut ctx)?;
+                self.charge(Op::Step(i), started);
+                if let Some(out) = fired {
                     self.run_ops(i, j + 1, out, sinks)?;
                 }
             }
@@ -442,11 +499,13 @@ impl Task {
 
     /// Writes cached operator state into the epoch's transaction (before sinks flush).
     pub fn prepare_commit(&mut self) -> Result<(), TaskError> {
-        for ops in self.nodes.iter_mut() {
-            for op in ops.iter_mut() {
+        for i in 0..self.nodes.len() {
+            let started = Instant::now();
+            for op in self.nodes[i].iter_mut() {
                 let mut ctx = OpCtx { state: &mut self.state, late: &mut self.late };
                 op.before_commit(&mut ctx)?;
             }
+            self.charge(Op::Step(i), started);
         }
         Ok(())
     }

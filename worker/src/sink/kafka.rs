@@ -4,7 +4,7 @@
 //! producer and the task commits the transaction, with its input offsets, at every epoch.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{Array, BinaryArray};
 use datafusion::arrow::record_batch::RecordBatch;
@@ -110,17 +110,20 @@ impl KafkaProducer {
         Ok(())
     }
 
-    fn send(&self, topic: &str, payload: &[u8], key: Option<&[u8]>) -> std::result::Result<(), String> {
+    /// Sends one message; the time spent waiting for room in the producer's queue.
+    fn send(&self, topic: &str, payload: &[u8], key: Option<&[u8]>) -> std::result::Result<Duration, String> {
         self.begin_if_needed()?;
+        let mut waiting: Option<Instant> = None;
         loop {
             let mut rec = BaseRecord::<[u8], [u8]>::to(topic).payload(payload);
             if let Some(k) = key {
                 rec = rec.key(k);
             }
             match self.producer.send(rec) {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(waiting.map_or(Duration::ZERO, |t| t.elapsed())),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     // Backpressure: wait for deliveries to drain the local queue.
+                    waiting.get_or_insert_with(Instant::now);
                     self.producer.poll(Duration::from_millis(10));
                 }
                 Err((e, _)) => return Err(format!("producing to {topic}: {e}")),
@@ -186,6 +189,8 @@ pub struct KafkaSink {
     name: String,
     topic: String,
     producer: Arc<KafkaProducer>,
+    /// Time waiting for room in the producer's queue since the last `take_waited`.
+    waited: Duration,
 }
 
 impl KafkaSink {
@@ -199,15 +204,16 @@ impl KafkaSink {
 
     /// A sink writing through `producer` (a task's transactional producer).
     pub fn with_producer(name: &str, spec: &KafkaSinkSpec, producer: Arc<KafkaProducer>) -> KafkaSink {
-        KafkaSink { name: name.to_string(), topic: spec.topic.clone(), producer }
+        KafkaSink { name: name.to_string(), topic: spec.topic.clone(), producer, waited: Duration::ZERO }
     }
 
     fn err(&self, e: impl std::fmt::Display) -> SinkError {
         SinkError::Failed { sink: self.name.clone(), message: e.to_string() }
     }
 
-    fn send(&self, payload: &[u8], key: Option<&[u8]>) -> Result<()> {
-        self.producer.send(&self.topic, payload, key).map_err(|e| self.err(e))
+    fn send(&mut self, payload: &[u8], key: Option<&[u8]>) -> Result<()> {
+        self.waited += self.producer.send(&self.topic, payload, key).map_err(|e| self.err(e))?;
+        Ok(())
     }
 }
 
@@ -244,5 +250,9 @@ impl Sink for KafkaSink {
 
     fn is_kafka(&self) -> bool {
         true
+    }
+
+    fn take_waited(&mut self) -> Duration {
+        std::mem::take(&mut self.waited)
     }
 }

@@ -32,6 +32,10 @@ pub trait Sink: Send {
     fn is_kafka(&self) -> bool {
         false
     }
+    /// Time spent waiting for the external system (a full producer queue) since the last call.
+    fn take_waited(&mut self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
 }
 
 /// One sink behind a lock, for several tasks.
@@ -55,6 +59,10 @@ impl Sink for Shared {
 
     fn is_kafka(&self) -> bool {
         self.0.lock().expect("sink lock").is_kafka()
+    }
+
+    fn take_waited(&mut self) -> std::time::Duration {
+        self.0.lock().expect("sink lock").take_waited()
     }
 }
 
