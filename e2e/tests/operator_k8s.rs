@@ -5,12 +5,13 @@
 //! every error and deploys nothing; deleting a StreamJob removes everything it created.
 //! (kubectl reads YAML 1.1, where an unquoted key `n` is `false`: the manifests quote it.)
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use weir_e2e::payments::{
-    create_topics, events, produce, producer, read_all, reference, window_job_pipeline, windows_of,
+    create_topics, events, produce, producer, read_all, reference, window_job_pipeline, windows_of, Ev,
 };
 use weir_e2e::{
     debug_bin, kafka_brokers, kubeconfig, kubectl, kubectl_raw, repo_dir, require_port, run_dir, s3_endpoint, unique,
@@ -317,9 +318,10 @@ spec:
     });
 }
 
-/// A rescale while input flows: parallelism 2 -> 3 rolls the workers; partitions move between
-/// them, each new owner restores the partition's last checkpoint, fences the old owner's
-/// producer and replays with its output muted up to the committed offsets. Then a suspend (no
+/// A rescale with a pipeline change while input flows: parallelism 2 -> 3 and a new step with
+/// its own sink, through a savepoint; partitions move between the workers, each new owner
+/// restores the partition from the savepoint, fences the old owner's producer and replays with
+/// its output muted up to the committed offsets; the new step starts where the savepoint is. Then a suspend (no
 /// workers; input waits in Kafka) and a resume from the checkpoints, which are in S3 (credentials
 /// from a Secret through `spec.env`). Every window is still committed exactly once; a savepoint
 /// of the resumed job completes.
@@ -331,7 +333,8 @@ fn rescale_through_checkpoints_keeps_exactly_once() {
     let (cleanup, log, api) = setup("rescale");
     let ns = cleanup.namespace.clone();
     let (input, output, corrections) = (format!("{ns}-in"), format!("{ns}-out"), format!("{ns}-late"));
-    create_topics(&[(&input, P), (&output, P), (&corrections, 1)]);
+    let large = format!("{ns}-large");
+    create_topics(&[(&input, P), (&output, P), (&corrections, 1), (&large, 1)]);
     let evs = events(P);
     let third = evs.len() / 3;
     let (first, rest) = evs.split_at(third);
@@ -360,6 +363,18 @@ fn rescale_through_checkpoints_keeps_exactly_once() {
         let yaml = window_job(parallelism, &checkpointing, &input, &output, &corrections);
         yaml.replace("  epochInterval: 50ms\n", &format!("  epochInterval: 50ms\n  state: {state}\n{env}"))
     };
+    // The changed pipeline: a new step, large payments, written to a new sink.
+    let changed = |parallelism, state: &str| {
+        job(parallelism, state)
+            .replace(
+                "        lateOutput: corrections\n",
+                "        lateOutput: corrections\n      large:\n        from: payments\n        where: \"amount >= 900\"\n",
+            )
+            .replace(
+                "    sinks:\n",
+                &format!("    sinks:\n      large_out: {{from: large, kafka: {{brokers: \"{}\", topic: {large}}}}}\n", kafka_brokers()),
+            )
+    };
     let phase_is = |phase: &str, workers: &str| {
         get(&ns, "sj/per-card", "{.status.phase}") == phase
             && get(&ns, "sj/per-card", "{.status.parallelism}") == workers
@@ -375,7 +390,7 @@ fn rescale_through_checkpoints_keeps_exactly_once() {
     // before the workers are asked for it.
     let deployed = get(&ns, "sj/per-card", "{.status.deployed}");
     assert!(!deployed.is_empty(), "status.deployed is recorded");
-    apply(&ns, &job(3, "running"));
+    apply(&ns, &changed(3, "running"));
     produce(&producer, &input, second);
     let upgrade = wait_until("the upgrade's savepoint in status", Duration::from_secs(30), || {
         let id = get(&ns, "sj/per-card", "{.status.upgrade.savepoint}");
@@ -392,7 +407,7 @@ fn rescale_through_checkpoints_keeps_exactly_once() {
     assert!(reasons.contains("SavepointForUpgrade") && reasons.contains("Upgrading"), "{reasons}");
     assert!(s3_keys(&prefix).iter().any(|k| k.starts_with(&format!("{prefix}/savepoints/{upgrade}/"))));
     // Suspend: the workers commit, checkpoint and stop; input arriving meanwhile waits in Kafka.
-    apply(&ns, &job(3, "suspended"));
+    apply(&ns, &changed(3, "suspended"));
     wait_until("Suspended with no workers", Duration::from_secs(120), || {
         (phase_is("Suspended", "0") && get(&ns, "pods", "{.items[*].metadata.name}").is_empty()).then_some(())
     });
@@ -402,13 +417,24 @@ fn rescale_through_checkpoints_keeps_exactly_once() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(read_all(&output, P).len(), while_suspended, "nothing runs while suspended");
     // Resume: state comes back from the checkpoints.
-    apply(&ns, &job(3, "running"));
+    apply(&ns, &changed(3, "running"));
     wait_until("3 workers Running again", Duration::from_secs(180), || phase_is("Running", "3").then_some(()));
     let (want, want_late) = reference(&evs, P);
     let (got, emitted) = windows_of(&output, P, want.len());
     assert_eq!(got, want, "every window equals the reference");
     assert_eq!(emitted, want.len(), "each window is committed once across the rescale, suspend and resume");
     assert_eq!(read_all(&corrections, 1).len(), want_late.len(), "each late event is committed once");
+    // The new step: each large payment once, and every one produced after the change (the
+    // input after the last window may still be in flight when the windows are all out).
+    let is_large = |e: &Ev| e.amount >= 900;
+    let after_change: BTreeSet<&str> = last.iter().filter(|(_, e)| is_large(e)).map(|(_, e)| e.id.as_str()).collect();
+    let large_ids = wait_until("the large payments produced after the change", Duration::from_secs(60), || {
+        let ids: Vec<String> = read_all(&large, 1).iter().map(|(_, v)| v["id"].as_str().unwrap().to_string()).collect();
+        after_change.iter().all(|id| ids.iter().any(|i| i == id)).then_some(ids)
+    });
+    let unique_ids: BTreeSet<&String> = large_ids.iter().collect();
+    assert_eq!(unique_ids.len(), large_ids.len(), "no large payment twice");
+    assert!(large_ids.iter().all(|id| evs.iter().any(|(_, e)| &e.id == id && is_large(e))), "only large payments");
 
     // A savepoint through the REST API: every worker stores its partitions, self-contained.
     let (code, sp) = http(api, "POST", "/jobs/per-card/savepoints", Some(TOKEN), "");
@@ -734,6 +760,58 @@ fn the_rest_api_takes_kubernetes_tokens_and_rbac() {
     assert_eq!(code, 401, "{body}");
     let (code, body) = http(api, "POST", "/jobs", Some(TOKEN), job);
     assert_eq!(code, 201, "the configured token still works: {body}");
+}
+
+/// The examples as written: `examples/payments-loader.yaml` run by the worker fills topic
+/// `payments`; `kubectl apply -f examples/payments-kafka.yaml` runs the job on the cluster, and
+/// its windows appear in `payments-per-card-minute` for a `read_committed` consumer;
+/// `kubectl get sj` shows its columns and `kubectl describe` its Events.
+#[test]
+fn the_kafka_example_runs_as_written() {
+    require_port("kube-apiserver", 6443);
+    require_port("Kafka", 9092);
+    let topics =
+        [("payments", 6), ("payments-per-card-minute", 6), ("payments-corrections", 1), ("payments-dead-letters", 1)];
+    let missing: Vec<(&str, i32)> = topics.iter().copied().filter(|(t, _)| !topic_exists(t)).collect();
+    if !missing.is_empty() {
+        create_topics(&missing);
+    }
+    let before = read_all("payments-per-card-minute", 6).len();
+    let loader = Command::new(debug_bin("weir-worker"))
+        .args(["run", "-f", repo_dir().join("examples/payments-loader.yaml").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(loader.status.success(), "the loader: {}", String::from_utf8_lossy(&loader.stderr));
+    let (cleanup, log, _) = setup("example");
+    let ns = cleanup.namespace.clone();
+    kubectl(&["-n", &ns, "apply", "-f", repo_dir().join("examples/payments-kafka.yaml").to_str().unwrap()]);
+    wait_until(&format!("Running (operator log: {})", log.display()), Duration::from_secs(120), || {
+        (get(&ns, "sj/payments-kafka", "{.status.phase}") == "Running").then_some(())
+    });
+    let results = wait_until("the example's windows", Duration::from_secs(120), || {
+        let all = read_all("payments-per-card-minute", 6);
+        (all.len() > before).then_some(all)
+    });
+    let window = &results.last().unwrap().1;
+    for field in ["card_id", "n", "total", "max_amount", "window_start", "window_end"] {
+        assert!(!window[field].is_null(), "{field} in {window}");
+    }
+    let table = kubectl(&["-n", &ns, "get", "sj"]);
+    for column in ["PHASE", "PARALLELISM", "LAG", "LAST-SAVEPOINT", "AGE", "payments-kafka", "Running"] {
+        assert!(table.contains(column), "kubectl get sj shows {column}: {table}");
+    }
+    let described = kubectl(&["-n", &ns, "describe", "sj", "payments-kafka"]);
+    let events = described.split_once("Events:").map(|(_, e)| e).unwrap_or_default();
+    assert!(events.contains("Running"), "kubectl describe shows the Events: {described}");
+}
+
+/// Whether Kafka has `topic`.
+fn topic_exists(topic: &str) -> bool {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", kafka_brokers()).create().unwrap();
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    md.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
 }
 
 /// `method path` on a worker's admin server; the raw answer.

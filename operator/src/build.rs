@@ -490,4 +490,50 @@ spec:
         assert_eq!(sts.template.spec.unwrap().containers[0].image.as_deref(), Some(DEFAULT_IMAGE));
         assert_eq!(d.config_map.metadata.namespace, None);
     }
+
+    /// The objects built for each `fixtures/<name>.streamjob.yaml` are exactly
+    /// `fixtures/<name>.objects.yaml`, so every change to what the operator deploys shows in a
+    /// review. After an intended change: `WEIR_UPDATE_FIXTURES=1 cargo test --workspace
+    /// fixtures` rewrites them; read the diff.
+    #[test]
+    fn built_objects_match_the_yaml_fixtures() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+        let update = std::env::var_os("WEIR_UPDATE_FIXTURES").is_some();
+        let mut inputs: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().ends_with(".streamjob.yaml"))
+            .collect();
+        inputs.sort();
+        assert!(inputs.len() >= 3, "fixtures in {}", dir.display());
+        let mut stale = Vec::new();
+        for input in inputs {
+            let j: StreamJob = serde_yaml::from_str(&std::fs::read_to_string(&input).unwrap())
+                .unwrap_or_else(|e| panic!("{}: {e}", input.display()));
+            let d = desired(&j);
+            let docs = [
+                serde_yaml::to_string(&d.config_map),
+                serde_yaml::to_string(&d.service),
+                serde_yaml::to_string(&d.stateful_set),
+                serde_yaml::to_string(&d.pdb),
+            ];
+            let built: Vec<String> = docs.into_iter().map(|doc| doc.unwrap()).collect();
+            let built = format!(
+                "# Built from {} by build::desired.\n{}",
+                input.file_name().unwrap().to_string_lossy(),
+                built.join("---\n")
+            );
+            let expected =
+                input.with_file_name(input.file_name().unwrap().to_string_lossy().replace(".streamjob.", ".objects."));
+            if update {
+                std::fs::write(&expected, &built).unwrap();
+            } else if std::fs::read_to_string(&expected).ok().as_deref() != Some(built.as_str()) {
+                stale.push(expected.display().to_string());
+            }
+        }
+        assert!(
+            stale.is_empty(),
+            "the built objects differ from {stale:?}; if the change is intended, rerun with WEIR_UPDATE_FIXTURES=1 and review the diff"
+        );
+    }
 }
