@@ -7,10 +7,17 @@
 //! memory is read from state at most once per commit interval, and windows that open and close
 //! between two commits never touch RocksDB.
 //!
-//! Timers live in memory: an index of every window by the watermark at which something happens
-//! to it (fire at `end - 1`, cleanup at `end - 1 + allowedLateness`), rebuilt from the stored
-//! entries when the operator opens, so firing never scans state (as Flink's heap timer
-//! service; it costs ~40 bytes plus the key per open window).
+//! Timers: every window has one, the watermark at which something happens to it (fire at
+//! `end - 1`, cleanup at `end - 1 + allowedLateness`; pane-based sliding windows keep one per
+//! key). They are kept twice: in memory, an index by time of the timers set since the operator
+//! opened, so firing never scans state; and in state, one entry `prefix|t|time|start|key` per
+//! stored window, written at each commit as the difference between a key's timers then and
+//! when it was last stored (windows that open and close between two commits never touch
+//! RocksDB). A restored operator reads nothing at open: as its watermark advances it reads the
+//! stored timers up to the watermark, skipping those written since it opened (each carries the
+//! generation of the operator that wrote it), as Flink's RocksDB timer service does, so
+//! recovery time does not grow with the state. State written before the stored index existed
+//! is indexed once, by a scan, when first opened.
 //!
 //! Lateness is judged per row against the watermark of the records before it; windows fire
 //! when the task's watermark passes their end after a batch. A window that is already past its
@@ -86,11 +93,76 @@ impl WindowConfig {
     fn fetch(&self, tx: &StateTx, key: &[u8]) -> Result<Option<KeyEntry>, OpError> {
         match tx.get(&self.entry_key(key)).map_err(|e| self.state_err(e))? {
             None => Ok(None),
-            Some(bytes) => {
-                decode_entry(&bytes, self.aggs.len()).map(Some).ok_or_else(|| self.corrupt("a window entry"))
+            Some(bytes) => self.decode(&bytes).map(Some),
+        }
+    }
+
+    /// A stored entry, with the timers stored for it.
+    fn decode(&self, bytes: &[u8]) -> Result<KeyEntry, OpError> {
+        let mut e = decode_entry(bytes, self.aggs.len()).ok_or_else(|| self.corrupt("a window entry"))?;
+        e.persisted = self.timers_of(&e);
+        Ok(e)
+    }
+
+    /// Whether sliding windows are kept as panes (see [`panes`]).
+    fn uses_panes(&self) -> bool {
+        matches!(self.kind, WindowKind::Sliding { size, slide } if size > slide)
+    }
+
+    /// The timers an entry's windows need.
+    fn timers_of(&self, e: &KeyEntry) -> Timers {
+        if self.uses_panes() {
+            (e.timer != i64::MAX).then_some((e.timer, 0)).into_iter().collect()
+        } else {
+            e.wins.iter().map(|w| (due_at(self.allowed_lateness, w.end, w.fired), w.start)).collect()
+        }
+    }
+
+    /// `prefix|t|time|start|key`: stored timers in time order.
+    fn timer_key(&self, time: i64, start: i64, key: &[u8]) -> Vec<u8> {
+        let mut k = self.timers_from(time);
+        k.extend_from_slice(&ordered(start));
+        k.extend_from_slice(key);
+        k
+    }
+
+    /// Where the stored timers at or after `time` begin.
+    fn timers_from(&self, time: i64) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.state_prefix.len() + 17 + 32);
+        k.extend_from_slice(&self.state_prefix);
+        k.push(b't');
+        k.extend_from_slice(&ordered(time));
+        k
+    }
+
+    /// Where the stored timers after `time` begin.
+    fn timers_after(&self, time: i64) -> Vec<u8> {
+        match time.checked_add(1) {
+            Some(next) => self.timers_from(next),
+            None => {
+                let mut k = self.state_prefix.clone();
+                k.push(b't' + 1);
+                k
             }
         }
     }
+
+    /// `prefix|g`: the generation of the last operator opened on this state and an upper bound
+    /// of the stored timers' times.
+    fn generation_key(&self) -> Vec<u8> {
+        let mut k = self.state_prefix.clone();
+        k.push(b'g');
+        k
+    }
+}
+
+/// An i64 as 8 bytes that sort like the number.
+fn ordered(x: i64) -> [u8; 8] {
+    ((x as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn from_ordered(b: &[u8]) -> Option<i64> {
+    Some((u64::from_be_bytes(b.try_into().ok()?) ^ (1 << 63)) as i64)
 }
 
 #[derive(Clone, Debug)]
@@ -116,7 +188,12 @@ struct KeyEntry {
     dirty: bool,
     /// Has an entry in state.
     stored: bool,
+    /// The timers (time, window start) stored in state for this key's stored windows.
+    persisted: Timers,
 }
+
+/// A key's timers: (time, window start); pane-based keys have one, with start 0.
+type Timers = SmallVec<[(i64, i64); 1]>;
 
 impl KeyEntry {
     fn new(stored: bool) -> KeyEntry {
@@ -127,6 +204,7 @@ impl KeyEntry {
             refire: SmallVec::new(),
             dirty: !stored,
             stored,
+            persisted: Timers::new(),
         }
     }
 }
@@ -142,10 +220,19 @@ pub struct WindowOp {
     dirty: Vec<Key>,
     /// Whether some key has stored windows that are not in the cache (a miss must read state).
     uncached_in_state: bool,
-    /// Every window's next timer: time -> (key, window start). Built from state at first use,
-    /// then kept in step with the windows, so firing never scans state.
+    /// Timers set since the operator opened, and stored ones read so far: time -> (key,
+    /// window start). Kept in step with the windows, so firing never scans state.
     timers: BTreeMap<i64, Vec<(Key, i64)>>,
-    timers_loaded: bool,
+    /// Opened on its state (generation read, restored timers found).
+    opened: bool,
+    /// This operator's generation: one more than the last one opened on the state; the value
+    /// of the timers it stores.
+    generation: u64,
+    /// No stored timer is later than this.
+    timers_bound: i64,
+    /// Timers stored before this operator opened that are still to be read: those after the
+    /// first time and up to the second (`None`: none are left to read).
+    restored: Option<(i64, i64)>,
     refire: FxHashSet<Key>,
     key_buf: Vec<u8>,
     /// Sliding windows are kept as panes (see [`panes`]).
@@ -212,7 +299,7 @@ impl WindowOp {
 
     pub fn new(cfg: WindowConfig) -> WindowOp {
         let panes = match cfg.kind {
-            WindowKind::Sliding { size, slide } if size > slide => {
+            WindowKind::Sliding { size, slide } if cfg.uses_panes() => {
                 Some(Panes { size, slide, lateness: cfg.allowed_lateness })
             }
             _ => None,
@@ -224,7 +311,10 @@ impl WindowOp {
             dirty: Vec::new(),
             uncached_in_state: false,
             timers: BTreeMap::new(),
-            timers_loaded: false,
+            opened: false,
+            generation: 0,
+            timers_bound: i64::MIN,
+            restored: None,
             refire: FxHashSet::default(),
             key_buf: Vec::with_capacity(64),
             panes,
@@ -246,20 +336,88 @@ impl WindowOp {
         due_at(lateness, w.end, w.fired)
     }
 
-    /// Builds the timer index from the stored windows, once; keeps the first keys decoded.
-    fn load_timers(&mut self, tx: &StateTx) -> Result<(), OpError> {
-        if self.timers_loaded {
+    /// Opens the operator on its state, once: takes the next generation and notes whether
+    /// stored timers are to be read as the watermark advances. Reads no windows, except once
+    /// to index state stored without timers.
+    fn open(&mut self, tx: &mut StateTx) -> Result<(), OpError> {
+        if self.opened {
             return Ok(());
         }
-        self.timers_loaded = true;
-        let started = std::time::Instant::now();
-        let mut keys = 0u64;
+        self.opened = true;
+        let stored = tx.get(&self.cfg.generation_key()).map_err(|e| self.state_err(e))?;
+        let (last, bound) = match stored.as_deref() {
+            Some(b) => {
+                let read = (b.get(..8).map(|g| u64::from_le_bytes(g.try_into().expect("8 bytes"))), b.get(8..16));
+                match read {
+                    (Some(g), Some(t)) => (g, i64::from_le_bytes(t.try_into().expect("8 bytes"))),
+                    _ => return Err(self.cfg.corrupt("the timer generation")),
+                }
+            }
+            None => (0, i64::MIN),
+        };
+        self.generation = last + 1;
+        self.timers_bound = bound;
+        self.put_generation(tx);
         let lo = self.entry_key(&[]);
         let mut hi = self.cfg.state_prefix.clone();
         hi.push(b'k' + 1);
-        let mut from = lo.clone();
+        self.uncached_in_state = !tx.scan(&lo, &hi, 1).map_err(|e| self.state_err(e))?.is_empty();
+        if stored.is_none() && self.uncached_in_state {
+            return self.index_unindexed_state(tx, &lo, &hi);
+        }
+        if bound != i64::MIN {
+            self.restored = Some((i64::MIN, bound));
+        }
+        Ok(())
+    }
+
+    fn put_generation(&self, tx: &mut StateTx) {
+        let mut v = self.generation.to_le_bytes().to_vec();
+        v.extend_from_slice(&self.timers_bound.to_le_bytes());
+        tx.put(self.cfg.generation_key(), v);
+    }
+
+    /// Reads the stored timers due by `wm` that an earlier operator set (this one's own are in
+    /// memory already).
+    fn read_restored_timers(&mut self, tx: &StateTx, wm: i64) -> Result<(), OpError> {
+        let Some((upto, bound)) = self.restored else { return Ok(()) };
+        let until = wm.min(bound);
+        if until <= upto {
+            return Ok(());
+        }
+        let mut from = self.cfg.timers_after(upto);
+        let to = self.cfg.timers_after(until);
+        let at = self.cfg.state_prefix.len() + 1;
+        let own = self.generation.to_le_bytes();
         loop {
-            let page = tx.scan(&from, &hi, 4096).map_err(|e| self.state_err(e))?;
+            let page = tx.scan(&from, &to, 4096).map_err(|e| self.state_err(e))?;
+            let Some((last, _)) = page.last() else { break };
+            from = last.clone();
+            from.push(0);
+            for (k, v) in page {
+                if v.as_slice() == own {
+                    continue;
+                }
+                let (Some(time), Some(start)) = (from_ordered(&k[at..at + 8]), from_ordered(&k[at + 8..at + 16]))
+                else {
+                    return Err(self.cfg.corrupt("a timer"));
+                };
+                self.timers.entry(time).or_default().push((Key::from_slice(&k[at + 16..]), start));
+            }
+        }
+        self.restored = (wm < bound).then_some((until, bound));
+        Ok(())
+    }
+
+    /// State stored before timers were: builds the in-memory index from every stored window
+    /// and stores the timers, once (O(state)); keeps the first keys decoded.
+    fn index_unindexed_state(&mut self, tx: &mut StateTx, lo: &[u8], hi: &[u8]) -> Result<(), OpError> {
+        let started = std::time::Instant::now();
+        let mut keys = 0u64;
+        let mut from = lo.to_vec();
+        let mut stored = Vec::new();
+        loop {
+            let page = tx.scan(&from, hi, 4096).map_err(|e| self.state_err(e))?;
             let Some((last, _)) = page.last() else { break };
             from = last.clone();
             from.push(0);
@@ -269,29 +427,32 @@ impl WindowOp {
                 let key = Key::from_slice(&k[lo.len()..]);
                 // The timers come from the windows' bounds alone; the accumulators are decoded
                 // only for the entries that go into the cache.
-                let timers = &mut self.timers;
+                let mut found = Timers::new();
                 let timer = visit_windows(&v, naccs, |start, end, fired| {
                     if !panes {
-                        timers.entry(due_at(lateness, end, fired)).or_default().push((key.clone(), start));
+                        found.push((due_at(lateness, end, fired), start));
                     }
                 });
                 let timer = timer.ok_or_else(|| self.cfg.corrupt("a window entry"))?;
                 if panes && timer != i64::MAX {
-                    timers.entry(timer).or_default().push((key.clone(), 0));
+                    found.push((timer, 0));
+                }
+                for &(time, start) in &found {
+                    self.timers.entry(time).or_default().push((key.clone(), start));
+                    stored.push(self.cfg.timer_key(time, start, &key));
+                    self.timers_bound = self.timers_bound.max(time);
                 }
                 if self.cache.len() < self.cfg.max_cached_keys {
-                    let entry = decode_entry(&v, naccs).ok_or_else(|| self.cfg.corrupt("a window entry"))?;
-                    self.cache.insert(key, entry);
-                } else {
-                    self.uncached_in_state = true;
+                    self.cache.insert(key, self.cfg.decode(&v)?);
                 }
             }
         }
-        if keys > 0 {
-            // O(state): the time a restored task takes before it processes again.
-            let secs = started.elapsed().as_secs_f64();
-            tracing::info!(operator = %self.cfg.name, keys, secs, "timer index rebuilt from the restored state");
+        for k in stored {
+            tx.put(k, self.generation.to_le_bytes().to_vec());
         }
+        self.put_generation(tx);
+        let secs = started.elapsed().as_secs_f64();
+        tracing::info!(operator = %self.cfg.name, keys, secs, "stored the timers of state written without them (once)");
         Ok(())
     }
 
@@ -302,11 +463,23 @@ impl WindowOp {
         }
     }
 
-    /// Writes changed entries into the transaction; drops clean entries beyond the cache size.
+    /// Writes changed entries and their timers' changes into the transaction; drops clean
+    /// entries beyond the cache size.
     fn write_back(&mut self, tx: &mut StateTx) {
+        let bound = self.timers_bound;
+        let own = self.generation.to_le_bytes();
         for key in std::mem::take(&mut self.dirty) {
             let Some(e) = self.cache.get_mut(&key) else { continue };
             e.dirty = false;
+            let now = self.cfg.timers_of(e);
+            for &(time, start) in e.persisted.iter().filter(|t| !now.contains(t)) {
+                tx.delete(self.cfg.timer_key(time, start, &key));
+            }
+            for &(time, start) in now.iter().filter(|t| !e.persisted.contains(t)) {
+                tx.put(self.cfg.timer_key(time, start, &key), own.to_vec());
+                self.timers_bound = self.timers_bound.max(time);
+            }
+            e.persisted = now;
             if e.wins.is_empty() {
                 if e.stored {
                     tx.delete(self.entry_key(&key));
@@ -317,6 +490,9 @@ impl WindowOp {
                 e.stored = true;
                 tx.put(self.entry_key(&key), bytes);
             }
+        }
+        if self.timers_bound != bound {
+            self.put_generation(tx);
         }
         if self.cache.len() > self.cfg.max_cached_keys {
             self.uncached_in_state |= self.cache.values().any(|e| e.stored);
@@ -352,7 +528,7 @@ impl WindowOp {
 
 impl Operator for WindowOp {
     fn on_batch(&mut self, batch: Batch, ctx: &mut OpCtx) -> Result<Option<Batch>, OpError> {
-        self.load_timers(ctx.state)?;
+        self.open(ctx.state)?;
         let name = self.cfg.name.clone();
         let key_arrays: Vec<ArrayRef> = self.cfg.keys.iter().map(|(i, _, _)| batch.rows.column(*i).clone()).collect();
         let arg_arrays: Vec<Option<ArrayRef>> = self
@@ -589,7 +765,8 @@ impl Operator for WindowOp {
     }
 
     fn on_watermark(&mut self, wm: i64, ctx: &mut OpCtx) -> Result<Option<Batch>, OpError> {
-        self.load_timers(ctx.state)?;
+        self.open(ctx.state)?;
+        self.read_restored_timers(ctx.state, wm)?;
         let nkeys = self.cfg.keys.len();
         let mut out: Option<Output> = self.pending.take();
         let mut corrupt = false;

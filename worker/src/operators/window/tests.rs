@@ -223,8 +223,10 @@ fn run_engine(
     collect(op.on_watermark(i64::MAX, &mut ctx).unwrap(), &mut results);
     op.before_commit(&mut ctx).unwrap();
     tx.commit([]).unwrap();
+    // Windows and timers are cleaned up; what remains is the operator's generation.
     let remaining = tx.scan(&[0, 1], &[0, 2], 10).unwrap();
-    assert!(remaining.is_empty(), "all window state is cleaned up at the end: {remaining:?}");
+    let keys: Vec<&[u8]> = remaining.iter().map(|(k, _)| k.as_slice()).collect();
+    assert_eq!(keys, [&[0, 1, b'g'][..]], "all window state is cleaned up at the end");
     let late = late_raw.iter().map(|r| String::from_utf8(r.clone()).unwrap().parse().unwrap()).collect();
     Run { rows: results, late }
 }
@@ -401,4 +403,104 @@ fn timers_are_read_from_stored_entries_without_decoding_accumulators() {
     let want: Vec<(i64, i64, bool)> = decoded.wins.iter().map(|w| (w.start, w.end, w.fired)).collect();
     assert_eq!(seen, want);
     assert_eq!(visit_windows(&bytes[..bytes.len() - 1], accs().len(), |_, _, _| {}), None, "a cut entry is corrupt");
+}
+
+/// A batch of (card, event time) rows, each with watermark `wm`.
+fn batch_of(evs: &[(&str, i64)], wm: i64) -> Batch {
+    Batch {
+        rows: RecordBatch::try_new(
+            schema(),
+            vec![
+                Arc::new(StringArray::from_iter_values(evs.iter().map(|e| e.0))),
+                Arc::new(Int64Array::from_iter_values(evs.iter().map(|_| 1))),
+                Arc::new(StringArray::from_iter_values(evs.iter().map(|_| "m"))),
+            ],
+        )
+        .unwrap(),
+        event_time: Int64Array::from_iter_values(evs.iter().map(|e| e.1)),
+        watermark: Int64Array::from(vec![wm; evs.len()]),
+        raw: None,
+    }
+}
+
+fn fired_starts(b: Option<Batch>) -> Vec<(String, i64)> {
+    let Some(b) = b else { return Vec::new() };
+    let cards = b.rows.column(0).as_any().downcast_ref::<StringArray>().unwrap().clone();
+    let starts = b.rows.column(1).as_any().downcast_ref::<Int64Array>().unwrap().clone();
+    let mut out: Vec<_> = (0..b.num_rows()).map(|r| (cards.value(r).to_string(), starts.value(r))).collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn a_restored_operator_reads_timers_only_as_the_watermark_reaches_them() {
+    let kind = WindowKind::Tumbling { size: 60_000 };
+    let mut tx = StateTx::new(Box::new(MemStore::default()));
+    let mut late = Vec::new();
+    let mut op = make_op(kind, 0, 1_000);
+    let mut ctx = OpCtx { state: &mut tx, late: &mut late };
+    // 100 cards, each with a window in each of the first ten minutes.
+    let evs: Vec<(String, i64)> =
+        (0..10).flat_map(|m| (0..100).map(move |c| (format!("c{c:03}"), m * 60_000 + 1_000))).collect();
+    let refs: Vec<(&str, i64)> = evs.iter().map(|(c, t)| (c.as_str(), *t)).collect();
+    op.on_batch(batch_of(&refs, i64::MIN), &mut ctx).unwrap();
+    assert!(op.on_watermark(i64::MIN + 1, &mut ctx).unwrap().is_none());
+    op.before_commit(&mut ctx).unwrap();
+    tx.commit([]).unwrap();
+
+    // A restart: nothing is read at open, neither windows nor timers.
+    let mut op = make_op(kind, 0, 1_000);
+    let mut ctx = OpCtx { state: &mut tx, late: &mut late };
+    assert!(op.on_watermark(30_000, &mut ctx).unwrap().is_none());
+    assert_eq!((op.timers.len(), op.cache.len()), (0, 0), "nothing is due yet, nothing is read");
+    // The first three minutes fire; only their timers were read.
+    let fired = fired_starts(op.on_watermark(3 * 60_000 - 1, &mut ctx).unwrap());
+    assert_eq!(fired.len(), 300);
+    assert!(fired.iter().all(|(_, s)| *s < 3 * 60_000), "{fired:?}");
+    assert!(op.timers.is_empty() && op.cache.len() == 100, "the due timers were read and fired, the rest not");
+    // A new window set after the restart, due before restored ones, fires once.
+    op.on_batch(batch_of(&[("new", 3 * 60_000 + 5)], 3 * 60_000 - 1), &mut ctx).unwrap();
+    op.before_commit(&mut ctx).unwrap();
+    tx.commit([]).unwrap();
+    let mut ctx = OpCtx { state: &mut tx, late: &mut late };
+    let fired = fired_starts(op.on_watermark(4 * 60_000 - 1, &mut ctx).unwrap());
+    assert_eq!(fired.len(), 101, "minute 3 of every card and of `new`, each once");
+    assert!(fired.contains(&("new".to_string(), 3 * 60_000)));
+    let rest = fired_starts(op.on_watermark(i64::MAX, &mut ctx).unwrap());
+    assert_eq!(rest.len(), 600);
+    op.before_commit(&mut ctx).unwrap();
+    tx.commit([]).unwrap();
+    let left = tx.scan(&[0, 1, b't'], &[0, 1, b'u'], 10).unwrap();
+    assert!(left.is_empty(), "fired windows leave no stored timers: {left:?}");
+}
+
+#[test]
+fn state_stored_without_timers_is_indexed_once() {
+    // Entries as an earlier version stored them: windows only, no timers, no generation.
+    let kind = WindowKind::Tumbling { size: 60_000 };
+    let op = make_op(kind, 0, 1_000);
+    let mut tx = StateTx::new(Box::new(MemStore::default()));
+    for (card, start) in [("a", 0), ("b", 60_000), ("c", 120_000)] {
+        let mut e = KeyEntry::new(false);
+        e.wins.push(Win { start, end: start + 60_000, fired: false, refire: false, accs: new_accs(&op.cfg.aggs) });
+        let mut key = Vec::new();
+        Col::new(&(Arc::new(StringArray::from(vec![card])) as ArrayRef)).unwrap().encode_key(0, &mut key);
+        tx.put(op.entry_key(&key), encode_entry(&e));
+    }
+    tx.commit([]).unwrap();
+    let mut op = make_op(kind, 0, 1_000);
+    let mut late = Vec::new();
+    let mut ctx = OpCtx { state: &mut tx, late: &mut late };
+    let fired = fired_starts(op.on_watermark(60_000 - 1, &mut ctx).unwrap());
+    assert_eq!(fired, [("a".to_string(), 0)]);
+    op.before_commit(&mut ctx).unwrap();
+    tx.commit([]).unwrap();
+    assert_eq!(tx.scan(&[0, 1, b't'], &[0, 1, b'u'], 10).unwrap().len(), 2, "the open windows' timers are stored");
+    // The next operator finds them stored and reads them lazily.
+    let mut op = make_op(kind, 0, 1_000);
+    let mut ctx = OpCtx { state: &mut tx, late: &mut late };
+    assert!(op.on_watermark(0, &mut ctx).unwrap().is_none());
+    assert_eq!(op.timers.len(), 0);
+    let fired = fired_starts(op.on_watermark(i64::MAX, &mut ctx).unwrap());
+    assert_eq!(fired, [("b".to_string(), 60_000), ("c".to_string(), 120_000)]);
 }
