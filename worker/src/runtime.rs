@@ -368,10 +368,12 @@ impl Runtime {
             false => Vec::new(),
         };
         let group = kafka.iter().flatten().map(|(_, g)| g).next();
+        // The transactions to commit: (partition, producer, input offsets, positions).
+        let mut commits = Vec::new();
         for (p, task) in &self.tasks {
             let sinks = self.sinks.get_mut(p).expect("every task has sinks");
             sinks.flush()?;
-            let (Some(txn), Some(group)) = (&sinks.txn, group) else { continue };
+            let (Some(txn), Some(_)) = (&sinks.txn, group) else { continue };
             let positions = task.positions();
             if self.txn_positions.get(p) == Some(&positions) && !txn.has_open_transaction() {
                 continue;
@@ -382,15 +384,37 @@ impl Runtime {
                     offsets.add_partition_offset(topic, *p as i32, rdkafka::Offset::Offset(pos))?;
                 }
             }
-            let started = Instant::now();
-            let committed = txn.commit_epoch(&offsets, group);
-            sinks.waited_for_commit(started.elapsed());
+            commits.push((*p, txn.clone(), offsets, positions));
+        }
+        let Some(group) = group else { return Ok(()) };
+        // Each task's transaction is its own producer's: they commit side by side, so an epoch
+        // takes one commit's round trips however many partitions the worker owns.
+        let commit = |txn: &KafkaProducer, offsets: &rdkafka::TopicPartitionList| txn.commit_epoch(offsets, group);
+        let started = Instant::now();
+        let outcomes: Vec<Result<(), String>> = match commits.as_slice() {
+            [(_, txn, offsets, _)] => vec![commit(txn, offsets)],
+            _ => std::thread::scope(|scope| {
+                let handles: Vec<_> =
+                    commits.iter().map(|(_, txn, offsets, _)| scope.spawn(move || commit(txn, offsets))).collect();
+                let joined = handles.into_iter().map(|h| h.join());
+                joined.map(|r| r.unwrap_or_else(|_| Err("the commit thread panicked".into()))).collect()
+            }),
+        };
+        // The worker waited this long for all of them: each task's sinks get their share.
+        let share = started.elapsed() / commits.len().max(1) as u32;
+        let mut failed = None;
+        for ((p, _, _, positions), committed) in commits.into_iter().zip(outcomes) {
+            self.sinks.get_mut(&p).expect("every task has sinks").waited_for_commit(share);
             let outcome = if committed.is_ok() { "committed" } else { "failed" };
             self.metrics.transactions.with_label_values(&[&p.to_string(), outcome]).inc();
-            committed.map_err(|e| anyhow::anyhow!("partition {p}: {e}"))?;
-            self.txn_positions.insert(*p, positions);
+            match committed {
+                Ok(()) => {
+                    self.txn_positions.insert(p, positions);
+                }
+                Err(e) => failed = failed.or(Some(anyhow::anyhow!("partition {p}: {e}"))),
+            }
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     /// A state commit: operator state into the tasks' transactions, the epoch ended (sinks
