@@ -205,6 +205,89 @@ pub struct StreamSpec {
     pub enrich: Option<EnrichSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pattern: Option<PatternSpec>,
+    /// An interval join of two inputs (then the step has no `from`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join: Option<JoinSpec>,
+}
+
+/// An interval join: a left and a right row with equal `on` fields join when the right row's
+/// event time is within `within` of the left row's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JoinSpec {
+    /// The left input: a source or a step.
+    pub left: String,
+    /// The right input: a source or a step.
+    pub right: String,
+    /// Fields present in both inputs with the same type, equal in joined rows.
+    pub on: Vec<String>,
+    /// How far apart in event time joined rows may be.
+    pub within: JoinWithin,
+    #[serde(default, rename = "type")]
+    pub kind: JoinKind,
+}
+
+impl StreamSpec {
+    /// The sources or steps this step reads: `join.left` and `join.right`, or `from`.
+    pub fn inputs(&self) -> Vec<&str> {
+        match &self.join {
+            Some(j) => vec![j.left.as_str(), j.right.as_str()],
+            None => vec![self.from.as_str()],
+        }
+    }
+}
+
+impl JoinSpec {
+    /// The joined row's fields, in order: (from the right input?, input field, output field).
+    /// Every left field keeps its name, then every right field but the `on` fields (equal to
+    /// the left's); a right field whose name the left already has is named `<right>_<field>`.
+    pub fn output_fields<'a>(&self, left: &'a [String], right: &'a [String]) -> Vec<(bool, &'a str, String)> {
+        let mut out: Vec<(bool, &str, String)> = left.iter().map(|f| (false, f.as_str(), f.clone())).collect();
+        for f in right {
+            if self.on.contains(f) {
+                continue;
+            }
+            let name = if left.contains(f) { format!("{}_{f}", self.right) } else { f.clone() };
+            out.push((true, f.as_str(), name));
+        }
+        out
+    }
+}
+
+/// `within: 5m` (either side up to 5 minutes before the other) or `within: {before: 1m, after:
+/// 10m}`: the right row at most `before` earlier and at most `after` later than the left row.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum JoinWithin {
+    Both(Duration),
+    Bounds {
+        #[serde(default = "zero")]
+        before: Duration,
+        #[serde(default = "zero")]
+        after: Duration,
+    },
+}
+
+impl JoinWithin {
+    /// (before, after) in milliseconds; `None` when a duration does not parse.
+    pub fn millis(&self) -> Option<(u64, u64)> {
+        match self {
+            JoinWithin::Both(d) => d.millis().ok().map(|m| (m, m)),
+            JoinWithin::Bounds { before, after } => Some((before.millis().ok()?, after.millis().ok()?)),
+        }
+    }
+}
+
+/// Which unmatched rows a join also emits (with the other side's fields null), when no row
+/// can match them any more.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JoinKind {
+    #[default]
+    Inner,
+    Left,
+    Right,
+    Full,
 }
 
 /// One window kind.

@@ -276,3 +276,38 @@ fn savepoint_history_keeps_the_newest_once_each() {
     assert_eq!(st.savepoints[0], sp(3), "the oldest leave the list");
     assert_eq!(st.last_savepoint, Some(sp(SAVEPOINT_HISTORY + 2)));
 }
+
+#[test]
+fn joins_are_checked_and_their_fields_feed_later_steps() {
+    let ok = r#"
+spec:
+  pipeline:
+    sources:
+      orders: {file: {path: o.jsonl}, schema: {order_id: string, total: double, ts: timestamp}, eventTime: {field: ts}}
+      payments: {file: {path: p.jsonl}, schema: {order_id: string, amount: double, ts: timestamp}, eventTime: {field: ts}}
+    streams:
+      paid:
+        join: {left: orders, right: payments, on: [order_id], within: {after: 15m}, type: left}
+        lateOutput: late
+      big: {from: paid, where: "amount > total", select: {order_id: order_id, at: payments_ts}}
+    sinks:
+      o: {from: big, file: {path: o}}
+      late: {file: {path: l}}
+"#;
+    Manifest::from_yaml(ok, "t").expect("a left join with bounds; its right `ts` is `payments_ts`");
+    let bad = ok
+        .replace("left: orders", "left: order")
+        .replace("on: [order_id]", "on: [order_id, total]")
+        .replace("within: {after: 15m}", "within: 0s")
+        .replace("lateOutput: late", "lateOutput: late\n        from: orders\n        keyBy: [order_id]");
+    let errs = errors(&bad);
+    for (path, needle) in [
+        ("spec.pipeline.streams.paid.join.left", "`order` is not a source or a step"),
+        ("spec.pipeline.streams.paid.join.on", "`total` is not a field of `payments` (the right input)"),
+        ("spec.pipeline.streams.paid.join.within", "must be above zero"),
+        ("spec.pipeline.streams.paid.from", "a join step reads `join.left` and `join.right`"),
+        ("spec.pipeline.streams.paid", "keyBy and window belong in a step that reads the join"),
+    ] {
+        assert!(has(&errs, path, needle), "{path}: {needle} in {errs:?}");
+    }
+}

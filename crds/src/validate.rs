@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use crate::{
-    datagen_payments_schema, parse_aggregate, CheckpointingSpec, Duration, FieldType, PipelineSpec, SinkSpec,
-    SourceSpec, StreamJobSpec, StreamSpec,
+    datagen_payments_schema, parse_aggregate, CheckpointingSpec, Duration, FieldType, JoinSpec, JoinWithin,
+    PipelineSpec, SinkSpec, SourceSpec, StreamJobSpec, StreamSpec,
 };
 
 /// One problem in a manifest.
@@ -300,8 +300,18 @@ fn stream_fields(p: &PipelineSpec, errs: &mut ValidationErrors) -> BTreeMap<Stri
         Ok(order) => {
             for name in order {
                 let s = &p.streams[&name];
-                let input = out.get(&s.from).cloned().flatten();
-                out.insert(name.clone(), step_output_fields(p, s, input));
+                let fields = match &s.join {
+                    Some(j) => match (out.get(&j.left).cloned().flatten(), out.get(&j.right).cloned().flatten()) {
+                        (Some(l), Some(r)) => {
+                            let (l, r): (Vec<String>, Vec<String>) = (l.into_iter().collect(), r.into_iter().collect());
+                            let joined = j.output_fields(&l, &r).into_iter().map(|(_, _, name)| name).collect();
+                            step_output_fields(p, s, Some(joined))
+                        }
+                        _ => None,
+                    },
+                    None => step_output_fields(p, s, out.get(&s.from).cloned().flatten()),
+                };
+                out.insert(name.clone(), fields);
             }
         }
         Err(cycle) => errs.push("spec.pipeline.streams", format!("the steps form a cycle: {}", cycle.join(" -> "))),
@@ -359,9 +369,10 @@ pub fn topo_order(p: &PipelineSpec) -> Result<Vec<String>, Vec<String>> {
         }
         state.insert(name, 1);
         stack.push(name);
-        let from = p.streams[name].from.as_str();
-        if p.streams.contains_key(from) {
-            visit(p, from, state, stack, order)?;
+        for from in p.streams[name].inputs() {
+            if p.streams.contains_key(from) {
+                visit(p, from, state, stack, order)?;
+            }
         }
         stack.pop();
         state.insert(name, 2);
@@ -382,20 +393,44 @@ fn check_stream(
     s: &StreamSpec,
 ) {
     let path = format!("spec.pipeline.streams.{name}");
-    if s.from.is_empty() {
-        errs.push(format!("{path}.from"), "every step needs `from` (a source or another step)");
-    } else if !p.sources.contains_key(&s.from) && !p.streams.contains_key(&s.from) {
-        let hint = if p.sinks.contains_key(&s.from) || p.tables.contains_key(&s.from) {
-            " (it is a sink or a table; a step reads a source or another step)"
-        } else {
-            ""
-        };
-        errs.push(format!("{path}.from"), format!("`{}` is not a source or a step{hint}", s.from));
+    let check_input = |errs: &mut ValidationErrors, at: String, input: &str| {
+        if !p.sources.contains_key(input) && !p.streams.contains_key(input) {
+            let hint = if p.sinks.contains_key(input) || p.tables.contains_key(input) {
+                " (it is a sink or a table; a step reads a source or another step)"
+            } else {
+                ""
+            };
+            errs.push(at, format!("`{input}` is not a source or a step{hint}"));
+        }
+    };
+    match &s.join {
+        Some(j) => {
+            if !s.from.is_empty() {
+                errs.push(format!("{path}.from"), "a join step reads `join.left` and `join.right`; remove `from`");
+            }
+            check_join(errs, fields, &path, j, &check_input);
+        }
+        None if s.from.is_empty() => {
+            errs.push(format!("{path}.from"), "every step needs `from` (a source or another step)")
+        }
+        None => check_input(errs, format!("{path}.from"), &s.from),
     }
     let input = fields.get(&s.from).cloned().flatten();
-    let operators = [s.aggregate.is_some(), s.enrich.is_some(), s.pattern.is_some()].iter().filter(|b| **b).count();
+    let operators = [s.aggregate.is_some(), s.enrich.is_some(), s.pattern.is_some(), s.join.is_some()]
+        .iter()
+        .filter(|b| **b)
+        .count();
     if operators > 1 {
-        errs.push(path.clone(), "a step has at most one of aggregate, enrich, pattern; split it into several steps");
+        errs.push(
+            path.clone(),
+            "a step has at most one of aggregate, enrich, pattern, join; split it into several steps",
+        );
+    }
+    if s.join.is_some() && (s.key_by.is_some() || s.window.is_some()) {
+        errs.push(
+            path.clone(),
+            "a join is keyed by `join.on` and bounded by `join.within`; keyBy and window belong in a step that reads the join",
+        );
     }
     if let Some(f) = &s.filter {
         if f.trim().is_empty() {
@@ -447,8 +482,8 @@ fn check_stream(
         }
     }
     if let Some(late) = &s.late_output {
-        if s.window.is_none() {
-            errs.push(format!("{path}.lateOutput"), "only a windowed step has late events");
+        if s.window.is_none() && s.join.is_none() {
+            errs.push(format!("{path}.lateOutput"), "only a windowed or join step has late events");
         }
         match p.sinks.get(late) {
             None => errs.push(format!("{path}.lateOutput"), format!("`{late}` is not a sink")),
@@ -504,6 +539,42 @@ fn check_stream(
             }
             if st.times == Some(0) {
                 errs.push(format!("{path}.pattern.sequence[{i}].times"), "must be at least 1");
+            }
+        }
+    }
+}
+
+fn check_join(
+    errs: &mut ValidationErrors,
+    fields: &BTreeMap<String, Option<BTreeSet<String>>>,
+    path: &str,
+    j: &JoinSpec,
+    check_input: &dyn Fn(&mut ValidationErrors, String, &str),
+) {
+    check_input(errs, format!("{path}.join.left"), &j.left);
+    check_input(errs, format!("{path}.join.right"), &j.right);
+    if j.left == j.right {
+        errs.push(format!("{path}.join.right"), "a join needs two different inputs (a self-join is not supported)");
+    }
+    if j.on.is_empty() {
+        errs.push(format!("{path}.join.on"), "must name at least one field of both inputs");
+    }
+    for (side, input) in [("left", &j.left), ("right", &j.right)] {
+        if let Some(Some(have)) = fields.get(input.as_str()) {
+            for f in j.on.iter().filter(|f| !have.contains(*f)) {
+                errs.push(format!("{path}.join.on"), format!("`{f}` is not a field of `{input}` (the {side} input)"));
+            }
+        }
+    }
+    match &j.within {
+        JoinWithin::Both(d) => {
+            positive(errs, &format!("{path}.join.within"), d);
+        }
+        JoinWithin::Bounds { before, after } => {
+            let b = duration(errs, &format!("{path}.join.within.before"), before);
+            let a = duration(errs, &format!("{path}.join.within.after"), after);
+            if b == Some(0) && a == Some(0) {
+                errs.push(format!("{path}.join.within"), "before and after are both zero: give at least one a length");
             }
         }
     }

@@ -6,21 +6,23 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use weir_crds::{
     parse_aggregate, source_fields, topo_order, FieldType, Manifest, SourceSpec, StreamSpec, ValidationErrors,
 };
 
 use crate::codec::json::{engine_type, JsonDecoder};
 use crate::expr::{CompiledExpr, ExprCompiler};
+use crate::operators::join::JoinOp;
 use crate::operators::select::{Filter, Project};
 use crate::operators::window::{AggSpec, WindowConfig, WindowKind, WindowOp};
 use crate::operators::Operator;
 
-/// Where a source's or step's output goes.
+/// Where a source's or step's output goes: a step's input (0, or 1 for a join's right input)
+/// or a sink.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
-    Node(usize),
+    Node(usize, u8),
     Sink(usize),
 }
 
@@ -33,6 +35,9 @@ pub struct SourcePlan {
     /// Column of the event time, or `None` to use the record's source timestamp.
     pub event_time_col: Option<usize>,
     pub max_out_of_orderness: i64,
+    /// `eventTime.idleTimeout`: a partition without records this long stops holding back the
+    /// watermark of steps with several inputs.
+    pub idle_timeout: Option<std::time::Duration>,
     pub children: Vec<Target>,
 }
 
@@ -44,11 +49,39 @@ pub struct WindowPlan {
     pub aggs: Vec<AggSpec>,
 }
 
+/// What a step reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Input {
+    Source(usize),
+    Node(usize),
+}
+
+/// A compiled interval join.
+#[derive(Clone)]
+pub struct JoinPlan {
+    pub kind: weir_crds::JoinKind,
+    /// The right row at most this much earlier than the left row (ms).
+    pub before: i64,
+    /// The right row at most this much later than the left row (ms).
+    pub after: i64,
+    /// The `on` fields: column in the left input, column in the right input, type.
+    pub on: Vec<(usize, usize, DataType)>,
+    pub left: SchemaRef,
+    pub right: SchemaRef,
+    /// Each output column: from the right input?, its column there.
+    pub columns: Vec<(bool, usize)>,
+    pub out_schema: SchemaRef,
+}
+
 /// A compiled step.
 pub struct NodePlan {
     pub name: String,
-    /// The source whose watermark drives this step.
-    pub root_source: usize,
+    /// The sources whose watermarks drive this step (two for a join of two sources): its
+    /// watermark is the least of theirs.
+    pub root_sources: Vec<usize>,
+    /// What it reads, in port order.
+    pub inputs: Vec<Input>,
+    pub join: Option<JoinPlan>,
     pub filter: Option<CompiledExpr>,
     pub project: Option<Vec<(String, CompiledExpr)>>,
     pub window: Option<WindowPlan>,
@@ -139,6 +172,11 @@ impl JobPlan {
                     decoder,
                     event_time_col,
                     max_out_of_orderness: ooo,
+                    idle_timeout: s
+                        .event_time
+                        .as_ref()
+                        .and_then(|e| e.idle_timeout.as_ref()?.millis().ok())
+                        .map(std::time::Duration::from_millis),
                     children: Vec::new(),
                 }
             })
@@ -150,26 +188,55 @@ impl JobPlan {
         })?;
         let node_index: BTreeMap<&str, usize> = order.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
         let mut nodes: Vec<NodePlan> = Vec::with_capacity(order.len());
+        // A source's or planned step's output schema and root sources.
+        let input_of = |nodes: &[NodePlan], input: &str| -> Option<(SchemaRef, Vec<usize>)> {
+            if let Some(&i) = source_index.get(input) {
+                Some((sources[i].decoder.schema().clone(), vec![i]))
+            } else {
+                let &i = node_index.get(input)?;
+                let n = nodes.get(i)?;
+                Some((n.out_schema.clone(), n.root_sources.clone()))
+            }
+        };
+        let input_ref = |input: &str| match source_index.get(input) {
+            Some(&i) => Input::Source(i),
+            None => Input::Node(node_index[input]),
+        };
         for name in &order {
             let s = &p.streams[name];
             let path = format!("spec.pipeline.streams.{name}");
-            let (input, root) = if let Some(&i) = source_index.get(s.from.as_str()) {
-                (sources[i].decoder.schema().clone(), i)
-            } else if let Some(&i) = node_index.get(s.from.as_str()) {
-                (nodes[i].out_schema.clone(), nodes[i].root_source)
-            } else {
-                errs.push(format!("{path}.from"), format!("`{}` is not a source or a step", s.from));
-                continue;
+            let (input, roots, join) = match &s.join {
+                Some(j) => match (input_of(&nodes, &j.left), input_of(&nodes, &j.right)) {
+                    (Some((l, mut roots)), Some((r, more))) => {
+                        roots.extend(more);
+                        roots.sort_unstable();
+                        roots.dedup();
+                        let Some(jp) = plan_join(j, &path, l, r, &mut errs) else { continue };
+                        (jp.out_schema.clone(), roots, Some(jp))
+                    }
+                    _ => continue, // an unknown input: reported by validation
+                },
+                None => match input_of(&nodes, &s.from) {
+                    Some((schema, roots)) => (schema, roots, None),
+                    None => {
+                        errs.push(format!("{path}.from"), format!("`{}` is not a source or a step", s.from));
+                        continue;
+                    }
+                },
             };
-            nodes.push(plan_node(&compiler, name, &path, s, input, root, &sink_index, &mut errs));
+            let mut node = plan_node(&compiler, name, &path, s, input, roots, &sink_index, &mut errs);
+            node.join = join;
+            node.inputs = s.inputs().into_iter().map(input_ref).collect();
+            nodes.push(node);
         }
         // Wire every step and sink to what it reads.
         for (i, name) in order.iter().enumerate() {
-            let from = p.streams[name].from.as_str();
-            if let Some(&s) = source_index.get(from) {
-                sources[s].children.push(Target::Node(i));
-            } else if let Some(&n) = node_index.get(from) {
-                nodes[n].children.push(Target::Node(i));
+            for (port, from) in p.streams[name].inputs().into_iter().enumerate() {
+                if let Some(&s) = source_index.get(from) {
+                    sources[s].children.push(Target::Node(i, port as u8));
+                } else if let Some(&n) = node_index.get(from) {
+                    nodes[n].children.push(Target::Node(i, port as u8));
+                }
             }
         }
         let mut sinks = Vec::new();
@@ -184,6 +251,13 @@ impl JobPlan {
                 }
             }
             sinks.push(SinkPlan { name: name.clone(), spec: sink.clone(), key_cols });
+        }
+        if nodes.len() != order.len() {
+            // A step was left out; the indexes of the ones after it would not match.
+            if errs.is_empty() {
+                errs.push("spec.pipeline.streams", "a step could not be planned; run the validation for details");
+            }
+            return Err(errs);
         }
         for (name, s) in &p.streams {
             if s.enrich.is_some() || s.pattern.is_some() {
@@ -249,6 +323,21 @@ impl JobPlan {
         self.nodes
             .iter()
             .filter_map(|n| {
+                if let Some(j) = &n.join {
+                    // Buffered rows are stored as each input's columns in order.
+                    let cols = |s: &SchemaRef| -> Vec<String> {
+                        s.fields().iter().map(|f| format!("{}: {}", f.name(), f.data_type())).collect()
+                    };
+                    let on: Vec<String> =
+                        j.on.iter().map(|(l, _, t)| format!("{}: {t}", j.left.field(*l).name())).collect();
+                    let sig = format!(
+                        "join on [{}] of [{}] and [{}]",
+                        on.join(", "),
+                        cols(&j.left).join(", "),
+                        cols(&j.right).join(", ")
+                    );
+                    return Some((n.name.clone(), sig));
+                }
                 let w = n.window.as_ref()?;
                 let keys: Vec<String> = w.keys.iter().map(|(_, name, t)| format!("{name}: {t}")).collect();
                 let aggs: Vec<String> = w
@@ -269,6 +358,9 @@ impl JobPlan {
     pub fn instantiate(&self, i: usize) -> Vec<Box<dyn Operator>> {
         let n = &self.nodes[i];
         let mut ops: Vec<Box<dyn Operator>> = Vec::new();
+        if let Some(j) = &n.join {
+            ops.push(Box::new(JoinOp::new(&n.name, state_prefix(&n.name), j.clone(), self.max_cached_keys)));
+        }
         if let Some(f) = &n.filter {
             ops.push(Box::new(Filter { name: n.name.clone(), predicate: f.clone() }));
         }
@@ -297,7 +389,7 @@ fn plan_node(
     path: &str,
     s: &StreamSpec,
     input: SchemaRef,
-    root: usize,
+    root_sources: Vec<usize>,
     sink_index: &BTreeMap<&str, usize>,
     errs: &mut ValidationErrors,
 ) -> NodePlan {
@@ -399,7 +491,9 @@ fn plan_node(
     };
     NodePlan {
         name: name.to_string(),
-        root_source: root,
+        root_sources,
+        inputs: Vec::new(),
+        join: None,
         filter,
         project,
         window,
@@ -408,6 +502,61 @@ fn plan_node(
         late_sink: s.late_output.as_deref().and_then(|l| sink_index.get(l).copied()),
         children: Vec::new(),
     }
+}
+
+/// Plans a join of inputs with schemas `left` and `right`; `None` (with errors) when its `on`
+/// fields are missing or differ in type.
+fn plan_join(
+    j: &weir_crds::JoinSpec,
+    path: &str,
+    left: SchemaRef,
+    right: SchemaRef,
+    errs: &mut ValidationErrors,
+) -> Option<JoinPlan> {
+    let mut on = Vec::new();
+    for f in &j.on {
+        match (left.index_of(f), right.index_of(f)) {
+            (Ok(l), Ok(r)) if left.field(l).data_type() == right.field(r).data_type() => {
+                on.push((l, r, left.field(l).data_type().clone()));
+            }
+            (Ok(l), Ok(r)) => errs.push(
+                format!("{path}.join.on"),
+                format!(
+                    "`{f}` is {} in `{}` but {} in `{}`; joined fields need one type",
+                    left.field(l).data_type(),
+                    j.left,
+                    right.field(r).data_type(),
+                    j.right
+                ),
+            ),
+            _ => {} // a missing field: reported by validation
+        }
+    }
+    let (before, after) = j.within.millis()?;
+    if on.len() != j.on.len() || on.is_empty() {
+        return None;
+    }
+    let names = |s: &SchemaRef| s.fields().iter().map(|f| f.name().clone()).collect::<Vec<String>>();
+    let (l, r) = (names(&left), names(&right));
+    let mut columns = Vec::new();
+    let mut fields = Vec::new();
+    for (from_right, input, out) in j.output_fields(&l, &r) {
+        let schema = if from_right { &right } else { &left };
+        let i = schema.index_of(input).ok()?;
+        columns.push((from_right, i));
+        // Outer joins leave the other side's fields null.
+        fields.push(Field::new(out, schema.field(i).data_type().clone(), true));
+    }
+    Some(JoinPlan {
+        kind: j.kind,
+        before: before as i64,
+        after: after as i64,
+        on,
+        left,
+        right,
+        columns,
+        out_schema: Arc::new(Schema::new(fields)),
+    })
 }
 
 fn numeric_only(f: weir_crds::AggregateFn) -> bool {

@@ -84,7 +84,7 @@ pub fn sinks_below(plan: &JobPlan, op: Op) -> Vec<usize> {
             stack.extend(&plan.sources[i].children);
             stack.extend(plan.dead_letter.map(Target::Sink));
         }
-        Op::Step(i) => stack.push(Target::Node(i)),
+        Op::Step(i) => stack.push(Target::Node(i, 0)),
         Op::Sink(i) => stack.push(Target::Sink(i)),
     }
     let mut seen = vec![false; plan.nodes.len()];
@@ -92,12 +92,12 @@ pub fn sinks_below(plan: &JobPlan, op: Op) -> Vec<usize> {
         match t {
             Target::Sink(s) if !found.contains(&s) => found.push(s),
             Target::Sink(_) => {}
-            Target::Node(n) if !seen[n] => {
+            Target::Node(n, _) if !seen[n] => {
                 seen[n] = true;
                 stack.extend(&plan.nodes[n].children);
                 stack.extend(plan.nodes[n].late_sink.map(Target::Sink));
             }
-            Target::Node(_) => {}
+            Target::Node(..) => {}
         }
     }
     found.sort_unstable();

@@ -92,6 +92,7 @@ impl Runtime {
             };
             sources.push(s);
         }
+        Self::check_co_partitioned(&plan, &sources)?;
         let shared = RocksShared::new(cfg.state_memory_bytes, cfg.state_memory_bytes / 4);
         let mut partitions: Vec<u32> = sources.iter().flat_map(|s| s.partitions()).collect();
         partitions.sort_unstable();
@@ -256,6 +257,25 @@ impl Runtime {
         Ok(true)
     }
 
+    /// A join's inputs must be co-partitioned: a partition-task joins partition `p` of one input
+    /// with partition `p` of the other, so their sources need the same partition count (and
+    /// records keyed by the join fields, which only their producers can ensure).
+    fn check_co_partitioned(plan: &JobPlan, sources: &[Box<dyn Source>]) -> anyhow::Result<()> {
+        for n in plan.nodes.iter().filter(|n| n.join.is_some()) {
+            let counts: Vec<(String, u32)> =
+                n.root_sources.iter().map(|&s| (plan.sources[s].name.clone(), sources[s].partition_count())).collect();
+            if counts.windows(2).any(|w| w[0].1 != w[1].1) {
+                let list: Vec<String> = counts.iter().map(|(name, c)| format!("{name} has {c}")).collect();
+                bail!(
+                    "step {} joins inputs that are not co-partitioned ({}): give the topics the same partition count, each keyed by the join fields",
+                    n.name,
+                    list.join(", ")
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// The transactional producer of partition-task `p`: id `<group>.p<partition>`, so a
     /// restarted or duplicate owner of the partition fences the previous one.
     fn task_producer(plan: &JobPlan, p: u32) -> Result<KafkaProducer, String> {
@@ -339,6 +359,7 @@ impl Runtime {
                 }
                 self.report_lag();
                 for (p, task) in self.tasks.iter_mut() {
+                    task.tick(self.sinks.get_mut(p).expect("every task has sinks"))?;
                     self.profile.add(&mut task.times);
                     self.profile.add_sinks(&mut self.sinks.get_mut(p).expect("every task has sinks").times);
                 }

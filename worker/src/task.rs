@@ -12,8 +12,9 @@ use datafusion::arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 
 use crate::batch::Batch;
 use crate::metrics::Metrics;
+use crate::operators::join::JoinOp;
 use crate::operators::{OpCtx, OpError, Operator};
-use crate::plan::{state_prefix, JobPlan, Target};
+use crate::plan::{state_prefix, Input, JobPlan, Target};
 use crate::profile::{self, Op, Times};
 use crate::sink::kafka::KafkaProducer;
 use crate::sink::{dead_letter, Sink, SinkError};
@@ -115,6 +116,8 @@ struct SourceState {
     /// Next position to read; `None` until a record was read or restored.
     next_position: Option<i64>,
     ended: bool,
+    /// When a record of this partition was last read (idleness, `eventTime.idleTimeout`).
+    last_read: Instant,
 }
 
 pub struct Task {
@@ -133,6 +136,8 @@ pub struct Task {
     replay_until: Vec<Option<i64>>,
     /// Time in each source's decoding and each step's operators since the last report.
     pub times: Times,
+    /// Input read while another source still replays committed input (see `process`).
+    held: Vec<(usize, Records)>,
 }
 
 const META: &[u8] = &[0, 0];
@@ -236,6 +241,7 @@ impl Task {
                 max_ts: read_i64(state.get(&meta_key(b"mts", &src.name)).map_err(err)?).unwrap_or(i64::MIN),
                 next_position: read_i64(state.get(&meta_key(b"pos", &src.name)).map_err(err)?),
                 ended: false,
+                last_read: Instant::now(),
             });
         }
         let nodes = (0..plan.nodes.len()).map(|i| plan.instantiate(i)).collect();
@@ -250,6 +256,7 @@ impl Task {
             late_logged: None,
             replay_until: vec![None; plan.sources.len()],
             times: Times::new(profile::operators(&plan).len()),
+            held: Vec::new(),
             plan,
         })
     }
@@ -304,6 +311,17 @@ impl Task {
             self.replay_until[src] = None;
             tracing::info!(partition = self.partition, position = until, "replay of committed input done");
             recs = tail;
+        }
+        if self.replay_until.iter().any(Option::is_some) {
+            // Another input still replays input whose results are committed: everything read
+            // before the last commit is processed before anything read after it, as in the run
+            // that committed it, so that a join emits the same pairs on the same side of the
+            // commit whatever the order its inputs arrive in.
+            self.held.push((src, recs));
+            return Ok(());
+        }
+        for (s, held) in std::mem::take(&mut self.held) {
+            self.process_records(s, held, sinks)?;
         }
         self.process_records(src, recs, sinks)
     }
@@ -371,7 +389,7 @@ impl Task {
                 self.dispatch(t, batch.clone(), sinks)?;
             }
         }
-        self.advance(src, sinks)
+        self.advance(Some(src), sinks)
     }
 
     fn dead_letters(
@@ -410,18 +428,22 @@ impl Task {
                 sinks.write_rows(s, &batch, &self.plan.sinks[s].key_cols)?;
                 Ok(())
             }
-            Target::Node(i) => self.run_ops(i, 0, batch, sinks),
+            Target::Node(i, port) => self.run_ops(i, 0, port, batch, sinks),
         }
     }
 
-    /// Runs `batch` through the operators of step `i` from operator `from` on.
-    fn run_ops(&mut self, i: usize, from: usize, batch: Batch, sinks: &mut Sinks) -> Result<(), TaskError> {
+    /// Runs `batch` (of input `port` of the step) through the operators of step `i` from
+    /// operator `from` on.
+    fn run_ops(&mut self, i: usize, from: usize, port: u8, batch: Batch, sinks: &mut Sinks) -> Result<(), TaskError> {
         let mut cur = Some(batch);
         for j in from..self.nodes[i].len() {
             let Some(b) = cur.take() else { return Ok(()) };
             let started = Instant::now();
             let mut ctx = OpCtx { state: &mut self.state, late: &mut self.late };
-            cur = self.nodes[i][j].on_batch(b, &mut ctx)?;
+            cur = match j {
+                0 => self.nodes[i][j].on_input(port, b, &mut ctx)?,
+                _ => self.nodes[i][j].on_batch(b, &mut ctx)?,
+            };
             self.charge(Op::Step(i), started);
             self.route_late(i, sinks)?;
         }
@@ -453,19 +475,57 @@ impl Task {
         Ok(())
     }
 
-    /// Passes source `src`'s watermark to the steps it drives, in pipeline order.
-    fn advance(&mut self, src: usize, sinks: &mut Sinks) -> Result<(), TaskError> {
-        let wm = self.watermark(src);
-        if wm == i64::MIN {
-            return Ok(());
+    /// Whether source `src` counts as idle: no record for its `idleTimeout` (wall clock).
+    fn idle(&self, src: usize) -> bool {
+        let s = &self.sources[src];
+        let timeout = self.plan.sources[src].idle_timeout;
+        !s.ended && timeout.is_some_and(|t| s.last_read.elapsed() >= t)
+    }
+
+    /// Each step's watermark, in plan order: the least of its inputs' — a source's own, a
+    /// step's as passed on (a join holds it back by its bounds) — leaving out idle inputs while
+    /// another input is active (PIPELINE.md).
+    fn step_watermarks(&self) -> Vec<i64> {
+        let n = self.plan.nodes.len();
+        let (mut wms, mut passed, mut idle) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        for node in &self.plan.nodes {
+            let inputs: Vec<(i64, bool)> = node
+                .inputs
+                .iter()
+                .map(|inp| match *inp {
+                    Input::Source(s) => (self.watermark(s), self.idle(s)),
+                    Input::Node(p) => (passed[p], idle[p]),
+                })
+                .collect();
+            let active = inputs.iter().filter(|(_, idle)| !idle).map(|(wm, _)| *wm).min();
+            let wm = active.or_else(|| inputs.iter().map(|(wm, _)| *wm).min()).unwrap_or(i64::MIN);
+            wms.push(wm);
+            idle.push(!inputs.is_empty() && inputs.iter().all(|(_, idle)| *idle));
+            passed.push(match &node.join {
+                Some(j) if wm != i64::MIN && wm != i64::MAX => wm.saturating_sub(JoinOp::delay(j)),
+                _ => wm,
+            });
         }
-        self.metrics.watermark.with_label_values(&[&self.partition_label]).set(wm.min(i64::MAX - 1));
-        if wm != i64::MAX {
-            let lag = chrono::Utc::now().timestamp_millis().saturating_sub(wm);
-            self.metrics.watermark_lag.with_label_values(&[&self.partition_label]).set(lag);
+        wms
+    }
+
+    /// Passes the watermarks to the steps that source `src` drives (every step with `None`),
+    /// in pipeline order.
+    fn advance(&mut self, src: Option<usize>, sinks: &mut Sinks) -> Result<(), TaskError> {
+        if let Some(src) = src {
+            let wm = self.watermark(src);
+            if wm == i64::MIN {
+                return Ok(());
+            }
+            self.metrics.watermark.with_label_values(&[&self.partition_label]).set(wm.min(i64::MAX - 1));
+            if wm != i64::MAX {
+                let lag = chrono::Utc::now().timestamp_millis().saturating_sub(wm);
+                self.metrics.watermark_lag.with_label_values(&[&self.partition_label]).set(lag);
+            }
         }
-        for i in 0..self.nodes.len() {
-            if self.plan.nodes[i].root_source != src {
+        let wms = self.step_watermarks();
+        for (i, &wm) in wms.iter().enumerate() {
+            if wm == i64::MIN || src.is_some_and(|s| !self.plan.nodes[i].root_sources.contains(&s)) {
                 continue;
             }
             for j in 0..self.nodes[i].len() {
@@ -474,9 +534,18 @@ impl Task {
                 let fired = self.nodes[i][j].on_watermark(wm, &mut ctx)?;
                 self.charge(Op::Step(i), started);
                 if let Some(out) = fired {
-                    self.run_ops(i, j + 1, out, sinks)?;
+                    self.run_ops(i, j + 1, 0, out, sinks)?;
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Steps with several inputs, some of which may have become idle, catch up their
+    /// watermarks (called periodically).
+    pub fn tick(&mut self, sinks: &mut Sinks) -> Result<(), TaskError> {
+        if self.plan.sources.iter().any(|s| s.idle_timeout.is_some()) {
+            self.advance(None, sinks)?;
         }
         Ok(())
     }
@@ -484,7 +553,7 @@ impl Task {
     /// A bounded source ended: its watermark jumps to +infinity and every open window fires.
     pub fn end_source(&mut self, src: usize, sinks: &mut Sinks) -> Result<(), TaskError> {
         self.sources[src].ended = true;
-        self.advance(src, sinks)
+        self.advance(Some(src), sinks)
     }
 
     /// A copy of the task's committed state into the new folder `dir`.

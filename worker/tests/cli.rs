@@ -14,7 +14,9 @@ fn copy_example(dir: &Path, name: &str) -> std::path::PathBuf {
     let pkg = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
     let examples = Path::new(&pkg).join("../examples");
     std::fs::create_dir_all(dir.join("data")).unwrap();
-    std::fs::copy(examples.join("data/payments.jsonl"), dir.join("data/payments.jsonl")).unwrap();
+    for data in ["payments.jsonl", "orders.jsonl", "order-payments.jsonl"] {
+        std::fs::copy(examples.join("data").join(data), dir.join("data").join(data)).unwrap();
+    }
     let to = dir.join(name);
     std::fs::copy(examples.join(name), &to).unwrap();
     to
@@ -44,6 +46,31 @@ fn file_example_runs_as_written() {
     assert_eq!(dead[0]["position"], 3);
     assert!(dead[0]["error"].as_str().unwrap().contains("amount"), "{}", dead[0]);
     assert_eq!(dead[1]["record"], "not json at all");
+}
+
+#[test]
+fn join_example_runs_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = copy_example(dir.path(), "orders-payments-join.yaml");
+    let out = worker().args(["run", "-f", manifest.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut pairs: Vec<(String, Option<String>)> = lines(&dir.path().join("out/order_payments.jsonl"))
+        .iter()
+        .map(|r| (r["order_id"].as_str().unwrap().to_string(), r["payment_id"].as_str().map(str::to_string)))
+        .collect();
+    pairs.sort();
+    let want = [("o1", Some("p1")), ("o2", None), ("o3", Some("p3")), ("o3", Some("p3b")), ("o4", Some("p4"))];
+    let want: Vec<(String, Option<String>)> =
+        want.iter().map(|(o, p)| (o.to_string(), p.map(str::to_string))).collect();
+    assert_eq!(pairs, want, "p2 came 19 minutes after o2: o2 comes out unpaid");
+    let paid = lines(&dir.path().join("out/order_payments.jsonl"));
+    let o1 = paid.iter().find(|r| r["order_id"] == "o1").unwrap();
+    assert_eq!((o1["ts"].as_i64(), o1["payments_ts"].as_i64()), (Some(1_795_687_200_000), Some(1_795_687_500_000)));
+    let unpaid = lines(&dir.path().join("out/order_payments_unpaid.jsonl"));
+    assert_eq!(unpaid, [serde_json::json!({"order_id": "o2", "customer": "bob", "total": 19.0})]);
+    let late = lines(&dir.path().join("out/order_payments_late.jsonl"));
+    assert_eq!(late.len(), 1);
+    assert_eq!(late[0]["order_id"], "o5", "an order behind its input's watermark is late, written unchanged");
 }
 
 #[test]

@@ -17,6 +17,8 @@ use super::{Polled, Records, Result, Source, SourceError};
 const META_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct KafkaSource {
+    /// The topic's partition count.
+    count: u32,
     name: String,
     spec: KafkaSourceSpec,
     /// Declared before the consumer: its queues are released before the consumer is destroyed.
@@ -86,6 +88,7 @@ impl KafkaSource {
         }
         let partitions = (0..count).filter(|p| p % parallelism == ordinal).collect();
         Ok(KafkaSource {
+            count,
             name: name.to_string(),
             spec: spec.clone(),
             fetch: None,
@@ -232,6 +235,10 @@ impl KafkaSource {
 impl Source for KafkaSource {
     fn partitions(&self) -> Vec<u32> {
         self.partitions.clone()
+    }
+
+    fn partition_count(&self) -> u32 {
+        self.count
     }
 
     fn seek(&mut self, partition: u32, position: i64) -> Result<()> {

@@ -79,6 +79,10 @@ pub type Result<T> = std::result::Result<T, SourceError>;
 pub trait Source: Send {
     /// The partitions this worker reads.
     fn partitions(&self) -> Vec<u32>;
+    /// How many partitions the source has over all workers.
+    fn partition_count(&self) -> u32 {
+        1
+    }
     /// Starts partition `p` at `position` (the next record to read), restored from state.
     fn seek(&mut self, partition: u32, position: i64) -> Result<()>;
     /// Reads up to `max` records in total, waiting at most `wait` when none are ready.

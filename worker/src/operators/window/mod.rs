@@ -9,15 +9,12 @@
 //!
 //! Timers: every window has one, the watermark at which something happens to it (fire at
 //! `end - 1`, cleanup at `end - 1 + allowedLateness`; pane-based sliding windows keep one per
-//! key). They are kept twice: in memory, an index by time of the timers set since the operator
-//! opened, so firing never scans state; and in state, one entry `prefix|t|time|start|key` per
-//! stored window, written at each commit as the difference between a key's timers then and
-//! when it was last stored (windows that open and close between two commits never touch
-//! RocksDB). A restored operator reads nothing at open: as its watermark advances it reads the
-//! stored timers up to the watermark, skipping those written since it opened (each carries the
-//! generation of the operator that wrote it), as Flink's RocksDB timer service does, so
-//! recovery time does not grow with the state. State written before the stored index existed
-//! is indexed once, by a scan, when first opened.
+//! key), kept in memory and in state by [`Timers`]: a restored operator reads nothing at open
+//! and reads stored timers as its watermark reaches them, so recovery time does not grow with
+//! the state. A key's stored timers are written at commit as the difference between its
+//! windows' timers then and when it was last stored (windows that open and close between two
+//! commits never touch RocksDB). State written before timers were stored is indexed once, by
+//! a scan, when first opened.
 //!
 //! Lateness is judged per row against the watermark of the records before it; windows fire
 //! when the task's watermark passes their end after a batch. A window that is already past its
@@ -27,13 +24,11 @@ pub mod acc;
 mod assign;
 mod panes;
 
-use std::collections::BTreeMap;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, Int64Array};
+use datafusion::arrow::array::ArrayRef;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::arrow::record_batch::RecordBatch;
 use hashbrown::hash_map::RawEntryMut;
 use rustc_hash::{FxBuildHasher, FxHashSet};
 use smallvec::SmallVec;
@@ -43,12 +38,12 @@ pub use assign::WindowKind;
 
 use self::acc::Acc;
 use self::panes::Panes;
-use super::{OpCtx, OpError, Operator};
+use super::timers::{Key, KeyTimers, Opened, Timers};
+use super::{late_record, OpCtx, OpError, Operator, Output};
 use crate::batch::Batch;
-use crate::codec::encode_json_lines;
 use crate::expr::CompiledExpr;
 use crate::state::{StateError, StateTx};
-use crate::value::{Col, ColumnBuilder, Value};
+use crate::value::{Col, Value};
 
 /// One aggregate output of a window step.
 #[derive(Clone)]
@@ -74,19 +69,15 @@ pub struct WindowConfig {
 
 impl WindowConfig {
     fn state_err(&self, source: StateError) -> OpError {
-        OpError::State { operator: self.name.clone(), source }
+        OpError::state(&self.name, source)
     }
 
     fn corrupt(&self, what: &str) -> OpError {
-        self.state_err(StateError::Corrupt(format!("{what} of {}", self.name)))
+        OpError::corrupt(&self.name, what)
     }
 
     fn entry_key(&self, key: &[u8]) -> Vec<u8> {
-        let mut k = Vec::with_capacity(self.state_prefix.len() + 1 + key.len());
-        k.extend_from_slice(&self.state_prefix);
-        k.push(b'k');
-        k.extend_from_slice(key);
-        k
+        super::entry_key(&self.state_prefix, key)
     }
 
     /// The key's stored entry.
@@ -110,59 +101,13 @@ impl WindowConfig {
     }
 
     /// The timers an entry's windows need.
-    fn timers_of(&self, e: &KeyEntry) -> Timers {
+    fn timers_of(&self, e: &KeyEntry) -> KeyTimers {
         if self.uses_panes() {
             (e.timer != i64::MAX).then_some((e.timer, 0)).into_iter().collect()
         } else {
             e.wins.iter().map(|w| (due_at(self.allowed_lateness, w.end, w.fired), w.start)).collect()
         }
     }
-
-    /// `prefix|t|time|start|key`: stored timers in time order.
-    fn timer_key(&self, time: i64, start: i64, key: &[u8]) -> Vec<u8> {
-        let mut k = self.timers_from(time);
-        k.extend_from_slice(&ordered(start));
-        k.extend_from_slice(key);
-        k
-    }
-
-    /// Where the stored timers at or after `time` begin.
-    fn timers_from(&self, time: i64) -> Vec<u8> {
-        let mut k = Vec::with_capacity(self.state_prefix.len() + 17 + 32);
-        k.extend_from_slice(&self.state_prefix);
-        k.push(b't');
-        k.extend_from_slice(&ordered(time));
-        k
-    }
-
-    /// Where the stored timers after `time` begin.
-    fn timers_after(&self, time: i64) -> Vec<u8> {
-        match time.checked_add(1) {
-            Some(next) => self.timers_from(next),
-            None => {
-                let mut k = self.state_prefix.clone();
-                k.push(b't' + 1);
-                k
-            }
-        }
-    }
-
-    /// `prefix|g`: the generation of the last operator opened on this state and an upper bound
-    /// of the stored timers' times.
-    fn generation_key(&self) -> Vec<u8> {
-        let mut k = self.state_prefix.clone();
-        k.push(b'g');
-        k
-    }
-}
-
-/// An i64 as 8 bytes that sort like the number.
-fn ordered(x: i64) -> [u8; 8] {
-    ((x as u64) ^ (1 << 63)).to_be_bytes()
-}
-
-fn from_ordered(b: &[u8]) -> Option<i64> {
-    Some((u64::from_be_bytes(b.try_into().ok()?) ^ (1 << 63)) as i64)
 }
 
 #[derive(Clone, Debug)]
@@ -189,11 +134,8 @@ struct KeyEntry {
     /// Has an entry in state.
     stored: bool,
     /// The timers (time, window start) stored in state for this key's stored windows.
-    persisted: Timers,
+    persisted: KeyTimers,
 }
-
-/// A key's timers: (time, window start); pane-based keys have one, with start 0.
-type Timers = SmallVec<[(i64, i64); 1]>;
 
 impl KeyEntry {
     fn new(stored: bool) -> KeyEntry {
@@ -204,7 +146,7 @@ impl KeyEntry {
             refire: SmallVec::new(),
             dirty: !stored,
             stored,
-            persisted: Timers::new(),
+            persisted: KeyTimers::new(),
         }
     }
 }
@@ -220,19 +162,10 @@ pub struct WindowOp {
     dirty: Vec<Key>,
     /// Whether some key has stored windows that are not in the cache (a miss must read state).
     uncached_in_state: bool,
-    /// Timers set since the operator opened, and stored ones read so far: time -> (key,
-    /// window start). Kept in step with the windows, so firing never scans state.
-    timers: BTreeMap<i64, Vec<(Key, i64)>>,
-    /// Opened on its state (generation read, restored timers found).
+    /// Every window's timer (see [`Timers`]): (key, window start) by time.
+    timers: Timers,
+    /// Opened on its state.
     opened: bool,
-    /// This operator's generation: one more than the last one opened on the state; the value
-    /// of the timers it stores.
-    generation: u64,
-    /// No stored timer is later than this.
-    timers_bound: i64,
-    /// Timers stored before this operator opened that are still to be read: those after the
-    /// first time and up to the second (`None`: none are left to read).
-    restored: Option<(i64, i64)>,
     refire: FxHashSet<Key>,
     key_buf: Vec<u8>,
     /// Sliding windows are kept as panes (see [`panes`]).
@@ -241,29 +174,12 @@ pub struct WindowOp {
     pending: Option<Output>,
 }
 
-/// A key's encoding, stored inline up to 30 bytes: the cache compares keys without following
-/// a pointer (one cache miss less per row).
-type Key = SmallVec<[u8; 30]>;
-
 /// Windows of a key and aggregates of a window, inline for the common sizes, so updating a
 /// window touches the cache entry's memory only.
 type Wins = SmallVec<[Win; 1]>;
 type Accs = SmallVec<[Acc; 3]>;
 
-/// Result rows being built, column by column.
-struct Output {
-    builders: Vec<ColumnBuilder>,
-    event_time: Vec<i64>,
-}
-
 impl Output {
-    fn new(schema: &Schema) -> Output {
-        Output {
-            builders: schema.fields().iter().map(|f| ColumnBuilder::new(f.data_type())).collect(),
-            event_time: Vec::new(),
-        }
-    }
-
     /// Appends the row of window `w` of `key`: key fields, bounds, the aggregates' values.
     /// Returns `false` when the key bytes are corrupt.
     fn push(&mut self, nkeys: usize, key: &[u8], w: &Win) -> bool {
@@ -298,6 +214,7 @@ impl WindowOp {
     }
 
     pub fn new(cfg: WindowConfig) -> WindowOp {
+        let prefix = cfg.state_prefix.clone();
         let panes = match cfg.kind {
             WindowKind::Sliding { size, slide } if cfg.uses_panes() => {
                 Some(Panes { size, slide, lateness: cfg.allowed_lateness })
@@ -310,11 +227,8 @@ impl WindowOp {
             cache: hashbrown::HashMap::default(),
             dirty: Vec::new(),
             uncached_in_state: false,
-            timers: BTreeMap::new(),
+            timers: Timers::new(&prefix),
             opened: false,
-            generation: 0,
-            timers_bound: i64::MIN,
-            restored: None,
             refire: FxHashSet::default(),
             key_buf: Vec::with_capacity(64),
             panes,
@@ -336,77 +250,21 @@ impl WindowOp {
         due_at(lateness, w.end, w.fired)
     }
 
-    /// Opens the operator on its state, once: takes the next generation and notes whether
-    /// stored timers are to be read as the watermark advances. Reads no windows, except once
-    /// to index state stored without timers.
+    /// Opens the operator on its state, once: reads no windows, except once to index state
+    /// stored without timers.
     fn open(&mut self, tx: &mut StateTx) -> Result<(), OpError> {
         if self.opened {
             return Ok(());
         }
         self.opened = true;
-        let stored = tx.get(&self.cfg.generation_key()).map_err(|e| self.state_err(e))?;
-        let (last, bound) = match stored.as_deref() {
-            Some(b) => {
-                let read = (b.get(..8).map(|g| u64::from_le_bytes(g.try_into().expect("8 bytes"))), b.get(8..16));
-                match read {
-                    (Some(g), Some(t)) => (g, i64::from_le_bytes(t.try_into().expect("8 bytes"))),
-                    _ => return Err(self.cfg.corrupt("the timer generation")),
-                }
-            }
-            None => (0, i64::MIN),
-        };
-        self.generation = last + 1;
-        self.timers_bound = bound;
-        self.put_generation(tx);
         let lo = self.entry_key(&[]);
         let mut hi = self.cfg.state_prefix.clone();
         hi.push(b'k' + 1);
         self.uncached_in_state = !tx.scan(&lo, &hi, 1).map_err(|e| self.state_err(e))?.is_empty();
-        if stored.is_none() && self.uncached_in_state {
-            return self.index_unindexed_state(tx, &lo, &hi);
+        match self.timers.open(tx, self.uncached_in_state).map_err(|e| self.state_err(e))? {
+            Opened::Ready => Ok(()),
+            Opened::Unindexed => self.index_unindexed_state(tx, &lo, &hi),
         }
-        if bound != i64::MIN {
-            self.restored = Some((i64::MIN, bound));
-        }
-        Ok(())
-    }
-
-    fn put_generation(&self, tx: &mut StateTx) {
-        let mut v = self.generation.to_le_bytes().to_vec();
-        v.extend_from_slice(&self.timers_bound.to_le_bytes());
-        tx.put(self.cfg.generation_key(), v);
-    }
-
-    /// Reads the stored timers due by `wm` that an earlier operator set (this one's own are in
-    /// memory already).
-    fn read_restored_timers(&mut self, tx: &StateTx, wm: i64) -> Result<(), OpError> {
-        let Some((upto, bound)) = self.restored else { return Ok(()) };
-        let until = wm.min(bound);
-        if until <= upto {
-            return Ok(());
-        }
-        let mut from = self.cfg.timers_after(upto);
-        let to = self.cfg.timers_after(until);
-        let at = self.cfg.state_prefix.len() + 1;
-        let own = self.generation.to_le_bytes();
-        loop {
-            let page = tx.scan(&from, &to, 4096).map_err(|e| self.state_err(e))?;
-            let Some((last, _)) = page.last() else { break };
-            from = last.clone();
-            from.push(0);
-            for (k, v) in page {
-                if v.as_slice() == own {
-                    continue;
-                }
-                let (Some(time), Some(start)) = (from_ordered(&k[at..at + 8]), from_ordered(&k[at + 8..at + 16]))
-                else {
-                    return Err(self.cfg.corrupt("a timer"));
-                };
-                self.timers.entry(time).or_default().push((Key::from_slice(&k[at + 16..]), start));
-            }
-        }
-        self.restored = (wm < bound).then_some((until, bound));
-        Ok(())
     }
 
     /// State stored before timers were: builds the in-memory index from every stored window
@@ -415,7 +273,6 @@ impl WindowOp {
         let started = std::time::Instant::now();
         let mut keys = 0u64;
         let mut from = lo.to_vec();
-        let mut stored = Vec::new();
         loop {
             let page = tx.scan(&from, hi, 4096).map_err(|e| self.state_err(e))?;
             let Some((last, _)) = page.last() else { break };
@@ -427,7 +284,7 @@ impl WindowOp {
                 let key = Key::from_slice(&k[lo.len()..]);
                 // The timers come from the windows' bounds alone; the accumulators are decoded
                 // only for the entries that go into the cache.
-                let mut found = Timers::new();
+                let mut found = KeyTimers::new();
                 let timer = visit_windows(&v, naccs, |start, end, fired| {
                     if !panes {
                         found.push((due_at(lateness, end, fired), start));
@@ -438,19 +295,14 @@ impl WindowOp {
                     found.push((timer, 0));
                 }
                 for &(time, start) in &found {
-                    self.timers.entry(time).or_default().push((key.clone(), start));
-                    stored.push(self.cfg.timer_key(time, start, &key));
-                    self.timers_bound = self.timers_bound.max(time);
+                    self.timers.set(time, &key, start);
                 }
+                self.timers.store_new(tx, &key, found);
                 if self.cache.len() < self.cfg.max_cached_keys {
                     self.cache.insert(key, self.cfg.decode(&v)?);
                 }
             }
         }
-        for k in stored {
-            tx.put(k, self.generation.to_le_bytes().to_vec());
-        }
-        self.put_generation(tx);
         let secs = started.elapsed().as_secs_f64();
         tracing::info!(operator = %self.cfg.name, keys, secs, "stored the timers of state written without them (once)");
         Ok(())
@@ -466,19 +318,11 @@ impl WindowOp {
     /// Writes changed entries and their timers' changes into the transaction; drops clean
     /// entries beyond the cache size.
     fn write_back(&mut self, tx: &mut StateTx) {
-        let bound = self.timers_bound;
-        let own = self.generation.to_le_bytes();
         for key in std::mem::take(&mut self.dirty) {
             let Some(e) = self.cache.get_mut(&key) else { continue };
             e.dirty = false;
             let now = self.cfg.timers_of(e);
-            for &(time, start) in e.persisted.iter().filter(|t| !now.contains(t)) {
-                tx.delete(self.cfg.timer_key(time, start, &key));
-            }
-            for &(time, start) in now.iter().filter(|t| !e.persisted.contains(t)) {
-                tx.put(self.cfg.timer_key(time, start, &key), own.to_vec());
-                self.timers_bound = self.timers_bound.max(time);
-            }
+            self.timers.store(tx, &key, &e.persisted, &now);
             e.persisted = now;
             if e.wins.is_empty() {
                 if e.stored {
@@ -491,38 +335,10 @@ impl WindowOp {
                 tx.put(self.entry_key(&key), bytes);
             }
         }
-        if self.timers_bound != bound {
-            self.put_generation(tx);
-        }
         if self.cache.len() > self.cfg.max_cached_keys {
             self.uncached_in_state |= self.cache.values().any(|e| e.stored);
             self.cache.clear();
         }
-    }
-
-    fn build_output(&self, out: Option<Output>, wm: i64) -> Result<Option<Batch>, OpError> {
-        let Some(mut out) = out else { return Ok(None) };
-        let cols: Vec<ArrayRef> = out.builders.iter_mut().map(ColumnBuilder::finish).collect();
-        let rows = RecordBatch::try_new(self.out_schema.clone(), cols)
-            .map_err(|source| OpError::Arrow { operator: self.cfg.name.clone(), source })?;
-        let n = rows.num_rows();
-        Ok(Some(Batch {
-            rows,
-            event_time: Int64Array::from(out.event_time),
-            watermark: Int64Array::from(vec![wm; n]),
-            raw: None,
-        }))
-    }
-
-    fn late_record(batch: &Batch, row: usize) -> Result<Vec<u8>, datafusion::arrow::error::ArrowError> {
-        if let Some(raw) = &batch.raw {
-            return Ok(raw.value(row).to_vec());
-        }
-        let mut line = encode_json_lines(&batch.rows.slice(row, 1))?;
-        while line.last() == Some(&b'\n') {
-            line.pop();
-        }
-        Ok(line)
     }
 }
 
@@ -582,10 +398,7 @@ impl Operator for WindowOp {
             let kind = self.cfg.kind;
             if let Some(pn) = self.panes {
                 if pn.pane_expired(pn.pane_of(ts), wm) {
-                    ctx.late.push(
-                        Self::late_record(&batch, row)
-                            .map_err(|source| OpError::Arrow { operator: name.clone(), source })?,
-                    );
+                    ctx.late.push(late_record(&name, &batch, row)?);
                     continue;
                 }
             } else if let WindowKind::Session { .. } = kind {
@@ -594,10 +407,7 @@ impl Operator for WindowOp {
                 kind.assign(ts, &mut starts);
                 starts.retain(|s| !expired(s.saturating_add(kind.size())));
                 if starts.is_empty() {
-                    ctx.late.push(
-                        Self::late_record(&batch, row)
-                            .map_err(|source| OpError::Arrow { operator: name.clone(), source })?,
-                    );
+                    ctx.late.push(late_record(&name, &batch, row)?);
                     continue;
                 }
             }
@@ -665,7 +475,7 @@ impl Operator for WindowOp {
                 let t = if created { pn.next_timer(entry) } else { i64::MAX };
                 if t < entry.timer {
                     entry.timer = t;
-                    timers.entry(t).or_default().push((k.clone(), 0));
+                    timers.set(t, k, 0);
                 }
                 Self::mark_dirty(dirty, k, entry);
                 continue;
@@ -687,7 +497,7 @@ impl Operator for WindowOp {
                         while i < entry.wins.len() {
                             if touches(&entry.wins[i]) {
                                 let w = entry.wins.swap_remove(i);
-                                remove_timer(timers, Self::due(lateness, &w), k, w.start);
+                                timers.unset(Self::due(lateness, &w), k, w.start);
                                 match merged.as_mut() {
                                     None => merged = Some(w),
                                     Some(m) => {
@@ -717,7 +527,7 @@ impl Operator for WindowOp {
                         if w.fired {
                             refire.insert(k.clone());
                         }
-                        timers.entry(Self::due(lateness, &w)).or_default().push((k.clone(), start));
+                        timers.set(Self::due(lateness, &w), k, start);
                         entry.wins.push(w);
                         true
                     }
@@ -729,7 +539,7 @@ impl Operator for WindowOp {
                             Some(i) => &mut entry.wins[i],
                             None => {
                                 let end = start.saturating_add(size);
-                                timers.entry(end - 1).or_default().push((k.clone(), start));
+                                timers.set(end - 1, k, start);
                                 entry.wins.push(Win {
                                     start,
                                     end,
@@ -754,10 +564,7 @@ impl Operator for WindowOp {
             if updated {
                 Self::mark_dirty(dirty, k, entry);
             } else {
-                ctx.late.push(
-                    Self::late_record(&batch, row)
-                        .map_err(|source| OpError::Arrow { operator: name.clone(), source })?,
-                );
+                ctx.late.push(late_record(&name, &batch, row)?);
             }
         }
         self.key_buf = keys;
@@ -766,7 +573,7 @@ impl Operator for WindowOp {
 
     fn on_watermark(&mut self, wm: i64, ctx: &mut OpCtx) -> Result<Option<Batch>, OpError> {
         self.open(ctx.state)?;
-        self.read_restored_timers(ctx.state, wm)?;
+        self.timers.read_due(ctx.state, wm).map_err(|e| self.state_err(e))?;
         let nkeys = self.cfg.keys.len();
         let mut out: Option<Output> = self.pending.take();
         let mut corrupt = false;
@@ -788,12 +595,8 @@ impl Operator for WindowOp {
             }
         }
         let lateness = self.cfg.allowed_lateness;
-        while let Some(entry) = self.timers.first_entry() {
-            if *entry.key() > wm {
-                break;
-            }
-            // Windows due at the same time fire in the order their timers were set.
-            let (time, due) = entry.remove_entry();
+        // Windows due at the same time fire in the order their timers were set.
+        while let Some((time, due)) = self.timers.pop_due(wm) {
             let hashes: Vec<u64> = due.iter().map(|(k, _)| self.cache.hasher().hash_one(k.as_slice())).collect();
             for (i, (key, start)) in due.into_iter().enumerate() {
                 if let Some(&h) = hashes.get(i + PREFETCH_AHEAD) {
@@ -813,7 +616,7 @@ impl Operator for WindowOp {
                     pn.drop_expired(e, wm);
                     e.timer = pn.next_timer(e);
                     if e.timer != i64::MAX {
-                        timers.entry(e.timer).or_default().push((key.clone(), 0));
+                        timers.set(e.timer, &key, 0);
                     }
                     Self::mark_dirty(dirty, &key, e);
                     continue;
@@ -832,7 +635,7 @@ impl Operator for WindowOp {
                 if (w.end - 1).saturating_add(lateness) <= wm {
                     e.wins.swap_remove(i);
                 } else {
-                    timers.entry(Self::due(lateness, w)).or_default().push((key.clone(), start));
+                    timers.set(Self::due(lateness, w), &key, start);
                 }
                 Self::mark_dirty(dirty, &key, e);
             }
@@ -840,7 +643,7 @@ impl Operator for WindowOp {
         if corrupt {
             return Err(self.cfg.corrupt("a key"));
         }
-        self.build_output(out, wm)
+        out.map(|o| o.into_batch(&self.out_schema, &self.cfg.name, wm)).transpose()
     }
 
     fn before_commit(&mut self, ctx: &mut OpCtx) -> Result<(), OpError> {
@@ -913,17 +716,6 @@ fn cached_entry<'c>(
             stored.map(|e| v.insert(key.clone(), e).1)
         }
     })
-}
-
-fn remove_timer(timers: &mut BTreeMap<i64, Vec<(Key, i64)>>, time: i64, key: &[u8], start: i64) {
-    if let std::collections::btree_map::Entry::Occupied(mut bucket) = timers.entry(time) {
-        if let Some(i) = bucket.get().iter().position(|(k, s)| *s == start && k.as_ref() == key) {
-            bucket.get_mut().swap_remove(i);
-        }
-        if bucket.get().is_empty() {
-            bucket.remove();
-        }
-    }
 }
 
 fn new_accs(aggs: &[AggSpec]) -> Accs {

@@ -452,12 +452,12 @@ fn a_restored_operator_reads_timers_only_as_the_watermark_reaches_them() {
     let mut op = make_op(kind, 0, 1_000);
     let mut ctx = OpCtx { state: &mut tx, late: &mut late };
     assert!(op.on_watermark(30_000, &mut ctx).unwrap().is_none());
-    assert_eq!((op.timers.len(), op.cache.len()), (0, 0), "nothing is due yet, nothing is read");
+    assert_eq!((op.timers.in_memory(), op.cache.len()), (0, 0), "nothing is due yet, nothing is read");
     // The first three minutes fire; only their timers were read.
     let fired = fired_starts(op.on_watermark(3 * 60_000 - 1, &mut ctx).unwrap());
     assert_eq!(fired.len(), 300);
     assert!(fired.iter().all(|(_, s)| *s < 3 * 60_000), "{fired:?}");
-    assert!(op.timers.is_empty() && op.cache.len() == 100, "the due timers were read and fired, the rest not");
+    assert!(op.timers.in_memory() == 0 && op.cache.len() == 100, "the due timers were read and fired, the rest not");
     // A new window set after the restart, due before restored ones, fires once.
     op.on_batch(batch_of(&[("new", 3 * 60_000 + 5)], 3 * 60_000 - 1), &mut ctx).unwrap();
     op.before_commit(&mut ctx).unwrap();
@@ -500,7 +500,7 @@ fn state_stored_without_timers_is_indexed_once() {
     let mut op = make_op(kind, 0, 1_000);
     let mut ctx = OpCtx { state: &mut tx, late: &mut late };
     assert!(op.on_watermark(0, &mut ctx).unwrap().is_none());
-    assert_eq!(op.timers.len(), 0);
+    assert_eq!(op.timers.in_memory(), 0);
     let fired = fired_starts(op.on_watermark(i64::MAX, &mut ctx).unwrap());
     assert_eq!(fired, [("b".to_string(), 60_000), ("c".to_string(), 120_000)]);
 }

@@ -1,0 +1,429 @@
+//! Interval join of two keyed inputs (Flink's interval join, with outer joins as Flink SQL
+//! has them): a left row at `t` and a right row at `s` with equal `on` fields join when
+//! `t - before <= s <= t + after`.
+//!
+//! Each input's rows are kept per key until no row of the other input can match them: a left
+//! row until the watermark reaches `t + after`, a right row until it reaches `s + before`.
+//! A row joins with the other input's kept rows when it arrives, so every pair is emitted
+//! once, when its later row arrives, with event time `max(t, s)`. A row is late, and goes to
+//! the late output unchanged, when its time is at or below its own input's watermark (the
+//! watermark of the records before it); judging each row by its own input keeps the joined
+//! pairs independent of how the two inputs interleave. Rows that never matched are emitted
+//! with the other input's fields null when they expire, for the outer sides of `left`, `right`
+//! and `full` joins.
+//!
+//! The join's watermark is the least of its inputs'; the watermark it passes on is held back
+//! by `max(before, after)`, as Flink SQL's interval join does, so that the rows an outer side
+//! emits when they expire are never late for a window downstream.
+//!
+//! State: one entry `prefix|k|key` per key holding both inputs' kept rows, decoded in a cache
+//! that is the epoch's overlay (written back at commit, like windows); one timer per key, at
+//! its earliest expiry, kept by [`Timers`].
+
+use datafusion::arrow::array::ArrayRef;
+use rustc_hash::FxBuildHasher;
+use weir_crds::JoinKind;
+
+use super::timers::{Key, KeyTimers, Opened, Timers};
+use super::{entry_key, late_record, OpCtx, OpError, Operator, Output};
+use crate::batch::Batch;
+use crate::plan::JoinPlan;
+use crate::state::{StateError, StateTx};
+use crate::value::{Col, Value};
+
+/// A kept row of one input.
+#[derive(Clone, Debug, PartialEq)]
+struct Row {
+    ts: i64,
+    matched: bool,
+    /// Every column of its input.
+    values: Vec<Value>,
+}
+
+struct Entry {
+    /// Kept rows of the left (0) and right (1) input.
+    sides: [Vec<Row>; 2],
+    /// The key's timer: its rows' earliest expiry (`i64::MAX`: no rows). Timers set earlier
+    /// for the key are stale and do nothing when they fire.
+    timer: i64,
+    /// Changed since the last commit.
+    dirty: bool,
+    /// Has an entry in state.
+    stored: bool,
+    /// The timer stored for it.
+    persisted: KeyTimers,
+}
+
+pub struct JoinOp {
+    name: String,
+    prefix: Vec<u8>,
+    plan: JoinPlan,
+    cache: hashbrown::HashMap<Key, Entry, FxBuildHasher>,
+    dirty: Vec<Key>,
+    uncached_in_state: bool,
+    timers: Timers,
+    opened: bool,
+    /// The least of the inputs' watermarks, as last given.
+    wm: i64,
+    max_cached_keys: usize,
+}
+
+impl JoinOp {
+    pub fn new(name: &str, prefix: Vec<u8>, plan: JoinPlan, max_cached_keys: usize) -> JoinOp {
+        JoinOp {
+            name: name.to_string(),
+            timers: Timers::new(&prefix),
+            prefix,
+            plan,
+            cache: Default::default(),
+            dirty: Vec::new(),
+            uncached_in_state: false,
+            opened: false,
+            wm: i64::MIN,
+            max_cached_keys,
+        }
+    }
+
+    /// How far the watermark passed on trails the inputs'.
+    pub fn delay(plan: &JoinPlan) -> i64 {
+        plan.before.max(plan.after)
+    }
+
+    fn err(&self, source: StateError) -> OpError {
+        OpError::state(&self.name, source)
+    }
+
+    fn corrupt(&self, what: &str) -> OpError {
+        OpError::corrupt(&self.name, what)
+    }
+
+    fn entry_key(&self, key: &[u8]) -> Vec<u8> {
+        entry_key(&self.prefix, key)
+    }
+
+    /// When a row of input `side` at `ts` can match nothing more.
+    fn expiry(&self, side: usize, ts: i64) -> i64 {
+        ts.saturating_add(if side == 0 { self.plan.after } else { self.plan.before })
+    }
+
+    /// The key's earliest expiry.
+    fn timer_of(&self, e: &Entry) -> i64 {
+        let (after, before) = (self.plan.after, self.plan.before);
+        let expiries = e
+            .sides
+            .iter()
+            .zip([after, before])
+            .flat_map(|(rows, reach)| rows.iter().map(move |r| r.ts.saturating_add(reach)));
+        expiries.min().unwrap_or(i64::MAX)
+    }
+
+    /// Whether unmatched rows of input `side` are emitted.
+    fn outer(&self, side: usize) -> bool {
+        matches!((self.plan.kind, side), (JoinKind::Full, _) | (JoinKind::Left, 0) | (JoinKind::Right, 1))
+    }
+
+    fn open(&mut self, tx: &mut StateTx) -> Result<(), OpError> {
+        if self.opened {
+            return Ok(());
+        }
+        self.opened = true;
+        let lo = self.entry_key(&[]);
+        let mut hi = self.prefix.clone();
+        hi.push(b'k' + 1);
+        self.uncached_in_state = !tx.scan(&lo, &hi, 1).map_err(|e| self.err(e))?.is_empty();
+        match self.timers.open(tx, self.uncached_in_state).map_err(|e| self.err(e))? {
+            Opened::Ready => Ok(()),
+            // Joins store their timers from their first version on.
+            Opened::Unindexed => Err(self.corrupt("join state without timers")),
+        }
+    }
+
+    /// The key's entry, read from state into the cache on a miss.
+    fn entry<'c>(
+        cache: &'c mut hashbrown::HashMap<Key, Entry, FxBuildHasher>,
+        dirty: &mut Vec<Key>,
+        stored: Option<Entry>,
+        key: &[u8],
+    ) -> &'c mut Entry {
+        let (k, e) = cache.raw_entry_mut().from_key(key).or_insert_with(|| {
+            let e = stored.unwrap_or(Entry {
+                sides: [Vec::new(), Vec::new()],
+                timer: i64::MAX,
+                dirty: false,
+                stored: false,
+                persisted: KeyTimers::new(),
+            });
+            (Key::from_slice(key), e)
+        });
+        if !e.dirty {
+            e.dirty = true;
+            dirty.push(k.clone());
+        }
+        e
+    }
+
+    fn fetch(&self, tx: &StateTx, key: &[u8]) -> Result<Option<Entry>, OpError> {
+        if !self.uncached_in_state || self.cache.contains_key(key) {
+            return Ok(None);
+        }
+        match tx.get(&self.entry_key(key)).map_err(|e| self.err(e))? {
+            None => Ok(None),
+            Some(b) => {
+                let mut e = decode_entry(&b).ok_or_else(|| self.corrupt("a join entry"))?;
+                e.timer = self.timer_of(&e);
+                e.persisted = stored_timer(e.timer);
+                Ok(Some(e))
+            }
+        }
+    }
+
+    /// Appends the joined row of `left` and `right` (either absent for an outer row).
+    fn push(&self, out: &mut Option<Output>, left: Option<&Row>, right: Option<&Row>) {
+        let out = out.get_or_insert_with(|| Output::new(&self.plan.out_schema));
+        for (b, &(from_right, i)) in out.builders.iter_mut().zip(&self.plan.columns) {
+            let row = if from_right { right } else { left };
+            // An outer row's key fields come from whichever side it has.
+            let v = match row {
+                Some(r) => &r.values[i],
+                None => match self.on_from_other(from_right, i) {
+                    Some(j) => &right.or(left).expect("one side").values[j],
+                    None => &Value::Null,
+                },
+            };
+            b.push(v);
+        }
+        out.event_time.push(left.map_or(i64::MIN, |r| r.ts).max(right.map_or(i64::MIN, |r| r.ts)));
+    }
+
+    /// For column `i` of one input, the column of the other input that holds the same `on`
+    /// field, if it is one.
+    fn on_from_other(&self, from_right: bool, i: usize) -> Option<usize> {
+        self.plan.on.iter().find_map(|&(l, r, _)| match from_right {
+            false if l == i => Some(r),
+            true if r == i => Some(l),
+            _ => None,
+        })
+    }
+
+    fn build(&self, out: Option<Output>, wm: i64) -> Result<Option<Batch>, OpError> {
+        out.map(|o| o.into_batch(&self.plan.out_schema, &self.name, wm)).transpose()
+    }
+
+    /// The watermark passed on: the inputs' least, held back by the join's bounds.
+    fn out_wm(&self) -> i64 {
+        match self.wm {
+            i64::MIN | i64::MAX => self.wm,
+            wm => wm.saturating_sub(Self::delay(&self.plan)),
+        }
+    }
+}
+
+impl Operator for JoinOp {
+    fn on_batch(&mut self, batch: Batch, ctx: &mut OpCtx) -> Result<Option<Batch>, OpError> {
+        self.on_input(0, batch, ctx)
+    }
+
+    fn on_input(&mut self, port: u8, batch: Batch, ctx: &mut OpCtx) -> Result<Option<Batch>, OpError> {
+        self.open(ctx.state)?;
+        let side = port.min(1) as usize;
+        let other = 1 - side;
+        let key_cols: Vec<ArrayRef> =
+            self.plan.on.iter().map(|&(l, r, _)| batch.rows.column(if side == 0 { l } else { r }).clone()).collect();
+        let key_cols: Vec<Col> = key_cols.iter().map(|a| Col::new(a).expect("join keys have engine types")).collect();
+        let arrays: Vec<ArrayRef> = batch.rows.columns().to_vec();
+        let cols: Vec<Col> = arrays.iter().map(|a| Col::new(a).expect("inputs have engine types")).collect();
+        // The other input's rows within reach of a row at `ts`.
+        let (lo_off, hi_off) = match side {
+            0 => (-self.plan.before, self.plan.after),
+            _ => (-self.plan.after, self.plan.before),
+        };
+        let mut out: Option<Output> = None;
+        let mut key = Vec::with_capacity(64);
+        for row in 0..batch.num_rows() {
+            let (ts, own_wm) = (batch.event_time.value(row), batch.watermark.value(row));
+            if ts <= own_wm {
+                ctx.late.push(late_record(&self.name, &batch, row)?);
+                continue;
+            }
+            let values: Vec<Value> = cols.iter().map(|c| c.value(row)).collect();
+            let mut r = Row { ts, matched: false, values };
+            if key_cols.iter().any(|c| c.is_null(row)) {
+                // A null key matches nothing.
+                if self.outer(side) {
+                    let (l, rr) = if side == 0 { (Some(&r), None) } else { (None, Some(&r)) };
+                    self.push(&mut out, l, rr);
+                }
+                continue;
+            }
+            key.clear();
+            for c in &key_cols {
+                c.encode_key(row, &mut key);
+            }
+            let stored = self.fetch(ctx.state, &key)?;
+            let (lo, hi) = (ts.saturating_add(lo_off), ts.saturating_add(hi_off));
+            let mut pairs = Vec::new();
+            {
+                let e = Self::entry(&mut self.cache, &mut self.dirty, stored, &key);
+                for o in e.sides[other].iter_mut().filter(|o| o.ts >= lo && o.ts <= hi) {
+                    o.matched = true;
+                    r.matched = true;
+                    pairs.push(o.clone());
+                }
+            }
+            for o in &pairs {
+                let (l, rr) = if side == 0 { (&r, o) } else { (o, &r) };
+                self.push(&mut out, Some(l), Some(rr));
+            }
+            let expiry = self.expiry(side, ts);
+            let e = self.cache.get_mut(key.as_slice()).expect("just inserted");
+            e.sides[side].push(r);
+            if expiry < e.timer {
+                e.timer = expiry;
+                self.timers.set(expiry, &Key::from_slice(&key), 0);
+            }
+        }
+        let wm = self.out_wm();
+        self.build(out, wm)
+    }
+
+    fn on_watermark(&mut self, wm: i64, ctx: &mut OpCtx) -> Result<Option<Batch>, OpError> {
+        self.open(ctx.state)?;
+        if wm <= self.wm {
+            return Ok(None);
+        }
+        // Rows expiring now are emitted against the watermark passed on so far, which is below
+        // their times (see the module's notes).
+        let before = self.out_wm();
+        self.wm = wm;
+        self.timers.read_due(ctx.state, wm).map_err(|e| self.err(e))?;
+        let mut out: Option<Output> = None;
+        while let Some((time, due)) = self.timers.pop_due(wm) {
+            for (key, _) in due {
+                let stored = self.fetch(ctx.state, &key)?;
+                let e = Self::entry(&mut self.cache, &mut self.dirty, stored, &key);
+                if e.timer != time {
+                    continue;
+                }
+                let mut expired = [Vec::new(), Vec::new()];
+                for (side, reach) in [(0, self.plan.after), (1, self.plan.before)] {
+                    let (gone, kept) =
+                        std::mem::take(&mut e.sides[side]).into_iter().partition(|r| r.ts.saturating_add(reach) <= wm);
+                    e.sides[side] = kept;
+                    expired[side] = gone;
+                }
+                let (after, before_b) = (self.plan.after, self.plan.before);
+                let next = e
+                    .sides
+                    .iter()
+                    .zip([after, before_b])
+                    .flat_map(|(rows, reach)| rows.iter().map(move |r| r.ts.saturating_add(reach)))
+                    .min()
+                    .unwrap_or(i64::MAX);
+                e.timer = next;
+                if next != i64::MAX {
+                    self.timers.set(next, &key, 0);
+                }
+                for (side, rows) in expired.iter().enumerate() {
+                    if !self.outer(side) {
+                        continue;
+                    }
+                    for r in rows.iter().filter(|r| !r.matched) {
+                        let (l, rr) = if side == 0 { (Some(r), None) } else { (None, Some(r)) };
+                        self.push(&mut out, l, rr);
+                    }
+                }
+            }
+        }
+        self.build(out, before)
+    }
+
+    fn before_commit(&mut self, ctx: &mut OpCtx) -> Result<(), OpError> {
+        for key in std::mem::take(&mut self.dirty) {
+            let Some(e) = self.cache.get_mut(&key) else { continue };
+            e.dirty = false;
+            let now = stored_timer(e.timer);
+            self.timers.store(ctx.state, &key, &e.persisted, &now);
+            e.persisted = now;
+            if e.sides.iter().all(Vec::is_empty) {
+                let stored = e.stored;
+                self.cache.remove(&key);
+                if stored {
+                    ctx.state.delete(self.entry_key(&key));
+                }
+            } else {
+                e.stored = true;
+                let bytes = encode_entry(e);
+                ctx.state.put(self.entry_key(&key), bytes);
+            }
+        }
+        if self.cache.len() > self.max_cached_keys {
+            self.uncached_in_state |= self.cache.values().any(|e| e.stored);
+            self.cache.clear();
+        }
+        Ok(())
+    }
+
+    fn wants_commit(&self) -> bool {
+        self.cache.len() > self.max_cached_keys && !self.dirty.is_empty()
+    }
+
+    fn cached_keys(&self) -> usize {
+        self.cache.len()
+    }
+}
+
+/// `[rows u32]` per input, then per row `[ts i64][matched u8][values]`.
+fn encode_entry(e: &Entry) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    for rows in &e.sides {
+        out.extend_from_slice(&(rows.len() as u32).to_le_bytes());
+        for r in rows {
+            out.extend_from_slice(&r.ts.to_le_bytes());
+            out.push(r.matched as u8);
+            out.extend_from_slice(&(r.values.len() as u32).to_le_bytes());
+            for v in &r.values {
+                v.encode(&mut out);
+            }
+        }
+    }
+    out
+}
+
+fn decode_entry(mut b: &[u8]) -> Option<Entry> {
+    let mut e = Entry {
+        sides: [Vec::new(), Vec::new()],
+        timer: i64::MAX,
+        dirty: false,
+        stored: true,
+        persisted: KeyTimers::new(),
+    };
+    let u32_at = |b: &[u8]| -> Option<usize> { Some(u32::from_le_bytes(b.get(..4)?.try_into().ok()?) as usize) };
+    for side in 0..2 {
+        let n = u32_at(b)?;
+        b = &b[4..];
+        let mut rows = Vec::with_capacity(n.min(1024));
+        for _ in 0..n {
+            let ts = i64::from_le_bytes(b.get(..8)?.try_into().ok()?);
+            let matched = *b.get(8)? != 0;
+            let nv = u32_at(b.get(9..)?)?;
+            b = &b[13..];
+            let mut values = Vec::with_capacity(nv.min(256));
+            for _ in 0..nv {
+                let (v, rest) = Value::decode(b)?;
+                values.push(v);
+                b = rest;
+            }
+            rows.push(Row { ts, matched, values });
+        }
+        e.sides[side] = rows;
+    }
+    Some(e)
+}
+
+/// The stored form of a key's timer.
+fn stored_timer(timer: i64) -> KeyTimers {
+    (timer != i64::MAX).then_some((timer, 0)).into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests;
