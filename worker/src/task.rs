@@ -604,3 +604,70 @@ impl Task {
         Ok(positions)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::file::FileSink;
+    use crate::state::MemStore;
+
+    const JOB: &str = r#"
+spec:
+  pipeline:
+    sources:
+      orders:
+        file: {path: o.jsonl}
+        schema: {order_id: string, ts: timestamp}
+        eventTime: {field: ts, maxOutOfOrderness: 1s}
+      payments:
+        file: {path: p.jsonl}
+        schema: {order_id: string, ts: timestamp}
+        eventTime: {field: ts, maxOutOfOrderness: 1s, idleTimeout: 20ms}
+    streams:
+      paid:
+        join: {left: orders, right: payments, on: [order_id], within: {after: 1m}, type: left}
+    sinks:
+      out: {from: paid, file: {path: out.jsonl}}
+"#;
+
+    fn records(lines: &[(&str, i64)], first: i64) -> Records {
+        let mut r = Records::default();
+        for (i, (id, ts)) in lines.iter().enumerate() {
+            r.push(format!(r#"{{"order_id": "{id}", "ts": {ts}}}"#).as_bytes(), first + i as i64, 0);
+        }
+        r
+    }
+
+    #[test]
+    fn an_idle_input_stops_holding_back_a_join() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = weir_crds::Manifest::from_yaml(JOB, "idle").unwrap();
+        let plan = Arc::new(JobPlan::new(&m, dir.path()).unwrap());
+        let metrics = Arc::new(Metrics::new("idle"));
+        let mut task = Task::open(plan.clone(), 0, Box::new(MemStore::default()), metrics.clone()).unwrap();
+        let out = dir.path().join("out.jsonl");
+        let sink: Box<dyn Sink> = Box::new(FileSink::create("out", &out, false).unwrap());
+        let mut sinks = Sinks::new(vec![sink], vec!["out".into()], metrics, None);
+        let (orders, payments) = (0, 1);
+        // o1 is never paid; orders move on by ten minutes; payments stop at one for o9.
+        task.process(payments, records(&[("o9", 5_000)], 0), &mut sinks).unwrap();
+        task.process(orders, records(&[("o1", 1_000), ("o2", 600_000)], 0), &mut sinks).unwrap();
+        task.tick(&mut sinks).unwrap();
+        sinks.flush().unwrap();
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "", "payments hold the join's watermark at ~4 s");
+        // Once payments have been idle for their idleTimeout, the orders' watermark alone
+        // moves the join: o1 can match nothing any more and comes out unpaid.
+        std::thread::sleep(std::time::Duration::from_millis(40));
+        task.tick(&mut sinks).unwrap();
+        sinks.flush().unwrap();
+        let rows: Vec<serde_json::Value> =
+            std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(rows, [serde_json::json!({"order_id": "o1", "ts": 1_000})]);
+        // A payment arriving after that is judged by the payments' own watermark: o2 still
+        // joins it.
+        task.process(payments, records(&[("o2", 600_500)], 1), &mut sinks).unwrap();
+        sinks.flush().unwrap();
+        let text = std::fs::read_to_string(&out).unwrap();
+        assert!(text.lines().nth(1).is_some_and(|l| l.contains(r#""payments_ts":600500"#)), "{text}");
+    }
+}
