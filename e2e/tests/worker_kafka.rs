@@ -474,3 +474,142 @@ spec:
     }
     assert!(unique.is_superset(&before));
 }
+
+/// The rows of `evs` (in order per partition) that are not late by their own topic's
+/// watermark (maximum event time so far - `ooo` - 1 ms), by id, and each partition's final
+/// watermark.
+fn not_late(evs: &[(i32, Ev)], ooo: i64) -> (BTreeMap<String, (i32, i64)>, BTreeMap<i32, i64>) {
+    let mut max_ts: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut kept = BTreeMap::new();
+    for (p, e) in evs {
+        let m = max_ts.entry(*p).or_insert(i64::MIN);
+        if *m == i64::MIN || e.ts > *m - ooo - 1 {
+            kept.insert(e.id.clone(), (*p, e.ts));
+        }
+        *m = (*m).max(e.ts);
+    }
+    (kept, max_ts.into_iter().map(|(p, m)| (p, m - ooo - 1)).collect())
+}
+
+/// A left join of payments with their captures (same id and card, so the same partition of
+/// topics with the same partition count) within a minute after the payment, exactly-once
+/// through SIGKILLs at random moments while both topics are produced in turns (every third
+/// kill also loses the state folder). A `read_committed` consumer sees every pair and every
+/// unmatched payment exactly once: the replay after each kill processes all committed input of
+/// both topics before new input, so no pair moves across a commit.
+#[test]
+fn a_join_is_exactly_once_through_repeated_random_kills() {
+    require_port("Kafka", 9092);
+    let name = unique("join");
+    let (pays, caps, output) = (format!("{name}-pay"), format!("{name}-cap"), format!("{name}-out"));
+    create_topics(&[(&pays, PARTITIONS), (&caps, PARTITIONS), (&output, PARTITIONS)]);
+    let payments = events(PARTITIONS);
+    // A capture per payment but every seventh, 0-89 s after it (so some miss the minute).
+    let mut captures: Vec<(i32, Ev)> = payments
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 7 != 3)
+        .map(|(i, (p, e))| (*p, Ev { ts: e.ts + (i as i64 * 7_919) % 90_000, ..e.clone() }))
+        .collect();
+    // Captures arrive in their own order: sorted by time within a few seconds' disorder.
+    captures.sort_by_key(|(_, e)| e.ts / 3_000);
+    let ooo = 5_000;
+    let ((left, left_wm), (right, right_wm)) = (not_late(&payments, ooo), not_late(&captures, ooo));
+    let mut want: BTreeSet<(String, bool)> = BTreeSet::new();
+    for (id, (p, ts)) in &left {
+        let paired = right.get(id).is_some_and(|(_, c)| *c >= *ts && *c <= ts + 60_000);
+        // The topics do not end: an unpaid payment comes out once the join's watermark (the
+        // least of the two topics') shows that no capture can come for it any more.
+        let expired = ts + 60_000 <= left_wm[p].min(right_wm[p]);
+        if paired || expired {
+            want.insert((id.clone(), paired));
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("job.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"
+metadata: {{name: {name}}}
+spec:
+  epochInterval: 50ms
+  checkpointing: {{interval: 200ms, storage: "file://{checkpoints}"}}
+  pipeline:
+    sources:
+      payments:
+        kafka: {{brokers: "{b}", topic: {pays}, startFrom: earliest}}
+        schema: {{id: string, card_id: string, amount: long, ts: timestamp}}
+        eventTime: {{field: ts, maxOutOfOrderness: 5s}}
+      captures:
+        kafka: {{brokers: "{b}", topic: {caps}, startFrom: earliest}}
+        schema: {{id: string, card_id: string, ts: timestamp}}
+        eventTime: {{field: ts, maxOutOfOrderness: 5s}}
+    streams:
+      captured:
+        join: {{left: payments, right: captures, on: [id, card_id], within: {{after: 1m}}, type: left}}
+    sinks:
+      out: {{from: captured, kafka: {{brokers: "{b}", topic: {output}}}}}
+"#,
+            b = kafka_brokers(),
+            checkpoints = dir.path().join("checkpoints").display(),
+        ),
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let log = weir_e2e::run_dir().join("logs").join(format!("e2e-{name}.log"));
+    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    let feeder = {
+        let (pays, caps, payments, captures) = (pays.clone(), caps.clone(), payments.clone(), captures.clone());
+        std::thread::spawn(move || {
+            let p = producer();
+            let (n, m) = (payments.len() / 20 + 1, captures.len() / 20 + 1);
+            for (a, b) in payments.chunks(n).zip(captures.chunks(m)) {
+                produce(&p, &pays, a);
+                produce(&p, &caps, b);
+                std::thread::sleep(Duration::from_millis(150));
+            }
+        })
+    };
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    for round in 0..6 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let mut w = start_worker(&manifest, &state, &log);
+        std::thread::sleep(Duration::from_millis(400 + x % 900));
+        w.kill().unwrap();
+        w.wait().unwrap();
+        if round % 3 == 2 && state.exists() {
+            std::fs::remove_dir_all(&state).unwrap();
+        }
+    }
+    feeder.join().unwrap();
+    let mut w = start_worker(&manifest, &state, &log);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut got: Vec<(String, bool)> = Vec::new();
+    while Instant::now() < deadline {
+        got = read_all(&output, PARTITIONS)
+            .iter()
+            .map(|(_, v)| (v["id"].as_str().unwrap().to_string(), !v["captures_ts"].is_null()))
+            .collect();
+        if got.len() >= want.len() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    w.kill().unwrap();
+    w.wait().unwrap();
+    let distinct: BTreeSet<(String, bool)> = got.iter().cloned().collect();
+    let missing: Vec<_> = want.difference(&distinct).take(10).collect();
+    let extra: Vec<_> = distinct.difference(&want).take(10).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{} of {} missing, e.g. {missing:?}; {} extra, e.g. {extra:?} (worker log: {})",
+        want.difference(&distinct).count(),
+        want.len(),
+        distinct.difference(&want).count(),
+        log.display()
+    );
+    assert_eq!(got.len(), want.len(), "each exactly once");
+}
