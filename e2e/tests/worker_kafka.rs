@@ -198,24 +198,31 @@ fn exactly_once_through_repeated_random_kills() {
             }
         })
     };
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    for round in 0..8 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let mut w = start_worker(&manifest, &state, &log);
-        std::thread::sleep(Duration::from_millis(300 + x % 900));
-        w.kill().unwrap();
-        w.wait().unwrap();
-        if round % 3 == 2 && state.exists() {
-            std::fs::remove_dir_all(&state).unwrap();
-        }
-    }
+    kill_repeatedly(&manifest, &state, &log, 8, 0x9e37_79b9_7f4a_7c15, 300);
     feeder.join().unwrap();
     let mut w = start_worker(&manifest, &state, &log);
     check_results(&evs, &output, &corrections, true);
     w.kill().unwrap();
     w.wait().unwrap();
+}
+
+/// Starts the worker `rounds` times and kills each with SIGKILL after a pseudo-random
+/// `min_ms` to `min_ms + 900` ms (from `seed`); every third kill also loses the state folder,
+/// so the next run restores a checkpoint.
+fn kill_repeatedly(manifest: &Path, state: &Path, log: &Path, rounds: u32, seed: u64, min_ms: u64) {
+    let mut x = seed;
+    for round in 0..rounds {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let mut w = start_worker(manifest, state, log);
+        std::thread::sleep(Duration::from_millis(min_ms + x % 900));
+        w.kill().unwrap();
+        w.wait().unwrap();
+        if round % 3 == 2 && state.exists() {
+            std::fs::remove_dir_all(state).unwrap();
+        }
+    }
 }
 
 /// A sink topic that does not exist stops the worker at once with what to do, in both delivery
@@ -571,19 +578,7 @@ spec:
             }
         })
     };
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    for round in 0..6 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let mut w = start_worker(&manifest, &state, &log);
-        std::thread::sleep(Duration::from_millis(400 + x % 900));
-        w.kill().unwrap();
-        w.wait().unwrap();
-        if round % 3 == 2 && state.exists() {
-            std::fs::remove_dir_all(&state).unwrap();
-        }
-    }
+    kill_repeatedly(&manifest, &state, &log, 6, 0x2545_f491_4f6c_dd1d, 400);
     feeder.join().unwrap();
     let mut w = start_worker(&manifest, &state, &log);
     let deadline = Instant::now() + Duration::from_secs(120);
