@@ -3,6 +3,7 @@
 # file and from Kafka, for stateless filter+projection, tumbling, sliding and session windows,
 # and state larger than the in-memory cache. Start-up is excluded: the worker reports the time
 # from its first record read to everything processed and committed.
+# An interval join (join_1to1) reads the data set twice, as two inputs.
 # Env: BENCH_EVENTS (default 1000000), BENCH_KAFKA=0 to skip the Kafka runs, BENCH_QUERIES to
 # run only some queries (e.g. "tumbling_1m session_2m", or " " for none), BENCH_PERF=1 to record
 # a perf profile of each run (perf.data files next to the data set), BENCH_LATENCY_RATE=0 to skip
@@ -54,6 +55,19 @@ Q
       q: {from: payments, keyBy: [card_id], window: {session: {gap: 2m}}, aggregate: {n: "count(*)", total: "sum(amount)"}}
 Q
     ;;
+    # An interval join of the data set with a second copy of itself (as payments and their
+    # captures): every event finds its copy, one pair per event; EVENTS x 2 rows are read.
+    join_1to1) cat <<Q
+      captures:
+        file: {path: $DATA}
+        schema: $SCHEMA
+        eventTime: {field: ts, maxOutOfOrderness: 5s}
+    streams:
+      q:
+        join: {left: payments, right: captures, on: [id], within: 10s}
+        select: {id: id, card_id: card_id, amount: amount, captured: captures_ts}
+Q
+    ;;
   esac
 }
 
@@ -83,13 +97,14 @@ YAML
   local line rate secs rss cpu
   line=$(grep -o 'processed [0-9]* records in [0-9.]* s ([0-9]* records/s)' <<<"$stats" || true)
   [[ -n $line ]] || { echo "$stats" >&2; die "benchmark $q ($label) failed"; }
+  local records; records=$(awk '{print $2}' <<<"$line")
   secs=$(awk '{print $5}' <<<"$line"); rate=$(sed 's/.*(\([0-9]*\) records.*/\1/' <<<"$line")
   rss=$(grep -o 'RSS_KB=[0-9]*' <<<"$stats" | cut -d= -f2); cpu=$(grep -o 'CPU_S=[0-9.+]*' <<<"$stats" | cut -d= -f2)
-  printf '%-8s %-22s %10s %9s s %12s ev/s %8s MiB  cpu %s s\n' "$label" "$q" "$EVENTS" "$secs" "$rate" $((rss / 1024)) "$cpu"
+  printf '%-8s %-22s %10s %9s s %12s ev/s %8s MiB  cpu %s s\n' "$label" "$q" "$records" "$secs" "$rate" $((rss / 1024)) "$cpu"
 }
 
 echo "== weir-worker, 1 task, $EVENTS events of $(($(stat -c %s "$DATA") / EVENTS)) bytes, $(nproc) cores"
-QUERIES=${BENCH_QUERIES:-filter_project tumbling_1m sliding_5m_1m session_2m}
+QUERIES=${BENCH_QUERIES:-filter_project tumbling_1m sliding_5m_1m session_2m join_1to1}
 for q in $QUERIES; do
   run_one file "file: {path: $DATA}" "$q"
 done
