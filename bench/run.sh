@@ -64,7 +64,7 @@ Q
         eventTime: {field: ts, maxOutOfOrderness: 5s}
     streams:
       q:
-        join: {left: payments, right: captures, on: [id], within: 10s}
+        join: {left: payments, right: captures, by: [id], within: 10s}
         select: {id: id, card_id: card_id, amount: amount, captured: captures_ts}
 Q
     ;;

@@ -210,7 +210,7 @@ pub struct StreamSpec {
     pub join: Option<JoinSpec>,
 }
 
-/// An interval join: a left and a right row with equal `on` fields join when the right row's
+/// An interval join: a left and a right row with equal `by` fields join when the right row's
 /// event time is within `within` of the left row's.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -219,10 +219,19 @@ pub struct JoinSpec {
     pub left: String,
     /// The right input: a source or a step.
     pub right: String,
-    /// Fields present in both inputs with the same type, equal in joined rows.
-    pub on: Vec<String>,
-    /// How far apart in event time joined rows may be.
-    pub within: JoinWithin,
+    /// Fields present in both inputs with the same type, equal in joined rows. (Not `on`:
+    /// kubectl reads YAML 1.1, where an unquoted key `on` is the boolean `true`.)
+    pub by: Vec<String>,
+    /// How far apart in event time joined rows may be, either way: `within: 5m` is
+    /// `before: 5m, after: 5m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub within: Option<Duration>,
+    /// How much earlier than the left row the right row may be (default `within`, else 0s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<Duration>,
+    /// How much later than the left row the right row may be (default `within`, else 0s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<Duration>,
     #[serde(default, rename = "type")]
     pub kind: JoinKind,
 }
@@ -238,43 +247,28 @@ impl StreamSpec {
 }
 
 impl JoinSpec {
+    /// (before, after) in milliseconds; `None` when a duration does not parse.
+    pub fn bounds_millis(&self) -> Option<(u64, u64)> {
+        let side = |d: &Option<Duration>| match d.as_ref().or(self.within.as_ref()) {
+            Some(d) => d.millis().ok(),
+            None => Some(0),
+        };
+        Some((side(&self.before)?, side(&self.after)?))
+    }
+
     /// The joined row's fields, in order: (from the right input?, input field, output field).
-    /// Every left field keeps its name, then every right field but the `on` fields (equal to
+    /// Every left field keeps its name, then every right field but the `by` fields (equal to
     /// the left's); a right field whose name the left already has is named `<right>_<field>`.
     pub fn output_fields<'a>(&self, left: &'a [String], right: &'a [String]) -> Vec<(bool, &'a str, String)> {
         let mut out: Vec<(bool, &str, String)> = left.iter().map(|f| (false, f.as_str(), f.clone())).collect();
         for f in right {
-            if self.on.contains(f) {
+            if self.by.contains(f) {
                 continue;
             }
             let name = if left.contains(f) { format!("{}_{f}", self.right) } else { f.clone() };
             out.push((true, f.as_str(), name));
         }
         out
-    }
-}
-
-/// `within: 5m` (either side up to 5 minutes before the other) or `within: {before: 1m, after:
-/// 10m}`: the right row at most `before` earlier and at most `after` later than the left row.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(untagged)]
-pub enum JoinWithin {
-    Both(Duration),
-    Bounds {
-        #[serde(default = "zero")]
-        before: Duration,
-        #[serde(default = "zero")]
-        after: Duration,
-    },
-}
-
-impl JoinWithin {
-    /// (before, after) in milliseconds; `None` when a duration does not parse.
-    pub fn millis(&self) -> Option<(u64, u64)> {
-        match self {
-            JoinWithin::Both(d) => d.millis().ok().map(|m| (m, m)),
-            JoinWithin::Bounds { before, after } => Some((before.millis().ok()?, after.millis().ok()?)),
-        }
     }
 }
 

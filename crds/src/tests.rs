@@ -287,7 +287,7 @@ spec:
       payments: {file: {path: p.jsonl}, schema: {order_id: string, amount: double, ts: timestamp}, eventTime: {field: ts}}
     streams:
       paid:
-        join: {left: orders, right: payments, on: [order_id], within: {after: 15m}, type: left}
+        join: {left: orders, right: payments, by: [order_id], after: 15m, type: left}
         lateOutput: late
       big: {from: paid, where: "amount > total", select: {order_id: order_id, at: payments_ts}}
     sinks:
@@ -297,14 +297,14 @@ spec:
     Manifest::from_yaml(ok, "t").expect("a left join with bounds; its right `ts` is `payments_ts`");
     let bad = ok
         .replace("left: orders", "left: order")
-        .replace("on: [order_id]", "on: [order_id, total]")
-        .replace("within: {after: 15m}", "within: 0s")
+        .replace("by: [order_id]", "by: [order_id, total]")
+        .replace("after: 15m", "within: 0s")
         .replace("lateOutput: late", "lateOutput: late\n        from: orders\n        keyBy: [order_id]");
     let errs = errors(&bad);
     for (path, needle) in [
         ("spec.pipeline.streams.paid.join.left", "`order` is not a source or a step"),
-        ("spec.pipeline.streams.paid.join.on", "`total` is not a field of `payments` (the right input)"),
-        ("spec.pipeline.streams.paid.join.within", "must be above zero"),
+        ("spec.pipeline.streams.paid.join.by", "`total` is not a field of `payments` (the right input)"),
+        ("spec.pipeline.streams.paid.join.within", "the bounds are all zero"),
         ("spec.pipeline.streams.paid.from", "a join step reads `join.left` and `join.right`"),
         ("spec.pipeline.streams.paid", "keyBy and window belong in a step that reads the join"),
     ] {

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use crate::{
-    datagen_payments_schema, parse_aggregate, CheckpointingSpec, Duration, FieldType, JoinSpec, JoinWithin,
-    PipelineSpec, SinkSpec, SourceSpec, StreamJobSpec, StreamSpec,
+    datagen_payments_schema, parse_aggregate, CheckpointingSpec, Duration, FieldType, JoinSpec, PipelineSpec, SinkSpec,
+    SourceSpec, StreamJobSpec, StreamSpec,
 };
 
 /// One problem in a manifest.
@@ -429,7 +429,7 @@ fn check_stream(
     if s.join.is_some() && (s.key_by.is_some() || s.window.is_some()) {
         errs.push(
             path.clone(),
-            "a join is keyed by `join.on` and bounded by `join.within`; keyBy and window belong in a step that reads the join",
+            "a join is keyed by `join.by` and bounded by `join.within`; keyBy and window belong in a step that reads the join",
         );
     }
     if let Some(f) = &s.filter {
@@ -556,27 +556,34 @@ fn check_join(
     if j.left == j.right {
         errs.push(format!("{path}.join.right"), "a join needs two different inputs (a self-join is not supported)");
     }
-    if j.on.is_empty() {
-        errs.push(format!("{path}.join.on"), "must name at least one field of both inputs");
+    if j.by.is_empty() {
+        errs.push(format!("{path}.join.by"), "must name at least one field of both inputs");
     }
     for (side, input) in [("left", &j.left), ("right", &j.right)] {
         if let Some(Some(have)) = fields.get(input.as_str()) {
-            for f in j.on.iter().filter(|f| !have.contains(*f)) {
-                errs.push(format!("{path}.join.on"), format!("`{f}` is not a field of `{input}` (the {side} input)"));
+            for f in j.by.iter().filter(|f| !have.contains(*f)) {
+                errs.push(format!("{path}.join.by"), format!("`{f}` is not a field of `{input}` (the {side} input)"));
             }
         }
     }
-    match &j.within {
-        JoinWithin::Both(d) => {
-            positive(errs, &format!("{path}.join.within"), d);
+    let mut lengths = Vec::new();
+    for (field, d) in [("within", &j.within), ("before", &j.before), ("after", &j.after)] {
+        if let Some(d) = d {
+            lengths.extend(duration(errs, &format!("{path}.join.{field}"), d));
         }
-        JoinWithin::Bounds { before, after } => {
-            let b = duration(errs, &format!("{path}.join.within.before"), before);
-            let a = duration(errs, &format!("{path}.join.within.after"), after);
-            if b == Some(0) && a == Some(0) {
-                errs.push(format!("{path}.join.within"), "before and after are both zero: give at least one a length");
-            }
-        }
+    }
+    if j.within.is_none() && j.before.is_none() && j.after.is_none() {
+        errs.push(
+            format!("{path}.join.within"),
+            "a join needs its time bounds: `within` (either way), or `before` and/or `after`",
+        );
+    } else if lengths.len() == [&j.within, &j.before, &j.after].iter().filter(|d| d.is_some()).count()
+        && j.bounds_millis() == Some((0, 0))
+    {
+        errs.push(
+            format!("{path}.join.within"),
+            "the bounds are all zero: give `within`, `before` or `after` a length",
+        );
     }
 }
 

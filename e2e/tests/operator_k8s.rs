@@ -803,6 +803,10 @@ fn the_kafka_example_runs_as_written() {
     let described = kubectl(&["-n", &ns, "describe", "sj", "payments-kafka"]);
     let events = described.split_once("Events:").map(|(_, e)| e).unwrap_or_default();
     assert!(events.contains("Running"), "kubectl describe shows the Events: {described}");
+    // The join example passes the API server's schema as written (a server-side dry run).
+    let join = repo_dir().join("examples/orders-payments-join.yaml");
+    let out = kubectl(&["-n", &ns, "apply", "--dry-run=server", "-f", join.to_str().unwrap()]);
+    assert!(out.contains("created (server dry run)"), "{out}");
 }
 
 /// Whether Kafka has `topic`.

@@ -554,7 +554,7 @@ spec:
         eventTime: {{field: ts, maxOutOfOrderness: 5s}}
     streams:
       captured:
-        join: {{left: payments, right: captures, on: [id, card_id], within: {{after: 1m}}, type: left}}
+        join: {{left: payments, right: captures, by: [id, card_id], after: 1m, type: left}}
     sinks:
       out: {{from: captured, kafka: {{brokers: "{b}", topic: {output}}}}}
 "#,

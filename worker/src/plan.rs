@@ -64,7 +64,7 @@ pub struct JoinPlan {
     pub before: i64,
     /// The right row at most this much later than the left row (ms).
     pub after: i64,
-    /// The `on` fields: column in the left input, column in the right input, type.
+    /// The `by` fields: column in the left input, column in the right input, type.
     pub on: Vec<(usize, usize, DataType)>,
     pub left: SchemaRef,
     pub right: SchemaRef,
@@ -514,13 +514,13 @@ fn plan_join(
     errs: &mut ValidationErrors,
 ) -> Option<JoinPlan> {
     let mut on = Vec::new();
-    for f in &j.on {
+    for f in &j.by {
         match (left.index_of(f), right.index_of(f)) {
             (Ok(l), Ok(r)) if left.field(l).data_type() == right.field(r).data_type() => {
                 on.push((l, r, left.field(l).data_type().clone()));
             }
             (Ok(l), Ok(r)) => errs.push(
-                format!("{path}.join.on"),
+                format!("{path}.join.by"),
                 format!(
                     "`{f}` is {} in `{}` but {} in `{}`; joined fields need one type",
                     left.field(l).data_type(),
@@ -532,8 +532,8 @@ fn plan_join(
             _ => {} // a missing field: reported by validation
         }
     }
-    let (before, after) = j.within.millis()?;
-    if on.len() != j.on.len() || on.is_empty() {
+    let (before, after) = j.bounds_millis()?;
+    if on.len() != j.by.len() || on.is_empty() {
         return None;
     }
     let names = |s: &SchemaRef| s.fields().iter().map(|f| f.name().clone()).collect::<Vec<String>>();

@@ -625,7 +625,7 @@ spec:
         eventTime: {field: ts, maxOutOfOrderness: 1s, idleTimeout: 20ms}
     streams:
       paid:
-        join: {left: orders, right: payments, on: [order_id], within: {after: 1m}, type: left}
+        join: {left: orders, right: payments, by: [order_id], after: 1m, type: left}
     sinks:
       out: {from: paid, file: {path: out.jsonl}}
 "#;

@@ -1,5 +1,5 @@
 //! Interval join of two keyed inputs (Flink's interval join, with outer joins as Flink SQL
-//! has them): a left row at `t` and a right row at `s` with equal `on` fields join when
+//! has them): a left row at `t` and a right row at `s` with equal `by` fields join when
 //! `t - before <= s <= t + after`.
 //!
 //! Each input's rows are kept per key until no row of the other input can match them: a left
@@ -195,7 +195,7 @@ impl JoinOp {
         out.event_time.push(left.map_or(i64::MIN, |r| r.ts).max(right.map_or(i64::MIN, |r| r.ts)));
     }
 
-    /// For column `i` of one input, the column of the other input that holds the same `on`
+    /// For column `i` of one input, the column of the other input that holds the same `by`
     /// field, if it is one.
     fn on_from_other(&self, from_right: bool, i: usize) -> Option<usize> {
         self.plan.on.iter().find_map(|&(l, r, _)| match from_right {
