@@ -482,8 +482,8 @@ fn check_stream(
         }
     }
     if let Some(late) = &s.late_output {
-        if s.window.is_none() && s.join.is_none() {
-            errs.push(format!("{path}.lateOutput"), "only a windowed or join step has late events");
+        if s.window.is_none() && s.join.is_none() && s.pattern.is_none() {
+            errs.push(format!("{path}.lateOutput"), "only a window, join or pattern step has late events");
         }
         match p.sinks.get(late) {
             None => errs.push(format!("{path}.lateOutput"), format!("`{late}` is not a sink")),
@@ -496,11 +496,12 @@ fn check_stream(
     }
     if let Some(ttl) = &s.state_ttl {
         positive(errs, &format!("{path}.stateTtl"), ttl);
-        if s.enrich.is_none() && s.pattern.is_none() {
+        if s.enrich.is_none() {
             errs.push(
                 format!("{path}.stateTtl"),
-                "stateTtl applies to steps that keep keyed state open-endedly (enrich, pattern); a window's state is \
-                 dropped when the window closes (window_end + allowedLateness)",
+                "stateTtl applies to steps that keep keyed state open-endedly (enrich); a window's state is dropped \
+                 when the window closes (window_end + allowedLateness), a join's when its bounds pass, a pattern's \
+                 when its matches can no longer complete (within)",
             );
         }
     }

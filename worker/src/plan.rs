@@ -14,6 +14,7 @@ use weir_crds::{
 use crate::codec::json::{engine_type, JsonDecoder};
 use crate::expr::{CompiledExpr, ExprCompiler};
 use crate::operators::join::JoinOp;
+use crate::operators::pattern::{PatternOp, PatternPlan};
 use crate::operators::select::{Filter, Project};
 use crate::operators::window::{AggSpec, WindowConfig, WindowKind, WindowOp};
 use crate::operators::Operator;
@@ -82,6 +83,7 @@ pub struct NodePlan {
     /// What it reads, in port order.
     pub inputs: Vec<Input>,
     pub join: Option<JoinPlan>,
+    pub pattern: Option<PatternPlan>,
     pub filter: Option<CompiledExpr>,
     pub project: Option<Vec<(String, CompiledExpr)>>,
     pub window: Option<WindowPlan>,
@@ -260,10 +262,10 @@ impl JobPlan {
             return Err(errs);
         }
         for (name, s) in &p.streams {
-            if s.enrich.is_some() || s.pattern.is_some() {
+            if s.enrich.is_some() {
                 errs.push(
                     format!("spec.pipeline.streams.{name}"),
-                    "enrich and pattern steps are not available in this version of the worker",
+                    "enrich steps are not available in this version of the worker",
                 );
             }
         }
@@ -338,6 +340,12 @@ impl JobPlan {
                     );
                     return Some((n.name.clone(), sig));
                 }
+                if let Some(p) = &n.pattern {
+                    let steps: Vec<String> = p.steps.iter().map(|(c, times)| format!("{} x{times}", c.text)).collect();
+                    let kept: Vec<String> = p.kept.iter().map(|c| c.to_string()).collect();
+                    let sig = format!("pattern [{}] keeping [{}]", steps.join(", "), kept.join(", "));
+                    return Some((n.name.clone(), sig));
+                }
                 let w = n.window.as_ref()?;
                 let keys: Vec<String> = w.keys.iter().map(|(_, name, t)| format!("{name}: {t}")).collect();
                 let aggs: Vec<String> = w
@@ -366,6 +374,9 @@ impl JobPlan {
         }
         if let Some(p) = &n.project {
             ops.push(Box::new(Project::new(n.name.clone(), p.clone())));
+        }
+        if let Some(p) = &n.pattern {
+            ops.push(Box::new(PatternOp::new(&n.name, state_prefix(&n.name), p.clone(), self.max_cached_keys)));
         }
         if let Some(w) = &n.window {
             ops.push(Box::new(WindowOp::new(WindowConfig {
@@ -485,15 +496,21 @@ fn plan_node(
             aggs,
         })
     });
-    let out_schema = match &window {
-        Some(w) => WindowOp::output_schema(&w.keys, &w.aggs),
-        None => schema,
+    let pattern = s.pattern.as_ref().and_then(|p| plan_pattern(compiler, path, p, s.key_by.as_deref(), &schema, errs));
+    if let Some(p) = &pattern {
+        key_cols = p.emit_keys.clone();
+    }
+    let out_schema = match (&window, &pattern) {
+        (Some(w), _) => WindowOp::output_schema(&w.keys, &w.aggs),
+        (None, Some(p)) => p.plan.out_schema.clone(),
+        (None, None) => schema,
     };
     NodePlan {
         name: name.to_string(),
         root_sources,
         inputs: Vec::new(),
         join: None,
+        pattern: pattern.map(|p| p.plan),
         filter,
         project,
         window,
@@ -502,6 +519,73 @@ fn plan_node(
         late_sink: s.late_output.as_deref().and_then(|l| sink_index.get(l).copied()),
         children: Vec::new(),
     }
+}
+
+/// A planned pattern and which of its output columns are the key fields.
+struct PlannedPattern {
+    plan: PatternPlan,
+    emit_keys: Vec<usize>,
+}
+
+/// Plans a pattern over input `schema`: its conditions compiled, the fields `emit` reads.
+fn plan_pattern(
+    compiler: &ExprCompiler,
+    path: &str,
+    p: &weir_crds::PatternSpec,
+    key_by: Option<&[String]>,
+    schema: &SchemaRef,
+    errs: &mut ValidationErrors,
+) -> Option<PlannedPattern> {
+    let keys: Vec<usize> = key_by?.iter().filter_map(|k| schema.index_of(k).ok()).collect();
+    let mut steps = Vec::new();
+    for (i, st) in p.sequence.iter().enumerate() {
+        match compiler.compile(&st.condition, schema) {
+            Ok(e) if e.data_type == DataType::Boolean => steps.push((e, st.times.unwrap_or(1).max(1))),
+            Ok(e) => errs.push(
+                format!("{path}.pattern.sequence[{i}].where"),
+                format!("`{}` is a {} expression, not a condition", st.condition, e.data_type),
+            ),
+            Err(e) => errs.push(format!("{path}.pattern.sequence[{i}].where"), e),
+        }
+    }
+    if p.sequence.len() > 64 {
+        errs.push(format!("{path}.pattern.sequence"), "at most 64 steps");
+    }
+    let mut kept: Vec<usize> = Vec::new();
+    let mut emit = Vec::new();
+    let mut fields = Vec::new();
+    let mut emit_keys = Vec::new();
+    for (out, reference) in &p.emit {
+        let (step, field) = match reference.split_once('.') {
+            Some((st, f)) => match p.sequence.iter().position(|x| x.name == st) {
+                Some(i) => (Some(i), f),
+                None => {
+                    errs.push(format!("{path}.pattern.emit.{out}"), format!("`{st}` is not a step of the sequence"));
+                    continue;
+                }
+            },
+            None => (None, reference.as_str()),
+        };
+        let Ok(col) = schema.index_of(field) else {
+            errs.push(format!("{path}.pattern.emit.{out}"), format!("`{field}` is not a field of the step's input"));
+            continue;
+        };
+        let at = kept.iter().position(|&c| c == col).unwrap_or_else(|| {
+            kept.push(col);
+            kept.len() - 1
+        });
+        if step.is_none() && key_by.is_some_and(|k| k.iter().any(|k| k == field)) {
+            emit_keys.push(emit.len());
+        }
+        emit.push((step, at));
+        fields.push(Field::new(out, schema.field(col).data_type().clone(), true));
+    }
+    if steps.len() != p.sequence.len() || emit.len() != p.emit.len() {
+        return None;
+    }
+    let within = p.within.millis().ok()? as i64;
+    let plan = PatternPlan { keys, steps, within, kept, emit, out_schema: Arc::new(Schema::new(fields)) };
+    Some(PlannedPattern { plan, emit_keys })
 }
 
 /// Plans a join of inputs with schemas `left` and `right`; `None` (with errors) when its `on`

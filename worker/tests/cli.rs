@@ -14,7 +14,7 @@ fn copy_example(dir: &Path, name: &str) -> std::path::PathBuf {
     let pkg = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
     let examples = Path::new(&pkg).join("../examples");
     std::fs::create_dir_all(dir.join("data")).unwrap();
-    for data in ["payments.jsonl", "orders.jsonl", "order-payments.jsonl"] {
+    for data in ["payments.jsonl", "orders.jsonl", "order-payments.jsonl", "card-payments.jsonl"] {
         std::fs::copy(examples.join("data").join(data), dir.join("data").join(data)).unwrap();
     }
     let to = dir.join(name);
@@ -71,6 +71,25 @@ fn join_example_runs_as_written() {
     let late = lines(&dir.path().join("out/order_payments_late.jsonl"));
     assert_eq!(late.len(), 1);
     assert_eq!(late[0]["order_id"], "o5", "an order behind its input's watermark is late, written unchanged");
+}
+
+#[test]
+fn fraud_pattern_example_runs_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = copy_example(dir.path(), "fraud-pattern.yaml");
+    let out = worker().args(["run", "-f", manifest.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let alerts = lines(&dir.path().join("out/fraud_alerts.jsonl"));
+    assert_eq!(
+        alerts,
+        [
+            serde_json::json!({"card_id": "card-1", "last_probe": "a4", "hit_id": "a5", "hit_amount": 640.0, "hit_ts": 1_795_687_320_000i64}),
+            serde_json::json!({"card_id": "card-4", "last_probe": "d3", "hit_id": "d5", "hit_amount": 720.0, "hit_ts": 1_795_687_440_000i64}),
+        ]
+    );
+    let late = lines(&dir.path().join("out/fraud_late.jsonl"));
+    assert_eq!(late.len(), 1);
+    assert_eq!(late[0]["id"], "a0");
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! Operators of a task's dataflow. Each step of the pipeline compiles to a chain of them.
 
 pub mod join;
+pub mod keyed;
+pub mod pattern;
 pub mod select;
 pub mod timers;
 pub mod window;

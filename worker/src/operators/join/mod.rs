@@ -21,14 +21,13 @@
 //! its earliest expiry, kept by [`Timers`].
 
 use datafusion::arrow::array::ArrayRef;
-use rustc_hash::FxBuildHasher;
 use weir_crds::JoinKind;
 
-use super::timers::{Key, KeyTimers, Opened, Timers};
-use super::{entry_key, late_record, OpCtx, OpError, Operator, Output};
+use super::keyed::{Keyed, KeyedEntry};
+use super::timers::Key;
+use super::{late_record, OpCtx, OpError, Operator, Output};
 use crate::batch::Batch;
 use crate::plan::JoinPlan;
-use crate::state::{StateError, StateTx};
 use crate::value::{Col, Value};
 
 /// A kept row of one input.
@@ -40,48 +39,80 @@ struct Row {
     values: Vec<Value>,
 }
 
+#[derive(Default)]
 struct Entry {
     /// Kept rows of the left (0) and right (1) input.
     sides: [Vec<Row>; 2],
     /// The key's timer: its rows' earliest expiry (`i64::MAX`: no rows). Timers set earlier
     /// for the key are stale and do nothing when they fire.
     timer: i64,
-    /// Changed since the last commit.
-    dirty: bool,
-    /// Has an entry in state.
-    stored: bool,
-    /// The timer stored for it.
-    persisted: KeyTimers,
+}
+
+impl KeyedEntry for Entry {
+    /// `[timer i64]`, then `[rows u32]` per input, then per row `[ts i64][matched u8][values]`.
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        out.extend_from_slice(&self.timer.to_le_bytes());
+        for rows in &self.sides {
+            out.extend_from_slice(&(rows.len() as u32).to_le_bytes());
+            for r in rows {
+                out.extend_from_slice(&r.ts.to_le_bytes());
+                out.push(r.matched as u8);
+                out.extend_from_slice(&(r.values.len() as u32).to_le_bytes());
+                for v in &r.values {
+                    v.encode(&mut out);
+                }
+            }
+        }
+        out
+    }
+
+    fn decode(mut b: &[u8]) -> Option<Entry> {
+        let mut e = Entry { sides: [Vec::new(), Vec::new()], timer: i64::from_le_bytes(b.get(..8)?.try_into().ok()?) };
+        b = &b[8..];
+        let u32_at = |b: &[u8]| -> Option<usize> { Some(u32::from_le_bytes(b.get(..4)?.try_into().ok()?) as usize) };
+        for side in 0..2 {
+            let n = u32_at(b)?;
+            b = &b[4..];
+            let mut rows = Vec::with_capacity(n.min(1024));
+            for _ in 0..n {
+                let ts = i64::from_le_bytes(b.get(..8)?.try_into().ok()?);
+                let matched = *b.get(8)? != 0;
+                let nv = u32_at(b.get(9..)?)?;
+                b = &b[13..];
+                let mut values = Vec::with_capacity(nv.min(256));
+                for _ in 0..nv {
+                    let (v, rest) = Value::decode(b)?;
+                    values.push(v);
+                    b = rest;
+                }
+                rows.push(Row { ts, matched, values });
+            }
+            e.sides[side] = rows;
+        }
+        Some(e)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.sides.iter().all(Vec::is_empty)
+    }
+
+    fn timer(&self) -> i64 {
+        self.timer
+    }
 }
 
 pub struct JoinOp {
     name: String,
-    prefix: Vec<u8>,
     plan: JoinPlan,
-    cache: hashbrown::HashMap<Key, Entry, FxBuildHasher>,
-    dirty: Vec<Key>,
-    uncached_in_state: bool,
-    timers: Timers,
-    opened: bool,
+    state: Keyed<Entry>,
     /// The least of the inputs' watermarks, as last given.
     wm: i64,
-    max_cached_keys: usize,
 }
 
 impl JoinOp {
     pub fn new(name: &str, prefix: Vec<u8>, plan: JoinPlan, max_cached_keys: usize) -> JoinOp {
-        JoinOp {
-            name: name.to_string(),
-            timers: Timers::new(&prefix),
-            prefix,
-            plan,
-            cache: Default::default(),
-            dirty: Vec::new(),
-            uncached_in_state: false,
-            opened: false,
-            wm: i64::MIN,
-            max_cached_keys,
-        }
+        JoinOp { name: name.to_string(), plan, state: Keyed::new(name, prefix, max_cached_keys), wm: i64::MIN }
     }
 
     /// How far the watermark passed on trails the inputs'.
@@ -89,92 +120,14 @@ impl JoinOp {
         plan.before.max(plan.after)
     }
 
-    fn err(&self, source: StateError) -> OpError {
-        OpError::state(&self.name, source)
-    }
-
-    fn corrupt(&self, what: &str) -> OpError {
-        OpError::corrupt(&self.name, what)
-    }
-
-    fn entry_key(&self, key: &[u8]) -> Vec<u8> {
-        entry_key(&self.prefix, key)
-    }
-
     /// When a row of input `side` at `ts` can match nothing more.
     fn expiry(&self, side: usize, ts: i64) -> i64 {
         ts.saturating_add(if side == 0 { self.plan.after } else { self.plan.before })
     }
 
-    /// The key's earliest expiry.
-    fn timer_of(&self, e: &Entry) -> i64 {
-        let (after, before) = (self.plan.after, self.plan.before);
-        let expiries = e
-            .sides
-            .iter()
-            .zip([after, before])
-            .flat_map(|(rows, reach)| rows.iter().map(move |r| r.ts.saturating_add(reach)));
-        expiries.min().unwrap_or(i64::MAX)
-    }
-
     /// Whether unmatched rows of input `side` are emitted.
     fn outer(&self, side: usize) -> bool {
         matches!((self.plan.kind, side), (JoinKind::Full, _) | (JoinKind::Left, 0) | (JoinKind::Right, 1))
-    }
-
-    fn open(&mut self, tx: &mut StateTx) -> Result<(), OpError> {
-        if self.opened {
-            return Ok(());
-        }
-        self.opened = true;
-        let lo = self.entry_key(&[]);
-        let mut hi = self.prefix.clone();
-        hi.push(b'k' + 1);
-        self.uncached_in_state = !tx.scan(&lo, &hi, 1).map_err(|e| self.err(e))?.is_empty();
-        match self.timers.open(tx, self.uncached_in_state).map_err(|e| self.err(e))? {
-            Opened::Ready => Ok(()),
-            // Joins store their timers from their first version on.
-            Opened::Unindexed => Err(self.corrupt("join state without timers")),
-        }
-    }
-
-    /// The key's entry, read from state into the cache on a miss.
-    fn entry<'c>(
-        cache: &'c mut hashbrown::HashMap<Key, Entry, FxBuildHasher>,
-        dirty: &mut Vec<Key>,
-        stored: Option<Entry>,
-        key: &[u8],
-    ) -> &'c mut Entry {
-        let (k, e) = cache.raw_entry_mut().from_key(key).or_insert_with(|| {
-            let e = stored.unwrap_or(Entry {
-                sides: [Vec::new(), Vec::new()],
-                timer: i64::MAX,
-                dirty: false,
-                stored: false,
-                persisted: KeyTimers::new(),
-            });
-            (Key::from_slice(key), e)
-        });
-        if !e.dirty {
-            e.dirty = true;
-            dirty.push(k.clone());
-        }
-        e
-    }
-
-    fn fetch(&self, tx: &StateTx, key: &[u8]) -> Result<Option<Entry>, OpError> {
-        if !self.uncached_in_state || self.cache.contains_key(key) {
-            return Ok(None);
-        }
-        match tx.get(&self.entry_key(key)).map_err(|e| self.err(e))? {
-            None => Ok(None),
-            Some(b) => {
-                let mut e = decode_entry(&b).ok_or_else(|| self.corrupt("a join entry"))?;
-                e.timer = self.timer_of(&e);
-                e.persisted = stored_timer(e.timer);
-                Ok(Some(e))
-            }
-        }
     }
 
     /// Appends the joined row of `left` and `right` (either absent for an outer row).
@@ -224,7 +177,7 @@ impl Operator for JoinOp {
     }
 
     fn on_input(&mut self, port: u8, batch: Batch, ctx: &mut OpCtx) -> Result<Option<Batch>, OpError> {
-        self.open(ctx.state)?;
+        self.state.open(ctx.state)?;
         let side = port.min(1) as usize;
         let other = 1 - side;
         let key_cols: Vec<ArrayRef> =
@@ -259,27 +212,26 @@ impl Operator for JoinOp {
             for c in &key_cols {
                 c.encode_key(row, &mut key);
             }
-            let stored = self.fetch(ctx.state, &key)?;
             let (lo, hi) = (ts.saturating_add(lo_off), ts.saturating_add(hi_off));
+            let expiry = self.expiry(side, ts);
+            let e = self.state.get(ctx.state, &key)?;
+            if e.is_empty() {
+                e.timer = i64::MAX;
+            }
             let mut pairs = Vec::new();
-            {
-                let e = Self::entry(&mut self.cache, &mut self.dirty, stored, &key);
-                for o in e.sides[other].iter_mut().filter(|o| o.ts >= lo && o.ts <= hi) {
-                    o.matched = true;
-                    r.matched = true;
-                    pairs.push(o.clone());
-                }
+            for o in e.sides[other].iter_mut().filter(|o| o.ts >= lo && o.ts <= hi) {
+                o.matched = true;
+                r.matched = true;
+                pairs.push(o.clone());
+            }
+            e.sides[side].push(r.clone());
+            if expiry < e.timer {
+                e.timer = expiry;
+                self.state.timers.set(expiry, &Key::from_slice(&key), 0);
             }
             for o in &pairs {
                 let (l, rr) = if side == 0 { (&r, o) } else { (o, &r) };
                 self.push(&mut out, Some(l), Some(rr));
-            }
-            let expiry = self.expiry(side, ts);
-            let e = self.cache.get_mut(key.as_slice()).expect("just inserted");
-            e.sides[side].push(r);
-            if expiry < e.timer {
-                e.timer = expiry;
-                self.timers.set(expiry, &Key::from_slice(&key), 0);
             }
         }
         let wm = self.out_wm();
@@ -287,7 +239,7 @@ impl Operator for JoinOp {
     }
 
     fn on_watermark(&mut self, wm: i64, ctx: &mut OpCtx) -> Result<Option<Batch>, OpError> {
-        self.open(ctx.state)?;
+        self.state.open(ctx.state)?;
         if wm <= self.wm {
             return Ok(None);
         }
@@ -295,13 +247,12 @@ impl Operator for JoinOp {
         // their times (see the module's notes).
         let before = self.out_wm();
         self.wm = wm;
-        self.timers.read_due(ctx.state, wm).map_err(|e| self.err(e))?;
+        self.state.timers.read_due(ctx.state, wm).map_err(|e| self.state.err(e))?;
         let mut out: Option<Output> = None;
-        while let Some((time, due)) = self.timers.pop_due(wm) {
+        while let Some((time, due)) = self.state.timers.pop_due(wm) {
             for (key, _) in due {
-                let stored = self.fetch(ctx.state, &key)?;
-                let e = Self::entry(&mut self.cache, &mut self.dirty, stored, &key);
-                if e.timer != time {
+                let e = self.state.get(ctx.state, &key)?;
+                if e.due() != time {
                     continue;
                 }
                 let mut expired = [Vec::new(), Vec::new()];
@@ -321,7 +272,7 @@ impl Operator for JoinOp {
                     .unwrap_or(i64::MAX);
                 e.timer = next;
                 if next != i64::MAX {
-                    self.timers.set(next, &key, 0);
+                    self.state.timers.set(next, &key, 0);
                 }
                 for (side, rows) in expired.iter().enumerate() {
                     if !self.outer(side) {
@@ -338,91 +289,17 @@ impl Operator for JoinOp {
     }
 
     fn before_commit(&mut self, ctx: &mut OpCtx) -> Result<(), OpError> {
-        for key in std::mem::take(&mut self.dirty) {
-            let Some(e) = self.cache.get_mut(&key) else { continue };
-            e.dirty = false;
-            let now = stored_timer(e.timer);
-            self.timers.store(ctx.state, &key, &e.persisted, &now);
-            e.persisted = now;
-            if e.sides.iter().all(Vec::is_empty) {
-                let stored = e.stored;
-                self.cache.remove(&key);
-                if stored {
-                    ctx.state.delete(self.entry_key(&key));
-                }
-            } else {
-                e.stored = true;
-                let bytes = encode_entry(e);
-                ctx.state.put(self.entry_key(&key), bytes);
-            }
-        }
-        if self.cache.len() > self.max_cached_keys {
-            self.uncached_in_state |= self.cache.values().any(|e| e.stored);
-            self.cache.clear();
-        }
+        self.state.write_back(ctx.state);
         Ok(())
     }
 
     fn wants_commit(&self) -> bool {
-        self.cache.len() > self.max_cached_keys && !self.dirty.is_empty()
+        self.state.wants_commit()
     }
 
     fn cached_keys(&self) -> usize {
-        self.cache.len()
+        self.state.cached_keys()
     }
-}
-
-/// `[rows u32]` per input, then per row `[ts i64][matched u8][values]`.
-fn encode_entry(e: &Entry) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64);
-    for rows in &e.sides {
-        out.extend_from_slice(&(rows.len() as u32).to_le_bytes());
-        for r in rows {
-            out.extend_from_slice(&r.ts.to_le_bytes());
-            out.push(r.matched as u8);
-            out.extend_from_slice(&(r.values.len() as u32).to_le_bytes());
-            for v in &r.values {
-                v.encode(&mut out);
-            }
-        }
-    }
-    out
-}
-
-fn decode_entry(mut b: &[u8]) -> Option<Entry> {
-    let mut e = Entry {
-        sides: [Vec::new(), Vec::new()],
-        timer: i64::MAX,
-        dirty: false,
-        stored: true,
-        persisted: KeyTimers::new(),
-    };
-    let u32_at = |b: &[u8]| -> Option<usize> { Some(u32::from_le_bytes(b.get(..4)?.try_into().ok()?) as usize) };
-    for side in 0..2 {
-        let n = u32_at(b)?;
-        b = &b[4..];
-        let mut rows = Vec::with_capacity(n.min(1024));
-        for _ in 0..n {
-            let ts = i64::from_le_bytes(b.get(..8)?.try_into().ok()?);
-            let matched = *b.get(8)? != 0;
-            let nv = u32_at(b.get(9..)?)?;
-            b = &b[13..];
-            let mut values = Vec::with_capacity(nv.min(256));
-            for _ in 0..nv {
-                let (v, rest) = Value::decode(b)?;
-                values.push(v);
-                b = rest;
-            }
-            rows.push(Row { ts, matched, values });
-        }
-        e.sides[side] = rows;
-    }
-    Some(e)
-}
-
-/// The stored form of a key's timer.
-fn stored_timer(timer: i64) -> KeyTimers {
-    (timer != i64::MAX).then_some((timer, 0)).into_iter().collect()
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::*;
-use crate::state::{MemStore, RocksShared, RocksStore, StateStore};
+use crate::state::{MemStore, RocksShared, RocksStore, StateStore, StateTx};
 
 #[derive(Clone, Debug)]
 struct Ev {

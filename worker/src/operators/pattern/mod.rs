@@ -1,0 +1,351 @@
+//! Pattern detection per key (Flink CEP in event time): a sequence of named steps, each a
+//! condition an event must meet `times` times (default once), all within `within` of the
+//! first event; events that meet no current condition are skipped (relaxed contiguity).
+//!
+//! Events are buffered per key until the watermark passes them and then run through the
+//! key's matcher in event-time order (ties in arrival order), so results do not depend on
+//! the order events arrive in. Every event that meets the first step's condition starts a
+//! partial match; each event advances every partial match whose current step it meets (the
+//! step keeps the last such event). When a partial match completes, its row is emitted — the
+//! `emit` fields, `step.field` from the step's event or `field` from the last event — with
+//! the last event's time, and every partial match of the key is dropped (after a match, the
+//! next one starts past its last event, Flink's `skipPastLastEvent`). A partial match whose
+//! first event is more than `within` before an event, or before the watermark, is dropped.
+//!
+//! An event at or below its input's watermark is late and goes unchanged to the late output.
+//! State: one entry per key with its buffered events and partial matches, cached as the
+//! epoch's overlay and written back at commit; one timer per key (see [`Timers`]).
+
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray};
+use datafusion::arrow::datatypes::SchemaRef;
+
+use super::keyed::{Keyed, KeyedEntry};
+use super::timers::Key;
+use super::{late_record, OpCtx, OpError, Operator, Output};
+use crate::batch::Batch;
+use crate::expr::CompiledExpr;
+use crate::value::{Col, Value};
+
+/// A compiled pattern step.
+#[derive(Clone)]
+pub struct PatternPlan {
+    /// Key columns of the input.
+    pub keys: Vec<usize>,
+    /// Each step: its condition and how many events must meet it.
+    pub steps: Vec<(CompiledExpr, u32)>,
+    pub within: i64,
+    /// Input columns kept with a buffered event (those `emit` reads).
+    pub kept: Vec<usize>,
+    /// Each output field: from the event of this step (`None`: the last event), at this place
+    /// in `kept`.
+    pub emit: Vec<(Option<usize>, usize)>,
+    pub out_schema: SchemaRef,
+}
+
+/// An event waiting for the watermark.
+#[derive(Clone, Debug, PartialEq)]
+struct Ev {
+    ts: i64,
+    /// Arrival order within the key, for events with equal times.
+    seq: u64,
+    /// Bit `i`: meets step `i`'s condition.
+    meets: u64,
+    values: Vec<Value>,
+}
+
+/// A partial match.
+#[derive(Clone, Debug, PartialEq)]
+struct Partial {
+    start: i64,
+    step: usize,
+    count: u32,
+    /// The last event of each step reached so far.
+    events: Vec<Option<Ev>>,
+}
+
+#[derive(Default)]
+struct Entry {
+    pending: Vec<Ev>,
+    partials: Vec<Partial>,
+    next_seq: u64,
+    /// The key's one timer (`i64::MAX`: none); earlier ones set for it are stale.
+    timer: i64,
+}
+
+impl Entry {
+    /// When the key next needs the watermark: its earliest buffered event, or the time its
+    /// oldest partial match can no longer complete.
+    fn next_due(&self, within: i64) -> i64 {
+        let pending = self.pending.iter().map(|e| e.ts);
+        let partials = self.partials.iter().map(|p| p.start.saturating_add(within));
+        pending.chain(partials).min().unwrap_or(i64::MAX)
+    }
+}
+
+impl KeyedEntry for Entry {
+    /// `[timer][next_seq][pending n][events][partials n]` then per partial `[start][step][count][events n]`
+    /// and each event slot as `[0]` or `[1][event]`.
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(128);
+        out.extend_from_slice(&self.timer.to_le_bytes());
+        out.extend_from_slice(&self.next_seq.to_le_bytes());
+        out.extend_from_slice(&(self.pending.len() as u32).to_le_bytes());
+        for ev in &self.pending {
+            encode_ev(ev, &mut out);
+        }
+        out.extend_from_slice(&(self.partials.len() as u32).to_le_bytes());
+        for p in &self.partials {
+            out.extend_from_slice(&p.start.to_le_bytes());
+            out.extend_from_slice(&(p.step as u32).to_le_bytes());
+            out.extend_from_slice(&p.count.to_le_bytes());
+            out.extend_from_slice(&(p.events.len() as u32).to_le_bytes());
+            for slot in &p.events {
+                match slot {
+                    None => out.push(0),
+                    Some(ev) => {
+                        out.push(1);
+                        encode_ev(ev, &mut out);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn decode(b: &[u8]) -> Option<Entry> {
+        let u32_at = |b: &[u8]| -> Option<u32> { Some(u32::from_le_bytes(b.get(..4)?.try_into().ok()?)) };
+        let mut e = Entry {
+            timer: i64::from_le_bytes(b.get(..8)?.try_into().ok()?),
+            next_seq: u64::from_le_bytes(b.get(8..16)?.try_into().ok()?),
+            ..Entry::default()
+        };
+        let mut rest = b.get(16..)?;
+        let n = u32_at(rest)?;
+        rest = &rest[4..];
+        for _ in 0..n {
+            let (ev, r) = decode_ev(rest)?;
+            e.pending.push(ev);
+            rest = r;
+        }
+        let n = u32_at(rest)?;
+        rest = &rest[4..];
+        for _ in 0..n {
+            let start = i64::from_le_bytes(rest.get(..8)?.try_into().ok()?);
+            let step = u32_at(rest.get(8..)?)? as usize;
+            let count = u32_at(rest.get(12..)?)?;
+            let slots = u32_at(rest.get(16..)?)? as usize;
+            rest = &rest[20..];
+            let mut events = Vec::with_capacity(slots.min(64));
+            for _ in 0..slots {
+                let (&tag, r) = rest.split_first()?;
+                rest = r;
+                if tag == 0 {
+                    events.push(None);
+                } else {
+                    let (ev, r) = decode_ev(rest)?;
+                    events.push(Some(ev));
+                    rest = r;
+                }
+            }
+            e.partials.push(Partial { start, step, count, events });
+        }
+        Some(e)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.pending.is_empty() && self.partials.is_empty()
+    }
+
+    fn timer(&self) -> i64 {
+        self.timer
+    }
+}
+
+pub struct PatternOp {
+    name: String,
+    plan: PatternPlan,
+    state: Keyed<Entry>,
+}
+
+impl PatternOp {
+    pub fn new(name: &str, prefix: Vec<u8>, plan: PatternPlan, max_cached_keys: usize) -> PatternOp {
+        PatternOp { name: name.to_string(), plan, state: Keyed::new(name, prefix, max_cached_keys) }
+    }
+
+    /// Runs `ev` through the key's partial matches; the completed match, if any.
+    fn step(plan: &PatternPlan, partials: &mut Vec<Partial>, ev: Ev) -> Option<Partial> {
+        let nsteps = plan.steps.len();
+        partials.retain(|p| ev.ts - p.start <= plan.within);
+        let mut done = None;
+        for p in partials.iter_mut() {
+            if ev.meets & (1 << p.step) == 0 {
+                continue;
+            }
+            p.count += 1;
+            p.events[p.step] = Some(ev.clone());
+            if p.count == plan.steps[p.step].1 {
+                p.step += 1;
+                p.count = 0;
+            }
+            if p.step == nsteps && done.is_none() {
+                done = Some(p.clone());
+            }
+        }
+        if done.is_none() && ev.meets & 1 != 0 {
+            let mut p = Partial { start: ev.ts, step: 0, count: 1, events: vec![None; nsteps] };
+            p.events[0] = Some(ev);
+            if p.count == plan.steps[0].1 {
+                p.step = 1;
+                p.count = 0;
+            }
+            match p.step == nsteps {
+                true => done = Some(p),
+                false => partials.push(p),
+            }
+        }
+        if done.is_some() {
+            partials.clear();
+        }
+        done
+    }
+
+    fn emit(&self, out: &mut Option<Output>, m: &Partial) {
+        let out = out.get_or_insert_with(|| Output::new(&self.plan.out_schema));
+        let last = m.events.last().and_then(Option::as_ref).expect("a completed match has its last event");
+        for (b, &(step, col)) in out.builders.iter_mut().zip(&self.plan.emit) {
+            let ev = match step {
+                Some(s) => m.events[s].as_ref().unwrap_or(last),
+                None => last,
+            };
+            b.push(&ev.values[col]);
+        }
+        out.event_time.push(last.ts);
+    }
+}
+
+impl Operator for PatternOp {
+    fn on_batch(&mut self, batch: Batch, ctx: &mut OpCtx) -> Result<Option<Batch>, OpError> {
+        self.state.open(ctx.state)?;
+        let mut meets: Vec<BooleanArray> = Vec::with_capacity(self.plan.steps.len());
+        for (cond, _) in &self.plan.steps {
+            meets.push(cond.eval_predicate(&batch.rows).map_err(|source| OpError::Eval {
+                operator: self.name.clone(),
+                expr: cond.text.clone(),
+                source,
+            })?);
+        }
+        let arrays: Vec<ArrayRef> = batch.rows.columns().to_vec();
+        let cols: Vec<Col> = arrays.iter().map(|a| Col::new(a).expect("inputs have engine types")).collect();
+        let mut key = Vec::with_capacity(64);
+        for row in 0..batch.num_rows() {
+            let (ts, wm) = (batch.event_time.value(row), batch.watermark.value(row));
+            if ts <= wm {
+                ctx.late.push(late_record(&self.name, &batch, row)?);
+                continue;
+            }
+            let mask = meets
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| m.is_valid(row) && m.value(row))
+                .fold(0u64, |acc, (i, _)| acc | (1 << i));
+            if mask == 0 {
+                continue; // meets no step: a skipped event either way
+            }
+            key.clear();
+            for &k in &self.plan.keys {
+                cols[k].encode_key(row, &mut key);
+            }
+            let values = self.plan.kept.iter().map(|&c| cols[c].value(row)).collect();
+            let e = self.state.get(ctx.state, &key)?;
+            if e.is_empty() {
+                e.timer = i64::MAX;
+            }
+            let seq = e.next_seq;
+            e.next_seq += 1;
+            e.pending.push(Ev { ts, seq, meets: mask, values });
+            if ts < e.timer {
+                e.timer = ts;
+                self.state.timers.set(ts, &Key::from_slice(&key), 0);
+            }
+        }
+        Ok(None)
+    }
+
+    fn on_watermark(&mut self, wm: i64, ctx: &mut OpCtx) -> Result<Option<Batch>, OpError> {
+        self.state.open(ctx.state)?;
+        self.state.timers.read_due(ctx.state, wm).map_err(|e| self.state.err(e))?;
+        let mut out: Option<Output> = None;
+        let within = self.plan.within;
+        while let Some((time, due)) = self.state.timers.pop_due(wm) {
+            for (key, _) in due {
+                let e = self.state.get(ctx.state, &key)?;
+                if e.due() != time {
+                    continue;
+                }
+                let (mut ready, waiting): (Vec<Ev>, Vec<Ev>) =
+                    std::mem::take(&mut e.pending).into_iter().partition(|ev| ev.ts <= wm);
+                e.pending = waiting;
+                ready.sort_by_key(|ev| (ev.ts, ev.seq));
+                let mut partials = std::mem::take(&mut e.partials);
+                let mut matches = Vec::new();
+                for ev in ready {
+                    matches.extend(Self::step(&self.plan, &mut partials, ev));
+                }
+                // Future events are after the watermark: partial matches that started `within`
+                // or more before it can no longer complete.
+                partials.retain(|p| p.start.saturating_add(within) > wm);
+                let e = self.state.get(ctx.state, &key)?;
+                e.partials = partials;
+                e.timer = e.next_due(within);
+                let timer = e.timer;
+                if timer != i64::MAX {
+                    self.state.timers.set(timer, &key, 0);
+                }
+                for m in &matches {
+                    self.emit(&mut out, m);
+                }
+            }
+        }
+        out.map(|o| o.into_batch(&self.plan.out_schema, &self.name, wm)).transpose()
+    }
+
+    fn before_commit(&mut self, ctx: &mut OpCtx) -> Result<(), OpError> {
+        self.state.write_back(ctx.state);
+        Ok(())
+    }
+
+    fn wants_commit(&self) -> bool {
+        self.state.wants_commit()
+    }
+
+    fn cached_keys(&self) -> usize {
+        self.state.cached_keys()
+    }
+}
+
+fn encode_ev(ev: &Ev, out: &mut Vec<u8>) {
+    out.extend_from_slice(&ev.ts.to_le_bytes());
+    out.extend_from_slice(&ev.seq.to_le_bytes());
+    out.extend_from_slice(&ev.meets.to_le_bytes());
+    out.extend_from_slice(&(ev.values.len() as u32).to_le_bytes());
+    for v in &ev.values {
+        v.encode(out);
+    }
+}
+
+fn decode_ev(b: &[u8]) -> Option<(Ev, &[u8])> {
+    let u64_at = |at: usize| -> Option<u64> { Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?)) };
+    let (ts, seq, meets) = (u64_at(0)? as i64, u64_at(8)?, u64_at(16)?);
+    let n = u32::from_le_bytes(b.get(24..28)?.try_into().ok()?) as usize;
+    let mut rest = &b[28..];
+    let mut values = Vec::with_capacity(n.min(256));
+    for _ in 0..n {
+        let (v, r) = Value::decode(rest)?;
+        values.push(v);
+        rest = r;
+    }
+    Some((Ev { ts, seq, meets, values }, rest))
+}
+
+#[cfg(test)]
+mod tests;

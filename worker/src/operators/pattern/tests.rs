@@ -1,0 +1,245 @@
+//! Pattern matches checked against a brute-force reference on randomized, out-of-order
+//! inputs cut into random batches, with state committed, restarted and evicted along the way.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{BinaryArray, Int64Array, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::record_batch::RecordBatch;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::*;
+use crate::expr::ExprCompiler;
+use crate::state::{MemStore, RocksShared, RocksStore, StateStore, StateTx};
+
+#[derive(Clone, Debug)]
+struct In {
+    card: String,
+    id: i64,
+    amount: i64,
+    ts: i64,
+}
+
+fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("card", DataType::Utf8, true),
+        Field::new("id", DataType::Int64, true),
+        Field::new("amount", DataType::Int64, true),
+    ]))
+}
+
+/// `probes` events under 2 then one over 500, within `within`; emits the card, the first
+/// probe's id and the hit's id.
+fn plan(probes: u32, within: i64) -> PatternPlan {
+    let c = ExprCompiler::default();
+    let s = schema();
+    PatternPlan {
+        keys: vec![0],
+        steps: vec![(c.compile("amount < 2", &s).unwrap(), probes), (c.compile("amount > 500", &s).unwrap(), 1)],
+        within,
+        kept: vec![0, 1],
+        emit: vec![(None, 0), (Some(0), 1), (Some(1), 1)],
+        out_schema: Arc::new(Schema::new(vec![
+            Field::new("card", DataType::Utf8, true),
+            Field::new("probe", DataType::Int64, true),
+            Field::new("hit", DataType::Int64, true),
+        ])),
+    }
+}
+
+/// (card, last probe id, hit id, time of the hit)
+type Match = (String, i64, i64, i64);
+
+/// The reference, written from the definition: per card, the events that are not late (by the
+/// watermark of the events before them) in time order; from the skip point on, the first event
+/// `j` at which some start `s` (an event meeting the first step) completes the sequence by
+/// taking, greedily and in order, the events that meet its current step, all within `within`
+/// of `s`; of those, the earliest start. Then the skip point moves past `j`.
+fn reference(evs: &[In], probes: u32, within: i64, ooo: i64) -> (Vec<Match>, Vec<i64>) {
+    let mut max_ts = i64::MIN;
+    let mut late = Vec::new();
+    let mut per_card: std::collections::BTreeMap<&str, Vec<(i64, usize)>> = Default::default();
+    for (i, e) in evs.iter().enumerate() {
+        let wm = if max_ts == i64::MIN { i64::MIN } else { max_ts - ooo - 1 };
+        if e.ts <= wm {
+            late.push(e.id);
+        } else {
+            per_card.entry(&e.card).or_default().push((e.ts, i));
+        }
+        max_ts = max_ts.max(e.ts);
+    }
+    let meets = |step: usize, e: &In| if step == 0 { e.amount < 2 } else { e.amount > 500 };
+    // The event at which a match starting at `s` completes, with its last probe, if it does.
+    let complete = |list: &[(i64, usize)], s: usize, upto: usize| -> Option<(usize, usize)> {
+        let (mut step, mut count, mut last_probe) = (0, 0, s);
+        for (k, &(ts, i)) in list.iter().enumerate().take(upto + 1).skip(s) {
+            if ts - list[s].0 > within {
+                return None;
+            }
+            if meets(step, &evs[i]) {
+                if step == 0 {
+                    last_probe = k;
+                }
+                count += 1;
+                let need = if step == 0 { probes } else { 1 };
+                if count == need {
+                    step += 1;
+                    count = 0;
+                }
+                if step == 2 {
+                    return Some((k, last_probe));
+                }
+            }
+        }
+        None
+    };
+    let mut out = Vec::new();
+    for (card, mut list) in per_card {
+        list.sort_by_key(|&(ts, i)| (ts, i));
+        let mut from = 0;
+        for j in 0..list.len() {
+            if j < from {
+                continue;
+            }
+            let found = (from..=j)
+                .filter(|&s| meets(0, &evs[list[s].1]))
+                .find_map(|s| complete(&list, s, j).filter(|&(end, _)| end == j));
+            if let Some((_, probe)) = found {
+                let (hit, probe) = (&evs[list[j].1], &evs[list[probe].1]);
+                out.push((card.to_string(), probe.id, hit.id, hit.ts));
+                from = j + 1;
+            }
+        }
+    }
+    out.sort();
+    late.sort_unstable();
+    (out, late)
+}
+
+fn run(
+    evs: &[In],
+    p: &PatternPlan,
+    ooo: i64,
+    rng: &mut StdRng,
+    store: Box<dyn StateStore>,
+    cached: usize,
+) -> (Vec<Match>, Vec<i64>) {
+    let mut tx = StateTx::new(store);
+    let new_op = || PatternOp::new("fraud", vec![0, 7], p.clone(), cached);
+    let mut op = new_op();
+    let (mut out, mut late) = (Vec::new(), Vec::new());
+    let mut max_ts = i64::MIN;
+    let collect = |b: Option<Batch>, out: &mut Vec<Match>| {
+        let Some(b) = b else { return };
+        let card = b.rows.column(0).as_any().downcast_ref::<StringArray>().unwrap().clone();
+        let probe = b.rows.column(1).as_any().downcast_ref::<Int64Array>().unwrap().clone();
+        let hit = b.rows.column(2).as_any().downcast_ref::<Int64Array>().unwrap().clone();
+        for r in 0..b.num_rows() {
+            out.push((card.value(r).to_string(), probe.value(r), hit.value(r), b.event_time.value(r)));
+        }
+    };
+    let mut i = 0;
+    while i < evs.len() {
+        let n = rng.random_range(1..=50).min(evs.len() - i);
+        let chunk = &evs[i..i + n];
+        let mut wms = Vec::with_capacity(n);
+        for e in chunk {
+            wms.push(if max_ts == i64::MIN { i64::MIN } else { max_ts - ooo - 1 });
+            max_ts = max_ts.max(e.ts);
+        }
+        let batch = Batch {
+            rows: RecordBatch::try_new(
+                schema(),
+                vec![
+                    Arc::new(StringArray::from_iter_values(chunk.iter().map(|e| e.card.as_str()))),
+                    Arc::new(Int64Array::from_iter_values(chunk.iter().map(|e| e.id))),
+                    Arc::new(Int64Array::from_iter_values(chunk.iter().map(|e| e.amount))),
+                ],
+            )
+            .unwrap(),
+            event_time: Int64Array::from_iter_values(chunk.iter().map(|e| e.ts)),
+            watermark: Int64Array::from(wms),
+            raw: Some(BinaryArray::from_iter_values(chunk.iter().map(|e| e.id.to_string()))),
+        };
+        let mut ctx = OpCtx { state: &mut tx, late: &mut late };
+        assert!(op.on_batch(batch, &mut ctx).unwrap().is_none());
+        collect(op.on_watermark(max_ts - ooo - 1, &mut ctx).unwrap(), &mut out);
+        if rng.random_bool(0.2) {
+            op.before_commit(&mut ctx).unwrap();
+            tx.commit([]).unwrap();
+            if rng.random_bool(0.3) {
+                op = new_op();
+            }
+        }
+        i += n;
+    }
+    let mut ctx = OpCtx { state: &mut tx, late: &mut late };
+    collect(op.on_watermark(i64::MAX, &mut ctx).unwrap(), &mut out);
+    op.before_commit(&mut ctx).unwrap();
+    tx.commit([]).unwrap();
+    let left = tx.scan(&[0, 7, b'k'], &[0, 7, b'u'], 10).unwrap();
+    assert!(left.is_empty(), "no buffered event, partial match or timer is left: {left:?}");
+    out.sort();
+    let mut late: Vec<i64> = late.iter().map(|r| String::from_utf8(r.clone()).unwrap().parse().unwrap()).collect();
+    late.sort_unstable();
+    (out, late)
+}
+
+/// `n` events over `cards` cards, `step` ms apart on average (random when `None`).
+fn inputs(rng: &mut StdRng, n: usize, cards: u32, step: Option<i64>) -> Vec<In> {
+    let jitter = rng.random_range(0..30_000);
+    let step = step.unwrap_or_else(|| rng.random_range(100..5_000));
+    // Half the cases put times on whole 15 s, so that event gaps equal `within` exactly.
+    let grain = if rng.random_bool(0.5) { 15_000 } else { 1 };
+    (0..n)
+        .map(|i| {
+            let mut ts = 1_700_000_000_000 + i as i64 * step + rng.random_range(-jitter..=jitter);
+            if rng.random_bool(0.02) {
+                ts -= rng.random_range(0..600_000);
+            }
+            ts -= ts.rem_euclid(grain);
+            let amount = match rng.random_range(0..10) {
+                0..=4 => rng.random_range(0..2),
+                5..=6 => rng.random_range(501..2_000),
+                _ => rng.random_range(2..500),
+            };
+            In { card: format!("c{}", rng.random_range(0..cards)), id: i as i64, amount, ts }
+        })
+        .collect()
+}
+
+#[test]
+fn patterns_match_the_reference() {
+    let mut matches = 0;
+    for seed in 0..200u64 {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let probes = rng.random_range(1..4);
+        let within = rng.random_range(1..20) * 15_000;
+        let ooo = rng.random_range(0..10) * 1_000;
+        let cards = rng.random_range(1..8);
+        let n = rng.random_range(0..600);
+        let evs = inputs(&mut rng, n, cards, None);
+        let (want, want_late) = reference(&evs, probes, within, ooo);
+        let cached = rng.random_range(1..10);
+        let (got, late) = run(&evs, &plan(probes, within), ooo, &mut rng, Box::new(MemStore::default()), cached);
+        assert_eq!(late, want_late, "late: seed {seed} probes {probes} within {within} ooo {ooo}");
+        assert_eq!(got, want, "matches: seed {seed} probes {probes} within {within} ooo {ooo}");
+        matches += want.len();
+    }
+    assert!(matches > 500, "the cases have matches to compare: {matches}");
+}
+
+#[test]
+fn three_probes_then_a_large_payment_within_five_minutes_on_rocksdb() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = RocksShared::new(64 << 10, 256 << 10);
+    let mut rng = StdRng::seed_from_u64(3);
+    let evs = inputs(&mut rng, 20_000, 500, Some(100));
+    let (want, want_late) = reference(&evs, 3, 300_000, 5_000);
+    assert!(want.len() > 10, "the data has matches: {}", want.len());
+    let store = Box::new(RocksStore::open(dir.path(), &shared).unwrap());
+    let (got, late) = run(&evs, &plan(3, 300_000), 5_000, &mut rng, store, 100);
+    assert_eq!(late, want_late);
+    assert_eq!(got, want);
+}
