@@ -55,6 +55,20 @@ Q
       q: {from: payments, keyBy: [card_id], window: {session: {gap: 2m}}, aggregate: {n: "count(*)", total: "sum(amount)"}}
 Q
     ;;
+    # The fraud pattern: three payments under 5.00 on a card, then one over 500, within 5 minutes.
+    fraud_pattern) cat <<Q
+    streams:
+      q:
+        from: payments
+        keyBy: [card_id]
+        pattern:
+          within: 5m
+          sequence:
+            - {name: probe, where: "amount < 5", times: 3}
+            - {name: hit, where: "amount > 500"}
+          emit: {card_id: card_id, last_probe: probe.id, hit_amount: hit.amount, hit_ts: hit.ts}
+Q
+    ;;
     # An interval join of the data set with a second copy of itself (as payments and their
     # captures): every event finds its copy, one pair per event; EVENTS x 2 rows are read.
     join_1to1) cat <<Q
@@ -104,7 +118,7 @@ YAML
 }
 
 echo "== weir-worker, 1 task, $EVENTS events of $(($(stat -c %s "$DATA") / EVENTS)) bytes, $(nproc) cores"
-QUERIES=${BENCH_QUERIES:-filter_project tumbling_1m sliding_5m_1m session_2m join_1to1}
+QUERIES=${BENCH_QUERIES:-filter_project tumbling_1m sliding_5m_1m session_2m join_1to1 fraud_pattern}
 for q in $QUERIES; do
   run_one file "file: {path: $DATA}" "$q"
 done
