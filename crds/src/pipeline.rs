@@ -335,8 +335,30 @@ pub struct PatternStep {
     pub name: String,
     #[serde(rename = "where")]
     pub condition: String,
+    /// Exactly this many events (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub times: Option<u32>,
+    /// At least this many events (`minTimes: 1` alone: one or more).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_times: Option<u32>,
+    /// At most this many events (default: no limit when `minTimes` is given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_times: Option<u32>,
+    /// A negative step ("not followed by"): a match fails when an event meets this condition
+    /// after the step before it and before the step after it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub absent: bool,
+}
+
+impl PatternStep {
+    /// (at least, at most) events.
+    pub fn bounds(&self) -> (u32, u32) {
+        match (self.times, self.min_times, self.max_times) {
+            (Some(n), _, _) => (n, n),
+            (None, None, None) => (1, 1),
+            (None, min, max) => (min.unwrap_or(1), max.unwrap_or(u32::MAX)),
+        }
+    }
 }
 
 /// One output.

@@ -311,3 +311,39 @@ spec:
         assert!(has(&errs, path, needle), "{path}: {needle} in {errs:?}");
     }
 }
+
+#[test]
+fn pattern_quantifiers_and_negative_steps_are_checked() {
+    let ok = r#"
+spec:
+  pipeline:
+    sources: {p: {datagen: {kind: payments}}}
+    streams:
+      f:
+        from: p
+        keyBy: [card_id]
+        pattern:
+          within: 5m
+          sequence:
+            - {name: probe, where: "amount < 2", minTimes: 2, maxTimes: 5}
+            - {name: refund, where: "status = 'refunded'", absent: true}
+            - {name: hit, where: "amount > 500"}
+          emit: {card_id: card_id, hit: hit.amount}
+    sinks: {o: {from: f, file: {path: o}}}
+"#;
+    Manifest::from_yaml(ok, "t").expect("a range, then no refund, then a hit");
+    let bad = ok
+        .replace("minTimes: 2, maxTimes: 5", "times: 2, minTimes: 1, maxTimes: 0")
+        .replace("{name: hit, where: \"amount > 500\"}", "{name: hit, where: \"amount > 500\", absent: true, times: 2}")
+        .replace("hit: hit.amount", "hit: hit.amount, refund: refund.id");
+    let errs = errors(&bad);
+    for (path, needle) in [
+        ("spec.pipeline.streams.f.pattern.sequence[0].times", "either times (exactly) or minTimes/maxTimes"),
+        ("spec.pipeline.streams.f.pattern.sequence[0].maxTimes", "must be at least 1"),
+        ("spec.pipeline.streams.f.pattern.sequence[2].absent", "goes between two steps"),
+        ("spec.pipeline.streams.f.pattern.sequence[2].absent", "has no times"),
+        ("spec.pipeline.streams.f.pattern.emit", "`refund` is a negative step"),
+    ] {
+        assert!(has(&errs, path, needle), "{path}: {needle} in {errs:?}");
+    }
+}

@@ -534,12 +534,45 @@ fn check_stream(
             errs.push(format!("{path}.pattern.sequence"), "needs at least one step");
         }
         let mut seen = BTreeSet::new();
+        let last = pat.sequence.len().saturating_sub(1);
         for (i, st) in pat.sequence.iter().enumerate() {
+            let at = format!("{path}.pattern.sequence[{i}]");
             if !seen.insert(st.name.as_str()) {
-                errs.push(format!("{path}.pattern.sequence[{i}].name"), format!("`{}` is used twice", st.name));
+                errs.push(format!("{at}.name"), format!("`{}` is used twice", st.name));
             }
             if st.times == Some(0) {
-                errs.push(format!("{path}.pattern.sequence[{i}].times"), "must be at least 1");
+                errs.push(format!("{at}.times"), "must be at least 1");
+            }
+            if st.times.is_some() && (st.min_times.is_some() || st.max_times.is_some()) {
+                errs.push(format!("{at}.times"), "give either times (exactly) or minTimes/maxTimes (a range)");
+            }
+            if st.min_times == Some(0) {
+                errs.push(format!("{at}.minTimes"), "must be at least 1 (an optional step is not supported)");
+            }
+            if let (Some(min), Some(max)) = (st.min_times, st.max_times) {
+                if max < min {
+                    errs.push(format!("{at}.maxTimes"), format!("{max} is below minTimes {min}"));
+                }
+            }
+            if st.max_times == Some(0) {
+                errs.push(format!("{at}.maxTimes"), "must be at least 1");
+            }
+            if st.absent {
+                if i == 0 || i == last {
+                    errs.push(
+                        format!("{at}.absent"),
+                        "a negative step goes between two steps (\"not followed by\" at the start or the end is not supported)",
+                    );
+                }
+                if st.times.is_some() || st.min_times.is_some() || st.max_times.is_some() {
+                    errs.push(format!("{at}.absent"), "a negative step has no times");
+                }
+                if pat.emit.values().any(|r| r.split_once('.').is_some_and(|(s, _)| s == st.name)) {
+                    errs.push(
+                        format!("{path}.pattern.emit"),
+                        format!("`{}` is a negative step: it has no event to emit", st.name),
+                    );
+                }
             }
         }
     }

@@ -14,7 +14,7 @@ use weir_crds::{
 use crate::codec::json::{engine_type, JsonDecoder};
 use crate::expr::{CompiledExpr, ExprCompiler};
 use crate::operators::join::JoinOp;
-use crate::operators::pattern::{PatternOp, PatternPlan};
+use crate::operators::pattern::{PatternOp, PatternPlan, StepPlan};
 use crate::operators::select::{Filter, Project};
 use crate::operators::window::{AggSpec, WindowConfig, WindowKind, WindowOp};
 use crate::operators::Operator;
@@ -341,7 +341,13 @@ impl JobPlan {
                     return Some((n.name.clone(), sig));
                 }
                 if let Some(p) = &n.pattern {
-                    let steps: Vec<String> = p.steps.iter().map(|(c, times)| format!("{} x{times}", c.text)).collect();
+                    let steps: Vec<String> = p
+                        .steps
+                        .iter()
+                        .map(|st| {
+                            format!("{} x{}-{} not {:b}", p.conditions[st.bit as usize].text, st.min, st.max, st.forbid)
+                        })
+                        .collect();
                     let kept: Vec<String> = p.kept.iter().map(|c| c.to_string()).collect();
                     let sig = format!("pattern [{}] keeping [{}]", steps.join(", "), kept.join(", "));
                     return Some((n.name.clone(), sig));
@@ -537,27 +543,41 @@ fn plan_pattern(
     errs: &mut ValidationErrors,
 ) -> Option<PlannedPattern> {
     let keys: Vec<usize> = key_by?.iter().filter_map(|k| schema.index_of(k).ok()).collect();
-    let mut steps = Vec::new();
+    let mut conditions = Vec::new();
+    let mut steps: Vec<StepPlan> = Vec::new();
+    let mut forbid = 0u64;
     for (i, st) in p.sequence.iter().enumerate() {
+        let bit = conditions.len() as u32;
         match compiler.compile(&st.condition, schema) {
-            Ok(e) if e.data_type == DataType::Boolean => steps.push((e, st.times.unwrap_or(1).max(1))),
+            Ok(e) if e.data_type == DataType::Boolean => conditions.push(e),
             Ok(e) => errs.push(
                 format!("{path}.pattern.sequence[{i}].where"),
                 format!("`{}` is a {} expression, not a condition", st.condition, e.data_type),
             ),
             Err(e) => errs.push(format!("{path}.pattern.sequence[{i}].where"), e),
         }
+        if bit >= 64 {
+            continue;
+        }
+        if st.absent {
+            forbid |= 1 << bit;
+        } else {
+            let (min, max) = st.bounds();
+            steps.push(StepPlan { bit, min, max, forbid: std::mem::take(&mut forbid) });
+        }
     }
     if p.sequence.len() > 64 {
         errs.push(format!("{path}.pattern.sequence"), "at most 64 steps");
     }
+    // Steps by name, negative ones left out (they have no event).
+    let positive: Vec<&weir_crds::PatternStep> = p.sequence.iter().filter(|st| !st.absent).collect();
     let mut kept: Vec<usize> = Vec::new();
     let mut emit = Vec::new();
     let mut fields = Vec::new();
     let mut emit_keys = Vec::new();
     for (out, reference) in &p.emit {
         let (step, field) = match reference.split_once('.') {
-            Some((st, f)) => match p.sequence.iter().position(|x| x.name == st) {
+            Some((st, f)) => match positive.iter().position(|x| x.name == st) {
                 Some(i) => (Some(i), f),
                 None => {
                     errs.push(format!("{path}.pattern.emit.{out}"), format!("`{st}` is not a step of the sequence"));
@@ -580,11 +600,11 @@ fn plan_pattern(
         emit.push((step, at));
         fields.push(Field::new(out, schema.field(col).data_type().clone(), true));
     }
-    if steps.len() != p.sequence.len() || emit.len() != p.emit.len() {
+    if conditions.len() != p.sequence.len() || p.sequence.len() > 64 || emit.len() != p.emit.len() || steps.is_empty() {
         return None;
     }
     let within = p.within.millis().ok()? as i64;
-    let plan = PatternPlan { keys, steps, within, kept, emit, out_schema: Arc::new(Schema::new(fields)) };
+    let plan = PatternPlan { keys, conditions, steps, within, kept, emit, out_schema: Arc::new(Schema::new(fields)) };
     Some(PlannedPattern { plan, emit_keys })
 }
 

@@ -31,8 +31,11 @@ use crate::value::{Col, Value};
 pub struct PatternPlan {
     /// Key columns of the input.
     pub keys: Vec<usize>,
-    /// Each step: its condition and how many events must meet it.
-    pub steps: Vec<(CompiledExpr, u32)>,
+    /// Every condition, of the steps and of the negative steps: an event's mask has bit `i`
+    /// when it meets condition `i`.
+    pub conditions: Vec<CompiledExpr>,
+    /// The (positive) steps in order.
+    pub steps: Vec<StepPlan>,
     pub within: i64,
     /// Input columns kept with a buffered event (those `emit` reads).
     pub kept: Vec<usize>,
@@ -42,13 +45,34 @@ pub struct PatternPlan {
     pub out_schema: SchemaRef,
 }
 
+/// A step of the sequence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepPlan {
+    /// Its condition's bit in the events' masks.
+    pub bit: u32,
+    /// At least and at most this many events.
+    pub min: u32,
+    pub max: u32,
+    /// The conditions of the negative steps just before it: an event meeting one between the
+    /// previous step and this one ends the partial match.
+    pub forbid: u64,
+}
+
+/// What an event does to a partial match.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    Keep,
+    Drop,
+    Done,
+}
+
 /// An event waiting for the watermark.
 #[derive(Clone, Debug, PartialEq)]
 struct Ev {
     ts: i64,
     /// Arrival order within the key, for events with equal times.
     seq: u64,
-    /// Bit `i`: meets step `i`'s condition.
+    /// Bit `i`: meets condition `i`.
     meets: u64,
     values: Vec<Value>,
 }
@@ -172,33 +196,60 @@ impl PatternOp {
         PatternOp { name: name.to_string(), plan, state: Keyed::new(name, prefix, max_cached_keys) }
     }
 
-    /// Runs `ev` through the key's partial matches; the completed match, if any.
-    fn step(plan: &PatternPlan, partials: &mut Vec<Partial>, ev: Ev) -> Option<Partial> {
-        let nsteps = plan.steps.len();
-        partials.retain(|p| ev.ts - p.start <= plan.within);
-        let mut done = None;
-        for p in partials.iter_mut() {
-            if ev.meets & (1 << p.step) == 0 {
-                continue;
+    /// `ev` applied to partial match `p`: it may leave the current step for the next (once
+    /// the current has its least count; a negative step's event in between ends the match),
+    /// or count once more for the current step (up to its most).
+    fn advance(plan: &PatternPlan, p: &mut Partial, ev: &Ev) -> Outcome {
+        let meets = |bit: u32| ev.meets & (1 << bit) != 0;
+        let (i, last) = (p.step, plan.steps.len() - 1);
+        let cur = &plan.steps[i];
+        if p.count >= cur.min && i < last {
+            let next = &plan.steps[i + 1];
+            if ev.meets & next.forbid != 0 {
+                return Outcome::Drop;
             }
-            p.count += 1;
-            p.events[p.step] = Some(ev.clone());
-            if p.count == plan.steps[p.step].1 {
-                p.step += 1;
-                p.count = 0;
-            }
-            if p.step == nsteps && done.is_none() {
-                done = Some(p.clone());
+            if meets(next.bit) {
+                p.step = i + 1;
+                p.count = 1;
+                p.events[i + 1] = Some(ev.clone());
+                return match i + 1 == last && next.min <= 1 {
+                    true => Outcome::Done,
+                    false => Outcome::Keep,
+                };
             }
         }
-        if done.is_none() && ev.meets & 1 != 0 {
-            let mut p = Partial { start: ev.ts, step: 0, count: 1, events: vec![None; nsteps] };
-            p.events[0] = Some(ev);
-            if p.count == plan.steps[0].1 {
-                p.step = 1;
-                p.count = 0;
+        if meets(cur.bit) && p.count < cur.max {
+            p.count += 1;
+            p.events[i] = Some(ev.clone());
+            if i == last && p.count >= cur.min {
+                return Outcome::Done;
             }
-            match p.step == nsteps {
+        }
+        Outcome::Keep
+    }
+
+    /// Runs `ev` through the key's partial matches; the completed match, if any.
+    fn step(plan: &PatternPlan, partials: &mut Vec<Partial>, ev: Ev) -> Option<Partial> {
+        partials.retain(|p| ev.ts - p.start <= plan.within);
+        let mut done = None;
+        let mut i = 0;
+        while i < partials.len() {
+            match Self::advance(plan, &mut partials[i], &ev) {
+                Outcome::Keep => i += 1,
+                Outcome::Drop => {
+                    partials.remove(i);
+                }
+                Outcome::Done => {
+                    done = Some(partials.remove(i));
+                    break;
+                }
+            }
+        }
+        if done.is_none() && ev.meets & (1 << plan.steps[0].bit) != 0 {
+            let first = &plan.steps[0];
+            let mut p = Partial { start: ev.ts, step: 0, count: 1, events: vec![None; plan.steps.len()] };
+            p.events[0] = Some(ev);
+            match plan.steps.len() == 1 && first.min <= 1 {
                 true => done = Some(p),
                 false => partials.push(p),
             }
@@ -226,8 +277,8 @@ impl PatternOp {
 impl Operator for PatternOp {
     fn on_batch(&mut self, batch: Batch, ctx: &mut OpCtx) -> Result<Option<Batch>, OpError> {
         self.state.open(ctx.state)?;
-        let mut meets: Vec<BooleanArray> = Vec::with_capacity(self.plan.steps.len());
-        for (cond, _) in &self.plan.steps {
+        let mut meets: Vec<BooleanArray> = Vec::with_capacity(self.plan.conditions.len());
+        for cond in &self.plan.conditions {
             meets.push(cond.eval_predicate(&batch.rows).map_err(|source| OpError::Eval {
                 operator: self.name.clone(),
                 expr: cond.text.clone(),
@@ -249,7 +300,7 @@ impl Operator for PatternOp {
                 .filter(|(_, m)| m.is_valid(row) && m.value(row))
                 .fold(0u64, |acc, (i, _)| acc | (1 << i));
             if mask == 0 {
-                continue; // meets no step: a skipped event either way
+                continue; // meets no condition: a skipped event for every partial match
             }
             key.clear();
             for &k in &self.plan.keys {

@@ -29,15 +29,36 @@ fn schema() -> SchemaRef {
     ]))
 }
 
-/// `probes` events under 2 then one over 500, within `within`; emits the card, the first
-/// probe's id and the hit's id.
-fn plan(probes: u32, within: i64) -> PatternPlan {
+/// The shape of the tested pattern: `min` to `max` probes (events under 2), then, unless a
+/// refund (200 to 299) comes between the probes and it when `refunds` is set, a hit (over
+/// 500), all within `within`.
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    min: u32,
+    max: u32,
+    refunds: bool,
+    within: i64,
+}
+
+/// Emits the card, the last probe's id and the hit's id.
+fn plan(sh: Shape) -> PatternPlan {
     let c = ExprCompiler::default();
     let s = schema();
+    let cond = |text: &str| c.compile(text, &s).unwrap();
+    let mut conditions = vec![cond("amount < 2"), cond("amount > 500")];
+    let mut forbid = 0;
+    if sh.refunds {
+        conditions.push(cond("amount >= 200 AND amount < 300"));
+        forbid = 1 << 2;
+    }
     PatternPlan {
         keys: vec![0],
-        steps: vec![(c.compile("amount < 2", &s).unwrap(), probes), (c.compile("amount > 500", &s).unwrap(), 1)],
-        within,
+        conditions,
+        steps: vec![
+            StepPlan { bit: 0, min: sh.min, max: sh.max, forbid: 0 },
+            StepPlan { bit: 1, min: 1, max: 1, forbid },
+        ],
+        within: sh.within,
         kept: vec![0, 1],
         emit: vec![(None, 0), (Some(0), 1), (Some(1), 1)],
         out_schema: Arc::new(Schema::new(vec![
@@ -53,10 +74,11 @@ type Match = (String, i64, i64, i64);
 
 /// The reference, written from the definition: per card, the events that are not late (by the
 /// watermark of the events before them) in time order; from the skip point on, the first event
-/// `j` at which some start `s` (an event meeting the first step) completes the sequence by
-/// taking, greedily and in order, the events that meet its current step, all within `within`
-/// of `s`; of those, the earliest start. Then the skip point moves past `j`.
-fn reference(evs: &[In], probes: u32, within: i64, ooo: i64) -> (Vec<Match>, Vec<i64>) {
+/// `j` at which some start `s` (a probe) completes the sequence — walking on from `s` within
+/// `within` of it: once there are `min` probes a hit completes it and a refund (if refunds
+/// count) ends it; below `max` probes a probe counts — and of those the earliest start. Then
+/// the skip point moves past `j`.
+fn reference(evs: &[In], sh: Shape, ooo: i64) -> (Vec<Match>, Vec<i64>) {
     let mut max_ts = i64::MIN;
     let mut late = Vec::new();
     let mut per_card: std::collections::BTreeMap<&str, Vec<(i64, usize)>> = Default::default();
@@ -69,27 +91,26 @@ fn reference(evs: &[In], probes: u32, within: i64, ooo: i64) -> (Vec<Match>, Vec
         }
         max_ts = max_ts.max(e.ts);
     }
-    let meets = |step: usize, e: &In| if step == 0 { e.amount < 2 } else { e.amount > 500 };
+    let probe = |e: &In| e.amount < 2;
+    let hit = |e: &In| e.amount > 500;
+    let refund = |e: &In| sh.refunds && (200..300).contains(&e.amount);
     // The event at which a match starting at `s` completes, with its last probe, if it does.
     let complete = |list: &[(i64, usize)], s: usize, upto: usize| -> Option<(usize, usize)> {
-        let (mut step, mut count, mut last_probe) = (0, 0, s);
-        for (k, &(ts, i)) in list.iter().enumerate().take(upto + 1).skip(s) {
-            if ts - list[s].0 > within {
+        let (mut probes, mut last_probe) = (1, s);
+        for (k, &(ts, i)) in list.iter().enumerate().take(upto + 1).skip(s + 1) {
+            if ts - list[s].0 > sh.within {
                 return None;
             }
-            if meets(step, &evs[i]) {
-                if step == 0 {
-                    last_probe = k;
-                }
-                count += 1;
-                let need = if step == 0 { probes } else { 1 };
-                if count == need {
-                    step += 1;
-                    count = 0;
-                }
-                if step == 2 {
-                    return Some((k, last_probe));
-                }
+            let e = &evs[i];
+            if probes >= sh.min && refund(e) {
+                return None;
+            }
+            if probes >= sh.min && hit(e) {
+                return Some((k, last_probe));
+            }
+            if probe(e) && probes < sh.max {
+                probes += 1;
+                last_probe = k;
             }
         }
         None
@@ -103,7 +124,7 @@ fn reference(evs: &[In], probes: u32, within: i64, ooo: i64) -> (Vec<Match>, Vec
                 continue;
             }
             let found = (from..=j)
-                .filter(|&s| meets(0, &evs[list[s].1]))
+                .filter(|&s| probe(&evs[list[s].1]))
                 .find_map(|s| complete(&list, s, j).filter(|&(end, _)| end == j));
             if let Some((_, probe)) = found {
                 let (hit, probe) = (&evs[list[j].1], &evs[list[probe].1]);
@@ -214,17 +235,18 @@ fn patterns_match_the_reference() {
     let mut matches = 0;
     for seed in 0..200u64 {
         let mut rng = StdRng::seed_from_u64(seed);
-        let probes = rng.random_range(1..4);
-        let within = rng.random_range(1..20) * 15_000;
+        let min = rng.random_range(1..4);
+        let max = if rng.random_bool(0.5) { min } else { min + rng.random_range(0..3) };
+        let sh = Shape { min, max, refunds: rng.random_bool(0.5), within: rng.random_range(1..20) * 15_000 };
         let ooo = rng.random_range(0..10) * 1_000;
         let cards = rng.random_range(1..8);
         let n = rng.random_range(0..600);
         let evs = inputs(&mut rng, n, cards, None);
-        let (want, want_late) = reference(&evs, probes, within, ooo);
+        let (want, want_late) = reference(&evs, sh, ooo);
         let cached = rng.random_range(1..10);
-        let (got, late) = run(&evs, &plan(probes, within), ooo, &mut rng, Box::new(MemStore::default()), cached);
-        assert_eq!(late, want_late, "late: seed {seed} probes {probes} within {within} ooo {ooo}");
-        assert_eq!(got, want, "matches: seed {seed} probes {probes} within {within} ooo {ooo}");
+        let (got, late) = run(&evs, &plan(sh), ooo, &mut rng, Box::new(MemStore::default()), cached);
+        assert_eq!(late, want_late, "late: seed {seed} {sh:?} ooo {ooo}");
+        assert_eq!(got, want, "matches: seed {seed} {sh:?} ooo {ooo}");
         matches += want.len();
     }
     assert!(matches > 500, "the cases have matches to compare: {matches}");
@@ -236,10 +258,11 @@ fn three_probes_then_a_large_payment_within_five_minutes_on_rocksdb() {
     let shared = RocksShared::new(64 << 10, 256 << 10);
     let mut rng = StdRng::seed_from_u64(3);
     let evs = inputs(&mut rng, 20_000, 500, Some(100));
-    let (want, want_late) = reference(&evs, 3, 300_000, 5_000);
+    let sh = Shape { min: 3, max: 3, refunds: false, within: 300_000 };
+    let (want, want_late) = reference(&evs, sh, 5_000);
     assert!(want.len() > 10, "the data has matches: {}", want.len());
     let store = Box::new(RocksStore::open(dir.path(), &shared).unwrap());
-    let (got, late) = run(&evs, &plan(3, 300_000), 5_000, &mut rng, store, 100);
+    let (got, late) = run(&evs, &plan(sh), 5_000, &mut rng, store, 100);
     assert_eq!(late, want_late);
     assert_eq!(got, want);
 }
