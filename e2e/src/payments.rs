@@ -26,7 +26,32 @@ pub fn create_topics(names: &[(&str, i32)]) {
     for r in rt.block_on(admin.create_topics(&topics, &AdminOptions::new())).unwrap() {
         r.unwrap();
     }
-    // Until the broker's metadata lists them with all their partitions.
+    wait_for_topics(names);
+}
+
+/// Deletes `names` if they exist (with whatever an earlier run left in them, open
+/// transactions included) and creates them afresh.
+pub fn recreate_topics(names: &[(&str, i32)]) {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", kafka_brokers()).create().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let list: Vec<&str> = names.iter().map(|(n, _)| *n).collect();
+    // An unknown topic is the error to ignore here.
+    let _ = rt.block_on(admin.delete_topics(&list, &AdminOptions::new()));
+    let topics: Vec<NewTopic> = names.iter().map(|(n, p)| NewTopic::new(n, *p, TopicReplication::Fixed(1))).collect();
+    // The deletion finishes in the background: creating fails until it has.
+    wait_until("the topics deleted and created again", Duration::from_secs(60), || {
+        let results = rt.block_on(admin.create_topics(&topics, &AdminOptions::new())).ok()?;
+        results.iter().all(|r| r.is_ok()).then_some(()).or_else(|| {
+            std::thread::sleep(Duration::from_millis(500));
+            None
+        })
+    });
+    wait_for_topics(names);
+}
+
+/// Until the broker's metadata lists `names` with all their partitions.
+fn wait_for_topics(names: &[(&str, i32)]) {
     let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", kafka_brokers()).create().unwrap();
     for (name, partitions) in names {
         wait_until(&format!("topic {name} in the metadata"), Duration::from_secs(30), || {
@@ -121,6 +146,74 @@ pub fn window_job_pipeline(input: &str) -> String {
 "#,
         b = kafka_brokers()
     )
+}
+
+/// The pattern step of the window job's tests: per card, two payments under 150 then one over
+/// 850, within a minute (`pattern_step` is the manifest text).
+pub fn pattern_step() -> &'static str {
+    r#"      alerts:
+        from: payments
+        keyBy: [card_id]
+        pattern:
+          within: 1m
+          sequence:
+            - {name: small, where: "amount < 150", times: 2}
+            - {name: big, where: "amount > 850"}
+          emit: {card_id: card_id, first: small.id, hit: big.id}
+"#
+}
+
+/// The reference of [`pattern_step`], written from its definition: per partition in order,
+/// the events not late by the partition's watermark (`OOO_MS`); per card in event-time order
+/// (equal times in input order), from past the last match on, the first event that completes
+/// two smalls then a big, taken greedily from a small within a minute, from the earliest such
+/// small. The (card, hit id) of every match the partition's final watermark reaches (the
+/// topic does not end: later events wait).
+pub fn pattern_reference(evs: &[(i32, Ev)], partitions: i32) -> BTreeSet<(String, String)> {
+    let mut cards: BTreeMap<&str, Vec<(i64, usize)>> = BTreeMap::new();
+    let mut final_wm: BTreeMap<&str, i64> = BTreeMap::new();
+    for p in 0..partitions {
+        let mut max_ts = i64::MIN;
+        for (i, (_, e)) in evs.iter().enumerate().filter(|(_, (q, _))| *q == p) {
+            if max_ts == i64::MIN || e.ts > max_ts - OOO_MS - 1 {
+                cards.entry(&e.card).or_default().push((e.ts, i));
+            }
+            max_ts = max_ts.max(e.ts);
+        }
+        for (_, e) in evs.iter().filter(|(q, _)| *q == p) {
+            final_wm.insert(&e.card, max_ts - OOO_MS - 1);
+        }
+    }
+    let small = |i: usize| evs[i].1.amount < 150;
+    let big = |i: usize| evs[i].1.amount > 850;
+    let mut out = BTreeSet::new();
+    for (card, mut list) in cards {
+        list.retain(|&(ts, _)| ts <= final_wm[card]);
+        list.sort();
+        let completes = |s: usize, j: usize| -> bool {
+            let mut smalls = 1;
+            for &(ts, i) in &list[s + 1..=j] {
+                if ts - list[s].0 > 60_000 {
+                    return false;
+                }
+                if smalls == 2 && big(i) {
+                    return (ts, i) == list[j];
+                }
+                if small(i) && smalls < 2 {
+                    smalls += 1;
+                }
+            }
+            false
+        };
+        let mut from = 0;
+        for j in 0..list.len() {
+            if j >= from && (from..j).any(|s| small(list[s].1) && completes(s, j)) {
+                out.insert((card.to_string(), evs[list[j].1].1.id.clone()));
+                from = j + 1;
+            }
+        }
+    }
+    out
 }
 
 /// Produces `evs` to `topic`, each to its partition, keyed by card; waits until all are acked.

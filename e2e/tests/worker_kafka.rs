@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use rdkafka::producer::{BaseRecord, Producer};
 use weir_e2e::payments::{
-    create_topics, events, produce, producer, read_all, reference, window_job_pipeline, windows_of, Ev, Windows,
+    create_topics, events, pattern_reference, pattern_step, produce, producer, read_all, reference,
+    window_job_pipeline, windows_of, Ev, Windows,
 };
 use weir_e2e::{kafka_brokers, require_port, unique, wait_until, worker_bin};
 
@@ -55,7 +56,7 @@ fn windows_survive_sigkill(delivery: &str, checkpoint_interval: &str, lose_state
     require_port("Kafka", 9092);
     let name = unique("wk");
     let (input, output, corrections) = (format!("{name}-in"), format!("{name}-out"), format!("{name}-late"));
-    create_topics(&[(&input, PARTITIONS), (&output, PARTITIONS), (&corrections, 1)]);
+    create_topics(&[(&input, PARTITIONS), (&output, PARTITIONS), (&corrections, 1), (&alerts_of(&output), 1)]);
     let evs = events(PARTITIONS);
     let producer = producer();
     let produce = |evs: &[(i32, Ev)]| produce(&producer, &input, evs);
@@ -120,19 +121,50 @@ spec:
   epochInterval: 50ms
   checkpointing: {{interval: {interval}, storage: "file://{checkpoints}"}}
   pipeline:
-{pipeline}    sinks:
+{pipeline}{pattern}    sinks:
       results: {{from: per_card_minute, kafka: {{brokers: "{b}", topic: {output}}}}}
+      fraud: {{from: alerts, kafka: {{brokers: "{b}", topic: {alerts}}}}}
       corrections: {{kafka: {{brokers: "{b}", topic: {corrections}}}}}
       dead: {{file: {{path: dead.jsonl}}}}
     deadLetter: dead
 "#,
             b = kafka_brokers(),
             checkpoints = dir.join("checkpoints").display(),
-            pipeline = window_job_pipeline(input)
+            pipeline = window_job_pipeline(input),
+            pattern = pattern_step(),
+            alerts = alerts_of(output),
         ),
     )
     .unwrap();
     manifest
+}
+
+/// The topic of the pattern's alerts next to results topic `output`.
+fn alerts_of(output: &str) -> String {
+    format!("{output}-alerts")
+}
+
+/// Every pattern alert of `evs` reaches `alerts` exactly once.
+fn check_alerts(evs: &[(i32, Ev)], partitions: i32, alerts: &str) {
+    let want = pattern_reference(evs, partitions);
+    assert!(want.len() > 10, "the input has matches: {}", want.len());
+    let read = || -> Vec<(String, String)> {
+        read_all(alerts, 1)
+            .iter()
+            .map(|(_, v)| (v["card_id"].as_str().unwrap().to_string(), v["hit"].as_str().unwrap().to_string()))
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut got = read();
+    while got.len() < want.len() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        got = read();
+    }
+    let distinct: BTreeSet<(String, String)> = got.iter().cloned().collect();
+    let missing: Vec<_> = want.difference(&distinct).take(5).collect();
+    let extra: Vec<_> = distinct.difference(&want).take(5).collect();
+    assert!(missing.is_empty() && extra.is_empty(), "alerts of {}: missing {missing:?}, extra {extra:?}", want.len());
+    assert_eq!(got.len(), want.len(), "each alert once");
 }
 
 /// Waits until `output` holds every window of `evs`, then checks the results against the
@@ -181,7 +213,7 @@ fn exactly_once_through_repeated_random_kills() {
     require_port("Kafka", 9092);
     let name = unique("kills");
     let (input, output, corrections) = (format!("{name}-in"), format!("{name}-out"), format!("{name}-late"));
-    create_topics(&[(&input, PARTITIONS), (&output, PARTITIONS), (&corrections, 1)]);
+    create_topics(&[(&input, PARTITIONS), (&output, PARTITIONS), (&corrections, 1), (&alerts_of(&output), 1)]);
     let evs = events(PARTITIONS);
     let dir = tempfile::tempdir().unwrap();
     let manifest = write_job(dir.path(), &name, "exactly-once", "200ms", &input, &output, &corrections);
@@ -202,6 +234,7 @@ fn exactly_once_through_repeated_random_kills() {
     feeder.join().unwrap();
     let mut w = start_worker(&manifest, &state, &log);
     check_results(&evs, &output, &corrections, true);
+    check_alerts(&evs, PARTITIONS, &alerts_of(&output));
     w.kill().unwrap();
     w.wait().unwrap();
 }
@@ -329,7 +362,7 @@ fn savepoint_into_parallelism(to: u32) {
     const P4: i32 = 4;
     let name = unique(&format!("sp{to}"));
     let (input, output, corrections) = (format!("{name}-in"), format!("{name}-out"), format!("{name}-late"));
-    create_topics(&[(&input, P4), (&output, P4), (&corrections, 1)]);
+    create_topics(&[(&input, P4), (&output, P4), (&corrections, 1), (&alerts_of(&output), 1)]);
     let evs = events(P4);
     let (first, second) = evs.split_at(evs.len() / 2);
     let producer = producer();
@@ -385,6 +418,7 @@ fn savepoint_into_parallelism(to: u32) {
     let (want, want_late) = reference(&evs, P4);
     let (got, emitted) = windows_of(&output, P4, want.len());
     let late = read_all(&corrections, 1).len();
+    check_alerts(&evs, P4, &alerts_of(&output));
     for w in &mut workers {
         w.kill().unwrap();
         w.wait().unwrap();
