@@ -299,13 +299,17 @@ impl Task {
             // committed, since results never depend on where batches are cut.
             let split = recs.positions.partition_point(|&p| p < until);
             let tail = recs.split_off(split);
+            // `until` is one past the last record the earlier run processed, so reading that
+            // record ends the replay (what follows it may be transaction markers only, which
+            // a read_committed consumer never returns).
+            let done = !tail.is_empty() || recs.positions.last().is_some_and(|&p| p + 1 >= until);
             if !recs.is_empty() {
                 sinks.muted = true;
                 let replayed = self.process_records(src, recs, sinks);
                 sinks.muted = false;
                 replayed?;
             }
-            if tail.is_empty() {
+            if !done {
                 return Ok(());
             }
             self.replay_until[src] = None;
@@ -322,6 +326,9 @@ impl Task {
         }
         for (s, held) in std::mem::take(&mut self.held) {
             self.process_records(s, held, sinks)?;
+        }
+        if recs.is_empty() {
+            return Ok(());
         }
         self.process_records(src, recs, sinks)
     }
@@ -685,7 +692,29 @@ spec:
         task.process(payments, records(&[("o1", 1_500), ("o2", 2_500), ("o3", 3_000)], 0), &mut sinks).unwrap();
         let seen = seen.lock().unwrap().clone();
         assert_eq!(seen.len(), 1, "o1-p1 was committed before the crash; o2-p2 comes out once: {seen:?}");
+        assert!(task.replay_until.iter().all(Option::is_none) && task.held.is_empty());
         assert!(seen[0].contains(r#""order_id":"o2""#) && seen[0].contains(r#""payments_ts":2500"#), "{seen:?}");
+    }
+
+    /// A replay ends with the last committed record itself, even when nothing follows it (a
+    /// quiet partition, or only transaction markers): input of the other source is not held.
+    #[test]
+    fn a_replay_ends_at_its_last_committed_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = weir_crds::Manifest::from_yaml(JOB, "replay-end").unwrap();
+        let plan = Arc::new(JobPlan::new(&m, dir.path()).unwrap());
+        let metrics = Arc::new(Metrics::new("replay-end"));
+        let mut task = Task::open(plan, 0, Box::new(MemStore::default()), metrics.clone()).unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink: Box<dyn Sink> = Box::new(Recorder(seen.clone()));
+        let mut sinks = Sinks::new(vec![sink], vec!["out".into()], metrics, None);
+        let (orders, payments) = (0, 1);
+        task.replay_until(payments, 2);
+        // Payments up to position 1 were processed before the crash; nothing comes after.
+        task.process(payments, records(&[("o1", 1_500), ("o2", 2_500)], 0), &mut sinks).unwrap();
+        task.process(orders, records(&[("o2", 2_000)], 0), &mut sinks).unwrap();
+        assert!(task.held.is_empty(), "the payments' replay is over");
+        assert_eq!(seen.lock().unwrap().len(), 1, "o2 joins p2 at once");
     }
 
     #[test]
