@@ -354,25 +354,24 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// Three workers take a savepoint and are killed; `to` workers with fresh state folders start
-/// from the savepoint (partitions now spread differently) and finish the input: every window
-/// and late event exactly once.
-fn savepoint_into_parallelism(to: u32) {
-    require_port("Kafka", 9092);
-    const P4: i32 = 4;
-    let name = unique(&format!("sp{to}"));
-    let (input, output, corrections) = (format!("{name}-in"), format!("{name}-out"), format!("{name}-late"));
-    create_topics(&[(&input, P4), (&output, P4), (&corrections, 1), (&alerts_of(&output), 1)]);
-    let evs = events(P4);
-    let (first, second) = evs.split_at(evs.len() / 2);
-    let producer = producer();
-    produce(&producer, &input, first);
-    let dir = tempfile::tempdir().unwrap();
-    let manifest = write_job(dir.path(), &name, "exactly-once", "1h", &input, &output, &corrections);
-    let log = weir_e2e::run_dir().join("logs").join(format!("e2e-{name}.log"));
+/// Three workers in Pod mode run `manifest` (state folders next to it) until they have read
+/// `first_read` records, take savepoint `sp1` and are killed; `then` produces the rest of the
+/// input; `to` workers with
+/// fresh state folders start from the savepoint (partitions now spread differently) and run
+/// while `check` reads the results. Every one of the `partitions` is restored from it.
+fn through_savepoint(
+    manifest: &Path,
+    log: &Path,
+    partitions: usize,
+    first_read: u64,
+    to: u32,
+    then: impl FnOnce(),
+    check: impl FnOnce(),
+) {
+    let dir = manifest.parent().expect("the manifest is in a folder");
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let mut workers: Vec<Child> = (0..3u32)
-        .map(|i| start_pod(&manifest, i, 3, &dir.path().join(format!("a{i}")), ports[i as usize], None, &log))
+        .map(|i| start_pod(manifest, i, 3, &dir.join(format!("a{i}")), ports[i as usize], None, log))
         .collect();
     let read_in = |ports: &[u16]| -> u64 {
         ports
@@ -387,7 +386,7 @@ fn savepoint_into_parallelism(to: u32) {
             .sum()
     };
     wait_until("the first half read by 3 workers", Duration::from_secs(60), || {
-        (read_in(&ports) == first.len() as u64).then_some(())
+        (read_in(&ports) == first_read).then_some(())
     });
     // Every worker has committed epoch transactions, and none failed.
     wait_until("committed transactions on every worker", Duration::from_secs(30), || {
@@ -410,27 +409,45 @@ fn savepoint_into_parallelism(to: u32) {
         w.kill().unwrap();
         w.wait().unwrap();
     }
-    produce(&producer, &input, second);
+    then();
     let ports: Vec<u16> = (0..to).map(|_| free_port()).collect();
     let mut workers: Vec<Child> = (0..to)
-        .map(|i| start_pod(&manifest, i, to, &dir.path().join(format!("b{i}")), ports[i as usize], Some("sp1"), &log))
+        .map(|i| start_pod(manifest, i, to, &dir.join(format!("b{i}")), ports[i as usize], Some("sp1"), log))
         .collect();
-    let (want, want_late) = reference(&evs, P4);
-    let (got, emitted) = windows_of(&output, P4, want.len());
-    let late = read_all(&corrections, 1).len();
-    check_alerts(&evs, P4, &alerts_of(&output));
+    check();
     for w in &mut workers {
         w.kill().unwrap();
         w.wait().unwrap();
     }
-    assert_eq!(got, want, "3 -> {to} workers through a savepoint: every window equals the reference");
-    assert_eq!((emitted, late), (want.len(), want_late.len()), "each result and late event once");
-    let text = std::fs::read_to_string(&log).unwrap();
-    assert_eq!(
-        text.matches("restored state from savepoint").count(),
-        P4 as usize,
-        "every partition from the savepoint"
-    );
+    let text = std::fs::read_to_string(log).unwrap();
+    assert_eq!(text.matches("restored state from savepoint").count(), partitions, "every partition from the savepoint");
+}
+
+/// The window job (with its pattern step) through a savepoint of 3 workers restored into `to`:
+/// every window, late event and alert exactly once.
+fn savepoint_into_parallelism(to: u32) {
+    require_port("Kafka", 9092);
+    const P4: i32 = 4;
+    let name = unique(&format!("sp{to}"));
+    let (input, output, corrections) = (format!("{name}-in"), format!("{name}-out"), format!("{name}-late"));
+    create_topics(&[(&input, P4), (&output, P4), (&corrections, 1), (&alerts_of(&output), 1)]);
+    let evs = events(P4);
+    let (first, second) = evs.split_at(evs.len() / 2);
+    let producer = producer();
+    produce(&producer, &input, first);
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = write_job(dir.path(), &name, "exactly-once", "1h", &input, &output, &corrections);
+    let log = weir_e2e::run_dir().join("logs").join(format!("e2e-{name}.log"));
+    let then = || produce(&producer, &input, second);
+    let check = || {
+        let (want, want_late) = reference(&evs, P4);
+        let (got, emitted) = windows_of(&output, P4, want.len());
+        let late = read_all(&corrections, 1).len();
+        check_alerts(&evs, P4, &alerts_of(&output));
+        assert_eq!(got, want, "3 -> {to} workers through a savepoint: every window equals the reference");
+        assert_eq!((emitted, late), (want.len(), want_late.len()), "each result and late event once");
+    };
+    through_savepoint(&manifest, &log, P4 as usize, first.len() as u64, to, then, check);
 }
 
 #[test]
@@ -533,49 +550,59 @@ fn not_late(evs: &[(i32, Ev)], ooo: i64) -> (BTreeMap<String, (i32, i64)>, BTree
 }
 
 /// A left join of payments with their captures (same id and card, so the same partition of
-/// topics with the same partition count) within a minute after the payment, exactly-once
-/// through SIGKILLs at random moments while both topics are produced in turns (every third
-/// kill also loses the state folder). A `read_committed` consumer sees every pair and every
-/// unmatched payment exactly once: the replay after each kill processes all committed input of
-/// both topics before new input, so no pair moves across a commit.
-#[test]
-fn a_join_is_exactly_once_through_repeated_random_kills() {
-    require_port("Kafka", 9092);
-    let name = unique("join");
-    let (pays, caps, output) = (format!("{name}-pay"), format!("{name}-cap"), format!("{name}-out"));
-    create_topics(&[(&pays, PARTITIONS), (&caps, PARTITIONS), (&output, PARTITIONS)]);
-    let payments = events(PARTITIONS);
-    // A capture per payment but every seventh, 0-89 s after it (so some miss the minute).
-    let mut captures: Vec<(i32, Ev)> = payments
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| i % 7 != 3)
-        .map(|(i, (p, e))| (*p, Ev { ts: e.ts + (i as i64 * 7_919) % 90_000, ..e.clone() }))
-        .collect();
-    // Captures arrive in their own order: sorted by time within a few seconds' disorder.
-    captures.sort_by_key(|(_, e)| e.ts / 3_000);
-    let ooo = 5_000;
-    let ((left, left_wm), (right, right_wm)) = (not_late(&payments, ooo), not_late(&captures, ooo));
-    let mut want: BTreeSet<(String, bool)> = BTreeSet::new();
-    for (id, (p, ts)) in &left {
-        let paired = right.get(id).is_some_and(|(_, c)| *c >= *ts && *c <= ts + 60_000);
-        // The topics do not end: an unpaid payment comes out once the join's watermark (the
-        // least of the two topics') shows that no capture can come for it any more.
-        let expired = ts + 60_000 <= left_wm[p].min(right_wm[p]);
-        if paired || expired {
-            want.insert((id.clone(), paired));
+/// topics with the same partition count) within a minute after the payment.
+struct JoinCase {
+    name: String,
+    pays: String,
+    caps: String,
+    output: String,
+    payments: Vec<(i32, Ev)>,
+    captures: Vec<(i32, Ev)>,
+    /// Every pair and unmatched payment: (payment id, paired).
+    want: BTreeSet<(String, bool)>,
+}
+
+impl JoinCase {
+    fn new(prefix: &str) -> JoinCase {
+        let name = unique(prefix);
+        let (pays, caps, output) = (format!("{name}-pay"), format!("{name}-cap"), format!("{name}-out"));
+        create_topics(&[(&pays, PARTITIONS), (&caps, PARTITIONS), (&output, PARTITIONS)]);
+        let payments = events(PARTITIONS);
+        // A capture per payment but every seventh, 0-89 s after it (so some miss the minute).
+        let mut captures: Vec<(i32, Ev)> = payments
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 7 != 3)
+            .map(|(i, (p, e))| (*p, Ev { ts: e.ts + (i as i64 * 7_919) % 90_000, ..e.clone() }))
+            .collect();
+        // Captures arrive in their own order: sorted by time within a few seconds' disorder.
+        captures.sort_by_key(|(_, e)| e.ts / 3_000);
+        let ooo = 5_000;
+        let ((left, left_wm), (right, right_wm)) = (not_late(&payments, ooo), not_late(&captures, ooo));
+        let mut want: BTreeSet<(String, bool)> = BTreeSet::new();
+        for (id, (p, ts)) in &left {
+            let paired = right.get(id).is_some_and(|(_, c)| *c >= *ts && *c <= ts + 60_000);
+            // The topics do not end: an unpaid payment comes out once the join's watermark (the
+            // least of the two topics') shows that no capture can come for it any more.
+            let expired = ts + 60_000 <= left_wm[p].min(right_wm[p]);
+            if paired || expired {
+                want.insert((id.clone(), paired));
+            }
         }
+        JoinCase { name, pays, caps, output, payments, captures, want }
     }
-    let dir = tempfile::tempdir().unwrap();
-    let manifest = dir.path().join("job.yaml");
-    std::fs::write(
-        &manifest,
-        format!(
-            r#"
+
+    /// The job, exactly-once, checkpointing every `interval` next to it.
+    fn manifest(&self, dir: &Path, interval: &str) -> std::path::PathBuf {
+        let manifest = dir.join("job.yaml");
+        std::fs::write(
+            &manifest,
+            format!(
+                r#"
 metadata: {{name: {name}}}
 spec:
   epochInterval: 50ms
-  checkpointing: {{interval: 200ms, storage: "file://{checkpoints}"}}
+  checkpointing: {{interval: {interval}, storage: "file://{checkpoints}"}}
   pipeline:
     sources:
       payments:
@@ -592,11 +619,59 @@ spec:
     sinks:
       out: {{from: captured, kafka: {{brokers: "{b}", topic: {output}}}}}
 "#,
-            b = kafka_brokers(),
-            checkpoints = dir.path().join("checkpoints").display(),
-        ),
-    )
-    .unwrap();
+                name = self.name,
+                pays = self.pays,
+                caps = self.caps,
+                output = self.output,
+                b = kafka_brokers(),
+                checkpoints = dir.join("checkpoints").display(),
+            ),
+        )
+        .unwrap();
+        manifest
+    }
+
+    /// Waits for the output and checks every pair and unmatched payment is in it once.
+    fn check(&self, log: &Path) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut got: Vec<(String, bool)> = Vec::new();
+        while Instant::now() < deadline {
+            got = read_all(&self.output, PARTITIONS)
+                .iter()
+                .map(|(_, v)| (v["id"].as_str().unwrap().to_string(), !v["captures_ts"].is_null()))
+                .collect();
+            if got.len() >= self.want.len() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let distinct: BTreeSet<(String, bool)> = got.iter().cloned().collect();
+        let missing: Vec<_> = self.want.difference(&distinct).take(10).collect();
+        let extra: Vec<_> = distinct.difference(&self.want).take(10).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "{} of {} missing, e.g. {missing:?}; {} extra, e.g. {extra:?} (worker log: {})",
+            self.want.difference(&distinct).count(),
+            self.want.len(),
+            distinct.difference(&self.want).count(),
+            log.display()
+        );
+        assert_eq!(got.len(), self.want.len(), "each exactly once");
+    }
+}
+
+/// The join exactly-once through SIGKILLs at random moments while both topics are produced in
+/// turns (every third kill also loses the state folder). A `read_committed` consumer sees
+/// every pair and every unmatched payment exactly once: the replay after each kill processes
+/// all committed input of both topics before new input, so no pair moves across a commit.
+#[test]
+fn a_join_is_exactly_once_through_repeated_random_kills() {
+    require_port("Kafka", 9092);
+    let case = JoinCase::new("join");
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = case.manifest(dir.path(), "200ms");
+    let (name, pays, caps, payments, captures) =
+        (case.name.clone(), case.pays.clone(), case.caps.clone(), case.payments.clone(), case.captures.clone());
     let state = dir.path().join("state");
     let log = weir_e2e::run_dir().join("logs").join(format!("e2e-{name}.log"));
     std::fs::create_dir_all(log.parent().unwrap()).unwrap();
@@ -615,30 +690,29 @@ spec:
     kill_repeatedly(&manifest, &state, &log, 6, 0x2545_f491_4f6c_dd1d, 400);
     feeder.join().unwrap();
     let mut w = start_worker(&manifest, &state, &log);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut got: Vec<(String, bool)> = Vec::new();
-    while Instant::now() < deadline {
-        got = read_all(&output, PARTITIONS)
-            .iter()
-            .map(|(_, v)| (v["id"].as_str().unwrap().to_string(), !v["captures_ts"].is_null()))
-            .collect();
-        if got.len() >= want.len() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    case.check(&log);
     w.kill().unwrap();
     w.wait().unwrap();
-    let distinct: BTreeSet<(String, bool)> = got.iter().cloned().collect();
-    let missing: Vec<_> = want.difference(&distinct).take(10).collect();
-    let extra: Vec<_> = distinct.difference(&want).take(10).collect();
-    assert!(
-        missing.is_empty() && extra.is_empty(),
-        "{} of {} missing, e.g. {missing:?}; {} extra, e.g. {extra:?} (worker log: {})",
-        want.difference(&distinct).count(),
-        want.len(),
-        distinct.difference(&want).count(),
-        log.display()
-    );
-    assert_eq!(got.len(), want.len(), "each exactly once");
+}
+
+/// The join through a savepoint of 3 workers restored into 2: every pair and unmatched payment
+/// exactly once, the kept rows of both inputs carried over in the savepoint.
+#[test]
+fn a_join_savepoint_of_3_workers_restores_into_2() {
+    require_port("Kafka", 9092);
+    let case = JoinCase::new("joinsp");
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = case.manifest(dir.path(), "1h");
+    let log = weir_e2e::run_dir().join("logs").join(format!("e2e-{}.log", case.name));
+    let (p1, p2) = case.payments.split_at(case.payments.len() / 2);
+    let (c1, c2) = case.captures.split_at(case.captures.len() / 2);
+    let producer = producer();
+    produce(&producer, &case.pays, p1);
+    produce(&producer, &case.caps, c1);
+    let then = || {
+        produce(&producer, &case.pays, p2);
+        produce(&producer, &case.caps, c2);
+    };
+    let first = (p1.len() + c1.len()) as u64;
+    through_savepoint(&manifest, &log, PARTITIONS as usize, first, 2, then, || case.check(&log));
 }
