@@ -17,24 +17,34 @@ pub use manifest::{Manifest, ManifestError, ManifestMeta};
 pub use pipeline::*;
 pub use validate::{source_fields, topo_order, validate_spec, FieldError, ValidationErrors};
 
-/// The fields of `datagen: {kind: payments}` events.
-pub fn datagen_payments_schema() -> BTreeMap<String, FieldType> {
-    [
-        ("id", FieldType::String),
-        ("card_id", FieldType::String),
-        ("merchant_id", FieldType::String),
-        ("amount", FieldType::Double),
-        ("currency", FieldType::String),
-        ("country", FieldType::String),
-        ("channel", FieldType::String),
-        ("device_id", FieldType::String),
-        ("ip", FieldType::String),
-        ("status", FieldType::String),
-        ("ts", FieldType::Timestamp),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
+/// The fields of what a `datagen` kind generates.
+pub fn datagen_schema(kind: DatagenKind) -> BTreeMap<String, FieldType> {
+    use FieldType::{Double, String as Str, Timestamp};
+    let fields: &[(&str, FieldType)] = match kind {
+        DatagenKind::Payments => &[
+            ("id", Str),
+            ("card_id", Str),
+            ("merchant_id", Str),
+            ("amount", Double),
+            ("currency", Str),
+            ("country", Str),
+            ("channel", Str),
+            ("device_id", Str),
+            ("ip", Str),
+            ("status", Str),
+            ("ts", Timestamp),
+        ],
+        DatagenKind::Orders => {
+            &[("order_id", Str), ("customer_id", Str), ("merchant_id", Str), ("total", Double), ("ts", Timestamp)]
+        }
+        DatagenKind::OrderPayments => {
+            &[("payment_id", Str), ("order_id", Str), ("amount", Double), ("method", Str), ("ts", Timestamp)]
+        }
+        DatagenKind::Merchants => {
+            &[("merchant_id", Str), ("name", Str), ("category", Str), ("country", Str), ("ts", Timestamp)]
+        }
+    };
+    fields.iter().map(|(k, v)| (k.to_string(), *v)).collect()
 }
 
 /// Epoch milliseconds from an integer string or an RFC 3339 time.

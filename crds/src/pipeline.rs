@@ -153,9 +153,17 @@ pub struct DatagenSpec {
 
 /// What `datagen` generates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "camelCase")]
 pub enum DatagenKind {
+    /// Card payments (about 500 bytes, skewed cards, some out of order and late).
     Payments,
+    /// Shop orders `o-<n>` by skewed customers at merchants `m-<n>`.
+    Orders,
+    /// The payments for the orders of the same seed, start time and event rate, each 1 to 60
+    /// seconds after its order (so up to a minute out of order); one order in 25 is never paid.
+    OrderPayments,
+    /// The merchants `m-00000` to `m-<keys - 1>` (a side-input table), once each.
+    Merchants,
 }
 
 /// A side input: a compacted topic kept as keyed state.

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use crate::{
-    datagen_payments_schema, parse_aggregate, CheckpointingSpec, Duration, FieldType, JoinSpec, PipelineSpec, SinkSpec,
+    datagen_schema, parse_aggregate, CheckpointingSpec, Duration, FieldType, JoinSpec, PipelineSpec, SinkSpec,
     SourceSpec, StreamJobSpec, StreamSpec,
 };
 
@@ -159,7 +159,7 @@ fn check_checkpointing(errs: &mut ValidationErrors, c: &CheckpointingSpec) {
 /// The fields a source's records carry (declared, or implied by a datagen kind).
 pub fn source_fields(src: &SourceSpec) -> BTreeMap<String, FieldType> {
     match (&src.datagen, src.schema.is_empty()) {
-        (Some(_), true) => datagen_payments_schema(),
+        (Some(d), true) => datagen_schema(d.kind),
         _ => src.schema.clone(),
     }
 }

@@ -93,6 +93,20 @@ fn fraud_pattern_example_runs_as_written() {
 }
 
 #[test]
+fn generated_orders_join_their_payments() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = copy_example(dir.path(), "orders-local.yaml");
+    let out = worker().args(["run", "-f", manifest.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows = lines(&dir.path().join("out/orders_paid.jsonl"));
+    let paid = rows.iter().filter(|r| r["payment_id"].is_string()).count();
+    assert_eq!((rows.len(), paid), (100_000, 96_000), "every order once; one in 25 unpaid");
+    let unpaid: i64 =
+        lines(&dir.path().join("out/orders_unpaid_per_merchant.jsonl")).iter().map(|w| w["n"].as_i64().unwrap()).sum();
+    assert_eq!(unpaid, 4_000);
+}
+
+#[test]
 fn invalid_manifest_lists_every_error_and_exits_non_zero() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = dir.path().join("bad.yaml");

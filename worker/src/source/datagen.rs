@@ -1,11 +1,12 @@
-//! Generated payment events for demos and benchmarks: deterministic per (seed, sequence number)
-//! so a restored task regenerates exactly what it would have read, rate-limited, with skewed
-//! card keys, some out-of-order events and a few late ones, about 500 bytes each.
+//! Generated events for demos and benchmarks, deterministic per (seed, sequence number) so a
+//! restored task regenerates exactly what it would have read, rate-limited: card payments
+//! (about 500 bytes each, skewed card keys, some out-of-order events and a few late ones), shop
+//! orders, the payments of those orders (to join with them), and merchants (a side input).
 
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use weir_crds::DatagenSpec;
+use weir_crds::{DatagenKind, DatagenSpec};
 
 use super::{Polled, Records, Result, Source};
 
@@ -34,13 +35,88 @@ impl DatagenSource {
         }
     }
 
-    /// Writes event `i` as JSON into `out`.
-    pub fn event(&self, i: u64, out: &mut Vec<u8>) {
-        let mut r =
-            SplitMix(self.spec.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i.wrapping_mul(0xD1B5_4A32_D192_ED03));
-        let keys = self.spec.keys.unwrap_or(10_000).max(1);
+    /// The random stream of event `i` (of `salt`, so kinds of one seed differ).
+    fn rng(&self, i: u64, salt: u64) -> SplitMix {
+        SplitMix(self.spec.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ salt)
+    }
+
+    /// Event time of the `i`-th event at the spec's event rate.
+    fn base_time(&self, i: u64) -> i64 {
         let rate = self.spec.event_rate.or(self.spec.rate).unwrap_or(DEFAULT_EVENT_RATE).max(1);
-        let mut ts = self.start_time + (i as u128 * 1000 / rate as u128) as i64;
+        self.start_time + (i as u128 * 1000 / rate as u128) as i64
+    }
+
+    /// How many events the source has; unbounded when `None`.
+    fn limit(&self) -> Option<u64> {
+        match self.spec.kind {
+            DatagenKind::Merchants => Some(self.spec.count.unwrap_or(self.keys())),
+            _ => self.spec.count,
+        }
+    }
+
+    fn keys(&self) -> u64 {
+        self.spec.keys.unwrap_or(10_000).max(1)
+    }
+
+    /// Writes event `i` as JSON into `out`; `false` when position `i` has no event (an order
+    /// that is never paid).
+    pub fn event(&self, i: u64, out: &mut Vec<u8>) -> bool {
+        match self.spec.kind {
+            DatagenKind::Payments => self.payment(i, out),
+            DatagenKind::Orders => {
+                let (ts, customer, merchant, total) = self.order(i);
+                let _ = write!(
+                    out,
+                    r#"{{"order_id":"o-{i:010}","customer_id":"cust-{customer:06}","merchant_id":"m-{merchant:05}","total":{total},"ts":{ts}}}"#
+                );
+            }
+            DatagenKind::OrderPayments => {
+                if i % 25 == 7 {
+                    return false;
+                }
+                let (ts, _, _, total) = self.order(i);
+                let mut r = self.rng(i, 0x0DE2_9A7E);
+                let ts = ts + 1_000 + (r.next_u64() % 59_000) as i64;
+                const METHODS: [&str; 4] = ["card", "paypal", "transfer", "wallet"];
+                let method = METHODS[(r.next_u64() % 4) as usize];
+                let _ = write!(
+                    out,
+                    r#"{{"payment_id":"pay-{i:010}","order_id":"o-{i:010}","amount":{total},"method":"{method}","ts":{ts}}}"#
+                );
+            }
+            DatagenKind::Merchants => {
+                let mut r = self.rng(i, 0x3E2C_4A17);
+                const CATEGORIES: [&str; 6] = ["grocery", "travel", "electronics", "fashion", "gaming", "fuel"];
+                const COUNTRIES: [&str; 6] = ["DE", "US", "GB", "FR", "JP", "NL"];
+                let (c, k) = (CATEGORIES[(r.next_u64() % 6) as usize], COUNTRIES[(r.next_u64() % 6) as usize]);
+                let _ = write!(
+                    out,
+                    r#"{{"merchant_id":"m-{i:05}","name":"Merchant {i}","category":"{c}","country":"{k}","ts":{}}}"#,
+                    self.start_time
+                );
+            }
+        }
+        true
+    }
+
+    /// Order `i`: event time (5 % out of order by up to 3 s), customer, merchant, total.
+    fn order(&self, i: u64) -> (i64, u64, u64, f64) {
+        let mut r = self.rng(i, 0x04DE_2500);
+        let mut ts = self.base_time(i);
+        if r.next_f64() < 0.05 {
+            ts -= (r.next_u64() % 3_000) as i64;
+        }
+        let customer = (self.keys() as f64 * r.next_f64().powi(2)) as u64;
+        let merchant = (2_000.0 * r.next_f64().powi(2)) as u64;
+        let normal = (r.next_f64() + r.next_f64() + r.next_f64() - 1.5) * 2.0;
+        let total = ((3.8 + 0.9 * normal).exp() * 100.0).round() / 100.0;
+        (ts, customer, merchant, total)
+    }
+
+    fn payment(&self, i: u64, out: &mut Vec<u8>) {
+        let mut r = self.rng(i, 0);
+        let keys = self.keys();
+        let mut ts = self.base_time(i);
         let disorder = r.next_f64();
         if disorder < 0.005 {
             ts -= 60_000 + (r.next_u64() % 540_000) as i64; // late by 1-10 minutes
@@ -96,7 +172,7 @@ impl Source for DatagenSource {
 
     fn poll(&mut self, max: usize, wait: Duration) -> Result<Polled> {
         let mut n = max as u64;
-        if let Some(count) = self.spec.count {
+        if let Some(count) = self.limit() {
             n = n.min(count.saturating_sub(self.next));
         }
         if let Some(rate) = self.spec.rate {
@@ -114,8 +190,9 @@ impl Source for DatagenSource {
         for _ in 0..n {
             self.buf.clear();
             let mut buf = std::mem::take(&mut self.buf);
-            self.event(self.next, &mut buf);
-            recs.push(&buf, self.next as i64, now);
+            if self.event(self.next, &mut buf) {
+                recs.push(&buf, self.next as i64, now);
+            }
             self.buf = buf;
             self.next += 1;
         }
@@ -124,7 +201,7 @@ impl Source for DatagenSource {
     }
 
     fn finished(&self) -> bool {
-        self.spec.count.is_some_and(|c| self.next >= c)
+        self.limit().is_some_and(|c| self.next >= c)
     }
 }
 
@@ -170,7 +247,7 @@ mod tests {
         g.event(42, &mut b);
         assert_eq!(a, b);
         let v: serde_json::Value = serde_json::from_slice(&a).unwrap();
-        for f in weir_crds::datagen_payments_schema().keys() {
+        for f in weir_crds::datagen_schema(DatagenKind::Payments).keys() {
             assert!(v.get(f).is_some(), "field {f} missing in {v}");
         }
         assert!((450..=600).contains(&a.len()), "{} bytes", a.len());
@@ -193,5 +270,44 @@ mod tests {
         assert!(out_of_order > 100, "some events are out of order: {out_of_order}");
         let hot = all.iter().filter(|v| v["card_id"] == "card-000000").count();
         assert!(hot > 50, "the hottest card is busy: {hot}");
+    }
+
+    fn all(kind: DatagenKind, count: Option<u64>) -> Vec<serde_json::Value> {
+        let mut g = DatagenSource::new(DatagenSpec { kind, count, keys: Some(50), ..spec() });
+        let mut all = Vec::new();
+        while !g.finished() {
+            for (_, r) in g.poll(1_000, Duration::ZERO).unwrap().batches {
+                for i in 0..r.len() {
+                    all.push(serde_json::from_slice::<serde_json::Value>(r.payload(i)).unwrap());
+                }
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn orders_their_payments_and_merchants_fit_together() {
+        let orders = all(DatagenKind::Orders, Some(1_000));
+        let payments = all(DatagenKind::OrderPayments, Some(1_000));
+        let merchants = all(DatagenKind::Merchants, None);
+        assert_eq!((orders.len(), payments.len(), merchants.len()), (1_000, 960, 50), "one order in 25 unpaid");
+        for (kind, rows) in [
+            (DatagenKind::Orders, &orders),
+            (DatagenKind::OrderPayments, &payments),
+            (DatagenKind::Merchants, &merchants),
+        ] {
+            for f in weir_crds::datagen_schema(kind).keys() {
+                assert!(rows.iter().all(|v| v.get(f).is_some()), "{kind:?} has {f}");
+            }
+        }
+        let by_id: std::collections::BTreeMap<&str, &serde_json::Value> =
+            orders.iter().map(|o| (o["order_id"].as_str().unwrap(), o)).collect();
+        for p in &payments {
+            let o = by_id[p["order_id"].as_str().unwrap()];
+            let delay = p["ts"].as_i64().unwrap() - o["ts"].as_i64().unwrap();
+            assert!((1_000..60_000).contains(&delay), "paid 1-60 s after the order: {delay}");
+            assert_eq!(p["amount"], o["total"]);
+        }
+        assert!(orders.iter().all(|o| o["merchant_id"].as_str().unwrap() < "m-02000"));
     }
 }
