@@ -356,6 +356,10 @@ pub struct PatternStep {
     /// after the step before it and before the step after it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub absent: bool,
+    /// Strict contiguity: this step's events must each follow the match's previous event
+    /// directly (no other event of the key in between), as Flink's `next`/`consecutive`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strict: bool,
 }
 
 impl PatternStep {

@@ -564,8 +564,8 @@ fn check_stream(
                         "a negative step goes between two steps (\"not followed by\" at the start or the end is not supported)",
                     );
                 }
-                if st.times.is_some() || st.min_times.is_some() || st.max_times.is_some() {
-                    errs.push(format!("{at}.absent"), "a negative step has no times");
+                if st.times.is_some() || st.min_times.is_some() || st.max_times.is_some() || st.strict {
+                    errs.push(format!("{at}.absent"), "a negative step has no times and no strict");
                 }
                 if pat.emit.values().any(|r| r.split_once('.').is_some_and(|(s, _)| s == st.name)) {
                     errs.push(

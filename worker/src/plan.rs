@@ -563,7 +563,7 @@ fn plan_pattern(
             forbid |= 1 << bit;
         } else {
             let (min, max) = st.bounds();
-            steps.push(StepPlan { bit, min, max, forbid: std::mem::take(&mut forbid) });
+            steps.push(StepPlan { bit, min, max, forbid: std::mem::take(&mut forbid), strict: st.strict });
         }
     }
     if p.sequence.len() > 64 {
@@ -604,7 +604,17 @@ fn plan_pattern(
         return None;
     }
     let within = p.within.millis().ok()? as i64;
-    let plan = PatternPlan { keys, conditions, steps, within, kept, emit, out_schema: Arc::new(Schema::new(fields)) };
+    let keep_all = steps.iter().any(|st| st.strict);
+    let plan = PatternPlan {
+        keys,
+        conditions,
+        steps,
+        keep_all,
+        within,
+        kept,
+        emit,
+        out_schema: Arc::new(Schema::new(fields)),
+    };
     Some(PlannedPattern { plan, emit_keys })
 }
 

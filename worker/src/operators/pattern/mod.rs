@@ -36,6 +36,8 @@ pub struct PatternPlan {
     pub conditions: Vec<CompiledExpr>,
     /// The (positive) steps in order.
     pub steps: Vec<StepPlan>,
+    /// Some step is strict: events meeting no condition still matter (they break contiguity).
+    pub keep_all: bool,
     pub within: i64,
     /// Input columns kept with a buffered event (those `emit` reads).
     pub kept: Vec<usize>,
@@ -56,6 +58,8 @@ pub struct StepPlan {
     /// The conditions of the negative steps just before it: an event meeting one between the
     /// previous step and this one ends the partial match.
     pub forbid: u64,
+    /// Strict contiguity: while the match waits for this step, any other event ends it.
+    pub strict: bool,
 }
 
 /// What an event does to a partial match.
@@ -203,6 +207,8 @@ impl PatternOp {
         let meets = |bit: u32| ev.meets & (1 << bit) != 0;
         let (i, last) = (p.step, plan.steps.len() - 1);
         let cur = &plan.steps[i];
+        // The step the match waits for: the current one below its least count, else the next.
+        let waiting = if p.count < cur.min || i == last { cur } else { &plan.steps[i + 1] };
         if p.count >= cur.min && i < last {
             let next = &plan.steps[i + 1];
             if ev.meets & next.forbid != 0 {
@@ -224,8 +230,13 @@ impl PatternOp {
             if i == last && p.count >= cur.min {
                 return Outcome::Done;
             }
+            return Outcome::Keep;
         }
-        Outcome::Keep
+        // The event does nothing for the match: skipped, unless the step waited for is strict.
+        match waiting.strict {
+            true => Outcome::Drop,
+            false => Outcome::Keep,
+        }
     }
 
     /// Runs `ev` through the key's partial matches; the completed match, if any.
@@ -299,7 +310,7 @@ impl Operator for PatternOp {
                 .enumerate()
                 .filter(|(_, m)| m.is_valid(row) && m.value(row))
                 .fold(0u64, |acc, (i, _)| acc | (1 << i));
-            if mask == 0 {
+            if mask == 0 && !self.plan.keep_all {
                 continue; // meets no condition: a skipped event for every partial match
             }
             key.clear();

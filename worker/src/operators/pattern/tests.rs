@@ -38,6 +38,9 @@ struct Shape {
     max: u32,
     refunds: bool,
     within: i64,
+    /// Probes must follow each other directly; the hit must follow the last probe directly.
+    strict_probes: bool,
+    strict_hit: bool,
 }
 
 /// Emits the card, the last probe's id and the hit's id.
@@ -55,9 +58,10 @@ fn plan(sh: Shape) -> PatternPlan {
         keys: vec![0],
         conditions,
         steps: vec![
-            StepPlan { bit: 0, min: sh.min, max: sh.max, forbid: 0 },
-            StepPlan { bit: 1, min: 1, max: 1, forbid },
+            StepPlan { bit: 0, min: sh.min, max: sh.max, forbid: 0, strict: sh.strict_probes },
+            StepPlan { bit: 1, min: 1, max: 1, forbid, strict: sh.strict_hit },
         ],
+        keep_all: sh.strict_probes || sh.strict_hit,
         within: sh.within,
         kept: vec![0, 1],
         emit: vec![(None, 0), (Some(0), 1), (Some(1), 1)],
@@ -111,6 +115,12 @@ fn reference(evs: &[In], sh: Shape, ooo: i64) -> (Vec<Match>, Vec<i64>) {
             if probe(e) && probes < sh.max {
                 probes += 1;
                 last_probe = k;
+                continue;
+            }
+            // Skipped: fatal when the step waited for is strict.
+            let strict = if probes < sh.min { sh.strict_probes } else { sh.strict_hit };
+            if strict {
+                return None;
             }
         }
         None
@@ -237,7 +247,14 @@ fn patterns_match_the_reference() {
         let mut rng = StdRng::seed_from_u64(seed);
         let min = rng.random_range(1..4);
         let max = if rng.random_bool(0.5) { min } else { min + rng.random_range(0..3) };
-        let sh = Shape { min, max, refunds: rng.random_bool(0.5), within: rng.random_range(1..20) * 15_000 };
+        let sh = Shape {
+            min,
+            max,
+            refunds: rng.random_bool(0.5),
+            within: rng.random_range(1..20) * 15_000,
+            strict_probes: rng.random_bool(0.25),
+            strict_hit: rng.random_bool(0.25),
+        };
         let ooo = rng.random_range(0..10) * 1_000;
         let cards = rng.random_range(1..8);
         let n = rng.random_range(0..600);
@@ -258,7 +275,7 @@ fn three_probes_then_a_large_payment_within_five_minutes_on_rocksdb() {
     let shared = RocksShared::new(64 << 10, 256 << 10);
     let mut rng = StdRng::seed_from_u64(3);
     let evs = inputs(&mut rng, 20_000, 500, Some(100));
-    let sh = Shape { min: 3, max: 3, refunds: false, within: 300_000 };
+    let sh = Shape { min: 3, max: 3, refunds: false, within: 300_000, strict_probes: false, strict_hit: false };
     let (want, want_late) = reference(&evs, sh, 5_000);
     assert!(want.len() > 10, "the data has matches: {}", want.len());
     let store = Box::new(RocksStore::open(dir.path(), &shared).unwrap());
