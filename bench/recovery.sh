@@ -20,13 +20,17 @@ WORK=$(mktemp -d -p "$WEIR_CACHE" recovery.XXXXXX)
 PORT=$((20000 + RANDOM % 20000))
 pid=
 cleanup() {
+  # `|| true`: under `set -e` a killed worker's status (137) would become the script's.
   if [[ -n $pid ]]; then
-    kill -9 "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null
+    kill -9 "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
   fi
   rm -rf "$WORK"
 }
 trap cleanup EXIT
+# Interrupted or timed out: exit through the EXIT trap, so no gigabytes of state stay behind.
+trap 'exit 130' INT
+trap 'exit 143' TERM
 STORAGE=${BENCH_RECOVERY_STORAGE:-file://$WORK/checkpoints}
 
 cat >"$WORK/job.yaml" <<YAML
@@ -92,10 +96,12 @@ recover() { # LABEL
   while (($(metric weir_records_in_total) <= resumed_from)); do sleep 0.02; done
   t1=$(($(now_ms) - t0))
   awk -v l="$1" -v r="$ready" -v p="$t1" 'BEGIN {printf "%-8s ready in %6.2f s, processing again in %6.2f s\n", l, r / 1000, p / 1000}'
-  # Let a checkpoint complete before the next kill.
-  local c
-  c=$(metric weir_checkpoints_total 'outcome="completed"')
-  while (($(metric weir_checkpoints_total 'outcome="completed"') <= c)); do sleep 1; done
 }
 recover local
+# Let a checkpoint complete before the next kill (the remote run downloads it).
+c=$(metric weir_checkpoints_total 'outcome="completed"')
+while (($(metric weir_checkpoints_total 'outcome="completed"') <= c)); do
+  kill -0 "$pid" 2>/dev/null || die "the worker stopped before its next checkpoint; see $WORK/worker.log"
+  sleep 1
+done
 recover remote
