@@ -119,7 +119,11 @@ impl Metrics {
             records_in: counter("weir_records_in_total", "Records read", &["source", "partition"]),
             records_out: counter("weir_records_out_total", "Records written", &["sink"]),
             dead_letters: counter("weir_dead_letters_total", "Records that failed to decode", &["source"]),
-            late_records: counter("weir_late_records_total", "Events too late for every window", &["operator"]),
+            late_records: counter(
+                "weir_late_records_total",
+                "Late events: too late for every window, or behind the watermark of a join or pattern input",
+                &["operator"],
+            ),
             watermark: gauge("weir_watermark_ms", "Event-time watermark of a partition-task", &["partition"]),
             watermark_lag: gauge("weir_watermark_lag_ms", "Wall clock minus watermark", &["partition"]),
             source_position: gauge("weir_source_position", "Next position to read", &["source", "partition"]),
