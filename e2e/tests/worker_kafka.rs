@@ -99,6 +99,13 @@ fn windows_survive_sigkill(delivery: &str, checkpoint_interval: &str, lose_state
     assert!(dead.contains("\"partition\":0"), "the bad record reached the dead letter: {dead}");
 }
 
+/// Writes `yaml` as `job.yaml` in `dir`; its path.
+fn write_manifest(dir: &Path, yaml: String) -> std::path::PathBuf {
+    let manifest = dir.join("job.yaml");
+    std::fs::write(&manifest, yaml).unwrap();
+    manifest
+}
+
 /// The window job of these tests, exactly-once or at-least-once, checkpointing every
 /// `interval` to a folder next to it, with a dead-letter file.
 fn write_job(
@@ -110,9 +117,8 @@ fn write_job(
     output: &str,
     corrections: &str,
 ) -> std::path::PathBuf {
-    let manifest = dir.join("job.yaml");
-    std::fs::write(
-        &manifest,
+    write_manifest(
+        dir,
         format!(
             r#"
 metadata: {{name: {name}}}
@@ -135,8 +141,6 @@ spec:
             alerts = alerts_of(output),
         ),
     )
-    .unwrap();
-    manifest
 }
 
 /// The topic of the pattern's alerts next to results topic `output`.
@@ -594,9 +598,8 @@ impl JoinCase {
 
     /// The job, exactly-once, checkpointing every `interval` next to it.
     fn manifest(&self, dir: &Path, interval: &str) -> std::path::PathBuf {
-        let manifest = dir.join("job.yaml");
-        std::fs::write(
-            &manifest,
+        write_manifest(
+            dir,
             format!(
                 r#"
 metadata: {{name: {name}}}
@@ -627,8 +630,6 @@ spec:
                 checkpoints = dir.join("checkpoints").display(),
             ),
         )
-        .unwrap();
-        manifest
     }
 
     /// Waits for the output and checks every pair and unmatched payment is in it once.

@@ -637,6 +637,24 @@ spec:
       out: {from: paid, file: {path: out.jsonl}}
 "#;
 
+    /// A task of the `JOB` join over in-memory state, its sinks being `sink`.
+    fn join_task(sink: Box<dyn Sink>) -> (tempfile::TempDir, Task, Sinks) {
+        let dir = tempfile::tempdir().unwrap();
+        let m = weir_crds::Manifest::from_yaml(JOB, "join").unwrap();
+        let plan = Arc::new(JobPlan::new(&m, dir.path()).unwrap());
+        let metrics = Arc::new(Metrics::new("join"));
+        let task = Task::open(plan, 0, Box::new(MemStore::default()), metrics.clone()).unwrap();
+        let sinks = Sinks::new(vec![sink], vec!["out".into()], metrics, None);
+        (dir, task, sinks)
+    }
+
+    /// A task of the `JOB` join whose output is recorded (as a Kafka sink's) in the vector.
+    fn recorded_join_task() -> (tempfile::TempDir, Task, Sinks, Arc<std::sync::Mutex<Vec<String>>>) {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (dir, task, sinks) = join_task(Box::new(Recorder(seen.clone())));
+        (dir, task, sinks, seen)
+    }
+
     fn records(lines: &[(&str, i64)], first: i64) -> Records {
         let mut r = Records::default();
         for (i, (id, ts)) in lines.iter().enumerate() {
@@ -676,14 +694,7 @@ spec:
     /// every committed input is replayed, as in the run that committed it.
     #[test]
     fn replay_processes_all_committed_input_before_new_input() {
-        let dir = tempfile::tempdir().unwrap();
-        let m = weir_crds::Manifest::from_yaml(JOB, "replay").unwrap();
-        let plan = Arc::new(JobPlan::new(&m, dir.path()).unwrap());
-        let metrics = Arc::new(Metrics::new("replay"));
-        let mut task = Task::open(plan, 0, Box::new(MemStore::default()), metrics.clone()).unwrap();
-        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink: Box<dyn Sink> = Box::new(Recorder(seen.clone()));
-        let mut sinks = Sinks::new(vec![sink], vec!["out".into()], metrics, None);
+        let (_dir, mut task, mut sinks, seen) = recorded_join_task();
         let (orders, payments) = (0, 1);
         // Committed before the crash: orders up to position 1 (o1), payments up to 2 (p1, p2).
         task.replay_until(orders, 1);
@@ -700,14 +711,7 @@ spec:
     /// quiet partition, or only transaction markers): input of the other source is not held.
     #[test]
     fn a_replay_ends_at_its_last_committed_record() {
-        let dir = tempfile::tempdir().unwrap();
-        let m = weir_crds::Manifest::from_yaml(JOB, "replay-end").unwrap();
-        let plan = Arc::new(JobPlan::new(&m, dir.path()).unwrap());
-        let metrics = Arc::new(Metrics::new("replay-end"));
-        let mut task = Task::open(plan, 0, Box::new(MemStore::default()), metrics.clone()).unwrap();
-        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink: Box<dyn Sink> = Box::new(Recorder(seen.clone()));
-        let mut sinks = Sinks::new(vec![sink], vec!["out".into()], metrics, None);
+        let (_dir, mut task, mut sinks, seen) = recorded_join_task();
         let (orders, payments) = (0, 1);
         task.replay_until(payments, 2);
         // Payments up to position 1 were processed before the crash; nothing comes after.
@@ -719,14 +723,9 @@ spec:
 
     #[test]
     fn an_idle_input_stops_holding_back_a_join() {
-        let dir = tempfile::tempdir().unwrap();
-        let m = weir_crds::Manifest::from_yaml(JOB, "idle").unwrap();
-        let plan = Arc::new(JobPlan::new(&m, dir.path()).unwrap());
-        let metrics = Arc::new(Metrics::new("idle"));
-        let mut task = Task::open(plan.clone(), 0, Box::new(MemStore::default()), metrics.clone()).unwrap();
-        let out = dir.path().join("out.jsonl");
-        let sink: Box<dyn Sink> = Box::new(FileSink::create("out", &out, false).unwrap());
-        let mut sinks = Sinks::new(vec![sink], vec!["out".into()], metrics, None);
+        let out_dir = tempfile::tempdir().unwrap();
+        let out = out_dir.path().join("out.jsonl");
+        let (_dir, mut task, mut sinks) = join_task(Box::new(FileSink::create("out", &out, false).unwrap()));
         let (orders, payments) = (0, 1);
         // o1 is never paid; orders move on by ten minutes; payments stop at one for o9.
         task.process(payments, records(&[("o9", 5_000)], 0), &mut sinks).unwrap();
