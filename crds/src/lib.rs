@@ -15,7 +15,7 @@ pub use duration::Duration;
 pub use job::*;
 pub use manifest::{Manifest, ManifestError, ManifestMeta};
 pub use pipeline::*;
-pub use validate::{source_fields, topo_order, validate_spec, FieldError, ValidationErrors};
+pub use validate::{source_fields, table_fields, topo_order, validate_spec, FieldError, ValidationErrors};
 
 /// The fields of what a `datagen` kind generates.
 pub fn datagen_schema(kind: DatagenKind) -> BTreeMap<String, FieldType> {

@@ -151,6 +151,13 @@ pub struct DatagenSpec {
     pub start_time: Option<i64>,
 }
 
+impl DatagenSpec {
+    /// Whether the rows end: a `count`, or merchants (one row per key).
+    pub fn bounded(&self) -> bool {
+        self.count.is_some() || self.kind == DatagenKind::Merchants
+    }
+}
+
 /// What `datagen` generates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -166,14 +173,19 @@ pub enum DatagenKind {
     Merchants,
 }
 
-/// A side input: a compacted topic kept as keyed state.
+/// A side input: every record of a compacted topic (or a file, or generated rows), kept as
+/// the latest row per key in RocksDB on every worker, and read by `enrich` steps.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TableSpec {
+    /// Read from the beginning by every worker, all partitions, and followed as it changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka: Option<KafkaSourceSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<FileSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datagen: Option<DatagenSpec>,
+    /// The key field: a later row with the same key replaces the earlier one.
     pub key: String,
     #[serde(default)]
     pub format: Format,
@@ -317,14 +329,50 @@ pub struct SessionSpec {
     pub gap: Duration,
 }
 
-/// Enrichment from a side-input table.
+/// Enrichment from a side-input table: each row gets the table's fields for the key in its
+/// `by` field.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EnrichSpec {
     pub table: String,
-    pub on: String,
-    #[serde(default)]
+    /// The input field holding the table's key. `on` is accepted too, as in PIPELINE.md, in
+    /// manifests that are not read as YAML 1.1 (kubectl reads a bare `on` as `true`).
+    #[serde(alias = "on")]
+    pub by: String,
+    /// The table's fields to add; all but its key when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fields: Vec<String>,
+    /// Put before each added field's name (to tell `country` of the table from the input's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// What happens to a row whose key the table does not hold.
+    #[serde(default)]
+    pub missing: MissingKey,
+}
+
+/// `enrich.missing`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum MissingKey {
+    /// The row goes on with the table's fields null (a left join).
+    #[default]
+    Null,
+    /// The row is dropped (an inner join), and counted.
+    Drop,
+    /// The row goes to the pipeline's `deadLetter` sink with the reason.
+    DeadLetter,
+}
+
+impl EnrichSpec {
+    /// The table fields added, in order, and their names in the output.
+    pub fn added_fields(&self, table: &TableSpec) -> Vec<(String, String)> {
+        let fields: Vec<String> = match self.fields.is_empty() {
+            true => table.schema.keys().filter(|f| **f != table.key).cloned().collect(),
+            false => self.fields.clone(),
+        };
+        let prefix = self.prefix.as_deref().unwrap_or("");
+        fields.into_iter().map(|f| (format!("{prefix}{f}"), f)).collect()
+    }
 }
 
 /// A sequence of conditions matched per key within a time bound.

@@ -215,7 +215,9 @@ fn the_crd_reads_the_same_as_yaml_1_1() {
         let word = line.trim_start().trim_start_matches("- ").trim_end_matches(':');
         assert!(!["on", "off", "yes", "no", "y", "n"].contains(&word.to_lowercase().as_str()), "unquoted: {line}");
     }
-    assert!(yaml.contains("- 'on'") && yaml.contains("'on':"), "the join's `on` is quoted");
+    // No field is named `on` (the join and enrich steps take `by`), which kubectl would send as
+    // `true`.
+    assert!(!yaml.contains("'on'"), "a field named `on`");
 }
 
 #[test]
@@ -346,4 +348,45 @@ spec:
     ] {
         assert!(has(&errs, path, needle), "{path}: {needle} in {errs:?}");
     }
+}
+
+#[test]
+fn enrichment_errors_name_the_field_and_the_fix() {
+    let errs = errors(
+        r#"
+spec:
+  pipeline:
+    sources:
+      payments:
+        datagen: {kind: payments}
+    tables:
+      merchants:
+        datagen: {kind: merchants}
+        file: {path: m.jsonl}
+        key: merchant_id
+      cards:
+        file: {path: c.jsonl}
+        key: card
+        schema: {card_id: string}
+    streams:
+      enriched:
+        from: payments
+        enrich: {table: merchants, by: merchant, missing: deadLetter}
+      twice:
+        from: payments
+        enrich: {table: merchants, by: merchant_id, fields: [country, rating]}
+    sinks:
+      out: {from: enriched, file: {path: o.jsonl}}
+      out2: {from: twice, file: {path: o2.jsonl}}
+"#,
+    );
+    let t = "spec.pipeline.tables";
+    let s = "spec.pipeline.streams";
+    assert!(has(&errs, &format!("{t}.merchants"), "exactly one of kafka, file, datagen; found 2"), "{errs:?}");
+    assert!(has(&errs, &format!("{t}.cards.key"), "`card` is not a field"), "{errs:?}");
+    assert!(has(&errs, &format!("{s}.enriched.enrich.by"), "`merchant` is not a field of `payments`"), "{errs:?}");
+    assert!(has(&errs, &format!("{s}.enriched.enrich.missing"), "needs spec.pipeline.deadLetter"), "{errs:?}");
+    assert!(has(&errs, &format!("{s}.enriched.enrich.fields"), "`country` is already a field"), "{errs:?}");
+    assert!(has(&errs, &format!("{s}.twice.enrich.fields"), "`rating` is not a field of table"), "{errs:?}");
+    assert!(has(&errs, &format!("{s}.twice.enrich.fields"), "enrich.prefix"), "{errs:?}");
 }

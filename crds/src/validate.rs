@@ -8,7 +8,7 @@ use std::fmt;
 
 use crate::{
     datagen_schema, parse_aggregate, CheckpointingSpec, Duration, FieldType, JoinSpec, PipelineSpec, SinkSpec,
-    SourceSpec, StreamJobSpec, StreamSpec,
+    SourceSpec, StreamJobSpec, StreamSpec, TableSpec,
 };
 
 /// One problem in a manifest.
@@ -157,6 +157,14 @@ fn check_checkpointing(errs: &mut ValidationErrors, c: &CheckpointingSpec) {
 }
 
 /// The fields a source's records carry (declared, or implied by a datagen kind).
+/// A table's fields: its schema, or the generated rows' when a datagen table declares none.
+pub fn table_fields(t: &TableSpec) -> BTreeMap<String, FieldType> {
+    match (&t.datagen, t.schema.is_empty()) {
+        (Some(d), true) => datagen_schema(d.kind),
+        _ => t.schema.clone(),
+    }
+}
+
 pub fn source_fields(src: &SourceSpec) -> BTreeMap<String, FieldType> {
     match (&src.datagen, src.schema.is_empty()) {
         (Some(d), true) => datagen_schema(d.kind),
@@ -187,13 +195,14 @@ fn validate_pipeline(p: &PipelineSpec, errs: &mut ValidationErrors) {
     }
     for (name, t) in &p.tables {
         let path = format!("{base}.tables.{name}");
-        let kinds = [t.kafka.is_some(), t.file.is_some()].iter().filter(|b| **b).count();
+        let kinds = [t.kafka.is_some(), t.file.is_some(), t.datagen.is_some()].iter().filter(|b| **b).count();
         if kinds != 1 {
-            errs.push(path.clone(), format!("a table needs exactly one of kafka, file; found {kinds}"));
+            errs.push(path.clone(), format!("a table needs exactly one of kafka, file, datagen; found {kinds}"));
         }
-        if t.schema.is_empty() {
+        let schema = table_fields(t);
+        if schema.is_empty() {
             errs.push(format!("{path}.schema"), "a table needs a schema");
-        } else if !t.schema.contains_key(&t.key) {
+        } else if !schema.contains_key(&t.key) {
             errs.push(format!("{path}.key"), format!("`{}` is not a field of the table's schema", t.key));
         }
     }
@@ -335,11 +344,8 @@ fn step_output_fields(p: &PipelineSpec, s: &StreamSpec, input: Option<BTreeSet<S
     let mut f = input?;
     if let Some(e) = &s.enrich {
         if let Some(t) = p.tables.get(&e.table) {
-            if e.fields.is_empty() {
-                f.extend(t.schema.keys().cloned());
-            } else {
-                f.extend(e.fields.iter().cloned());
-            }
+            let t = TableSpec { schema: table_fields(t), ..t.clone() };
+            f.extend(e.added_fields(&t).into_iter().map(|(out, _)| out));
         }
     }
     Some(f)
@@ -509,6 +515,7 @@ fn check_stream(
         match p.tables.get(&e.table) {
             None => errs.push(format!("{path}.enrich.table"), format!("`{}` is not a table", e.table)),
             Some(t) => {
+                let t = TableSpec { schema: table_fields(t), ..t.clone() };
                 for f in &e.fields {
                     if !t.schema.contains_key(f) {
                         errs.push(
@@ -517,12 +524,32 @@ fn check_stream(
                         );
                     }
                 }
+                if let Some(input) = &input {
+                    for (out, _) in e.added_fields(&t) {
+                        if input.contains(&out) {
+                            errs.push(
+                                format!("{path}.enrich.fields"),
+                                format!(
+                                    "`{out}` is already a field of `{}`; set enrich.prefix (e.g. `{}_`) or list \
+                                     the fields to add",
+                                    s.from, e.table
+                                ),
+                            );
+                        }
+                    }
+                }
             }
         }
         if let Some(input) = &input {
-            if !input.contains(&e.on) {
-                errs.push(format!("{path}.enrich.on"), format!("`{}` is not a field of `{}`", e.on, s.from));
+            if !input.contains(&e.by) {
+                errs.push(format!("{path}.enrich.by"), format!("`{}` is not a field of `{}`", e.by, s.from));
             }
+        }
+        if e.missing == crate::MissingKey::DeadLetter && p.dead_letter.is_none() {
+            errs.push(
+                format!("{path}.enrich.missing"),
+                "deadLetter needs spec.pipeline.deadLetter (the sink that receives the rows)",
+            );
         }
     }
     if let Some(pat) = &s.pattern {

@@ -16,5 +16,6 @@ pub mod runtime;
 pub mod sink;
 pub mod source;
 pub mod state;
+pub mod table;
 pub mod task;
 pub mod value;

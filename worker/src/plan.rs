@@ -8,16 +8,19 @@ use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use weir_crds::{
-    parse_aggregate, source_fields, topo_order, FieldType, Manifest, SourceSpec, StreamSpec, ValidationErrors,
+    parse_aggregate, source_fields, topo_order, FieldType, Manifest, SourceSpec, StreamSpec, TableSpec,
+    ValidationErrors,
 };
 
 use crate::codec::json::{engine_type, JsonDecoder};
 use crate::expr::{CompiledExpr, ExprCompiler};
+use crate::operators::enrich::{EnrichOp, EnrichPlan};
 use crate::operators::join::JoinOp;
 use crate::operators::pattern::{PatternOp, PatternPlan, StepPlan};
 use crate::operators::select::{Filter, Project};
 use crate::operators::window::{AggSpec, WindowConfig, WindowKind, WindowOp};
 use crate::operators::Operator;
+use crate::table::{TablePlan, TableStore};
 
 /// Where a source's or step's output goes: a step's input (0, or 1 for a join's right input)
 /// or a sink.
@@ -87,6 +90,7 @@ pub struct NodePlan {
     pub filter: Option<CompiledExpr>,
     pub project: Option<Vec<(String, CompiledExpr)>>,
     pub window: Option<WindowPlan>,
+    pub enrich: Option<EnrichPlan>,
     pub out_schema: SchemaRef,
     /// Output columns that form a Kafka message key.
     pub key_cols: Vec<usize>,
@@ -123,6 +127,8 @@ pub struct JobPlan {
     pub name: String,
     pub group: String,
     pub sources: Vec<SourcePlan>,
+    /// Side-input tables, in name order.
+    pub tables: Vec<Arc<TablePlan>>,
     /// Steps in an order where each comes after the step it reads.
     pub nodes: Vec<NodePlan>,
     pub sinks: Vec<SinkPlan>,
@@ -183,6 +189,7 @@ impl JobPlan {
                 }
             })
             .collect();
+        let tables: Vec<Arc<TablePlan>> = p.tables.iter().map(|(n, t)| Arc::new(TablePlan::new(n, t))).collect();
         let order = topo_order(p).map_err(|cycle| {
             let mut e = ValidationErrors::default();
             e.push("spec.pipeline.streams", format!("the steps form a cycle: {}", cycle.join(" -> ")));
@@ -226,7 +233,7 @@ impl JobPlan {
                     }
                 },
             };
-            let mut node = plan_node(&compiler, name, &path, s, input, roots, &sink_index, &mut errs);
+            let mut node = plan_node(&compiler, name, &path, s, input, roots, &sink_index, &tables, &mut errs);
             node.join = join;
             node.inputs = s.inputs().into_iter().map(input_ref).collect();
             nodes.push(node);
@@ -262,21 +269,20 @@ impl JobPlan {
             return Err(errs);
         }
         for (name, s) in &p.streams {
-            if s.enrich.is_some() {
+            if s.enrich.is_some() && s.state_ttl.is_some() {
                 errs.push(
-                    format!("spec.pipeline.streams.{name}"),
-                    "enrich steps are not available in this version of the worker",
+                    format!("spec.pipeline.streams.{name}.stateTtl"),
+                    "a table keeps the latest row of every key (a tombstone-free compacted topic); expiring its \
+                     rows is not available in this version of the worker",
                 );
             }
-        }
-        if !p.tables.is_empty() {
-            errs.push("spec.pipeline.tables", "side-input tables are not available in this version of the worker");
         }
         errs.clone().into_result()?;
         Ok(JobPlan {
             name: m.metadata.name.clone(),
             group,
             sources,
+            tables,
             nodes,
             sinks,
             dead_letter: p.dead_letter.as_deref().and_then(|d| sink_index.get(d).copied()),
@@ -302,7 +308,7 @@ impl JobPlan {
     pub fn bounded(&self) -> bool {
         self.sources.iter().all(|s| {
             s.spec.file.is_some()
-                || s.spec.datagen.as_ref().is_some_and(|d| d.count.is_some())
+                || s.spec.datagen.as_ref().is_some_and(|d| d.bounded())
                 || s.spec.kafka.as_ref().is_some_and(|k| k.bounded)
         })
     }
@@ -368,8 +374,8 @@ impl JobPlan {
             .collect()
     }
 
-    /// Fresh operators of step `i` for one task.
-    pub fn instantiate(&self, i: usize) -> Vec<Box<dyn Operator>> {
+    /// Fresh operators of step `i` for one task, reading the worker's `tables`.
+    pub fn instantiate(&self, i: usize, tables: &[Arc<TableStore>]) -> Vec<Box<dyn Operator>> {
         let n = &self.nodes[i];
         let mut ops: Vec<Box<dyn Operator>> = Vec::new();
         if let Some(j) = &n.join {
@@ -377,6 +383,10 @@ impl JobPlan {
         }
         if let Some(f) = &n.filter {
             ops.push(Box::new(Filter { name: n.name.clone(), predicate: f.clone() }));
+        }
+        if let Some(e) = &n.enrich {
+            let table = tables.get(e.table).expect("the runtime opens every table of the plan").clone();
+            ops.push(Box::new(EnrichOp::new(&n.name, e.clone(), table, &self.tables[e.table].name)));
         }
         if let Some(p) = &n.project {
             ops.push(Box::new(Project::new(n.name.clone(), p.clone())));
@@ -408,6 +418,7 @@ fn plan_node(
     input: SchemaRef,
     root_sources: Vec<usize>,
     sink_index: &BTreeMap<&str, usize>,
+    tables: &[Arc<TablePlan>],
     errs: &mut ValidationErrors,
 ) -> NodePlan {
     let filter = s.filter.as_ref().and_then(|w| match compiler.compile(w, &input) {
@@ -421,6 +432,8 @@ fn plan_node(
             None
         }
     });
+    let enrich = s.enrich.as_ref().and_then(|e| plan_enrich(e, path, &input, tables, errs));
+    let input = enrich.as_ref().map_or(input, |e| e.out_schema.clone());
     let mut schema = input.clone();
     let project = s.select.as_ref().map(|sel| {
         let exprs: Vec<(String, CompiledExpr)> = sel
@@ -520,11 +533,46 @@ fn plan_node(
         filter,
         project,
         window,
+        enrich,
         out_schema,
         key_cols,
         late_sink: s.late_output.as_deref().and_then(|l| sink_index.get(l).copied()),
         children: Vec::new(),
     }
+}
+
+/// Plans an enrichment of rows of `input` from its table; the key types must agree.
+fn plan_enrich(
+    e: &weir_crds::EnrichSpec,
+    path: &str,
+    input: &SchemaRef,
+    tables: &[Arc<TablePlan>],
+    errs: &mut ValidationErrors,
+) -> Option<EnrichPlan> {
+    let table_index = tables.iter().position(|t| t.name == e.table)?;
+    let table = &tables[table_index];
+    let by = input.index_of(&e.by).ok()?;
+    let by_type = input.field(by).data_type();
+    if *by_type != table.key_type {
+        errs.push(
+            format!("{path}.enrich.by"),
+            format!(
+                "`{}` is {by_type}, but the key `{}` of table `{}` is {}; the two must have one type",
+                e.by, table.spec.key, e.table, table.key_type
+            ),
+        );
+        return None;
+    }
+    let spec = TableSpec { schema: table.fields.clone(), ..table.spec.clone() };
+    let added = e.added_fields(&spec);
+    let columns = added.iter().map(|(_, f)| table.column(f)).collect::<Option<Vec<usize>>>()?;
+    Some(EnrichPlan {
+        table: table_index,
+        by,
+        columns,
+        missing: e.missing,
+        out_schema: EnrichPlan::output_schema(input, table, &added),
+    })
 }
 
 /// A planned pattern and which of its output columns are the key fields.

@@ -23,10 +23,11 @@ use crate::sink::kafka::{KafkaProducer, KafkaSink};
 use crate::sink::{file::FileSink, Shared, SharedSink, Sink};
 use crate::source::{datagen::DatagenSource, file::FileSource, kafka::KafkaSource, Source};
 use crate::state::{RocksShared, RocksStore};
+use crate::table::Table;
 use crate::task::{Sinks, Task};
 
 /// Records read per poll across a source's partitions.
-const MAX_POLL: usize = 8_192;
+pub(crate) const MAX_POLL: usize = 8_192;
 
 /// Where this worker sits in the job.
 #[derive(Clone, Debug)]
@@ -68,6 +69,8 @@ pub struct Runtime {
     last_checkpoint: Instant,
     savepoints: Savepoints,
     profile: Profile,
+    /// Side-input tables, loaded before the first stream record and followed as they change.
+    tables: Vec<Table>,
 }
 
 impl Runtime {
@@ -94,6 +97,14 @@ impl Runtime {
         }
         Self::check_co_partitioned(&plan, &sources)?;
         let shared = RocksShared::new(cfg.state_memory_bytes, cfg.state_memory_bytes / 4);
+        let mut tables = Vec::new();
+        for t in &plan.tables {
+            let mut table = Table::open(t.clone(), &cfg.state_dir.join("tables").join(&t.name), &shared, &plan)?;
+            table.load(&plan.group)?;
+            Self::count_table_rows(&metrics, &mut table);
+            tables.push(table);
+        }
+        let stores: Vec<_> = tables.iter().map(|t| t.store.clone()).collect();
         let mut partitions: Vec<u32> = sources.iter().flat_map(|s| s.partitions()).collect();
         partitions.sort_unstable();
         partitions.dedup();
@@ -140,7 +151,7 @@ impl Runtime {
             }
             std::fs::create_dir_all(&dir).with_context(|| format!("creating state folder {}", dir.display()))?;
             let store = RocksStore::open(&dir, &shared)?;
-            let task = Task::open(plan.clone(), p, Box::new(store), metrics.clone())?;
+            let task = Task::open(plan.clone(), p, Box::new(store), metrics.clone(), &stores)?;
             for (i, s) in sources.iter_mut().enumerate() {
                 if let Some(pos) = task.restored_position(i) {
                     if s.partitions().contains(&p) {
@@ -237,7 +248,15 @@ impl Runtime {
             checkpointer,
             savepoints: cfg.savepoints.clone(),
             last_checkpoint: Instant::now(),
+            tables,
         })
+    }
+
+    /// Publishes the rows table `t` read since the last call.
+    fn count_table_rows(metrics: &Metrics, t: &mut Table) {
+        let (rows, bad) = t.take_counts();
+        metrics.table_rows.with_label_values(&[&t.plan.name, "applied"]).inc_by(rows - bad);
+        metrics.table_rows.with_label_values(&[&t.plan.name, "bad"]).inc_by(bad);
     }
 
     /// Exactly-once needs a Kafka source (its offsets go into the transactions) and Kafka sinks
@@ -297,6 +316,14 @@ impl Runtime {
         let (mut first_record, mut records) = (None, 0u64);
         let mut records_at_window = 0u64;
         loop {
+            // Table changes first: the stream records read next see them.
+            for t in self.tables.iter_mut() {
+                let started = Instant::now();
+                if t.poll(Duration::ZERO)? > 0 {
+                    Self::count_table_rows(&self.metrics, t);
+                    busy += started.elapsed();
+                }
+            }
             for i in 0..self.sources.len() {
                 if self.ended[i] {
                     continue;

@@ -13,13 +13,14 @@ use datafusion::arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use crate::batch::Batch;
 use crate::metrics::Metrics;
 use crate::operators::join::JoinOp;
-use crate::operators::{OpCtx, OpError, Operator};
+use crate::operators::{OpCtx, OpError, Operator, Rejected};
 use crate::plan::{state_prefix, Input, JobPlan, Target};
 use crate::profile::{self, Op, Times};
 use crate::sink::kafka::KafkaProducer;
 use crate::sink::{dead_letter, Sink, SinkError};
 use crate::source::Records;
 use crate::state::{Ops, StateError, StateStore, StateTx};
+use crate::table::TableStore;
 
 /// What can stop a task.
 #[derive(Debug, thiserror::Error)]
@@ -231,6 +232,7 @@ impl Task {
         partition: u32,
         store: Box<dyn StateStore>,
         metrics: Arc<Metrics>,
+        tables: &[Arc<TableStore>],
     ) -> Result<Task, TaskError> {
         reconcile_state_steps(store.as_ref(), &plan, partition)?;
         let state = StateTx::new(store);
@@ -244,7 +246,7 @@ impl Task {
                 last_read: Instant::now(),
             });
         }
-        let nodes = (0..plan.nodes.len()).map(|i| plan.instantiate(i)).collect();
+        let nodes = (0..plan.nodes.len()).map(|i| plan.instantiate(i, tables)).collect();
         Ok(Task {
             partition,
             state,
@@ -453,11 +455,36 @@ impl Task {
             };
             self.charge(Op::Step(i), started);
             self.route_late(i, sinks)?;
+            if let Some(r) = self.nodes[i][j].take_rejected() {
+                self.route_rejected(i, r, sinks)?;
+            }
         }
         if let Some(b) = cur {
             for t in self.plan.nodes[i].children.clone() {
                 self.dispatch(t, b.clone(), sinks)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Rows step `i` turned away: counted, and the dead ones to the dead-letter sink.
+    fn route_rejected(&mut self, i: usize, r: Rejected, sinks: &mut Sinks) -> Result<(), TaskError> {
+        let name = &self.plan.nodes[i].name;
+        let counter = |outcome: &str| self.metrics.rejected_rows.with_label_values(&[name, outcome]);
+        counter("dropped").inc_by(r.dropped);
+        if r.dead.is_empty() {
+            return Ok(());
+        }
+        counter("dead_letter").inc_by(r.dead.len() as u64);
+        match self.plan.dead_letter {
+            Some(d) => {
+                // The row has no source position any more: -1.
+                let records: Vec<Vec<u8>> =
+                    r.dead.iter().map(|(e, rec)| dead_letter(name, self.partition, -1, e, rec)).collect();
+                sinks.write_records(d, &records)?;
+            }
+            None => tracing::warn!(operator = %name, partition = self.partition,
+                "{} row(s) turned away and no deadLetter sink is set; first: {}", r.dead.len(), r.dead[0].0),
         }
         Ok(())
     }
@@ -643,7 +670,7 @@ spec:
         let m = weir_crds::Manifest::from_yaml(JOB, "join").unwrap();
         let plan = Arc::new(JobPlan::new(&m, dir.path()).unwrap());
         let metrics = Arc::new(Metrics::new("join"));
-        let task = Task::open(plan, 0, Box::new(MemStore::default()), metrics.clone()).unwrap();
+        let task = Task::open(plan, 0, Box::new(MemStore::default()), metrics.clone(), &[]).unwrap();
         let sinks = Sinks::new(vec![sink], vec!["out".into()], metrics, None);
         (dir, task, sinks)
     }

@@ -107,6 +107,81 @@ fn generated_orders_join_their_payments() {
 }
 
 #[test]
+fn enrichment_example_matches_a_lookup_in_the_generated_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = copy_example(dir.path(), "payments-enriched-local.yaml");
+    // Own state folders: a run finding an earlier run's positions would resume after them.
+    let state = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let out = worker().args(["run", "-f", manifest.to_str().unwrap(), "--state-dir", &state("st1")]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The same generated payments and merchants, written as they are by a second job.
+    let raw = dir.path().join("raw.yaml");
+    std::fs::write(
+        &raw,
+        r#"
+metadata: {name: raw}
+spec:
+  pipeline:
+    sources:
+      payments: {datagen: {kind: payments, count: 50000, seed: 5, keys: 2000, eventRate: 500, startTime: 1795564800000}}
+      merchants: {datagen: {kind: merchants, keys: 1500, seed: 5, startTime: 1795564800000}}
+    sinks:
+      p: {from: payments, file: {path: raw/payments.jsonl}}
+      m: {from: merchants, file: {path: raw/merchants.jsonl}}
+"#,
+    )
+    .unwrap();
+    let out = worker().args(["run", "-f", raw.to_str().unwrap(), "--state-dir", &state("st2")]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let merchants: std::collections::HashMap<String, serde_json::Value> =
+        lines(&dir.path().join("raw/merchants.jsonl"))
+            .into_iter()
+            .map(|m| (m["merchant_id"].as_str().unwrap().to_string(), m))
+            .collect();
+    assert_eq!(merchants.len(), 1_500);
+    let (mut want_rows, mut want_dead) = (Vec::new(), Vec::new());
+    for p in lines(&dir.path().join("raw/payments.jsonl")) {
+        if p["status"] != "approved" {
+            continue;
+        }
+        let id = p["id"].as_str().unwrap().to_string();
+        match merchants.get(p["merchant_id"].as_str().unwrap()) {
+            Some(m) => {
+                want_rows.push((id, m["category"].to_string(), m["country"].to_string(), p["country"].to_string()))
+            }
+            None => want_dead.push(id),
+        }
+    }
+    let mut rows: Vec<(String, String, String, String)> = lines(&dir.path().join("out/payments_enriched.jsonl"))
+        .iter()
+        .map(|r| {
+            let s = |f: &str| r[f].to_string();
+            (r["id"].as_str().unwrap().to_string(), s("category"), s("merchant_country"), s("country"))
+        })
+        .collect();
+    let dead = lines(&dir.path().join("out/unknown_merchants.jsonl"));
+    let mut dead_ids: Vec<String> = dead
+        .iter()
+        .map(|d| {
+            assert!(d["error"].as_str().unwrap().starts_with("table merchants has no row for key \"m-01"), "{d}");
+            let rec: serde_json::Value = serde_json::from_str(d["record"].as_str().unwrap()).unwrap();
+            rec["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    for v in [&mut want_rows, &mut rows] {
+        v.sort();
+    }
+    want_dead.sort();
+    dead_ids.sort();
+    assert!(want_rows.len() > 40_000 && want_dead.len() > 5_000, "{} {}", want_rows.len(), want_dead.len());
+    assert_eq!(rows, want_rows, "every approved payment at a known merchant, with the merchant's fields");
+    assert_eq!(dead_ids, want_dead, "every approved payment at an unknown merchant, in the dead letter");
+    let per_category: i64 =
+        lines(&dir.path().join("out/spend_per_category.jsonl")).iter().map(|w| w["n"].as_i64().unwrap()).sum();
+    assert!(per_category > 0 && per_category <= rows.len() as i64);
+}
+
+#[test]
 fn invalid_manifest_lists_every_error_and_exits_non_zero() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = dir.path().join("bad.yaml");

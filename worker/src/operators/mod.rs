@@ -1,5 +1,6 @@
 //! Operators of a task's dataflow. Each step of the pipeline compiles to a chain of them.
 
+pub mod enrich;
 pub mod join;
 pub mod keyed;
 pub mod pattern;
@@ -126,4 +127,17 @@ pub trait Operator: Send {
     fn cached_keys(&self) -> usize {
         0
     }
+
+    /// Rows the operator turned away since the last call (an enrichment's missing keys).
+    fn take_rejected(&mut self) -> Option<Rejected> {
+        None
+    }
+}
+
+/// Rows an operator turned away: to the dead-letter sink with a reason, or dropped (counted).
+#[derive(Debug, Default)]
+pub struct Rejected {
+    /// The reason and the row (the record as read, or the row as JSON).
+    pub dead: Vec<(String, Vec<u8>)>,
+    pub dropped: u64,
 }

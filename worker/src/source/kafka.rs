@@ -338,6 +338,10 @@ impl Source for KafkaSource {
         Ok(())
     }
 
+    fn next_positions(&self) -> Vec<(u32, i64)> {
+        self.position.iter().map(|(p, o)| (*p, *o)).collect()
+    }
+
     fn lag(&self) -> Vec<(u32, i64)> {
         self.partitions
             .iter()

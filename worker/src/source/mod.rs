@@ -110,6 +110,10 @@ pub trait Source: Send {
     fn lag(&self) -> Vec<(u32, i64)> {
         Vec::new()
     }
+    /// The position of the next record to read, per partition that has one.
+    fn next_positions(&self) -> Vec<(u32, i64)> {
+        Vec::new()
+    }
 }
 
 #[cfg(test)]
