@@ -55,6 +55,17 @@ Q
       q: {from: payments, keyBy: [card_id], window: {session: {gap: 2m}}, aggregate: {n: "count(*)", total: "sum(amount)"}}
 Q
     ;;
+    # Enrichment from a side input of 1,000,000 generated merchants (loaded before the first
+    # payment is read, so not timed); the payments go to 2,000 of them, skewed.
+    enrich_1m) cat <<Q
+    tables:
+      merchants:
+        datagen: {kind: merchants, keys: 1000000, seed: 1}
+        key: merchant_id
+    streams:
+      q: {from: payments, enrich: {table: merchants, by: merchant_id, fields: [category, country], prefix: merchant_}}
+Q
+    ;;
     # The fraud pattern: three payments under 5.00 on a card, then one over 500, within 5 minutes.
     fraud_pattern) cat <<Q
     streams:
@@ -118,7 +129,7 @@ YAML
 }
 
 echo "== weir-worker, 1 task, $EVENTS events of $(($(stat -c %s "$DATA") / EVENTS)) bytes, $(nproc) cores"
-QUERIES=${BENCH_QUERIES:-filter_project tumbling_1m sliding_5m_1m session_2m join_1to1 fraud_pattern}
+QUERIES=${BENCH_QUERIES:-filter_project tumbling_1m sliding_5m_1m session_2m join_1to1 enrich_1m fraud_pattern}
 for q in $QUERIES; do
   run_one file "file: {path: $DATA}" "$q"
 done

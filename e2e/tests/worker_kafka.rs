@@ -717,3 +717,142 @@ fn a_join_savepoint_of_3_workers_restores_into_2() {
     let first = (p1.len() + c1.len()) as u64;
     through_savepoint(&manifest, &log, PARTITIONS as usize, first, 2, then, || case.check(&log));
 }
+
+/// `(merchant, category)` rows of a merchants table topic.
+fn produce_merchants(producer: &rdkafka::producer::BaseProducer, topic: &str, rows: &[(u32, &str)]) {
+    for (m, category) in rows {
+        let key = format!("m-{m:03}");
+        let payload = serde_json::json!({"merchant_id": key, "category": category}).to_string();
+        // Partitioned by key, as a compacted topic is.
+        while producer.send(BaseRecord::to(topic).key(&key).payload(&payload)).is_err() {
+            producer.poll(Duration::from_millis(10));
+        }
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+}
+
+/// Payments `from..to`, payment `i` at merchant `m-(i % 60)`.
+fn produce_merchant_payments(producer: &rdkafka::producer::BaseProducer, topic: &str, from: u32, to: u32) {
+    for i in from..to {
+        let payload =
+            serde_json::json!({"id": format!("p{i:04}"), "merchant_id": format!("m-{:03}", i % 60), "ts": 1_000 + i})
+                .to_string();
+        while producer.send(BaseRecord::<(), _>::to(topic).partition((i % 3) as i32).payload(&payload)).is_err() {
+            producer.poll(Duration::from_millis(10));
+        }
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+}
+
+/// Waits until the worker behind admin `port` has applied `rows` rows of table `merchants`.
+fn wait_for_table_rows(port: u16, rows: u64) {
+    let applied = |metrics: String| {
+        let line =
+            metrics.lines().find(|l| l.starts_with(r#"weir_table_rows_total{outcome="applied",table="merchants""#));
+        line.and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+    };
+    wait_until(&format!("{rows} table rows applied (port {port})"), Duration::from_secs(60), || {
+        (applied(admin(port, "GET", "/metrics")) == Some(rows)).then_some(()).or_else(|| {
+            std::thread::sleep(Duration::from_millis(200));
+            None
+        })
+    });
+}
+
+#[test]
+fn every_worker_enriches_from_the_whole_table_and_follows_its_updates() {
+    require_port("Kafka", 9092);
+    let (merchants, payments, output) = (unique("merchants"), unique("mpayments"), unique("enriched"));
+    // The table's topic has more partitions than the job, and other keys than the stream's.
+    create_topics(&[(&merchants, 4), (&payments, PARTITIONS), (&output, PARTITIONS)]);
+    let producer = producer();
+    let v1: Vec<(u32, &str)> = (0..50).map(|m| (m, "v1")).collect();
+    produce_merchants(&producer, &merchants, &v1);
+    let v2: Vec<(u32, &str)> = (0..10).map(|m| (m, "v2")).collect();
+    produce_merchants(&producer, &merchants, &v2);
+    produce_merchant_payments(&producer, &payments, 0, 120);
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = write_manifest(
+        dir.path(),
+        format!(
+            r#"
+metadata: {{name: {name}}}
+spec:
+  epochInterval: 50ms
+  checkpointing: {{interval: 1s, storage: "file://{checkpoints}"}}
+  pipeline:
+    sources:
+      payments:
+        kafka: {{brokers: "{b}", topic: {payments}, startFrom: earliest}}
+        schema: {{id: string, merchant_id: string, ts: timestamp}}
+        eventTime: {{field: ts}}
+    tables:
+      merchants:
+        kafka: {{brokers: "{b}", topic: {merchants}}}
+        key: merchant_id
+        schema: {{merchant_id: string, category: string}}
+    streams:
+      enriched:
+        from: payments
+        enrich: {{table: merchants, by: merchant_id}}
+    sinks:
+      out: {{from: enriched, kafka: {{brokers: "{b}", topic: {output}}}}}
+"#,
+            name = unique("enrich"),
+            b = kafka_brokers(),
+            checkpoints = dir.path().join("checkpoints").display(),
+        ),
+    );
+    let log = dir.path().join("worker.log");
+    let ports = [free_port(), free_port()];
+    let mut pods: Vec<Child> = (0..2)
+        .map(|o| start_pod(&manifest, o, 2, &dir.path().join(format!("state-{o}")), ports[o as usize], None, &log))
+        .collect();
+    let categories = |rows: &[(Option<String>, serde_json::Value)]| -> BTreeMap<String, Option<String>> {
+        rows.iter()
+            .map(|(_, r)| (r["id"].as_str().unwrap().to_string(), r["category"].as_str().map(str::to_string)))
+            .collect()
+    };
+    let first = wait_until("120 enriched payments", Duration::from_secs(90), || {
+        let rows = read_all(&output, PARTITIONS);
+        (rows.len() >= 120).then_some(rows).or_else(|| {
+            std::thread::sleep(Duration::from_millis(300));
+            None
+        })
+    });
+    let expected = |i: u32, updated: &BTreeMap<u32, &str>| -> Option<String> {
+        let m = i % 60;
+        updated.get(&m).map(|c| c.to_string()).or(match m {
+            0..10 => Some("v2".into()),
+            10..50 => Some("v1".into()),
+            _ => None, // not in the table: the row goes on with a null category
+        })
+    };
+    let want: BTreeMap<String, Option<String>> =
+        (0..120).map(|i| (format!("p{i:04}"), expected(i, &BTreeMap::new()))).collect();
+    assert_eq!(first.len(), 120, "each payment once");
+    assert_eq!(categories(&first), want, "every worker holds the whole table, with each key's latest row");
+    // The table changes while the job runs: each worker applies the change before the
+    // payments that come after it.
+    produce_merchants(&producer, &merchants, &[(20, "v3"), (55, "new")]);
+    for port in ports {
+        wait_for_table_rows(port, 62);
+    }
+    produce_merchant_payments(&producer, &payments, 120, 240);
+    let all = wait_until("240 enriched payments", Duration::from_secs(90), || {
+        let rows = read_all(&output, PARTITIONS);
+        (rows.len() >= 240).then_some(rows).or_else(|| {
+            std::thread::sleep(Duration::from_millis(300));
+            None
+        })
+    });
+    for p in pods.iter_mut() {
+        p.kill().unwrap();
+        p.wait().unwrap();
+    }
+    let updated = BTreeMap::from([(20, "v3"), (55, "new")]);
+    let mut want_all = want;
+    want_all.extend((120..240).map(|i| (format!("p{i:04}"), expected(i, &updated))));
+    assert_eq!(all.len(), 240);
+    assert_eq!(categories(&all), want_all, "payments after the change see it");
+}

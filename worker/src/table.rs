@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -25,8 +25,9 @@ use crate::source::file::FileSource;
 use crate::source::kafka::KafkaSource;
 use crate::source::{Records, Source};
 
-use crate::state::{RocksShared, RocksStore, StateStore};
+use crate::state::{Ops, RocksShared, RocksStore, StateStore};
 use crate::value::{Col, Value};
+use rustc_hash::FxHashMap;
 
 /// A table as planned: its decoder and where its key is.
 pub struct TablePlan {
@@ -54,18 +55,48 @@ impl TablePlan {
     }
 }
 
-/// A table's rows on one worker: key (the engine's key encoding) to the row's values.
+/// A table's rows on one worker: key (the engine's key encoding) to the row's values, with
+/// the rows (and absences) looked up recently decoded in memory in front.
 pub struct TableStore {
     store: RocksStore,
+    cache: Mutex<FxHashMap<Vec<u8>, Option<Row>>>,
+    cache_max: usize,
 }
 
+/// A table row: every field in schema order.
+pub type Row = Arc<[Value]>;
+
 impl TableStore {
-    /// The row for `key`, every field in schema order; `None` when the table has no such key.
-    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<Value>>, String> {
-        match self.store.get(key).map_err(|e| e.to_string())? {
-            None => Ok(None),
-            Some(bytes) => Value::decode_all(&bytes).map(Some).ok_or_else(|| "a stored table row is corrupt".into()),
+    fn new(store: RocksStore, cache_max: usize) -> TableStore {
+        TableStore { store, cache: Mutex::new(FxHashMap::default()), cache_max: cache_max.max(1) }
+    }
+
+    /// The row for `key`; `None` when the table has no such key.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Row>, String> {
+        let mut cache = self.cache.lock().expect("table cache");
+        if let Some(row) = cache.get(key) {
+            return Ok(row.clone());
         }
+        let row = match self.store.get(key).map_err(|e| e.to_string())? {
+            None => None,
+            Some(bytes) => Some(Row::from(Value::decode_all(&bytes).ok_or("a stored table row is corrupt")?)),
+        };
+        if cache.len() >= self.cache_max {
+            // Bounded: start again (the keys in use come back first).
+            cache.clear();
+        }
+        cache.insert(key.to_vec(), row.clone());
+        Ok(row)
+    }
+
+    /// Stores rows (`None`: deleted); their cached copies go.
+    fn write(&self, ops: &Ops) -> crate::state::Result<()> {
+        self.store.write(ops)?;
+        let mut cache = self.cache.lock().expect("table cache");
+        for k in ops.keys() {
+            cache.remove(k);
+        }
+        Ok(())
     }
 }
 
@@ -105,7 +136,8 @@ impl Table {
         }
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let store = RocksStore::open(dir, shared)?;
-        Ok(Table { plan, source, store: Arc::new(TableStore { store }), rows: 0, bad: 0, ended: false })
+        let store = Arc::new(TableStore::new(store, job.max_cached_keys));
+        Ok(Table { plan, source, store, rows: 0, bad: 0, ended: false })
     }
 
     /// A table's topic read by its own consumer group, which never commits: the topic is the
@@ -176,7 +208,7 @@ impl Table {
         let cols: Vec<Col> =
             rows.columns().iter().map(|a| Col::new(a).expect("decoded columns have engine types")).collect();
         let key_col = cols[self.plan.key_col];
-        let mut ops = crate::state::Ops::default();
+        let mut ops = Ops::default();
         let (mut key, mut value) = (Vec::new(), Vec::new());
         for row in 0..rows.num_rows() {
             if key_col.is_null(row) {
@@ -192,7 +224,7 @@ impl Table {
             ops.insert(key.clone(), Some(value.clone()));
         }
         self.rows += recs.len() as u64;
-        self.store.store.write(&ops).map_err(|e| anyhow::anyhow!("table {}: {e}", self.plan.name))?;
+        self.store.write(&ops).map_err(|e| anyhow::anyhow!("table {}: {e}", self.plan.name))?;
         Ok(())
     }
 }
