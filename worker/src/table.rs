@@ -199,32 +199,69 @@ impl Table {
 
     fn apply(&mut self, recs: &Records) -> anyhow::Result<()> {
         let decoded = self.plan.decoder.decode(recs);
-        if let Some((i, e)) = decoded.errors.first() {
-            self.bad += decoded.errors.len() as u64;
+        // A tombstone is an empty record, which does not decode: its key says what to delete.
+        let tombstones: FxHashMap<u32, &[u8]> = recs.tombstones.iter().map(|(i, k)| (*i, k.as_slice())).collect();
+        let errors: Vec<&(u32, String)> = decoded.errors.iter().filter(|(i, _)| !tombstones.contains_key(i)).collect();
+        if let Some((i, e)) = errors.first() {
+            self.bad += errors.len() as u64;
             tracing::warn!(table = %self.plan.name, position = recs.positions[*i as usize],
-                "{} table record(s) failed to decode and were skipped; first error: {e}", decoded.errors.len());
+                "{} table record(s) failed to decode and were skipped; first error: {e}", errors.len());
         }
         let rows = &decoded.rows;
         let cols: Vec<Col> =
             rows.columns().iter().map(|a| Col::new(a).expect("decoded columns have engine types")).collect();
         let key_col = cols[self.plan.key_col];
+        // Each record's row (records that failed to decode have none), to apply them in order.
+        let mut row_of: Vec<Option<usize>> = vec![None; recs.len()];
+        match &decoded.kept {
+            Some(kept) => kept.iter().enumerate().for_each(|(row, &i)| row_of[i as usize] = Some(row)),
+            None => row_of.iter_mut().enumerate().for_each(|(i, r)| *r = Some(i)),
+        }
         let mut ops = Ops::default();
-        let (mut key, mut value) = (Vec::new(), Vec::new());
-        for row in 0..rows.num_rows() {
+        let mut value = Vec::new();
+        for (i, row) in row_of.into_iter().enumerate() {
+            if let Some(k) = tombstones.get(&(i as u32)) {
+                match self.tombstone_key(k) {
+                    Some(key) => {
+                        ops.insert(key, None);
+                    }
+                    None => {
+                        self.bad += 1;
+                        tracing::warn!(table = %self.plan.name, position = recs.positions[i],
+                            "a tombstone's message key is not a {} key; skipped", self.plan.key_type);
+                    }
+                }
+                continue;
+            }
+            let Some(row) = row else { continue };
             if key_col.is_null(row) {
                 self.bad += 1;
                 continue;
             }
-            key.clear();
+            let mut key = Vec::new();
             key_col.encode_key(row, &mut key);
             value.clear();
             for c in &cols {
                 c.value(row).encode(&mut value);
             }
-            ops.insert(key.clone(), Some(value.clone()));
+            ops.insert(key, Some(value.clone()));
         }
         self.rows += recs.len() as u64;
         self.store.write(&ops).map_err(|e| anyhow::anyhow!("table {}: {e}", self.plan.name))?;
         Ok(())
+    }
+
+    /// The stored key of a tombstone's message key: the key field's value as text, as a Kafka
+    /// sink writes it (and as a compacted topic is usually keyed).
+    fn tombstone_key(&self, message_key: &[u8]) -> Option<Vec<u8>> {
+        let text = std::str::from_utf8(message_key).ok()?;
+        let value = match self.plan.key_type {
+            DataType::Utf8 => Value::Str(text.to_string()),
+            DataType::Int64 => Value::I64(text.trim().parse().ok()?),
+            _ => return None,
+        };
+        let mut key = Vec::new();
+        value.encode(&mut key);
+        Some(key)
     }
 }

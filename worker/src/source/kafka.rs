@@ -298,7 +298,10 @@ impl Source for KafkaSource {
                         .entry(m.partition)
                         .or_insert_with(|| Records::with_capacity(max - n, (max - n) * self.record_bytes)),
                 };
-                recs.push(m.payload, m.offset, m.timestamp);
+                match m.tombstone_key {
+                    Some(key) => recs.push_tombstone(key, m.offset, m.timestamp),
+                    None => recs.push(m.payload, m.offset, m.timestamp),
+                }
             }
             n += got;
         }
@@ -371,6 +374,8 @@ struct Fetched<'a> {
     offset: i64,
     timestamp: i64,
     payload: &'a [u8],
+    /// The message key, for a message without a value (a tombstone).
+    tombstone_key: Option<&'a [u8]>,
 }
 
 impl FetchQueue {
@@ -419,14 +424,19 @@ impl FetchQueue {
                     let text = std::ffi::CStr::from_ptr(rd::rd_kafka_err2str(msg.err)).to_string_lossy();
                     return Err(format!("{text} (partition {}, offset {})", msg.partition, msg.offset));
                 }
-                let payload = if msg.payload.is_null() {
-                    &[][..]
+                let (payload, tombstone_key) = if msg.payload.is_null() {
+                    let key = match msg.key.is_null() {
+                        true => None,
+                        false => Some(std::slice::from_raw_parts(msg.key as *const u8, msg.key_len)),
+                    };
+                    (&[][..], key)
                 } else {
-                    std::slice::from_raw_parts(msg.payload as *const u8, msg.len)
+                    (std::slice::from_raw_parts(msg.payload as *const u8, msg.len), None)
                 };
                 let mut kind = rd::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE;
                 let ts = rd::rd_kafka_message_timestamp(m, &mut kind);
-                Ok(Fetched { partition: msg.partition as u32, offset: msg.offset, timestamp: ts.max(0), payload })
+                let (partition, offset, timestamp) = (msg.partition as u32, msg.offset, ts.max(0));
+                Ok(Fetched { partition, offset, timestamp, payload, tombstone_key })
             }
         })
     }

@@ -15,6 +15,9 @@ pub struct Records {
     pub positions: Vec<i64>,
     /// Source timestamp of each record (Kafka timestamp or read time), epoch ms.
     pub timestamps: Vec<i64>,
+    /// Kafka records without a value (tombstones: a compacted topic's deletes), by index, with
+    /// their message key. They are in `data` too, as empty records.
+    pub tombstones: Vec<(u32, Vec<u8>)>,
 }
 
 impl Records {
@@ -25,7 +28,14 @@ impl Records {
             ends: Vec::with_capacity(records),
             positions: Vec::with_capacity(records),
             timestamps: Vec::with_capacity(records),
+            tombstones: Vec::new(),
         }
+    }
+
+    /// A record without a value and with message key `key` (a tombstone).
+    pub fn push_tombstone(&mut self, key: &[u8], position: i64, timestamp: i64) {
+        self.tombstones.push((self.len() as u32, key.to_vec()));
+        self.push(&[], position, timestamp);
     }
 
     pub fn push(&mut self, payload: &[u8], position: i64, timestamp: i64) {
@@ -46,11 +56,13 @@ impl Records {
     /// Splits off the records from index `at` on.
     pub fn split_off(&mut self, at: usize) -> Records {
         let from = if at == 0 { 0 } else { self.ends[at - 1] };
+        let first_moved = self.tombstones.partition_point(|(i, _)| (*i as usize) < at);
         Records {
             data: self.data.split_off(from),
             ends: self.ends.split_off(at).into_iter().map(|e| e - from).collect(),
             positions: self.positions.split_off(at),
             timestamps: self.timestamps.split_off(at),
+            tombstones: self.tombstones.split_off(first_moved).into_iter().map(|(i, k)| (i - at as u32, k)).collect(),
         }
     }
 
@@ -126,13 +138,24 @@ mod tests {
         for (i, p) in ["a", "bb", "ccc", "dddd"].iter().enumerate() {
             r.push(p.as_bytes(), 10 + i as i64, 100 + i as i64);
         }
+        r.push_tombstone(b"k4", 14, 104);
+        r.push(b"e", 15, 105);
+        r.push_tombstone(b"k6", 16, 106);
         let tail = r.split_off(2);
         assert_eq!((r.len(), r.payload(1), r.positions.clone()), (2, &b"bb"[..], vec![10, 11]));
-        assert_eq!((tail.len(), tail.payload(0), tail.payload(1)), (2, &b"ccc"[..], &b"dddd"[..]));
-        assert_eq!((tail.positions.clone(), tail.timestamps.clone()), (vec![12, 13], vec![102, 103]));
+        assert!(r.tombstones.is_empty());
+        assert_eq!((tail.len(), tail.payload(0), tail.payload(1)), (5, &b"ccc"[..], &b"dddd"[..]));
+        assert_eq!((tail.positions.clone(), tail.timestamps[..2].to_vec()), (vec![12, 13, 14, 15, 16], vec![102, 103]));
+        assert_eq!(tail.tombstones, [(2, b"k4".to_vec()), (4, b"k6".to_vec())], "indexes follow the split");
+        assert_eq!(tail.payload(2), b"", "a tombstone is an empty record");
         let mut whole = tail.clone();
-        assert!(whole.split_off(2).is_empty());
+        let end = whole.split_off(3);
+        assert_eq!(
+            (whole.tombstones.clone(), end.tombstones.clone()),
+            (vec![(2, b"k4".to_vec())], vec![(1, b"k6".to_vec())])
+        );
+        assert!(end.clone().split_off(2).is_empty());
         let all = whole.split_off(0);
-        assert!(whole.is_empty() && all.len() == 2 && all.payload(1) == b"dddd");
+        assert!(whole.is_empty() && all.len() == 3 && all.payload(1) == b"dddd");
     }
 }
