@@ -185,12 +185,33 @@ pub struct TableSpec {
     pub file: Option<FileSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub datagen: Option<DatagenSpec>,
-    /// The key field: a later row with the same key replaces the earlier one.
+    /// The key field: a later row with the same key replaces the earlier one (unless the
+    /// table keeps `versions`).
     pub key: String,
+    /// Keep each key's rows by a time field, so that a lookup sees the row as of the looking-up
+    /// event's time (a temporal join) instead of the latest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub versions: Option<TableVersionsSpec>,
     #[serde(default)]
     pub format: Format,
     #[serde(default)]
     pub schema: BTreeMap<String, FieldType>,
+}
+
+/// `tables.NAME.versions`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TableVersionsSpec {
+    /// The time a row takes effect: a `timestamp` (or `long`, epoch ms) field.
+    pub field: String,
+    /// How far behind a key's newest row lookups see the rows then in effect: older rows go,
+    /// except the last one at or before that horizon. Default 1h.
+    #[serde(default = "one_hour")]
+    pub retention: Duration,
+}
+
+fn one_hour() -> Duration {
+    Duration::from("1h")
 }
 
 /// A named step.

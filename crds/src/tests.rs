@@ -368,6 +368,7 @@ spec:
         file: {path: c.jsonl}
         key: card
         schema: {card_id: string}
+        versions: {field: card_id, retention: 0s}
     streams:
       enriched:
         from: payments
@@ -384,6 +385,8 @@ spec:
     let s = "spec.pipeline.streams";
     assert!(has(&errs, &format!("{t}.merchants"), "exactly one of kafka, file, datagen; found 2"), "{errs:?}");
     assert!(has(&errs, &format!("{t}.cards.key"), "`card` is not a field"), "{errs:?}");
+    assert!(has(&errs, &format!("{t}.cards.versions.field"), "versions need a timestamp"), "{errs:?}");
+    assert!(has(&errs, &format!("{t}.cards.versions.retention"), "must be above zero"), "{errs:?}");
     assert!(has(&errs, &format!("{s}.enriched.enrich.by"), "`merchant` is not a field of `payments`"), "{errs:?}");
     assert!(has(&errs, &format!("{s}.enriched.enrich.missing"), "needs spec.pipeline.deadLetter"), "{errs:?}");
     assert!(has(&errs, &format!("{s}.enriched.enrich.fields"), "`country` is already a field"), "{errs:?}");

@@ -205,6 +205,21 @@ fn validate_pipeline(p: &PipelineSpec, errs: &mut ValidationErrors) {
         } else if !schema.contains_key(&t.key) {
             errs.push(format!("{path}.key"), format!("`{}` is not a field of the table's schema", t.key));
         }
+        if let Some(v) = &t.versions {
+            match schema.get(&v.field) {
+                Some(FieldType::Timestamp | FieldType::Long) => {}
+                Some(other) => errs.push(
+                    format!("{path}.versions.field"),
+                    format!("`{}` is a {other:?} field; versions need a timestamp (or long, epoch ms)", v.field),
+                ),
+                None if schema.is_empty() => {}
+                None => errs.push(
+                    format!("{path}.versions.field"),
+                    format!("`{}` is not a field of the table's schema", v.field),
+                ),
+            }
+            positive(errs, &format!("{path}.versions.retention"), &v.retention);
+        }
     }
     let fields = stream_fields(p, errs);
     for (name, s) in &p.streams {

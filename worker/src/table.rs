@@ -8,6 +8,10 @@
 //! end of the topic. After that the worker applies new table rows between its stream batches,
 //! so a lookup sees the latest row the worker has read (processing-time semantics: a replay
 //! after recovery sees the table as it is then, not as it was the first time).
+//!
+//! A table with `versions` keeps each key's rows by the time they take effect, and a lookup
+//! takes the row in effect at the looking-up event's time (a temporal join, as Flink's
+//! `FOR SYSTEM_TIME AS OF`), without waiting for rows that have not arrived yet.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -38,6 +42,9 @@ pub struct TablePlan {
     /// Column of the key in decoded rows, and its type.
     pub key_col: usize,
     pub key_type: DataType,
+    /// `versions`: the column of their time, and their retention (ms).
+    pub time_col: Option<usize>,
+    pub retention: Option<i64>,
 }
 
 impl TablePlan {
@@ -46,7 +53,18 @@ impl TablePlan {
         let decoder = Arc::new(JsonDecoder::new(&fields));
         let key_col = decoder.schema().index_of(&spec.key).unwrap_or(0);
         let key_type = decoder.schema().field(key_col).data_type().clone();
-        TablePlan { name: name.to_string(), spec: spec.clone(), fields, decoder, key_col, key_type }
+        let time_col = spec.versions.as_ref().and_then(|v| decoder.schema().index_of(&v.field).ok());
+        let retention = spec.versions.as_ref().map(|v| v.retention.millis().unwrap_or(0) as i64);
+        TablePlan {
+            name: name.to_string(),
+            spec: spec.clone(),
+            fields,
+            decoder,
+            key_col,
+            key_type,
+            time_col,
+            retention,
+        }
     }
 
     /// Column of field `name` in the stored rows (every field, in schema order).
@@ -56,48 +74,105 @@ impl TablePlan {
 }
 
 /// A table's rows on one worker: key (the engine's key encoding) to the row's values, with
-/// the rows (and absences) looked up recently decoded in memory in front.
+/// the rows (and absences) looked up recently decoded in memory in front. A versioned table
+/// stores each row under its key and time (`key|time`, times in order).
 pub struct TableStore {
     store: RocksStore,
-    cache: Mutex<FxHashMap<Vec<u8>, Option<Row>>>,
+    versioned: bool,
+    cache: Mutex<FxHashMap<Vec<u8>, Option<Versions>>>,
     cache_max: usize,
 }
 
 /// A table row: every field in schema order.
 pub type Row = Arc<[Value]>;
 
+/// A key's rows by the time they take effect, oldest first (one at `i64::MIN` when the table
+/// keeps no versions).
+pub type Versions = Arc<[(i64, Row)]>;
+
+/// `key|time`: where a versioned table keeps the row of `key` taking effect at `time` (the
+/// time's sign bit flipped, so that byte order is time order).
+fn version_key(key: &[u8], time: i64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.len() + 8);
+    k.extend_from_slice(key);
+    k.extend_from_slice(&((time as u64) ^ (1 << 63)).to_be_bytes());
+    k
+}
+
+/// The time of a `key|time` entry.
+fn version_time(entry: &[u8]) -> Option<i64> {
+    let t: [u8; 8] = entry.get(entry.len().checked_sub(8)?..)?.try_into().ok()?;
+    Some((u64::from_be_bytes(t) ^ (1 << 63)) as i64)
+}
+
 impl TableStore {
-    fn new(store: RocksStore, cache_max: usize) -> TableStore {
-        TableStore { store, cache: Mutex::new(FxHashMap::default()), cache_max: cache_max.max(1) }
+    fn new(store: RocksStore, versioned: bool, cache_max: usize) -> TableStore {
+        TableStore { store, versioned, cache: Mutex::new(FxHashMap::default()), cache_max: cache_max.max(1) }
     }
 
-    /// The row for `key`; `None` when the table has no such key.
-    pub fn get(&self, key: &[u8]) -> Result<Option<Row>, String> {
+    /// The row of `key` in effect at `time`: the latest one taking effect at or before it (any
+    /// time when the table keeps no versions); `None` when there is none.
+    pub fn lookup(&self, key: &[u8], time: i64) -> Result<Option<Row>, String> {
+        let Some(versions) = self.versions(key)? else { return Ok(None) };
+        let at = versions.partition_point(|(t, _)| *t <= time);
+        Ok(at.checked_sub(1).map(|i| versions[i].1.clone()))
+    }
+
+    /// Every row of `key`, oldest first.
+    fn versions(&self, key: &[u8]) -> Result<Option<Versions>, String> {
         let mut cache = self.cache.lock().expect("table cache");
-        if let Some(row) = cache.get(key) {
-            return Ok(row.clone());
+        if let Some(v) = cache.get(key) {
+            return Ok(v.clone());
         }
-        let row = match self.store.get(key).map_err(|e| e.to_string())? {
-            None => None,
-            Some(bytes) => Some(Row::from(Value::decode_all(&bytes).ok_or("a stored table row is corrupt")?)),
+        let decode = |bytes: &[u8]| -> Result<Row, String> {
+            Ok(Row::from(Value::decode_all(bytes).ok_or("a stored table row is corrupt")?))
+        };
+        let versions: Option<Versions> = if self.versioned {
+            let stored = self.stored_versions(key)?;
+            let rows = stored
+                .iter()
+                .map(|(k, v)| Ok((version_time(k).ok_or("a stored table key is corrupt")?, decode(v)?)))
+                .collect::<Result<Vec<_>, String>>()?;
+            (!rows.is_empty()).then(|| rows.into())
+        } else {
+            match self.store.get(key).map_err(|e| e.to_string())? {
+                None => None,
+                Some(bytes) => Some(Arc::from([(i64::MIN, decode(&bytes)?)])),
+            }
         };
         if cache.len() >= self.cache_max {
             // Bounded: start again (the keys in use come back first).
             cache.clear();
         }
-        cache.insert(key.to_vec(), row.clone());
-        Ok(row)
+        cache.insert(key.to_vec(), versions.clone());
+        Ok(versions)
     }
 
-    /// Stores rows (`None`: deleted); their cached copies go.
-    fn write(&self, ops: &Ops) -> crate::state::Result<()> {
+    /// The stored `key|time` entries of `key`, in time order.
+    fn stored_versions(&self, key: &[u8]) -> Result<Vec<Entry>, String> {
+        let mut end = key.to_vec();
+        end.extend_from_slice(&[0xff; 9]);
+        self.store.scan(key, &end, usize::MAX).map_err(|e| e.to_string())
+    }
+
+    /// Applies `ops` (`None`: deleted) on `keys`, whose cached copies go.
+    fn write(&self, ops: &Ops, keys: impl IntoIterator<Item = Vec<u8>>) -> crate::state::Result<()> {
         self.store.write(ops)?;
         let mut cache = self.cache.lock().expect("table cache");
-        for k in ops.keys() {
-            cache.remove(k);
+        for k in keys {
+            cache.remove(&k);
         }
         Ok(())
     }
+}
+
+/// A stored `key|time` entry and its row's bytes.
+type Entry = (Vec<u8>, Vec<u8>);
+
+/// One table record's effect on its key.
+enum Change {
+    Put(i64, Vec<u8>),
+    DeleteAll,
 }
 
 /// A table being loaded and followed: its source and its store.
@@ -136,7 +211,7 @@ impl Table {
         }
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let store = RocksStore::open(dir, shared)?;
-        let store = Arc::new(TableStore::new(store, job.max_cached_keys));
+        let store = Arc::new(TableStore::new(store, spec.versions.is_some(), job.max_cached_keys));
         Ok(Table { plan, source, store, rows: 0, bad: 0, ended: false })
     }
 
@@ -217,14 +292,13 @@ impl Table {
             Some(kept) => kept.iter().enumerate().for_each(|(row, &i)| row_of[i as usize] = Some(row)),
             None => row_of.iter_mut().enumerate().for_each(|(i, r)| *r = Some(i)),
         }
-        let mut ops = Ops::default();
-        let mut value = Vec::new();
+        let time_col = self.plan.time_col.map(|c| cols[c]);
+        // Each key's changes, in record order.
+        let mut changes: FxHashMap<Vec<u8>, Vec<Change>> = FxHashMap::default();
         for (i, row) in row_of.into_iter().enumerate() {
             if let Some(k) = tombstones.get(&(i as u32)) {
                 match self.tombstone_key(k) {
-                    Some(key) => {
-                        ops.insert(key, None);
-                    }
+                    Some(key) => changes.entry(key).or_default().push(Change::DeleteAll),
                     None => {
                         self.bad += 1;
                         tracing::warn!(table = %self.plan.name, position = recs.positions[i],
@@ -234,20 +308,86 @@ impl Table {
                 continue;
             }
             let Some(row) = row else { continue };
+            let time = match time_col {
+                None => i64::MIN,
+                Some(c) if c.is_null(row) => {
+                    self.bad += 1;
+                    continue;
+                }
+                Some(Col::I64(a)) => a.value(row),
+                Some(_) => {
+                    // Validation allows only timestamp and long fields.
+                    self.bad += 1;
+                    continue;
+                }
+            };
             if key_col.is_null(row) {
                 self.bad += 1;
                 continue;
             }
             let mut key = Vec::new();
             key_col.encode_key(row, &mut key);
-            value.clear();
+            let mut value = Vec::new();
             for c in &cols {
                 c.value(row).encode(&mut value);
             }
-            ops.insert(key, Some(value.clone()));
+            changes.entry(key).or_default().push(Change::Put(time, value));
         }
         self.rows += recs.len() as u64;
-        self.store.write(&ops).map_err(|e| anyhow::anyhow!("table {}: {e}", self.plan.name))?;
+        let mut ops = Ops::default();
+        for (key, changes) in &changes {
+            match self.plan.retention {
+                None => Self::latest(key, changes, &mut ops),
+                Some(retention) => self.versioned(key, changes, retention, &mut ops)?,
+            }
+        }
+        self.store.write(&ops, changes.into_keys()).map_err(|e| anyhow::anyhow!("table {}: {e}", self.plan.name))?;
+        Ok(())
+    }
+
+    /// A table without versions: the key's last change wins.
+    fn latest(key: &[u8], changes: &[Change], ops: &mut Ops) {
+        match changes.last() {
+            Some(Change::Put(_, v)) => ops.insert(key.to_vec(), Some(v.clone())),
+            Some(Change::DeleteAll) => ops.insert(key.to_vec(), None),
+            None => None,
+        };
+    }
+
+    /// A versioned table: the key's stored rows and `changes` merged (a tombstone deletes every
+    /// row of the key), then the rows `retention` or more older than the newest dropped, except
+    /// the last of them (so that a lookup up to `retention` before the newest row finds the
+    /// row in effect then).
+    fn versioned(&self, key: &[u8], changes: &[Change], retention: i64, ops: &mut Ops) -> anyhow::Result<()> {
+        let stored = self.store.stored_versions(key).map_err(|e| anyhow::anyhow!("table {}: {e}", self.plan.name))?;
+        // Time -> the new row, or `None` for a stored row left as it is.
+        let mut rows: BTreeMap<i64, Option<&Vec<u8>>> =
+            stored.iter().filter_map(|(k, _)| version_time(k)).map(|t| (t, None)).collect();
+        let stored_times: Vec<i64> = rows.keys().copied().collect();
+        for c in changes {
+            match c {
+                Change::Put(t, v) => {
+                    rows.insert(*t, Some(v));
+                }
+                Change::DeleteAll => rows.clear(),
+            }
+        }
+        if let Some(&newest) = rows.keys().next_back() {
+            let horizon = newest.saturating_sub(retention);
+            // Lookups at or after the horizon need only the last row at or before it.
+            let old: Vec<i64> = rows.range(..=horizon).map(|(t, _)| *t).collect();
+            for t in old.iter().rev().skip(1) {
+                rows.remove(t);
+            }
+        }
+        for t in stored_times.iter().filter(|t| !rows.contains_key(t)) {
+            ops.insert(version_key(key, *t), None);
+        }
+        for (t, v) in rows {
+            if let Some(v) = v {
+                ops.insert(version_key(key, t), Some(v.clone()));
+            }
+        }
         Ok(())
     }
 
@@ -263,5 +403,74 @@ impl Table {
         let mut key = Vec::new();
         value.encode(&mut key);
         Some(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+    use crate::value::Col;
+
+    #[test]
+    fn versioned_lookups_equal_a_reference_over_many_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        // 30,000 rows (several polls of the file) for 20 keys at random times, some times
+        // repeated (the later row replaces the earlier one).
+        let mut lines = String::new();
+        let mut reference: BTreeMap<i64, BTreeMap<i64, i64>> = BTreeMap::new();
+        for n in 0..30_000i64 {
+            let (k, t) = (rng.random_range(0..20i64), rng.random_range(0..100_000i64));
+            lines.push_str(&format!("{{\"k\": {k}, \"t\": {t}, \"n\": {n}}}\n"));
+            reference.entry(k).or_default().insert(t, n);
+        }
+        std::fs::write(dir.path().join("t.jsonl"), lines).unwrap();
+        let retention = 20_000;
+        for rows in reference.values_mut() {
+            let horizon = rows.keys().next_back().unwrap() - retention;
+            let old: Vec<i64> = rows.range(..=horizon).map(|(t, _)| *t).collect();
+            for t in old.iter().rev().skip(1) {
+                rows.remove(t);
+            }
+        }
+        let job = r#"
+spec:
+  pipeline:
+    sources: {s: {file: {path: unused.jsonl}, schema: {k: long}}}
+    tables:
+      t:
+        file: {path: t.jsonl}
+        key: k
+        schema: {k: long, t: long, n: long}
+        versions: {field: t, retention: 20s}
+    sinks: {out: {from: s, file: {path: o.jsonl}}}
+"#;
+        let m = weir_crds::Manifest::from_yaml(job, "t").unwrap();
+        let plan = JobPlan::new(&m, dir.path()).unwrap();
+        let shared = RocksShared::new(1 << 20, 1 << 20);
+        let mut table = Table::open(plan.tables[0].clone(), &dir.path().join("store"), &shared, &plan).unwrap();
+        table.load(&plan.group).unwrap();
+        let store = Arc::clone(&table.store);
+        let n_col = plan.tables[0].column("n").unwrap();
+        for _ in 0..20_000 {
+            let (k, at) = (rng.random_range(0..21i64), rng.random_range(-1_000..110_000i64));
+            let want = reference.get(&k).and_then(|rows| rows.range(..=at).next_back().map(|(_, n)| *n));
+            let mut key = Vec::new();
+            let arr: datafusion::arrow::array::ArrayRef = Arc::new(datafusion::arrow::array::Int64Array::from(vec![k]));
+            Col::new(&arr).unwrap().encode_key(0, &mut key);
+            let got = store.lookup(&key, at).unwrap().map(|row| match row[n_col] {
+                Value::I64(n) => n,
+                ref other => panic!("n is {other:?}"),
+            });
+            assert_eq!(got, want, "key {k} at {at}");
+        }
+        let stored = store.store.scan(&[], &[0xff; 16], usize::MAX).unwrap().len();
+        let kept: usize = reference.values().map(BTreeMap::len).sum();
+        assert_eq!(stored, kept, "rows past the retention are dropped");
     }
 }

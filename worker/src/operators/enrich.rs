@@ -88,7 +88,7 @@ impl Operator for EnrichOp {
             } else {
                 self.key.clear();
                 by.encode_key(row, &mut self.key);
-                self.table.get(&self.key).map_err(|e| self.corrupt(e))?
+                self.table.lookup(&self.key, batch.event_time.value(row)).map_err(|e| self.corrupt(e))?
             };
             match found {
                 Some(values) => {
@@ -161,6 +161,16 @@ mod tests {
     /// Runs `records` through a job whose `enriched` step reads table `merchants` (a file of
     /// `table` lines) with `missing`; returns the output and dead-letter lines.
     fn run(table: &str, records: &[&str], missing: &str) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
+        run_with(table, "", records, missing)
+    }
+
+    /// `run`, with `versions` (`{field: ..}` or empty) on the table.
+    fn run_with(
+        table: &str,
+        versions: &str,
+        records: &[&str],
+        missing: &str,
+    ) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("merchants.jsonl"), table).unwrap();
         let job = format!(
@@ -176,7 +186,8 @@ spec:
       merchants:
         file: {{path: merchants.jsonl}}
         key: mid
-        schema: {{mid: long, name: string, risk: double}}
+        schema: {{mid: long, name: string, risk: double, from: timestamp}}
+        {versions}
     streams:
       enriched:
         from: payments
@@ -249,6 +260,52 @@ not json
             ]
         );
         assert!(dead.is_empty());
+    }
+
+    #[test]
+    fn a_versioned_table_answers_as_of_each_events_time() {
+        // Rows of merchant 1 taking effect at 500, 1000 and 2000 (read out of order), of
+        // merchant 2 at 100 and 4000 (then 100 is more than the 3 s retention behind 4000, but
+        // the last row before that horizon stays).
+        let table = r#"{"mid": 1, "name": "b", "from": 1000}
+{"mid": 1, "name": "c", "from": 2000}
+{"mid": 1, "name": "a", "from": 500}
+{"mid": 2, "name": "x", "from": 100}
+{"mid": 2, "name": "y", "from": 4000}
+{"mid": 2, "name": "no time"}
+"#;
+        let at = |id: &str, mid: u32, ts: i64| format!(r#"{{"id": "{id}", "mid": {mid}, "ts": {ts}}}"#);
+        let payments = [
+            at("p1", 1, 400),
+            at("p2", 1, 500),
+            at("p3", 1, 1999),
+            at("p4", 1, 9000),
+            at("p5", 2, 150),
+            at("p6", 2, 4000),
+        ];
+        let payments: Vec<&str> = payments.iter().map(String::as_str).collect();
+        let (out, _) = run_with(table, "versions: {field: from, retention: 3s}", &payments, "null");
+        let names: Vec<(&str, Option<&str>)> =
+            out.iter().map(|r| (r["id"].as_str().unwrap(), r["name"].as_str())).collect();
+        assert_eq!(
+            names,
+            [
+                ("p1", None),
+                ("p2", Some("a")),
+                ("p3", Some("b")),
+                ("p4", Some("c")),
+                ("p5", Some("x")),
+                ("p6", Some("y"))
+            ]
+        );
+        // Retention: merchant 1's rows at 500 and 1000 go once a row at 5000 comes; the row at
+        // 2000, the last at or before the horizon (5000 - 3 s), stays.
+        let table = format!("{table}{}\n", r#"{"mid": 1, "name": "d", "from": 5000}"#);
+        let (out, _) = run_with(&table, "versions: {field: from, retention: 3s}", &payments[..4], "null");
+        let names: Vec<Option<&str>> = out.iter().map(|r| r["name"].as_str()).collect();
+        assert_eq!(names, [None, None, None, Some("d")]);
+        let p3 = &out[2];
+        assert!(p3["name"].is_null(), "the rows before 2000 were dropped: {p3}");
     }
 
     #[test]
