@@ -453,6 +453,26 @@ pub struct SinkSpec {
     pub kafka: Option<KafkaSinkSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<FileSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisSinkSpec>,
+}
+
+/// Rows upserted into Redis as JSON strings, under a key made of their key fields.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RedisSinkSpec {
+    /// `redis://[:password@]host[:port][/db]`.
+    pub url: String,
+    /// The fields whose values, joined by `:`, make a row's key; by default the stream's key
+    /// fields and, for window results, `window_start`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<Vec<String>>,
+    /// Put before every key (and names the list that late events and dead letters go to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_prefix: Option<String>,
+    /// Each key expires this long after its last write (`SET ... PX`); never when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<Duration>,
 }
 
 /// A Kafka topic written with one JSON object per message.

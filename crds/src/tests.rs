@@ -393,3 +393,22 @@ spec:
     assert!(has(&errs, &format!("{s}.twice.enrich.fields"), "`rating` is not a field of table"), "{errs:?}");
     assert!(has(&errs, &format!("{s}.twice.enrich.fields"), "enrich.prefix"), "{errs:?}");
 }
+
+#[test]
+fn redis_sink_errors_say_what_is_wrong() {
+    let errs = errors(
+        r#"
+spec:
+  pipeline:
+    sources: {s: {datagen: {kind: payments}}}
+    sinks:
+      a: {from: s, redis: {url: "localhost:6379", ttl: 0s, key: []}}
+      b: {from: s, redis: {url: "redis://h"}, file: {path: x.jsonl}}
+"#,
+    );
+    let p = "spec.pipeline.sinks";
+    assert!(has(&errs, &format!("{p}.a.redis.url"), "not a redis://host"), "{errs:?}");
+    assert!(has(&errs, &format!("{p}.a.redis.ttl"), "must be above zero"), "{errs:?}");
+    assert!(has(&errs, &format!("{p}.a.redis.key"), "at least one field"), "{errs:?}");
+    assert!(has(&errs, &format!("{p}.b"), "exactly one of kafka, file, redis; found 2"), "{errs:?}");
+}

@@ -714,9 +714,20 @@ fn check_window(errs: &mut ValidationErrors, path: &str, s: &StreamSpec) {
 
 fn check_sink(errs: &mut ValidationErrors, p: &PipelineSpec, name: &str, sink: &SinkSpec, late: &BTreeSet<&str>) {
     let path = format!("spec.pipeline.sinks.{name}");
-    let kinds = [sink.kafka.is_some(), sink.file.is_some()].iter().filter(|b| **b).count();
+    let kinds = [sink.kafka.is_some(), sink.file.is_some(), sink.redis.is_some()].iter().filter(|b| **b).count();
     if kinds != 1 {
-        errs.push(path.clone(), format!("a sink needs exactly one of kafka, file; found {kinds}"));
+        errs.push(path.clone(), format!("a sink needs exactly one of kafka, file, redis; found {kinds}"));
+    }
+    if let Some(r) = &sink.redis {
+        if !r.url.starts_with("redis://") || r.url.len() <= "redis://".len() {
+            errs.push(format!("{path}.redis.url"), format!("`{}` is not a redis://host[:port][/db] URL", r.url));
+        }
+        if let Some(ttl) = &r.ttl {
+            positive(errs, &format!("{path}.redis.ttl"), ttl);
+        }
+        if r.key.as_ref().is_some_and(Vec::is_empty) {
+            errs.push(format!("{path}.redis.key"), "list at least one field, or leave key out");
+        }
     }
     match &sink.from {
         Some(from) if !p.streams.contains_key(from) && !p.sources.contains_key(from) => {

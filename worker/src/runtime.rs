@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::plan::JobPlan;
 use crate::profile::Profile;
 use crate::sink::kafka::{KafkaProducer, KafkaSink};
-use crate::sink::{file::FileSink, Shared, SharedSink, Sink};
+use crate::sink::{file::FileSink, redis::RedisSink, Shared, SharedSink, Sink};
 use crate::source::{datagen::DatagenSource, file::FileSource, kafka::KafkaSource, Source};
 use crate::state::{RocksShared, RocksStore};
 use crate::table::Table;
@@ -178,6 +178,8 @@ impl Runtime {
                     (_, p) => p.with_extension(format!("{}.jsonl", id.ordinal)),
                 };
                 Box::new(FileSink::create(&s.name, &path, resumed)?)
+            } else if let Some(r) = &s.spec.redis {
+                Box::new(RedisSink::new(&s.name, r)?)
             } else {
                 bail!("sink {} has no kind", s.name);
             };

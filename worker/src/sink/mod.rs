@@ -1,8 +1,10 @@
-//! Sinks: `file` (JSON lines) and Kafka (one JSON object per message, keyed by the key fields).
+//! Sinks: `file` (JSON lines), Kafka (one JSON object per message, keyed by the key fields) and
+//! Redis (upserts under the key fields).
 //! Rows arrive as batches; late events and dead letters arrive as raw JSON records.
 
 pub mod file;
 pub mod kafka;
+pub mod redis;
 
 use datafusion::arrow::array::{ArrayRef, BinaryArray};
 use datafusion::arrow::record_batch::RecordBatch;

@@ -1,0 +1,273 @@
+//! The Redis sink: each row upserted as a JSON string under a key made of its key fields
+//! (`SET key value [PX ttl]`), pipelined over one connection and confirmed at every flush.
+//!
+//! Replayed rows after a recovery write the same keys again with the values the job computes
+//! again, so the store converges to the results of an exactly-once run (an idempotent upsert,
+//! as the window-results contract says: consumers keep the last value per key).
+
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use datafusion::arrow::array::BinaryArray;
+use datafusion::arrow::record_batch::RecordBatch;
+use weir_crds::RedisSinkSpec;
+
+use super::{Result, Sink, SinkError};
+use crate::codec::json::encode_json_lines;
+use crate::value::{Col, Value};
+
+/// Replies left unread before a write waits for them: bounds the memory the pipeline holds.
+const MAX_IN_FLIGHT: usize = 10_000;
+
+/// A reply of the Redis protocol (RESP2).
+#[derive(Debug, PartialEq)]
+pub enum Reply {
+    Status(String),
+    Error(String),
+    Int(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Option<Vec<Reply>>),
+}
+
+/// One connection, commands written back to back and replies read in order.
+pub struct Connection {
+    reader: BufReader<TcpStream>,
+    writer: BufWriter<TcpStream>,
+    in_flight: usize,
+}
+
+/// `redis://[:password@]host:port[/db]` as (address, password, database).
+pub fn parse_url(url: &str) -> std::result::Result<(String, Option<String>, u32), String> {
+    let rest = url.strip_prefix("redis://").ok_or_else(|| format!("`{url}` is not a redis:// URL"))?;
+    let (auth, hostpart) = match rest.rsplit_once('@') {
+        Some((a, h)) => (Some(a), h),
+        None => (None, rest),
+    };
+    let (hostport, db) = match hostpart.split_once('/') {
+        Some((h, "")) => (h, 0),
+        Some((h, d)) => (h, d.parse().map_err(|_| format!("`{d}` in `{url}` is not a database number"))?),
+        None => (hostpart, 0),
+    };
+    if hostport.is_empty() {
+        return Err(format!("`{url}` has no host"));
+    }
+    let addr = if hostport.contains(':') { hostport.to_string() } else { format!("{hostport}:6379") };
+    let password = auth.map(|a| a.rsplit(':').next().unwrap_or(a).to_string()).filter(|p| !p.is_empty());
+    Ok((addr, password, db))
+}
+
+impl Connection {
+    pub fn open(url: &str) -> std::result::Result<Connection, String> {
+        let (addr, password, db) = parse_url(url)?;
+        let stream = TcpStream::connect(&addr).map_err(|e| format!("connecting to {addr}: {e}"))?;
+        stream.set_nodelay(true).ok();
+        stream.set_read_timeout(Some(Duration::from_secs(30))).ok();
+        let reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+        let mut c = Connection { reader, writer: BufWriter::with_capacity(1 << 16, stream), in_flight: 0 };
+        if let Some(p) = password {
+            c.command(&[b"AUTH", p.as_bytes()])?;
+        }
+        if db != 0 {
+            c.command(&[b"SELECT", db.to_string().as_bytes()])?;
+        }
+        c.command(&[b"PING"])?;
+        Ok(c)
+    }
+
+    /// Queues a command; its reply is read by [`Connection::replies`].
+    pub fn send(&mut self, args: &[&[u8]]) -> std::result::Result<(), String> {
+        let w = &mut self.writer;
+        let io = |e: std::io::Error| format!("writing to Redis: {e}");
+        write!(w, "*{}\r\n", args.len()).map_err(io)?;
+        for a in args {
+            write!(w, "${}\r\n", a.len()).map_err(io)?;
+            w.write_all(a).map_err(io)?;
+            w.write_all(b"\r\n").map_err(io)?;
+        }
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// Sends what is queued and reads every outstanding reply, in order.
+    pub fn replies(&mut self) -> std::result::Result<Vec<Reply>, String> {
+        self.writer.flush().map_err(|e| format!("writing to Redis: {e}"))?;
+        let mut out = Vec::with_capacity(self.in_flight);
+        while self.in_flight > 0 {
+            out.push(self.read_reply()?);
+            self.in_flight -= 1;
+        }
+        Ok(out)
+    }
+
+    /// One command and its reply; an error reply is an error.
+    pub fn command(&mut self, args: &[&[u8]]) -> std::result::Result<Reply, String> {
+        self.send(args)?;
+        let mut replies = self.replies()?;
+        match replies.pop() {
+            Some(Reply::Error(e)) => Err(format!("Redis: {e}")),
+            Some(r) => Ok(r),
+            None => Err("Redis sent no reply".into()),
+        }
+    }
+
+    fn line(&mut self) -> std::result::Result<String, String> {
+        let mut line = String::new();
+        let n = self.reader.read_line(&mut line).map_err(|e| format!("reading from Redis: {e}"))?;
+        if n == 0 {
+            return Err("Redis closed the connection".into());
+        }
+        Ok(line.trim_end_matches(['\r', '\n']).to_string())
+    }
+
+    fn read_reply(&mut self) -> std::result::Result<Reply, String> {
+        let line = self.line()?;
+        let (kind, rest) = line.split_at(line.len().min(1));
+        let int = |s: &str| s.parse::<i64>().map_err(|_| format!("Redis sent `{line}`, not a number"));
+        Ok(match kind {
+            "+" => Reply::Status(rest.to_string()),
+            "-" => Reply::Error(rest.to_string()),
+            ":" => Reply::Int(int(rest)?),
+            "$" => match int(rest)? {
+                n if n < 0 => Reply::Bulk(None),
+                n => {
+                    let mut buf = vec![0; n as usize + 2];
+                    self.reader.read_exact(&mut buf).map_err(|e| format!("reading from Redis: {e}"))?;
+                    buf.truncate(n as usize);
+                    Reply::Bulk(Some(buf))
+                }
+            },
+            "*" => match int(rest)? {
+                n if n < 0 => Reply::Array(None),
+                n => Reply::Array(Some((0..n).map(|_| self.read_reply()).collect::<std::result::Result<_, _>>()?)),
+            },
+            _ => return Err(format!("Redis sent `{line}`, which is not a RESP reply")),
+        })
+    }
+}
+
+pub struct RedisSink {
+    name: String,
+    spec: RedisSinkSpec,
+    conn: Connection,
+    ttl_ms: Option<String>,
+}
+
+impl RedisSink {
+    pub fn new(name: &str, spec: &RedisSinkSpec) -> Result<RedisSink> {
+        let err = |message: String| SinkError::Failed { sink: name.to_string(), message };
+        let conn = Connection::open(&spec.url).map_err(err)?;
+        let ttl_ms = spec.ttl.as_ref().map(|d| d.millis().unwrap_or(0).to_string());
+        Ok(RedisSink { name: name.to_string(), spec: spec.clone(), conn, ttl_ms })
+    }
+
+    fn err(&self, message: String) -> SinkError {
+        SinkError::Failed { sink: self.name.clone(), message }
+    }
+
+    /// The key columns of `rows`: the configured fields, else the stream's key fields and, for
+    /// window results, `window_start`.
+    fn key_columns(&self, rows: &RecordBatch, keys: &[usize]) -> Result<Vec<usize>> {
+        let schema = rows.schema();
+        match &self.spec.key {
+            Some(fields) => fields
+                .iter()
+                .map(|f| schema.index_of(f).map_err(|_| self.err(format!("the rows have no field `{f}` for the key"))))
+                .collect(),
+            None => {
+                let mut cols = keys.to_vec();
+                if let Ok(w) = schema.index_of("window_start") {
+                    if !cols.contains(&w) {
+                        cols.push(w);
+                    }
+                }
+                match cols.is_empty() {
+                    true => Err(self.err("the rows have no key fields; set redis.key".into())),
+                    false => Ok(cols),
+                }
+            }
+        }
+    }
+
+    fn set(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        let sent = match &self.ttl_ms {
+            Some(ttl) => self.conn.send(&[b"SET", key, value, b"PX", ttl.as_bytes()]),
+            None => self.conn.send(&[b"SET", key, value]),
+        };
+        sent.map_err(|e| self.err(e))?;
+        if self.conn.in_flight >= MAX_IN_FLIGHT {
+            self.confirm()?;
+        }
+        Ok(())
+    }
+
+    /// Reads every outstanding reply; an error reply fails the sink.
+    fn confirm(&mut self) -> Result<()> {
+        let replies = self.conn.replies().map_err(|e| self.err(e))?;
+        if let Some(Reply::Error(e)) = replies.iter().find(|r| matches!(r, Reply::Error(_))) {
+            return Err(self.err(format!("Redis refused a write: {e}")));
+        }
+        Ok(())
+    }
+}
+
+impl Sink for RedisSink {
+    fn write_rows(&mut self, rows: &RecordBatch, keys: &[usize], raw: Option<&BinaryArray>) -> Result<()> {
+        let key_cols = self.key_columns(rows, keys)?;
+        let cols: Vec<Col> = key_cols.iter().map(|&c| Col::new(rows.column(c)).expect("engine types")).collect();
+        let lines = match raw {
+            Some(_) => Vec::new(),
+            None => encode_json_lines(rows).map_err(|e| self.err(e.to_string()))?,
+        };
+        let mut json = lines.split(|b| *b == b'\n');
+        let prefix = self.spec.key_prefix.clone().unwrap_or_default();
+        for row in 0..rows.num_rows() {
+            let value = match raw {
+                Some(r) => r.value(row),
+                None => json.next().unwrap_or_default(),
+            };
+            let mut key = prefix.clone().into_bytes();
+            for (i, c) in cols.iter().enumerate() {
+                if i > 0 {
+                    key.push(b':');
+                }
+                match c.value(row) {
+                    Value::Null => key.extend_from_slice(b"null"),
+                    Value::Str(s) => key.extend_from_slice(s.as_bytes()),
+                    Value::I64(x) => key.extend_from_slice(x.to_string().as_bytes()),
+                    Value::F64(x) => key.extend_from_slice(x.to_string().as_bytes()),
+                    Value::Bool(b) => key.extend_from_slice(b.to_string().as_bytes()),
+                }
+            }
+            self.set(&key, value)?;
+        }
+        Ok(())
+    }
+
+    fn write_records(&mut self, records: &[Vec<u8>]) -> Result<()> {
+        // Late events and dead letters have no key fields: a list per sink, appended in order.
+        let list = format!("{}{}", self.spec.key_prefix.as_deref().unwrap_or_default(), self.name);
+        for r in records {
+            self.conn.send(&[b"RPUSH", list.as_bytes(), r]).map_err(|e| self.err(e))?;
+        }
+        self.confirm()
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.confirm()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_the_server_the_password_and_the_database() {
+        assert_eq!(parse_url("redis://127.0.0.1:6380/2"), Ok(("127.0.0.1:6380".into(), None, 2)));
+        assert_eq!(parse_url("redis://:s3cret@cache"), Ok(("cache:6379".into(), Some("s3cret".into()), 0)));
+        assert!(parse_url("http://x").unwrap_err().contains("not a redis:// URL"));
+        assert!(parse_url("redis:///1").unwrap_err().contains("no host"));
+        assert!(parse_url("redis://h/x").unwrap_err().contains("not a database number"));
+    }
+}

@@ -1,0 +1,117 @@
+//! The Redis sink against the Redis of the local stack (`make stack-up`): window results
+//! upserted under their key fields and window start, with a TTL; late events in a list.
+
+use std::process::Command;
+
+use weir_worker::sink::redis::{Connection, Reply};
+
+fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+fn get(c: &mut Connection, key: &str) -> Option<serde_json::Value> {
+    match c.command(&[b"GET", key.as_bytes()]).unwrap() {
+        Reply::Bulk(Some(v)) => Some(serde_json::from_slice(&v).unwrap()),
+        Reply::Bulk(None) => None,
+        other => panic!("GET {key}: {other:?}"),
+    }
+}
+
+#[test]
+fn window_results_are_upserted_by_key_and_window_with_a_ttl() {
+    let mut c = Connection::open(&redis_url())
+        .unwrap_or_else(|e| panic!("Redis is not reachable ({e}); start the local stack with `make stack-up`"));
+    let prefix = format!("weir-test-{}-{}:", std::process::id(), std::time::UNIX_EPOCH.elapsed().unwrap().as_nanos());
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = 1_795_564_800_000i64;
+    let lines = [
+        (1, "c1", 10.0, t0),
+        (2, "c1", 5.0, t0 + 20_000),
+        (3, "c2", 7.0, t0 + 30_000),
+        (4, "c1", 1.0, t0 + 70_000),
+        (5, "c2", 2.0, t0 + 200_000),
+        (6, "c1", 99.0, t0 + 1_000), // late: the first minute has fired
+    ];
+    let text: String = lines
+        .iter()
+        .map(|(id, card, amount, ts)| {
+            format!("{{\"id\": \"p{id}\", \"card\": \"{card}\", \"amount\": {amount}, \"ts\": {ts}}}\n")
+        })
+        .collect();
+    std::fs::write(dir.path().join("in.jsonl"), text).unwrap();
+    let job = format!(
+        r#"
+metadata: {{name: redis-sink}}
+spec:
+  pipeline:
+    sources:
+      payments:
+        file: {{path: in.jsonl}}
+        schema: {{id: string, card: string, amount: double, ts: timestamp}}
+        eventTime: {{field: ts}}
+    streams:
+      per_minute:
+        from: payments
+        keyBy: [card]
+        window: {{tumbling: 1m}}
+        aggregate: {{n: "count(*)", total: "sum(amount)"}}
+        lateOutput: late
+    sinks:
+      results: {{from: per_minute, redis: {{url: "{url}", keyPrefix: "{prefix}", ttl: 1h}}}}
+      late: {{redis: {{url: "{url}", keyPrefix: "{prefix}"}}}}
+"#,
+        url = redis_url()
+    );
+    std::fs::write(dir.path().join("job.yaml"), job).unwrap();
+    for run in 0..2 {
+        // The second run writes the same results again: an upsert, nothing doubles.
+        let out = Command::new(env!("CARGO_BIN_EXE_weir-worker"))
+            .args(["run", "-f", dir.path().join("job.yaml").to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "run {run}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mut w = |card: &str, start: i64| get(&mut c, &format!("{prefix}{card}:{start}"));
+    let r = w("c1", t0).unwrap();
+    assert_eq!(
+        (r["n"].as_i64(), r["total"].as_f64(), r["window_end"].as_i64()),
+        (Some(2), Some(15.0), Some(t0 + 60_000))
+    );
+    assert_eq!(w("c2", t0).unwrap()["total"], 7.0);
+    assert_eq!(w("c1", t0 + 60_000).unwrap()["n"], 1);
+    assert_eq!(w("c2", t0 + 180_000).unwrap()["total"], 2.0);
+    assert_eq!(w("c2", t0 + 60_000), None);
+    let Reply::Int(ttl) = c.command(&[b"PTTL", format!("{prefix}c1:{t0}").as_bytes()]).unwrap() else { panic!() };
+    assert!(ttl > 3_500_000 && ttl <= 3_600_000, "the keys expire an hour after their last write: {ttl} ms");
+    let Reply::Array(Some(late)) = c.command(&[b"LRANGE", format!("{prefix}late").as_bytes(), b"0", b"-1"]).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(late.len(), 2, "the late event, once per run");
+    let Reply::Bulk(Some(first)) = &late[0] else { panic!() };
+    assert!(String::from_utf8_lossy(first).contains("\"p6\""));
+    let keys = [format!("{prefix}c1:{t0}"), format!("{prefix}c2:{t0}"), format!("{prefix}c1:{}", t0 + 60_000)];
+    for k in keys.iter().chain([&format!("{prefix}c2:{}", t0 + 180_000), &format!("{prefix}late")]) {
+        c.command(&[b"DEL", k.as_bytes()]).unwrap();
+    }
+}
+
+#[test]
+fn an_unreachable_redis_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.jsonl"), "").unwrap();
+    let job = r#"
+spec:
+  pipeline:
+    sources: {s: {file: {path: in.jsonl}, schema: {k: string}}}
+    sinks: {out: {from: s, redis: {url: "redis://127.0.0.1:1", key: [k]}}}
+"#;
+    std::fs::write(dir.path().join("job.yaml"), job).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_weir-worker"))
+        .args(["run", "-f", dir.path().join("job.yaml").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("sink out") && err.contains("connecting to 127.0.0.1:1"), "{err}");
+}
