@@ -185,6 +185,10 @@ pub struct TableSpec {
     pub file: Option<FileSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub datagen: Option<DatagenSpec>,
+    /// Not loaded: each key looked up in Redis when a row needs it (JSON values, as the Redis
+    /// sink writes them), with a bounded cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisTableSpec>,
     /// The key field: a later row with the same key replaces the earlier one (unless the
     /// table keeps `versions`).
     pub key: String,
@@ -196,6 +200,25 @@ pub struct TableSpec {
     pub format: Format,
     #[serde(default)]
     pub schema: BTreeMap<String, FieldType>,
+}
+
+/// `tables.NAME.redis`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RedisTableSpec {
+    /// `redis://[:password@]host[:port][/db]`.
+    pub url: String,
+    /// Put before the key's value to make the Redis key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_prefix: Option<String>,
+    /// How long a looked-up value (or its absence) is used again before Redis is asked again.
+    /// Default 1m.
+    #[serde(default = "one_minute")]
+    pub cache_ttl: Duration,
+}
+
+fn one_minute() -> Duration {
+    Duration::from("1m")
 }
 
 /// `tables.NAME.versions`.

@@ -383,7 +383,7 @@ spec:
     );
     let t = "spec.pipeline.tables";
     let s = "spec.pipeline.streams";
-    assert!(has(&errs, &format!("{t}.merchants"), "exactly one of kafka, file, datagen; found 2"), "{errs:?}");
+    assert!(has(&errs, &format!("{t}.merchants"), "exactly one of kafka, file, datagen, redis; found 2"), "{errs:?}");
     assert!(has(&errs, &format!("{t}.cards.key"), "`card` is not a field"), "{errs:?}");
     assert!(has(&errs, &format!("{t}.cards.versions.field"), "versions need a timestamp"), "{errs:?}");
     assert!(has(&errs, &format!("{t}.cards.versions.retention"), "must be above zero"), "{errs:?}");
@@ -401,6 +401,12 @@ fn redis_sink_errors_say_what_is_wrong() {
 spec:
   pipeline:
     sources: {s: {datagen: {kind: payments}}}
+    tables:
+      t:
+        redis: {url: "redis://", keyPrefix: "m:"}
+        key: k
+        schema: {k: string, at: timestamp}
+        versions: {field: at}
     sinks:
       a: {from: s, redis: {url: "localhost:6379", ttl: 0s, key: []}}
       b: {from: s, redis: {url: "redis://h"}, file: {path: x.jsonl}}
@@ -411,4 +417,6 @@ spec:
     assert!(has(&errs, &format!("{p}.a.redis.ttl"), "must be above zero"), "{errs:?}");
     assert!(has(&errs, &format!("{p}.a.redis.key"), "at least one field"), "{errs:?}");
     assert!(has(&errs, &format!("{p}.b"), "exactly one of kafka, file, redis; found 2"), "{errs:?}");
+    assert!(has(&errs, "spec.pipeline.tables.t.redis.url", "not a redis://host"), "{errs:?}");
+    assert!(has(&errs, "spec.pipeline.tables.t.versions", "one value per key"), "{errs:?}");
 }

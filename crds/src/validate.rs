@@ -195,9 +195,19 @@ fn validate_pipeline(p: &PipelineSpec, errs: &mut ValidationErrors) {
     }
     for (name, t) in &p.tables {
         let path = format!("{base}.tables.{name}");
-        let kinds = [t.kafka.is_some(), t.file.is_some(), t.datagen.is_some()].iter().filter(|b| **b).count();
+        let kinds = [t.kafka.is_some(), t.file.is_some(), t.datagen.is_some(), t.redis.is_some()];
+        let kinds = kinds.iter().filter(|b| **b).count();
         if kinds != 1 {
-            errs.push(path.clone(), format!("a table needs exactly one of kafka, file, datagen; found {kinds}"));
+            errs.push(path.clone(), format!("a table needs exactly one of kafka, file, datagen, redis; found {kinds}"));
+        }
+        if let Some(r) = &t.redis {
+            if !r.url.starts_with("redis://") || r.url.len() <= "redis://".len() {
+                errs.push(format!("{path}.redis.url"), format!("`{}` is not a redis://host[:port][/db] URL", r.url));
+            }
+            duration(errs, &format!("{path}.redis.cacheTtl"), &r.cache_ttl);
+            if t.versions.is_some() {
+                errs.push(format!("{path}.versions"), "a Redis table holds one value per key: no versions");
+            }
         }
         let schema = table_fields(t);
         if schema.is_empty() {

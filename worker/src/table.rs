@@ -24,6 +24,7 @@ use weir_crds::{FieldType, KafkaSourceSpec, TableSpec};
 
 use crate::codec::json::JsonDecoder;
 use crate::plan::JobPlan;
+use crate::sink::redis::{Connection, Reply};
 use crate::source::datagen::DatagenSource;
 use crate::source::file::FileSource;
 use crate::source::kafka::KafkaSource;
@@ -79,9 +80,28 @@ impl TablePlan {
 pub struct TableStore {
     store: RocksStore,
     versioned: bool,
-    cache: Mutex<FxHashMap<Vec<u8>, Option<Versions>>>,
+    /// A Redis table: keys looked up there, not in `store`.
+    remote: Option<RedisLookup>,
+    /// Each key's rows, and when they were fetched from Redis (cached copies of a Redis table
+    /// expire; a local table's are dropped when it writes the key).
+    cache: Mutex<FxHashMap<Vec<u8>, Cached>>,
     cache_max: usize,
 }
+
+/// A key's rows as cached, and when they were fetched from Redis.
+type Cached = (Option<Versions>, Option<Instant>);
+
+/// Where a Redis table's keys are looked up.
+struct RedisLookup {
+    conn: Mutex<Connection>,
+    prefix: String,
+    ttl: Duration,
+    decoder: Arc<JsonDecoder>,
+    table: String,
+}
+
+/// Keys asked of Redis in one pipeline at most (the bound on requests in flight).
+const REDIS_BATCH: usize = 1_000;
 
 /// A table row: every field in schema order.
 pub type Row = Arc<[Value]>;
@@ -106,8 +126,79 @@ fn version_time(entry: &[u8]) -> Option<i64> {
 }
 
 impl TableStore {
-    fn new(store: RocksStore, versioned: bool, cache_max: usize) -> TableStore {
-        TableStore { store, versioned, cache: Mutex::new(FxHashMap::default()), cache_max: cache_max.max(1) }
+    fn new(store: RocksStore, versioned: bool, remote: Option<RedisLookup>, cache_max: usize) -> TableStore {
+        TableStore { store, versioned, remote, cache: Mutex::new(FxHashMap::default()), cache_max: cache_max.max(1) }
+    }
+
+    /// Whether lookups go to Redis (and a batch's keys should be fetched first, together).
+    pub fn is_remote(&self) -> bool {
+        self.remote.is_some()
+    }
+
+    /// A Redis table: fetches the keys that the cache lacks or holds expired, in pipelines of
+    /// at most [`REDIS_BATCH`]; a local table has nothing to fetch.
+    pub fn prefetch(&self, keys: &[Vec<u8>]) -> Result<(), String> {
+        let Some(r) = &self.remote else { return Ok(()) };
+        let mut wanted: Vec<&Vec<u8>> = {
+            let cache = self.cache.lock().expect("table cache");
+            let fresh = |k: &Vec<u8>| cache.get(k).is_some_and(|(_, at)| at.is_some_and(|t| t.elapsed() < r.ttl));
+            keys.iter().filter(|k| !fresh(k)).collect()
+        };
+        wanted.sort_unstable();
+        wanted.dedup();
+        for chunk in wanted.chunks(REDIS_BATCH) {
+            // The Redis key: the prefix and the key's value as text.
+            let text = |key: &[u8]| match Value::decode(key) {
+                Some((Value::Str(s), _)) => s,
+                Some((Value::I64(n), _)) => n.to_string(),
+                Some((other, _)) => format!("{other:?}"),
+                None => String::new(),
+            };
+            let names: Vec<String> = chunk.iter().map(|k| format!("{}{}", r.prefix, text(k))).collect();
+            let replies = {
+                let mut conn = r.conn.lock().expect("redis connection");
+                for name in &names {
+                    conn.send(&[b"GET", name.as_bytes()])?;
+                }
+                conn.replies()?
+            };
+            // The values found, decoded together against the table's schema.
+            let mut recs = Records::default();
+            let mut found = Vec::new();
+            let mut rows: Vec<Option<Versions>> = vec![None; chunk.len()];
+            for (i, reply) in replies.into_iter().enumerate() {
+                match reply {
+                    Reply::Bulk(Some(v)) => {
+                        recs.push(&v, i as i64, 0);
+                        found.push(i);
+                    }
+                    Reply::Bulk(None) => {}
+                    Reply::Error(e) => return Err(format!("Redis: {e}")),
+                    other => return Err(format!("Redis answered GET with {other:?}")),
+                }
+            }
+            let decoded = r.decoder.decode(&recs);
+            if let Some((i, e)) = decoded.errors.first() {
+                tracing::warn!(table = %r.table, key = %names[found[*i as usize]],
+                    "{} Redis value(s) are not JSON objects of the table's schema (taken as missing); first: {e}",
+                    decoded.errors.len());
+            }
+            let cols: Vec<Col> = decoded.rows.columns().iter().map(|a| Col::new(a).expect("engine types")).collect();
+            let kept: Vec<u32> = decoded.kept.unwrap_or_else(|| (0..recs.len() as u32).collect());
+            for (row, &rec) in kept.iter().enumerate() {
+                let values: Row = cols.iter().map(|c| c.value(row)).collect::<Vec<_>>().into();
+                rows[found[rec as usize]] = Some(Arc::from([(i64::MIN, values)]));
+            }
+            let now = Some(Instant::now());
+            let mut cache = self.cache.lock().expect("table cache");
+            if cache.len() + chunk.len() > self.cache_max {
+                cache.clear();
+            }
+            for (key, versions) in chunk.iter().zip(rows) {
+                cache.insert((*key).clone(), (versions, now));
+            }
+        }
+        Ok(())
     }
 
     /// The row of `key` in effect at `time`: the latest one taking effect at or before it (any
@@ -120,8 +211,18 @@ impl TableStore {
 
     /// Every row of `key`, oldest first.
     fn versions(&self, key: &[u8]) -> Result<Option<Versions>, String> {
+        if self.remote.is_some() {
+            for _ in 0..2 {
+                if let Some((v, _)) = self.cache.lock().expect("table cache").get(key) {
+                    return Ok(v.clone());
+                }
+                // Not fetched with its batch (the cache started again meanwhile): alone.
+                self.prefetch(&[key.to_vec()])?;
+            }
+            return Err("a key fetched from Redis did not stay in the cache".into());
+        }
         let mut cache = self.cache.lock().expect("table cache");
-        if let Some(v) = cache.get(key) {
+        if let Some((v, _)) = cache.get(key) {
             return Ok(v.clone());
         }
         let decode = |bytes: &[u8]| -> Result<Row, String> {
@@ -144,7 +245,7 @@ impl TableStore {
             // Bounded: start again (the keys in use come back first).
             cache.clear();
         }
-        cache.insert(key.to_vec(), versions.clone());
+        cache.insert(key.to_vec(), (versions.clone(), None));
         Ok(versions)
     }
 
@@ -178,7 +279,8 @@ enum Change {
 /// A table being loaded and followed: its source and its store.
 pub struct Table {
     pub plan: Arc<TablePlan>,
-    source: Box<dyn Source>,
+    /// What the table is read from; none for a Redis table (looked up, never loaded).
+    source: Option<Box<dyn Source>>,
     pub store: Arc<TableStore>,
     /// Rows read and rows that failed to decode (logged, counted, never stored).
     pub rows: u64,
@@ -195,14 +297,25 @@ impl Table {
     /// Opens table `plan` with an empty store in `dir` (anything there is from an earlier run).
     pub fn open(plan: Arc<TablePlan>, dir: &Path, shared: &RocksShared, job: &JobPlan) -> anyhow::Result<Table> {
         let (name, spec, group) = (&plan.name, &plan.spec, &job.group);
-        let source: Box<dyn Source> = if let Some(k) = &spec.kafka {
+        let mut remote = None;
+        let source: Option<Box<dyn Source>> = if let Some(k) = &spec.kafka {
             // Every partition, from the beginning, up to the end offsets found now; then
             // followed from there (`follow`).
-            Box::new(KafkaSource::new(name, &Self::kafka_spec(k, group, name, true), group, 0, 1)?)
+            Some(Box::new(KafkaSource::new(name, &Self::kafka_spec(k, group, name, true), group, 0, 1)?))
         } else if let Some(f) = &spec.file {
-            Box::new(FileSource::new(name, job.resolve(&f.path)))
+            Some(Box::new(FileSource::new(name, job.resolve(&f.path))))
         } else if let Some(d) = &spec.datagen {
-            Box::new(DatagenSource::new(d.clone()))
+            Some(Box::new(DatagenSource::new(d.clone())))
+        } else if let Some(r) = &spec.redis {
+            let conn = Connection::open(&r.url).map_err(|e| anyhow::anyhow!("table {name}: {e}"))?;
+            remote = Some(RedisLookup {
+                conn: Mutex::new(conn),
+                prefix: r.key_prefix.clone().unwrap_or_default(),
+                ttl: Duration::from_millis(r.cache_ttl.millis().unwrap_or(0)),
+                decoder: plan.decoder.clone(),
+                table: name.clone(),
+            });
+            None
         } else {
             bail!("table {name} has no kind");
         };
@@ -211,8 +324,9 @@ impl Table {
         }
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let store = RocksStore::open(dir, shared)?;
-        let store = Arc::new(TableStore::new(store, spec.versions.is_some(), job.max_cached_keys));
-        Ok(Table { plan, source, store, rows: 0, bad: 0, ended: false })
+        let store = Arc::new(TableStore::new(store, spec.versions.is_some(), remote, job.max_cached_keys));
+        let ended = source.is_none();
+        Ok(Table { plan, source, store, rows: 0, bad: 0, ended })
     }
 
     /// A table's topic read by its own consumer group, which never commits: the topic is the
@@ -230,7 +344,8 @@ impl Table {
     /// rows, or every partition's end offset as found at start), before streams may look it
     /// up; a Kafka table is then followed from there.
     pub fn load(&mut self, group: &str) -> anyhow::Result<()> {
-        self.source.start()?;
+        let Some(source) = self.source.as_mut() else { return Ok(()) };
+        source.start()?;
         let started = Instant::now();
         let mut last_log = Instant::now();
         while !self.ended {
@@ -245,11 +360,11 @@ impl Table {
         if let Some(k) = &self.plan.spec.kafka {
             let name = &self.plan.name;
             let mut follow = KafkaSource::new(name, &Self::kafka_spec(k, group, name, false), group, 0, 1)?;
-            for (p, pos) in self.source.next_positions() {
+            for (p, pos) in self.source.as_ref().map(|s| s.next_positions()).unwrap_or_default() {
                 follow.seek(p, pos)?;
             }
             follow.start()?;
-            self.source = Box::new(follow);
+            self.source = Some(Box::new(follow));
             self.ended = false;
         }
         Ok(())
@@ -257,16 +372,15 @@ impl Table {
 
     /// Applies what the source has now (waiting at most `wait`); returns the records read.
     pub fn poll(&mut self, wait: Duration) -> anyhow::Result<usize> {
-        if self.ended {
-            return Ok(0);
-        }
-        let polled = self.source.poll(crate::runtime::MAX_POLL, wait)?;
+        let Some(source) = self.source.as_mut().filter(|_| !self.ended) else { return Ok(0) };
+        let polled = source.poll(crate::runtime::MAX_POLL, wait)?;
+        let finished = source.finished();
         let mut n = 0;
         for (_, recs) in polled.batches {
             n += recs.len();
             self.apply(&recs)?;
         }
-        if self.source.finished() {
+        if finished {
             self.ended = true;
         }
         Ok(n)

@@ -67,6 +67,13 @@ impl EnrichOp {
         }
     }
 
+    fn remote_failed(&self, e: String) -> OpError {
+        OpError::External {
+            operator: self.name.clone(),
+            message: format!("looking keys up in table {}: {e}", self.table_name),
+        }
+    }
+
     fn corrupt(&self, e: String) -> OpError {
         OpError::state(&self.name, StateError::Corrupt(format!("table {}: {e}", self.table_name)))
     }
@@ -82,13 +89,26 @@ impl Operator for EnrichOp {
         let mut builders: Vec<ColumnBuilder> =
             out_fields[first_added..].iter().map(|f| ColumnBuilder::new(f.data_type())).collect();
         let mut keep: Vec<bool> = Vec::with_capacity(n);
+        if self.table.is_remote() {
+            // A Redis table: the batch's keys fetched together, in pipelines.
+            let keys: Vec<Vec<u8>> = (0..n)
+                .filter(|&row| !by.is_null(row))
+                .map(|row| {
+                    let mut k = Vec::new();
+                    by.encode_key(row, &mut k);
+                    k
+                })
+                .collect();
+            self.table.prefetch(&keys).map_err(|e| self.remote_failed(e))?;
+        }
         for row in 0..n {
             let found = if by.is_null(row) {
                 None
             } else {
                 self.key.clear();
                 by.encode_key(row, &mut self.key);
-                self.table.lookup(&self.key, batch.event_time.value(row)).map_err(|e| self.corrupt(e))?
+                let found = self.table.lookup(&self.key, batch.event_time.value(row));
+                found.map_err(|e| if self.table.is_remote() { self.remote_failed(e) } else { self.corrupt(e) })?
             };
             match found {
                 Some(values) => {

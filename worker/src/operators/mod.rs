@@ -25,6 +25,9 @@ pub enum OpError {
     State { operator: String, source: StateError },
     #[error("{operator}: building output: {source}")]
     Arrow { operator: String, source: datafusion::arrow::error::ArrowError },
+    /// An external system the operator reads (a Redis table) failed.
+    #[error("{operator}: {message}")]
+    External { operator: String, message: String },
 }
 
 impl OpError {

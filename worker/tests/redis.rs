@@ -1,5 +1,6 @@
-//! The Redis sink against the Redis of the local stack (`make stack-up`): window results
-//! upserted under their key fields and window start, with a TTL; late events in a list.
+//! Redis on the local stack (`make stack-up`): the sink upserts window results under their key
+//! fields and window start, with a TTL, and late events into a list; a Redis table enriches
+//! rows with the values stored under their keys.
 
 use std::process::Command;
 
@@ -114,4 +115,76 @@ spec:
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("sink out") && err.contains("connecting to 127.0.0.1:1"), "{err}");
+}
+
+#[test]
+fn a_redis_table_enriches_rows_with_the_values_under_their_keys() {
+    let mut c = Connection::open(&redis_url())
+        .unwrap_or_else(|e| panic!("Redis is not reachable ({e}); start the local stack with `make stack-up`"));
+    let prefix = format!("weir-test-{}-{}:", std::process::id(), std::time::UNIX_EPOCH.elapsed().unwrap().as_nanos());
+    let values = [
+        ("m-1", r#"{"merchant_id": "m-1", "category": "food", "risk": 0.5}"#),
+        ("m-2", r#"{"category": "travel"}"#),
+        ("m-3", "not json"),
+    ];
+    for (k, v) in values {
+        c.command(&[b"SET", format!("{prefix}{k}").as_bytes(), v.as_bytes()]).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let payments: String = ["m-1", "m-2", "m-3", "m-4", "m-1"]
+        .iter()
+        .enumerate()
+        .map(|(i, m)| format!("{{\"id\": \"p{i}\", \"merchant_id\": \"{m}\", \"ts\": {}}}\n", 1000 + i))
+        .collect();
+    std::fs::write(dir.path().join("in.jsonl"), payments).unwrap();
+    let job = format!(
+        r#"
+spec:
+  pipeline:
+    sources:
+      payments:
+        file: {{path: in.jsonl}}
+        schema: {{id: string, merchant_id: string, ts: timestamp}}
+        eventTime: {{field: ts}}
+    tables:
+      merchants:
+        redis: {{url: "{url}", keyPrefix: "{prefix}"}}
+        key: merchant_id
+        schema: {{merchant_id: string, category: string, risk: double}}
+    streams:
+      enriched:
+        from: payments
+        enrich: {{table: merchants, by: merchant_id, fields: [category, risk]}}
+    sinks:
+      out: {{from: enriched, file: {{path: out.jsonl}}}}
+"#,
+        url = redis_url()
+    );
+    std::fs::write(dir.path().join("job.yaml"), job).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_weir-worker"))
+        .args(["run", "-f", dir.path().join("job.yaml").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(dir.path().join("out.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let got: Vec<(&str, Option<&str>, Option<f64>)> =
+        rows.iter().map(|r| (r["id"].as_str().unwrap(), r["category"].as_str(), r["risk"].as_f64())).collect();
+    assert_eq!(
+        got,
+        [
+            ("p0", Some("food"), Some(0.5)),
+            ("p1", Some("travel"), None),
+            ("p2", None, None), // not a JSON object: taken as missing, with a warning
+            ("p3", None, None), // no such key
+            ("p4", Some("food"), Some(0.5)),
+        ]
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not JSON objects of the table's schema"));
+    for (k, _) in values {
+        c.command(&[b"DEL", format!("{prefix}{k}").as_bytes()]).unwrap();
+    }
 }
