@@ -43,6 +43,9 @@ pub struct CheckpointManifest {
     pub bytes: u64,
     /// Hash of the pipeline the state belongs to.
     pub fingerprint: String,
+    /// Each file's size, checked after a download (absent in checkpoints of earlier versions).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sizes: BTreeMap<String, u64>,
 }
 
 const MANIFEST: &str = "_manifest.json";
@@ -73,19 +76,64 @@ fn read_manifest(storage: &dyn Storage, partition: u32, id: u64) -> Result<Check
 }
 
 /// Downloads the newest completed checkpoint of `partition` into the empty folder `dir`;
-/// returns its manifest, or `None` when there is none.
+/// returns its manifest, or `None` when there is none. A checkpoint that cannot be restored (an
+/// unreadable manifest, a missing file, a file of the wrong size) is reported and the one
+/// before it is tried: an older state replays more input, with the same results. It fails,
+/// naming every checkpoint's problem, only when none can be restored.
 pub fn restore(storage: &dyn Storage, partition: u32, dir: &Path) -> Result<Option<CheckpointManifest>, StorageError> {
-    let Some(&id) = completed(storage, partition)?.last() else { return Ok(None) };
+    let ids = completed(storage, partition)?;
+    let mut failures = Vec::new();
+    for &id in ids.iter().rev() {
+        match restore_one(storage, partition, id, dir) {
+            Ok(m) => {
+                if !failures.is_empty() {
+                    tracing::warn!(partition, checkpoint = id, "restored an older checkpoint: {}", failures.join("; "));
+                }
+                return Ok(Some(m));
+            }
+            Err(e) => {
+                tracing::warn!(
+                    partition,
+                    checkpoint = id,
+                    "cannot restore checkpoint {id}: {e}; trying the one before"
+                );
+                failures.push(format!("checkpoint {id}: {e}"));
+            }
+        }
+    }
+    match failures.is_empty() {
+        true => Ok(None),
+        false => Err(StorageError {
+            location: storage.describe(&format!("p{partition}/")),
+            message: format!("no checkpoint of partition {partition} can be restored: {}", failures.join("; ")),
+        }),
+    }
+}
+
+/// Downloads checkpoint `id` into `dir` (emptied first) and checks every file's size.
+fn restore_one(storage: &dyn Storage, partition: u32, id: u64, dir: &Path) -> Result<CheckpointManifest, StorageError> {
     let m = read_manifest(storage, partition, id)?;
-    std::fs::create_dir_all(dir)
-        .map_err(|e| StorageError { location: dir.display().to_string(), message: e.to_string() })?;
-    for name in &m.sst {
-        storage.get_to_file(&sst_key(partition, name), &dir.join(name))?;
+    let local = |e: std::io::Error| StorageError { location: dir.display().to_string(), message: e.to_string() };
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(local)?;
     }
-    for name in &m.files {
-        storage.get_to_file(&format!("{}{name}", chk_prefix(partition, id)), &dir.join(name))?;
+    std::fs::create_dir_all(dir).map_err(local)?;
+    let keys = m.sst.iter().map(|n| (n, sst_key(partition, n)));
+    let keys = keys.chain(m.files.iter().map(|n| (n, format!("{}{n}", chk_prefix(partition, id)))));
+    for (name, key) in keys {
+        let path = dir.join(name);
+        storage.get_to_file(&key, &path)?;
+        if let Some(&want) = m.sizes.get(name) {
+            let got = std::fs::metadata(&path).map_err(local)?.len();
+            if got != want {
+                return Err(StorageError {
+                    location: storage.describe(&key),
+                    message: format!("{got} bytes where the checkpoint recorded {want}"),
+                });
+            }
+        }
     }
-    Ok(Some(m))
+    Ok(m)
 }
 
 fn savepoint_prefix(id: &str, partition: u32) -> String {
@@ -132,7 +180,15 @@ pub fn restore_savepoint(
     std::fs::create_dir_all(dir)
         .map_err(|e| StorageError { location: dir.display().to_string(), message: e.to_string() })?;
     for name in m.sst.iter().chain(&m.files) {
-        savepoint.get_to_file(&format!("{prefix}{name}"), &dir.join(name))?;
+        let (key, path) = (format!("{prefix}{name}"), dir.join(name));
+        savepoint.get_to_file(&key, &path)?;
+        let got = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        if m.sizes.get(name).is_some_and(|&want| want != got) {
+            return Err(StorageError {
+                location: savepoint.describe(&key),
+                message: format!("{got} bytes where the savepoint recorded {}", m.sizes[name]),
+            });
+        }
     }
     Ok(Some(m))
 }
@@ -380,6 +436,7 @@ impl Uploader {
         }
         names.sort();
         let (mut sst, mut files, mut bytes, mut sent) = (Vec::new(), Vec::new(), 0u64, 0u64);
+        let sizes: BTreeMap<String, u64> = names.iter().cloned().collect();
         for (name, len) in names {
             let path = job.dir.join(&name);
             bytes += len;
@@ -406,6 +463,7 @@ impl Uploader {
             files,
             bytes,
             fingerprint: job.fingerprint,
+            sizes,
         };
         let body = serde_json::to_vec_pretty(&manifest)?;
         self.storage.put_bytes(&format!("{}{MANIFEST}", chk_prefix(p, job.id)), body)?;
@@ -435,6 +493,7 @@ impl Uploader {
             files: other.iter().map(|(f, _)| f.clone()).collect(),
             bytes: files.iter().map(|(_, n)| n).sum(),
             fingerprint: job.fingerprint,
+            sizes: files.iter().cloned().collect(),
         };
         self.root.put_bytes(&format!("{prefix}{MANIFEST}"), serde_json::to_vec_pretty(&manifest)?)?;
         std::fs::remove_dir_all(&job.dir)?;
@@ -542,6 +601,26 @@ mod tests {
         let back = RocksStore::open(&into, &shared).unwrap();
         assert_eq!(back.scan(b"key-", b"key-\xff", 100_000).unwrap().len(), 4_000);
         assert!(back.get(b"key-010000").unwrap().is_none());
+        drop(back);
+        // The newest checkpoint damaged (a file cut short in storage): the one before it is
+        // restored; both damaged: an error that names each problem.
+        let remote_file = |id: u64, name: &str| remote.path().join("gen-a").join(chk_prefix(0, id)).join(name);
+        let current4 =
+            read_manifest(st.as_ref(), 0, 4).unwrap().files.into_iter().find(|f| f.starts_with("MANIFEST")).unwrap();
+        let bytes = std::fs::read(remote_file(4, &current4)).unwrap();
+        std::fs::write(remote_file(4, &current4), &bytes[..bytes.len() / 2]).unwrap();
+        let m = restore(st.as_ref(), 0, &into).unwrap().unwrap();
+        assert_eq!(m.id, 3, "the checkpoint before the damaged one");
+        let back = RocksStore::open(&into, &shared).unwrap();
+        assert_eq!(back.scan(b"key-", b"key-\xff", 100_000).unwrap().len(), 3_000);
+        drop(back);
+        std::fs::write(remote_file(3, MANIFEST), b"{not json").unwrap();
+        let e = restore(st.as_ref(), 0, &into).unwrap_err().to_string();
+        assert!(e.contains("no checkpoint of partition 0 can be restored"), "{e}");
+        assert!(e.contains("checkpoint 4:") && e.contains("bytes where the checkpoint recorded"), "{e}");
+        assert!(e.contains("checkpoint 3:") && e.contains("unreadable manifest"), "{e}");
+        std::fs::write(remote_file(4, &current4), &bytes).unwrap();
+        assert_eq!(restore(st.as_ref(), 0, &into).unwrap().unwrap().id, 4, "repaired, the newest again");
         assert!(local.path().read_dir().unwrap().next().is_none(), "local snapshots are removed after upload");
         // A savepoint is self-contained and outlives checkpoint retention.
         savepoints
