@@ -342,12 +342,26 @@ spec:
     for (path, needle) in [
         ("spec.pipeline.streams.f.pattern.sequence[0].times", "either times (exactly) or minTimes/maxTimes"),
         ("spec.pipeline.streams.f.pattern.sequence[0].maxTimes", "must be at least 1"),
-        ("spec.pipeline.streams.f.pattern.sequence[2].absent", "goes between two steps"),
         ("spec.pipeline.streams.f.pattern.sequence[2].absent", "has no times"),
         ("spec.pipeline.streams.f.pattern.emit", "`refund` is a negative step"),
     ] {
         assert!(has(&errs, path, needle), "{path}: {needle} in {errs:?}");
     }
+    // "Not followed by" at the end is a pattern; at the start it is not.
+    let trailing = ok.replace(
+        "- {name: hit, where: \"amount > 500\"}",
+        "- {name: hit, where: \"amount > 500\"}\n            - {name: refunded, where: \"amount < 0\", absent: true}",
+    );
+    Manifest::from_yaml(&trailing, "t").expect("a hit not followed by a refund within 5m");
+    let leading = ok.replace(
+        "- {name: probe, where: \"amount < 2\", minTimes: 2, maxTimes: 5}",
+        "- {name: probe, where: \"amount < 2\", absent: true}",
+    );
+    let errs = errors(&leading);
+    assert!(
+        has(&errs, "spec.pipeline.streams.f.pattern.sequence[0].absent", "cannot start with a negative step"),
+        "{errs:?}"
+    );
 }
 
 #[test]

@@ -586,7 +586,6 @@ fn check_stream(
             errs.push(format!("{path}.pattern.sequence"), "needs at least one step");
         }
         let mut seen = BTreeSet::new();
-        let last = pat.sequence.len().saturating_sub(1);
         for (i, st) in pat.sequence.iter().enumerate() {
             let at = format!("{path}.pattern.sequence[{i}]");
             if !seen.insert(st.name.as_str()) {
@@ -610,10 +609,11 @@ fn check_stream(
                 errs.push(format!("{at}.maxTimes"), "must be at least 1");
             }
             if st.absent {
-                if i == 0 || i == last {
+                if i == 0 {
                     errs.push(
                         format!("{at}.absent"),
-                        "a negative step goes between two steps (\"not followed by\" at the start or the end is not supported)",
+                        "a pattern cannot start with a negative step (an absence before anything happened matches at \
+                         any time); put it after a step",
                     );
                 }
                 if st.times.is_some() || st.min_times.is_some() || st.max_times.is_some() || st.strict {

@@ -658,6 +658,7 @@ fn plan_pattern(
         conditions,
         steps,
         keep_all,
+        trailing_forbid: forbid,
         within,
         kept,
         emit,

@@ -12,6 +12,11 @@
 //! next one starts past its last event, Flink's `skipPastLastEvent`). A partial match whose
 //! first event is more than `within` before an event, or before the watermark, is dropped.
 //!
+//! With negative steps at the end ("not followed by"), a match that has its steps waits until
+//! `within` of its first event has passed and completes then, unless an event of a trailing
+//! negative step came first; partial matches go on meanwhile, and a completed one drops those
+//! that started at or before its last event.
+//!
 //! An event at or below its input's watermark is late and goes unchanged to the late output.
 //! State: one entry per key with its buffered events and partial matches, cached as the
 //! epoch's overlay and written back at commit; one timer per key (see [`Timers`]).
@@ -38,6 +43,10 @@ pub struct PatternPlan {
     pub steps: Vec<StepPlan>,
     /// Some step is strict: events meeting no condition still matter (they break contiguity).
     pub keep_all: bool,
+    /// The conditions of negative steps after the last step ("not followed by"): a match that
+    /// has its steps waits until `within` of its first event has passed, and is dropped if an
+    /// event meeting one comes first.
+    pub trailing_forbid: u64,
     pub within: i64,
     /// Input columns kept with a buffered event (those `emit` reads).
     pub kept: Vec<usize>,
@@ -207,6 +216,22 @@ impl PatternOp {
         let meets = |bit: u32| ev.meets & (1 << bit) != 0;
         let (i, last) = (p.step, plan.steps.len() - 1);
         let cur = &plan.steps[i];
+        if Self::closing(plan, p) {
+            // Complete but for the trailing negative steps: waiting out `within`.
+            if ev.meets & plan.trailing_forbid != 0 {
+                return Outcome::Drop;
+            }
+            if meets(cur.bit) && p.count < cur.max {
+                p.count += 1;
+                p.events[i] = Some(ev.clone());
+            }
+            return Outcome::Keep;
+        }
+        // With trailing negative steps a match that has its steps is not done yet.
+        let done = match plan.trailing_forbid {
+            0 => Outcome::Done,
+            _ => Outcome::Keep,
+        };
         // The step the match waits for: the current one below its least count, else the next.
         let waiting = if p.count < cur.min || i == last { cur } else { &plan.steps[i + 1] };
         if p.count >= cur.min && i < last {
@@ -219,7 +244,7 @@ impl PatternOp {
                 p.count = 1;
                 p.events[i + 1] = Some(ev.clone());
                 return match i + 1 == last && next.min <= 1 {
-                    true => Outcome::Done,
+                    true => done,
                     false => Outcome::Keep,
                 };
             }
@@ -228,7 +253,7 @@ impl PatternOp {
             p.count += 1;
             p.events[i] = Some(ev.clone());
             if i == last && p.count >= cur.min {
-                return Outcome::Done;
+                return done;
             }
             return Outcome::Keep;
         }
@@ -239,9 +264,39 @@ impl PatternOp {
         }
     }
 
-    /// Runs `ev` through the key's partial matches; the completed match, if any.
-    fn step(plan: &PatternPlan, partials: &mut Vec<Partial>, ev: Ev) -> Option<Partial> {
-        partials.retain(|p| ev.ts - p.start <= plan.within);
+    /// Whether `p` has all its steps and waits only for `within` to pass without an event of a
+    /// trailing negative step.
+    fn closing(plan: &PatternPlan, p: &Partial) -> bool {
+        plan.trailing_forbid != 0 && p.step == plan.steps.len() - 1 && p.count >= plan.steps[p.step].min
+    }
+
+    /// Ends the partial matches that `expired` picks (those whose `within` has passed): the
+    /// ones waiting out trailing negative steps complete, in the order they started, each
+    /// dropping the partial matches that started at or before its last event (skip past the
+    /// last event); the others are dropped. Partial matches are in start order, so the expired
+    /// ones come first.
+    fn expire(plan: &PatternPlan, partials: &mut Vec<Partial>, expired: impl Fn(&Partial) -> bool) -> Vec<Partial> {
+        let mut done = Vec::new();
+        let mut skip_upto = i64::MIN;
+        partials.retain(|p| {
+            if p.start <= skip_upto {
+                return false;
+            }
+            if !expired(p) {
+                return true;
+            }
+            if Self::closing(plan, p) {
+                skip_upto = p.events.last().and_then(Option::as_ref).map_or(i64::MIN, |e| e.ts);
+                done.push(p.clone());
+            }
+            false
+        });
+        done
+    }
+
+    /// Runs `ev` through the key's partial matches; the completed matches, if any.
+    fn step(plan: &PatternPlan, partials: &mut Vec<Partial>, ev: Ev) -> Vec<Partial> {
+        let mut completed = Self::expire(plan, partials, |p| ev.ts - p.start > plan.within);
         let mut done = None;
         let mut i = 0;
         while i < partials.len() {
@@ -260,15 +315,16 @@ impl PatternOp {
             let first = &plan.steps[0];
             let mut p = Partial { start: ev.ts, step: 0, count: 1, events: vec![None; plan.steps.len()] };
             p.events[0] = Some(ev);
-            match plan.steps.len() == 1 && first.min <= 1 {
+            match plan.steps.len() == 1 && first.min <= 1 && plan.trailing_forbid == 0 {
                 true => done = Some(p),
                 false => partials.push(p),
             }
         }
-        if done.is_some() {
+        if let Some(d) = done {
             partials.clear();
+            completed.push(d);
         }
-        done
+        completed
     }
 
     fn emit(&self, out: &mut Option<Output>, m: &Partial) {
@@ -354,8 +410,9 @@ impl Operator for PatternOp {
                     matches.extend(Self::step(&self.plan, &mut partials, ev));
                 }
                 // Future events are after the watermark: partial matches that started `within`
-                // or more before it can no longer complete.
-                partials.retain(|p| p.start.saturating_add(within) > wm);
+                // or more before it can no longer complete, and those waiting out trailing
+                // negative steps have waited long enough.
+                matches.extend(Self::expire(&self.plan, &mut partials, |p| p.start.saturating_add(within) <= wm));
                 let e = self.state.get(ctx.state, &key)?;
                 e.partials = partials;
                 e.timer = e.next_due(within);

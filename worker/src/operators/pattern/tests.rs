@@ -41,6 +41,9 @@ struct Shape {
     /// Probes must follow each other directly; the hit must follow the last probe directly.
     strict_probes: bool,
     strict_hit: bool,
+    /// Not followed by a refund: the match waits until `within` of its first probe has passed
+    /// and is dropped if a refund comes after the hit before then.
+    trailing_refunds: bool,
 }
 
 /// Emits the card, the last probe's id and the hit's id.
@@ -49,11 +52,10 @@ fn plan(sh: Shape) -> PatternPlan {
     let s = schema();
     let cond = |text: &str| c.compile(text, &s).unwrap();
     let mut conditions = vec![cond("amount < 2"), cond("amount > 500")];
-    let mut forbid = 0;
-    if sh.refunds {
+    if sh.refunds || sh.trailing_refunds {
         conditions.push(cond("amount >= 200 AND amount < 300"));
-        forbid = 1 << 2;
     }
+    let forbid = if sh.refunds { 1 << 2 } else { 0 };
     PatternPlan {
         keys: vec![0],
         conditions,
@@ -62,6 +64,7 @@ fn plan(sh: Shape) -> PatternPlan {
             StepPlan { bit: 1, min: 1, max: 1, forbid, strict: sh.strict_hit },
         ],
         keep_all: sh.strict_probes || sh.strict_hit,
+        trailing_forbid: if sh.trailing_refunds { 1 << 2 } else { 0 },
         within: sh.within,
         kept: vec![0, 1],
         emit: vec![(None, 0), (Some(0), 1), (Some(1), 1)],
@@ -97,7 +100,9 @@ fn reference(evs: &[In], sh: Shape, ooo: i64) -> (Vec<Match>, Vec<i64>) {
     }
     let probe = |e: &In| e.amount < 2;
     let hit = |e: &In| e.amount > 500;
-    let refund = |e: &In| sh.refunds && (200..300).contains(&e.amount);
+    let refund = |e: &In| (200..300).contains(&e.amount);
+    // A refund between the probes and the hit ends a match only when refunds count there.
+    let between_refund = |e: &In| sh.refunds && refund(e);
     // The event at which a match starting at `s` completes, with its last probe, if it does.
     let complete = |list: &[(i64, usize)], s: usize, upto: usize| -> Option<(usize, usize)> {
         let (mut probes, mut last_probe) = (1, s);
@@ -106,7 +111,7 @@ fn reference(evs: &[In], sh: Shape, ooo: i64) -> (Vec<Match>, Vec<i64>) {
                 return None;
             }
             let e = &evs[i];
-            if probes >= sh.min && refund(e) {
+            if probes >= sh.min && between_refund(e) {
                 return None;
             }
             if probes >= sh.min && hit(e) {
@@ -126,6 +131,31 @@ fn reference(evs: &[In], sh: Shape, ooo: i64) -> (Vec<Match>, Vec<i64>) {
         None
     };
     let mut out = Vec::new();
+    if sh.trailing_refunds {
+        // Each start on its own, in time order: it completes its steps at `j` and then needs no
+        // refund after `j` up to `within` of its first probe; an emitted match puts every later
+        // start at or before its hit's time out of play (skip past the last event).
+        for (card, mut list) in per_card {
+            list.sort_by_key(|&(ts, i)| (ts, i));
+            let mut skip_upto = i64::MIN;
+            for s in 0..list.len() {
+                if list[s].0 <= skip_upto || !probe(&evs[list[s].1]) {
+                    continue;
+                }
+                let Some((j, last_probe)) = complete(&list, s, list.len() - 1) else { continue };
+                let deadline = list[s].0 + sh.within;
+                if list[j + 1..].iter().any(|&(ts, i)| ts <= deadline && refund(&evs[i])) {
+                    continue;
+                }
+                let (hit, probe) = (&evs[list[j].1], &evs[list[last_probe].1]);
+                out.push((card.to_string(), probe.id, hit.id, hit.ts));
+                skip_upto = hit.ts;
+            }
+        }
+        out.sort();
+        late.sort_unstable();
+        return (out, late);
+    }
     for (card, mut list) in per_card {
         list.sort_by_key(|&(ts, i)| (ts, i));
         let mut from = 0;
@@ -254,6 +284,7 @@ fn patterns_match_the_reference() {
             within: rng.random_range(1..20) * 15_000,
             strict_probes: rng.random_bool(0.25),
             strict_hit: rng.random_bool(0.25),
+            trailing_refunds: rng.random_bool(0.4),
         };
         let ooo = rng.random_range(0..10) * 1_000;
         let cards = rng.random_range(1..8);
@@ -275,7 +306,15 @@ fn three_probes_then_a_large_payment_within_five_minutes_on_rocksdb() {
     let shared = RocksShared::new(64 << 10, 256 << 10);
     let mut rng = StdRng::seed_from_u64(3);
     let evs = inputs(&mut rng, 20_000, 500, Some(100));
-    let sh = Shape { min: 3, max: 3, refunds: false, within: 300_000, strict_probes: false, strict_hit: false };
+    let sh = Shape {
+        min: 3,
+        max: 3,
+        refunds: false,
+        within: 300_000,
+        strict_probes: false,
+        strict_hit: false,
+        trailing_refunds: false,
+    };
     let (want, want_late) = reference(&evs, sh, 5_000);
     assert!(want.len() > 10, "the data has matches: {}", want.len());
     let store = Box::new(RocksStore::open(dir.path(), &shared).unwrap());
