@@ -4,7 +4,8 @@
 # and state larger than the in-memory cache. Start-up is excluded: the worker reports the time
 # from its first record read to everything processed and committed.
 # An interval join (join_1to1) reads the data set twice, as two inputs.
-# Env: BENCH_EVENTS (default 1000000), BENCH_KAFKA=0 to skip the Kafka runs, BENCH_QUERIES to
+# Env: BENCH_EVENTS (default 1000000), BENCH_KAFKA=0 to skip the Kafka runs, BENCH_REDIS=0 to skip
+# the Redis-table run, BENCH_QUERIES to
 # run only some queries (e.g. "tumbling_1m session_2m", or " " for none), BENCH_PERF=1 to record
 # a perf profile of each run (perf.data files next to the data set), BENCH_LATENCY_RATE=0 to skip
 # the latency run, BENCH_OVERHEAD_EVENTS=0 to skip the checkpoint-overhead runs.
@@ -62,6 +63,18 @@ Q
       merchants:
         datagen: {kind: merchants, keys: 1000000, seed: 1}
         key: merchant_id
+    streams:
+      q: {from: payments, enrich: {table: merchants, by: merchant_id, fields: [category, country], prefix: merchant_}}
+Q
+    ;;
+    # The same lookups in Redis (the 1,000,000 merchants loaded there by a Weir job with a Redis
+    # sink), each value reused for a second before Redis is asked again.
+    enrich_redis) cat <<Q
+    tables:
+      merchants:
+        redis: {url: "redis://127.0.0.1:$REDIS_PORT", keyPrefix: "bench:merchant:", cacheTtl: 1s}
+        key: merchant_id
+        schema: {merchant_id: string, category: string, country: string}
     streams:
       q: {from: payments, enrich: {table: merchants, by: merchant_id, fields: [category, country], prefix: merchant_}}
 Q
@@ -136,6 +149,19 @@ done
 # State larger than the cache: 100,000 cards, only 1,000 kept decoded, an 8 MiB block cache.
 [[ " $QUERIES " == *" sliding_5m_1m "* ]] &&
   run_one file-smallcache "file: {path: $DATA}" sliding_5m_1m --max-cached-keys 1000 --state-memory-mib 8
+# Enrichment from Redis instead of a loaded table, when the stack's Redis runs (BENCH_REDIS=0
+# skips it).
+if [[ ${BENCH_REDIS:-1} != 0 && " $QUERIES " == *" enrich_1m "* ]] && port_open "$REDIS_PORT"; then
+  cat >"$WORK/redis-load.yaml" <<YAML
+metadata: {name: bench-redis-load}
+spec:
+  pipeline:
+    sources: {m: {datagen: {kind: merchants, keys: 1000000, seed: 1}}}
+    sinks: {r: {from: m, redis: {url: "redis://127.0.0.1:$REDIS_PORT", key: [merchant_id], keyPrefix: "bench:merchant:"}}}
+YAML
+  "$WORKER" run -f "$WORK/redis-load.yaml" 2>/dev/null
+  run_one file-redis "file: {path: $DATA}" enrich_redis
+fi
 # Checkpoint overhead: the tumbling run again, with an incremental checkpoint every second.
 [[ " $QUERIES " == *" tumbling_1m "* ]] &&
   SPEC_EXTRA="  checkpointing: {interval: 1s, storage: \"file://$WORK/checkpoints\"}" \
