@@ -296,6 +296,11 @@ pub struct JoinSpec {
     /// How much later than the left row the right row may be (default `within`, else 0s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<Duration>,
+    /// A window join instead of an interval join: rows join when they fall in the same
+    /// tumbling or sliding window (one joined row per window they share), which the output
+    /// names in `window_start` and `window_end`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<WindowSpec>,
     #[serde(default, rename = "type")]
     pub kind: JoinKind,
 }
@@ -333,6 +338,16 @@ impl JoinSpec {
             out.push((true, f.as_str(), name));
         }
         out
+    }
+
+    /// A window join's windows as (size, slide) in ms: tumbling windows slide by their size.
+    pub fn window_millis(&self) -> Option<(u64, u64)> {
+        let w = self.window.as_ref()?;
+        match (&w.tumbling, &w.sliding) {
+            (Some(t), None) => t.millis().ok().map(|ms| (ms, ms)),
+            (None, Some(s)) => Some((s.size.millis().ok()?, s.slide.millis().ok()?)),
+            _ => None,
+        }
     }
 }
 

@@ -434,3 +434,32 @@ spec:
     assert!(has(&errs, "spec.pipeline.tables.t.redis.url", "not a redis://host"), "{errs:?}");
     assert!(has(&errs, "spec.pipeline.tables.t.versions", "one value per key"), "{errs:?}");
 }
+
+#[test]
+fn window_join_errors_say_what_is_wrong() {
+    let errs = errors(
+        r#"
+spec:
+  pipeline:
+    sources:
+      a: {datagen: {kind: orders}}
+      b: {datagen: {kind: orderPayments}}
+    streams:
+      both:
+        join: {left: a, right: b, by: [order_id], within: 1m, window: {tumbling: 1m}}
+      sliding_outer:
+        join: {left: a, right: b, by: [order_id], window: {sliding: {size: 5m, slide: 2m}}, type: left}
+      session:
+        join: {left: a, right: b, by: [order_id], window: {session: {gap: 1m}}}
+    sinks:
+      o1: {from: both, file: {path: o1}}
+      o2: {from: sliding_outer, file: {path: o2}}
+      o3: {from: session, file: {path: o3}}
+"#,
+    );
+    let s = "spec.pipeline.streams";
+    assert!(has(&errs, &format!("{s}.both.join.window"), "either a window or time bounds"), "{errs:?}");
+    assert!(has(&errs, &format!("{s}.sliding_outer.join.window.sliding.slide"), "does not divide"), "{errs:?}");
+    assert!(has(&errs, &format!("{s}.sliding_outer.join.type"), "needs tumbling windows"), "{errs:?}");
+    assert!(has(&errs, &format!("{s}.session.join.window"), "exactly one of tumbling, sliding"), "{errs:?}");
+}

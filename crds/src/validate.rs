@@ -338,7 +338,11 @@ fn stream_fields(p: &PipelineSpec, errs: &mut ValidationErrors) -> BTreeMap<Stri
                     Some(j) => match (out.get(&j.left).cloned().flatten(), out.get(&j.right).cloned().flatten()) {
                         (Some(l), Some(r)) => {
                             let (l, r): (Vec<String>, Vec<String>) = (l.into_iter().collect(), r.into_iter().collect());
-                            let joined = j.output_fields(&l, &r).into_iter().map(|(_, _, name)| name).collect();
+                            let mut joined: BTreeSet<String> =
+                                j.output_fields(&l, &r).into_iter().map(|(_, _, name)| name).collect();
+                            if j.window.is_some() {
+                                joined.extend(["window_start".to_string(), "window_end".to_string()]);
+                            }
                             step_output_fields(p, s, Some(joined))
                         }
                         _ => None,
@@ -652,6 +656,47 @@ fn check_join(
             }
         }
     }
+    if let Some(w) = &j.window {
+        let wpath = format!("{path}.join.window");
+        if j.within.is_some() || j.before.is_some() || j.after.is_some() {
+            errs.push(wpath.clone(), "a join has either a window or time bounds (within, before, after), not both");
+        }
+        match (&w.tumbling, &w.sliding, &w.session) {
+            (Some(t), None, None) => {
+                positive(errs, &format!("{wpath}.tumbling"), t);
+            }
+            (None, Some(sl), None) => {
+                let size = positive(errs, &format!("{wpath}.sliding.size"), &sl.size);
+                let slide = positive(errs, &format!("{wpath}.sliding.slide"), &sl.slide);
+                if let (Some(size), Some(slide)) = (size, slide) {
+                    if size % slide != 0 {
+                        errs.push(
+                            format!("{wpath}.sliding.slide"),
+                            format!("{} does not divide the size {}", sl.slide, sl.size),
+                        );
+                    }
+                }
+                if j.kind != crate::JoinKind::Inner {
+                    errs.push(
+                        format!("{path}.join.type"),
+                        "an outer window join needs tumbling windows (with sliding windows a row is in several)",
+                    );
+                }
+            }
+            _ => errs.push(wpath.clone(), "a window join needs exactly one of tumbling, sliding"),
+        }
+        for (side, input) in [("left", &j.left), ("right", &j.right)] {
+            if let Some(Some(have)) = fields.get(input.as_str()) {
+                for f in ["window_start", "window_end"].iter().filter(|f| have.contains(**f)) {
+                    errs.push(
+                        wpath.clone(),
+                        format!("`{input}` (the {side} input) has a field `{f}`, which a window join adds"),
+                    );
+                }
+            }
+        }
+        return;
+    }
     let mut lengths = Vec::new();
     for (field, d) in [("within", &j.within), ("before", &j.before), ("after", &j.after)] {
         if let Some(d) = d {
@@ -661,7 +706,7 @@ fn check_join(
     if j.within.is_none() && j.before.is_none() && j.after.is_none() {
         errs.push(
             format!("{path}.join.within"),
-            "a join needs its time bounds: `within` (either way), or `before` and/or `after`",
+            "a join needs its time bounds: `within` (either way), or `before` and/or `after`; or a `window`",
         );
     } else if lengths.len() == [&j.within, &j.before, &j.after].iter().filter(|d| d.is_some()).count()
         && j.bounds_millis() == Some((0, 0))

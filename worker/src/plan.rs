@@ -74,6 +74,8 @@ pub struct JoinPlan {
     pub right: SchemaRef,
     /// Each output column: from the right input?, its column there.
     pub columns: Vec<(bool, usize)>,
+    /// A window join's (size, slide) in ms; its output ends with `window_start`, `window_end`.
+    pub window: Option<(i64, i64)>,
     pub out_schema: SchemaRef,
 }
 
@@ -696,6 +698,10 @@ fn plan_join(
         }
     }
     let (before, after) = j.bounds_millis()?;
+    let window = match &j.window {
+        Some(_) => Some(j.window_millis().filter(|&(size, slide)| slide > 0 && size >= slide)?),
+        None => None,
+    };
     if on.len() != j.by.len() || on.is_empty() {
         return None;
     }
@@ -710,6 +716,10 @@ fn plan_join(
         // Outer joins leave the other side's fields null.
         fields.push(Field::new(out, schema.field(i).data_type().clone(), true));
     }
+    if window.is_some() {
+        fields.push(Field::new("window_start", DataType::Int64, true));
+        fields.push(Field::new("window_end", DataType::Int64, true));
+    }
     Some(JoinPlan {
         kind: j.kind,
         before: before as i64,
@@ -718,6 +728,7 @@ fn plan_join(
         left,
         right,
         columns,
+        window: window.map(|(size, slide)| (size as i64, slide as i64)),
         out_schema: Arc::new(Schema::new(fields)),
     })
 }

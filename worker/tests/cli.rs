@@ -408,3 +408,50 @@ fn restored_state_must_fit_the_pipeline_step_by_step() {
     let (ok, log) = run(&renamed);
     assert!(ok, "{log}");
 }
+
+#[test]
+fn a_window_join_pairs_rows_of_the_same_window_and_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = 1_795_564_800_000i64;
+    let write = |name: &str, rows: &[(&str, &str, i64)]| {
+        let text: String = rows
+            .iter()
+            .map(|(id, card, dt)| format!("{{\"id\": \"{id}\", \"card\": \"{card}\", \"ts\": {}}}\n", t0 + dt))
+            .collect();
+        std::fs::write(dir.path().join(name), text).unwrap();
+    };
+    write("views.jsonl", &[("v1", "c1", 5_000), ("v3", "c2", 10_000), ("v2", "c1", 65_000)]);
+    write("buys.jsonl", &[("b1", "c1", 50_000), ("b2", "c1", 61_000), ("b3", "c3", 1_000)]);
+    let job = r#"
+spec:
+  pipeline:
+    sources:
+      views: {file: {path: views.jsonl}, schema: {id: string, card: string, ts: timestamp}, eventTime: {field: ts}}
+      buys: {file: {path: buys.jsonl}, schema: {id: string, card: string, ts: timestamp}, eventTime: {field: ts}}
+    streams:
+      same_minute:
+        join: {left: views, right: buys, by: [card], window: {tumbling: 1m}, type: left}
+    sinks:
+      out: {from: same_minute, file: {path: out.jsonl}}
+"#;
+    std::fs::write(dir.path().join("job.yaml"), job).unwrap();
+    let out = worker().args(["run", "-f", dir.path().join("job.yaml").to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut rows: Vec<(String, Option<String>, i64, i64)> = lines(&dir.path().join("out.jsonl"))
+        .iter()
+        .map(|r| {
+            let id = r["id"].as_str().unwrap().to_string();
+            let buy = r["buys_id"].as_str().map(str::to_string);
+            (id, buy, r["window_start"].as_i64().unwrap() - t0, r["window_end"].as_i64().unwrap() - t0)
+        })
+        .collect();
+    rows.sort();
+    assert_eq!(
+        rows,
+        [
+            ("v1".to_string(), Some("b1".to_string()), 0, 60_000),
+            ("v2".to_string(), Some("b2".to_string()), 60_000, 120_000),
+            ("v3".to_string(), None, 0, 60_000), // no buy of c2: a left join's row, in its window
+        ]
+    );
+}

@@ -117,12 +117,29 @@ impl JoinOp {
 
     /// How far the watermark passed on trails the inputs'.
     pub fn delay(plan: &JoinPlan) -> i64 {
-        plan.before.max(plan.after)
+        match plan.window {
+            Some((size, _)) => size,
+            None => plan.before.max(plan.after),
+        }
     }
 
-    /// When a row of input `side` at `ts` can match nothing more.
+    /// When a row of input `side` at `ts` can match nothing more: a window join's row once its
+    /// last window has ended.
     fn expiry(&self, side: usize, ts: i64) -> i64 {
-        ts.saturating_add(if side == 0 { self.plan.after } else { self.plan.before })
+        match self.plan.window {
+            Some((size, slide)) => (ts - ts.rem_euclid(slide)).saturating_add(size - 1),
+            None => ts.saturating_add(if side == 0 { self.plan.after } else { self.plan.before }),
+        }
+    }
+
+    /// The starts of the windows rows at `a` and `b` share, in order (a window join).
+    fn shared_windows(size: i64, slide: i64, a: i64, b: i64) -> impl Iterator<Item = i64> {
+        let (lo, hi) = (a.min(b), a.max(b));
+        // Windows [s, s + size) with s <= lo and hi < s + size, s a multiple of slide.
+        let last = lo - lo.rem_euclid(slide);
+        let first = hi - size + 1;
+        let first = first + (slide - first.rem_euclid(slide)) % slide;
+        (0..).map(move |i| first + i * slide).take_while(move |&s| s <= last)
     }
 
     /// Whether unmatched rows of input `side` are emitted.
@@ -130,10 +147,13 @@ impl JoinOp {
         matches!((self.plan.kind, side), (JoinKind::Full, _) | (JoinKind::Left, 0) | (JoinKind::Right, 1))
     }
 
-    /// Appends the joined row of `left` and `right` (either absent for an outer row).
-    fn push(&self, out: &mut Option<Output>, left: Option<&Row>, right: Option<&Row>) {
+    /// Appends the joined row of `left` and `right` (either absent for an outer row), of the
+    /// window starting at `window` in a window join.
+    fn push(&self, out: &mut Option<Output>, left: Option<&Row>, right: Option<&Row>, window: Option<i64>) {
         let out = out.get_or_insert_with(|| Output::new(&self.plan.out_schema));
-        for (b, &(from_right, i)) in out.builders.iter_mut().zip(&self.plan.columns) {
+        let mut builders = out.builders.iter_mut();
+        // The columns first: `zip` stops on them without taking one more builder.
+        for (&(from_right, i), b) in self.plan.columns.iter().zip(builders.by_ref()) {
             let row = if from_right { right } else { left };
             // An outer row's key fields come from whichever side it has.
             let v = match row {
@@ -145,7 +165,17 @@ impl JoinOp {
             };
             b.push(v);
         }
+        if let (Some((size, _)), Some(start)) = (self.plan.window, window) {
+            for (b, v) in builders.zip([start, start + size]) {
+                b.push(&Value::I64(v));
+            }
+        }
         out.event_time.push(left.map_or(i64::MIN, |r| r.ts).max(right.map_or(i64::MIN, |r| r.ts)));
+    }
+
+    /// The window an unmatched row is emitted in: its own (a tumbling window join's only one).
+    fn own_window(&self, ts: i64) -> Option<i64> {
+        self.plan.window.map(|(_, slide)| ts - ts.rem_euclid(slide))
     }
 
     /// For column `i` of one input, the column of the other input that holds the same `by`
@@ -185,10 +215,12 @@ impl Operator for JoinOp {
         let key_cols: Vec<Col> = key_cols.iter().map(|a| Col::new(a).expect("join keys have engine types")).collect();
         let arrays: Vec<ArrayRef> = batch.rows.columns().to_vec();
         let cols: Vec<Col> = arrays.iter().map(|a| Col::new(a).expect("inputs have engine types")).collect();
-        // The other input's rows within reach of a row at `ts`.
-        let (lo_off, hi_off) = match side {
-            0 => (-self.plan.before, self.plan.after),
-            _ => (-self.plan.after, self.plan.before),
+        // The other input's rows within reach of a row at `ts` (a window join's: less than a
+        // window's size away, then sharing at least one window).
+        let (lo_off, hi_off) = match (self.plan.window, side) {
+            (Some((size, _)), _) => (1 - size, size - 1),
+            (None, 0) => (-self.plan.before, self.plan.after),
+            (None, _) => (-self.plan.after, self.plan.before),
         };
         let mut out: Option<Output> = None;
         let mut key = Vec::with_capacity(64);
@@ -204,7 +236,7 @@ impl Operator for JoinOp {
                 // A null key matches nothing.
                 if self.outer(side) {
                     let (l, rr) = if side == 0 { (Some(&r), None) } else { (None, Some(&r)) };
-                    self.push(&mut out, l, rr);
+                    self.push(&mut out, l, rr, self.own_window(ts));
                 }
                 continue;
             }
@@ -218,8 +250,13 @@ impl Operator for JoinOp {
             if e.is_empty() {
                 e.timer = i64::MAX;
             }
+            let window = self.plan.window;
+            let shares = |o: &Row| match window {
+                Some((size, slide)) => Self::shared_windows(size, slide, ts, o.ts).next().is_some(),
+                None => true,
+            };
             let mut pairs = Vec::new();
-            for o in e.sides[other].iter_mut().filter(|o| o.ts >= lo && o.ts <= hi) {
+            for o in e.sides[other].iter_mut().filter(|o| o.ts >= lo && o.ts <= hi && shares(o)) {
                 o.matched = true;
                 r.matched = true;
                 pairs.push(o.clone());
@@ -231,7 +268,14 @@ impl Operator for JoinOp {
             }
             for o in &pairs {
                 let (l, rr) = if side == 0 { (&r, o) } else { (o, &r) };
-                self.push(&mut out, Some(l), Some(rr));
+                match window {
+                    Some((size, slide)) => {
+                        for start in Self::shared_windows(size, slide, ts, o.ts) {
+                            self.push(&mut out, Some(l), Some(rr), Some(start));
+                        }
+                    }
+                    None => self.push(&mut out, Some(l), Some(rr), None),
+                }
             }
         }
         let wm = self.out_wm();
@@ -256,20 +300,22 @@ impl Operator for JoinOp {
                     continue;
                 }
                 let mut expired = [Vec::new(), Vec::new()];
-                for (side, reach) in [(0, self.plan.after), (1, self.plan.before)] {
-                    let (gone, kept) =
-                        std::mem::take(&mut e.sides[side]).into_iter().partition(|r| r.ts.saturating_add(reach) <= wm);
-                    e.sides[side] = kept;
+                let sides = std::mem::take(&mut e.sides);
+                let mut kept_sides: [Vec<Row>; 2] = Default::default();
+                for (side, rows) in sides.into_iter().enumerate() {
+                    let (gone, kept) = rows.into_iter().partition(|r| self.expiry(side, r.ts) <= wm);
+                    kept_sides[side] = kept;
                     expired[side] = gone;
                 }
-                let (after, before_b) = (self.plan.after, self.plan.before);
-                let next = e
-                    .sides
+                let next = kept_sides
                     .iter()
-                    .zip([after, before_b])
-                    .flat_map(|(rows, reach)| rows.iter().map(move |r| r.ts.saturating_add(reach)))
+                    .enumerate()
+                    .flat_map(|(side, rows)| rows.iter().map(move |r| (side, r.ts)))
+                    .map(|(side, ts)| self.expiry(side, ts))
                     .min()
                     .unwrap_or(i64::MAX);
+                let e = self.state.get(ctx.state, &key)?;
+                e.sides = kept_sides;
                 e.timer = next;
                 if next != i64::MAX {
                     self.state.timers.set(next, &key, 0);
@@ -280,7 +326,7 @@ impl Operator for JoinOp {
                     }
                     for r in rows.iter().filter(|r| !r.matched) {
                         let (l, rr) = if side == 0 { (Some(r), None) } else { (None, Some(r)) };
-                        self.push(&mut out, l, rr);
+                        self.push(&mut out, l, rr, self.own_window(r.ts));
                     }
                 }
             }

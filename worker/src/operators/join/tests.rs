@@ -21,32 +21,62 @@ struct Ev {
 }
 
 fn plan(kind: JoinKind, before: i64, after: i64) -> JoinPlan {
+    plan_with(kind, before, after, None)
+}
+
+/// A join plan; with `window` (size, slide) a window join.
+fn plan_with(kind: JoinKind, before: i64, after: i64, window: Option<(i64, i64)>) -> JoinPlan {
     let side = |v: &str| {
         Arc::new(Schema::new(vec![Field::new("k", DataType::Utf8, true), Field::new(v, DataType::Int64, true)]))
     };
     let (left, right) = (side("lv"), side("rv"));
+    let mut fields = vec![
+        Field::new("k", DataType::Utf8, true),
+        Field::new("lv", DataType::Int64, true),
+        Field::new("rv", DataType::Int64, true),
+    ];
+    if window.is_some() {
+        fields.push(Field::new("window_start", DataType::Int64, true));
+        fields.push(Field::new("window_end", DataType::Int64, true));
+    }
     JoinPlan {
         kind,
         before,
         after,
         on: vec![(0, 0, DataType::Utf8)],
-        out_schema: Arc::new(Schema::new(vec![
-            Field::new("k", DataType::Utf8, true),
-            Field::new("lv", DataType::Int64, true),
-            Field::new("rv", DataType::Int64, true),
-        ])),
+        out_schema: Arc::new(Schema::new(fields)),
         columns: vec![(false, 0), (false, 1), (true, 1)],
+        window,
         left,
         right,
     }
 }
 
-/// An output row: key, left id, right id, event time.
-type Out = (String, Option<i64>, Option<i64>, i64);
+/// An output row: key, left id, right id, event time, and a window join's window start.
+type Out = (String, Option<i64>, Option<i64>, i64, Option<i64>);
 
 /// The reference: which rows are late (each judged by its own input's watermark) and which
 /// pairs and unmatched rows come out, written from the definition alone.
 fn reference(inputs: &[Vec<Ev>; 2], kind: JoinKind, before: i64, after: i64, ooo: i64) -> (Vec<Out>, Vec<i64>) {
+    reference_with(inputs, kind, before, after, ooo, None)
+}
+
+/// The starts of the windows (size, slide) that hold `t`, by brute force over a wide range.
+fn windows_of(t: i64, (size, slide): (i64, i64)) -> Vec<i64> {
+    let base = t - t.rem_euclid(slide);
+    (0..size / slide).map(|i| base - i * slide).filter(|s| *s <= t && t < s + size).collect()
+}
+
+/// `reference`, or with `window` a window join's: a pair per window both rows are in, and (on
+/// the outer sides of a tumbling join) an unmatched row in its window.
+fn reference_with(
+    inputs: &[Vec<Ev>; 2],
+    kind: JoinKind,
+    before: i64,
+    after: i64,
+    ooo: i64,
+    window: Option<(i64, i64)>,
+) -> (Vec<Out>, Vec<i64>) {
     let mut kept: [Vec<&Ev>; 2] = [Vec::new(), Vec::new()];
     let mut late = Vec::new();
     for (side, evs) in inputs.iter().enumerate() {
@@ -65,8 +95,21 @@ fn reference(inputs: &[Vec<Ev>; 2], kind: JoinKind, before: i64, after: i64, ooo
     let mut matched: [Vec<bool>; 2] = [vec![false; kept[0].len()], vec![false; kept[1].len()]];
     for (i, l) in kept[0].iter().enumerate() {
         for (j, r) in kept[1].iter().enumerate() {
-            if l.key == r.key && r.ts >= l.ts - before && r.ts <= l.ts + after {
-                out.push((l.key.clone(), Some(l.id), Some(r.id), l.ts.max(r.ts)));
+            if l.key != r.key {
+                continue;
+            }
+            let shared: Vec<Option<i64>> = match window {
+                Some(w) => {
+                    let theirs = windows_of(r.ts, w);
+                    windows_of(l.ts, w).into_iter().filter(|s| theirs.contains(s)).map(Some).collect()
+                }
+                None if r.ts >= l.ts - before && r.ts <= l.ts + after => vec![None],
+                None => vec![],
+            };
+            for w in &shared {
+                out.push((l.key.clone(), Some(l.id), Some(r.id), l.ts.max(r.ts), *w));
+            }
+            if !shared.is_empty() {
                 matched[0][i] = true;
                 matched[1][j] = true;
             }
@@ -79,7 +122,7 @@ fn reference(inputs: &[Vec<Ev>; 2], kind: JoinKind, before: i64, after: i64, ooo
         }
         for (_, e) in kept[side].iter().enumerate().filter(|(i, _)| !matched[side][*i]) {
             let (l, r) = if side == 0 { (Some(e.id), None) } else { (None, Some(e.id)) };
-            out.push((e.key.clone(), l, r, e.ts));
+            out.push((e.key.clone(), l, r, e.ts, window.map(|w| windows_of(e.ts, w)[0])));
         }
     }
     out.sort();
@@ -114,7 +157,13 @@ fn collect(b: Option<Batch>, out: &mut Vec<Out>) {
         let ts = b.event_time.value(i);
         assert!(ts > b.watermark.value(i), "a joined row is never late downstream: {ts} <= {}", b.watermark.value(i));
         let opt = |a: &Int64Array| a.is_valid(i).then(|| a.value(i));
-        out.push((k.value(i).to_string(), opt(&l), opt(&r), ts));
+        let window = (b.rows.num_columns() > 3).then(|| {
+            let start = b.rows.column(3).as_any().downcast_ref::<Int64Array>().unwrap().value(i);
+            let end = b.rows.column(4).as_any().downcast_ref::<Int64Array>().unwrap().value(i);
+            assert!(start <= ts && ts < end, "a joined row's time is in its window");
+            start
+        });
+        out.push((k.value(i).to_string(), opt(&l), opt(&r), ts, window));
     }
 }
 
@@ -234,5 +283,34 @@ fn outer_rows_carry_the_key_of_the_side_they_have() {
     assert!(op.on_input(1, batch(&r, vec![i64::MIN]), &mut ctx).unwrap().is_none());
     let mut out = Vec::new();
     collect(op.on_watermark(i64::MAX, &mut ctx).unwrap(), &mut out);
-    assert_eq!(out, [("card-1".to_string(), None, Some(5), 10_000)]);
+    assert_eq!(out, [("card-1".to_string(), None, Some(5), 10_000, None)]);
+}
+
+#[test]
+fn window_joins_match_the_reference() {
+    let mut pairs = 0;
+    for seed in 0..200u64 {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let slide = rng.random_range(1..6) * 5_000;
+        let tumbling = rng.random_bool(0.5);
+        let size = if tumbling { slide } else { slide * rng.random_range(1..5) };
+        // Outer window joins need tumbling windows.
+        let kind = match tumbling {
+            true => [JoinKind::Inner, JoinKind::Left, JoinKind::Right, JoinKind::Full][seed as usize % 4],
+            false => JoinKind::Inner,
+        };
+        let ooo = rng.random_range(0..10) * 1_000;
+        let keys = rng.random_range(1..12);
+        let (nl, nr) = (rng.random_range(0..400), rng.random_range(0..400));
+        let inputs = [events(&mut rng, 0, nl, keys), events(&mut rng, 1_000_000, nr, keys)];
+        let p = plan_with(kind, 0, 0, Some((size, slide)));
+        let (want, want_late) = reference_with(&inputs, kind, 0, 0, ooo, Some((size, slide)));
+        let cached = rng.random_range(1..20);
+        let (got, late) = run(&inputs, &p, ooo, &mut rng, Box::new(MemStore::default()), cached);
+        let case = format!("seed {seed} {kind:?} size {size} slide {slide} ooo {ooo}");
+        assert_eq!(late, want_late, "late rows: {case}");
+        assert_eq!(got, want, "results: {case}");
+        pairs += want.iter().filter(|o| o.1.is_some() && o.2.is_some()).count();
+    }
+    assert!(pairs > 10_000, "the cases have pairs to compare: {pairs}");
 }
