@@ -718,6 +718,42 @@ fn a_join_savepoint_of_3_workers_restores_into_2() {
     through_savepoint(&manifest, &log, PARTITIONS as usize, first, 2, then, || case.check(&log));
 }
 
+/// The enrichment job of these tests: `[payments, merchants, output]` topics, exactly-once,
+/// checkpointing every `interval`, rows of unknown merchants handled as `missing` says.
+fn write_enrich_job(dir: &Path, name: &str, topics: [&str; 3], interval: &str, missing: &str) -> std::path::PathBuf {
+    let [payments, merchants, output] = topics;
+    write_manifest(
+        dir,
+        format!(
+            r#"
+metadata: {{name: {name}}}
+spec:
+  epochInterval: 50ms
+  checkpointing: {{interval: {interval}, storage: "file://{checkpoints}"}}
+  pipeline:
+    sources:
+      payments:
+        kafka: {{brokers: "{b}", topic: {payments}, startFrom: earliest}}
+        schema: {{id: string, merchant_id: string, ts: timestamp}}
+        eventTime: {{field: ts}}
+    tables:
+      merchants:
+        kafka: {{brokers: "{b}", topic: {merchants}}}
+        key: merchant_id
+        schema: {{merchant_id: string, category: string}}
+    streams:
+      enriched:
+        from: payments
+        enrich: {{table: merchants, by: merchant_id, missing: {missing}}}
+    sinks:
+      out: {{from: enriched, kafka: {{brokers: "{b}", topic: {output}}}}}
+"#,
+            b = kafka_brokers(),
+            checkpoints = dir.join("checkpoints").display(),
+        ),
+    )
+}
+
 /// `(merchant, category)` rows of a merchants table topic.
 fn produce_merchants(producer: &rdkafka::producer::BaseProducer, topic: &str, rows: &[(u32, &str)]) {
     for (m, category) in rows {
@@ -772,37 +808,7 @@ fn every_worker_enriches_from_the_whole_table_and_follows_its_updates() {
     produce_merchants(&producer, &merchants, &v2);
     produce_merchant_payments(&producer, &payments, 0, 120);
     let dir = tempfile::tempdir().unwrap();
-    let manifest = write_manifest(
-        dir.path(),
-        format!(
-            r#"
-metadata: {{name: {name}}}
-spec:
-  epochInterval: 50ms
-  checkpointing: {{interval: 1s, storage: "file://{checkpoints}"}}
-  pipeline:
-    sources:
-      payments:
-        kafka: {{brokers: "{b}", topic: {payments}, startFrom: earliest}}
-        schema: {{id: string, merchant_id: string, ts: timestamp}}
-        eventTime: {{field: ts}}
-    tables:
-      merchants:
-        kafka: {{brokers: "{b}", topic: {merchants}}}
-        key: merchant_id
-        schema: {{merchant_id: string, category: string}}
-    streams:
-      enriched:
-        from: payments
-        enrich: {{table: merchants, by: merchant_id}}
-    sinks:
-      out: {{from: enriched, kafka: {{brokers: "{b}", topic: {output}}}}}
-"#,
-            name = unique("enrich"),
-            b = kafka_brokers(),
-            checkpoints = dir.path().join("checkpoints").display(),
-        ),
-    );
+    let manifest = write_enrich_job(dir.path(), &unique("enrich"), [&payments, &merchants, &output], "1s", "null");
     let log = dir.path().join("worker.log");
     let ports = [free_port(), free_port()];
     let mut pods: Vec<Child> = (0..2)
@@ -860,4 +866,56 @@ spec:
     want_all.extend((120..240).map(|i| (format!("p{i:04}"), expected(i, &updated).filter(|_| i % 60 != 30))));
     assert_eq!(all.len(), 240);
     assert_eq!(categories(&all), want_all, "payments after the change see it");
+}
+
+#[test]
+fn an_enrichment_is_exactly_once_through_repeated_random_kills() {
+    require_port("Kafka", 9092);
+    let name = unique("enrich-kills");
+    let (merchants, payments, output) = (format!("{name}-m"), format!("{name}-in"), format!("{name}-out"));
+    create_topics(&[(&merchants, 4), (&payments, PARTITIONS), (&output, PARTITIONS)]);
+    let rows: Vec<(u32, &str)> = (0..50).map(|m| (m, if m % 2 == 0 { "even" } else { "odd" })).collect();
+    produce_merchants(&producer(), &merchants, &rows);
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = write_enrich_job(dir.path(), &name, [&payments, &merchants, &output], "200ms", "drop");
+    let state = dir.path().join("state");
+    let log = weir_e2e::run_dir().join("logs").join(format!("e2e-{name}.log"));
+    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    // 3,000 payments in 20 bursts while the worker is killed again and again (and loses its
+    // state folder every third time); merchants m-050 to m-059 are not in the table.
+    let feeder = {
+        let payments = payments.clone();
+        std::thread::spawn(move || {
+            let p = producer();
+            for burst in 0..20 {
+                produce_merchant_payments(&p, &payments, burst * 150, (burst + 1) * 150);
+                std::thread::sleep(Duration::from_millis(150));
+            }
+        })
+    };
+    kill_repeatedly(&manifest, &state, &log, 8, 0x2545_f491_4f6c_dd1d, 300);
+    feeder.join().unwrap();
+    let mut w = start_worker(&manifest, &state, &log);
+    let want: BTreeMap<String, String> = (0..3_000u32)
+        .filter(|i| i % 60 < 50)
+        .map(|i| (format!("p{i:04}"), if (i % 60) % 2 == 0 { "even" } else { "odd" }.to_string()))
+        .collect();
+    wait_until("every enriched payment", Duration::from_secs(120), || {
+        (read_all(&output, PARTITIONS).len() >= want.len()).then_some(()).or_else(|| {
+            std::thread::sleep(Duration::from_millis(300));
+            None
+        })
+    });
+    // A moment more, for any duplicate to show.
+    std::thread::sleep(Duration::from_secs(1));
+    let got = read_all(&output, PARTITIONS);
+    w.kill().unwrap();
+    w.wait().unwrap();
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    for (_, r) in &got {
+        let id = r["id"].as_str().unwrap().to_string();
+        let category = r["category"].as_str().unwrap().to_string();
+        assert!(seen.insert(id.clone(), category).is_none(), "{id} written twice: exactly once");
+    }
+    assert_eq!(seen, want, "every payment at a known merchant once, with its category; the others dropped");
 }
