@@ -12,6 +12,9 @@
 //! A table with `versions` keeps each key's rows by the time they take effect, and a lookup
 //! takes the row in effect at the looking-up event's time (a temporal join, as Flink's
 //! `FOR SYSTEM_TIME AS OF`), without waiting for rows that have not arrived yet.
+//!
+//! A Redis table is not loaded: the keys a batch needs are fetched from Redis together (see
+//! [`TableStore::prefetch`]) and reused for the table's `cacheTtl`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -20,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use datafusion::arrow::datatypes::DataType;
+use rustc_hash::FxHashMap;
 use weir_crds::{FieldType, KafkaSourceSpec, TableSpec};
 
 use crate::codec::json::JsonDecoder;
@@ -29,10 +33,8 @@ use crate::source::datagen::DatagenSource;
 use crate::source::file::FileSource;
 use crate::source::kafka::KafkaSource;
 use crate::source::{Records, Source};
-
 use crate::state::{Ops, RocksShared, RocksStore, StateStore};
 use crate::value::{Col, Value};
-use rustc_hash::FxHashMap;
 
 /// A table as planned: its decoder and where its key is.
 pub struct TablePlan {
