@@ -80,7 +80,8 @@ impl TablePlan {
 /// the rows (and absences) looked up recently decoded in memory in front. A versioned table
 /// stores each row under its key and time (`key|time`, times in order).
 pub struct TableStore {
-    store: RocksStore,
+    /// Where a loaded table's rows are; none for a Redis table.
+    store: Option<RocksStore>,
     versioned: bool,
     /// A Redis table: keys looked up there, not in `store`.
     remote: Option<RedisLookup>,
@@ -128,8 +129,13 @@ fn version_time(entry: &[u8]) -> Option<i64> {
 }
 
 impl TableStore {
-    fn new(store: RocksStore, versioned: bool, remote: Option<RedisLookup>, cache_max: usize) -> TableStore {
+    fn new(store: Option<RocksStore>, versioned: bool, remote: Option<RedisLookup>, cache_max: usize) -> TableStore {
         TableStore { store, versioned, remote, cache: Mutex::new(FxHashMap::default()), cache_max: cache_max.max(1) }
+    }
+
+    /// A loaded table's RocksDB store: only loaded tables are written and read there.
+    fn local(&self) -> &RocksStore {
+        self.store.as_ref().expect("a loaded table has a store")
     }
 
     /// Whether lookups go to Redis (and a batch's keys should be fetched first, together).
@@ -139,12 +145,12 @@ impl TableStore {
 
     /// A Redis table: fetches the keys that the cache lacks or holds expired, in pipelines of
     /// at most [`REDIS_BATCH`]; a local table has nothing to fetch.
-    pub fn prefetch(&self, keys: &[Vec<u8>]) -> Result<(), String> {
+    pub fn prefetch<'k>(&self, keys: impl IntoIterator<Item = &'k [u8]>) -> Result<(), String> {
         let Some(r) = &self.remote else { return Ok(()) };
-        let mut wanted: Vec<&Vec<u8>> = {
+        let mut wanted: Vec<&[u8]> = {
             let cache = self.cache.lock().expect("table cache");
-            let fresh = |k: &Vec<u8>| cache.get(k).is_some_and(|(_, at)| at.is_some_and(|t| t.elapsed() < r.ttl));
-            keys.iter().filter(|k| !fresh(k)).collect()
+            let fresh = |k: &[u8]| cache.get(k).is_some_and(|(_, at)| at.is_some_and(|t| t.elapsed() < r.ttl));
+            keys.into_iter().filter(|k| !fresh(k)).collect()
         };
         wanted.sort_unstable();
         wanted.dedup();
@@ -197,7 +203,7 @@ impl TableStore {
                 cache.clear();
             }
             for (key, versions) in chunk.iter().zip(rows) {
-                cache.insert((*key).clone(), (versions, now));
+                cache.insert(key.to_vec(), (versions, now));
             }
         }
         Ok(())
@@ -219,7 +225,7 @@ impl TableStore {
                     return Ok(v.clone());
                 }
                 // Not fetched with its batch (the cache started again meanwhile): alone.
-                self.prefetch(&[key.to_vec()])?;
+                self.prefetch([key])?;
             }
             return Err("a key fetched from Redis did not stay in the cache".into());
         }
@@ -238,7 +244,7 @@ impl TableStore {
                 .collect::<Result<Vec<_>, String>>()?;
             (!rows.is_empty()).then(|| rows.into())
         } else {
-            match self.store.get(key).map_err(|e| e.to_string())? {
+            match self.local().get(key).map_err(|e| e.to_string())? {
                 None => None,
                 Some(bytes) => Some(Arc::from([(i64::MIN, decode(&bytes)?)])),
             }
@@ -255,12 +261,12 @@ impl TableStore {
     fn stored_versions(&self, key: &[u8]) -> Result<Vec<Entry>, String> {
         let mut end = key.to_vec();
         end.extend_from_slice(&[0xff; 9]);
-        self.store.scan(key, &end, usize::MAX).map_err(|e| e.to_string())
+        self.local().scan(key, &end, usize::MAX).map_err(|e| e.to_string())
     }
 
     /// Applies `ops` (`None`: deleted) on `keys`, whose cached copies go.
     fn write(&self, ops: &Ops, keys: impl IntoIterator<Item = Vec<u8>>) -> crate::state::Result<()> {
-        self.store.write(ops)?;
+        self.local().write(ops)?;
         let mut cache = self.cache.lock().expect("table cache");
         for k in keys {
             cache.remove(&k);
@@ -321,11 +327,17 @@ impl Table {
         } else {
             bail!("table {name} has no kind");
         };
-        if dir.exists() {
-            std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
-        }
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let store = RocksStore::open(dir, shared)?;
+        // A loaded table's store, in `dir` (emptied first); a Redis table keeps nothing here.
+        let store = match remote {
+            Some(_) => None,
+            None => {
+                if dir.exists() {
+                    std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+                }
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+                Some(RocksStore::open(dir, shared)?)
+            }
+        };
         let store = Arc::new(TableStore::new(store, spec.versions.is_some(), remote, job.max_cached_keys));
         let ended = source.is_none();
         Ok(Table { plan, source, store, rows: 0, bad: 0, ended })
@@ -585,7 +597,7 @@ spec:
             });
             assert_eq!(got, want, "key {k} at {at}");
         }
-        let stored = store.store.scan(&[], &[0xff; 16], usize::MAX).unwrap().len();
+        let stored = store.local().scan(&[], &[0xff; 16], usize::MAX).unwrap().len();
         let kept: usize = reference.values().map(BTreeMap::len).sum();
         assert_eq!(stored, kept, "rows past the retention are dropped");
     }

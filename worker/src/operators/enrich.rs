@@ -89,26 +89,30 @@ impl Operator for EnrichOp {
         let mut builders: Vec<ColumnBuilder> =
             out_fields[first_added..].iter().map(|f| ColumnBuilder::new(f.data_type())).collect();
         let mut keep: Vec<bool> = Vec::with_capacity(n);
+        // Every row's key once, back to back (`None`: a null key).
+        self.key.clear();
+        let spans: Vec<Option<(usize, usize)>> = (0..n)
+            .map(|row| {
+                (!by.is_null(row)).then(|| {
+                    let start = self.key.len();
+                    by.encode_key(row, &mut self.key);
+                    (start, self.key.len())
+                })
+            })
+            .collect();
+        let keys = &self.key;
         if self.table.is_remote() {
             // A Redis table: the batch's keys fetched together, in pipelines.
-            let keys: Vec<Vec<u8>> = (0..n)
-                .filter(|&row| !by.is_null(row))
-                .map(|row| {
-                    let mut k = Vec::new();
-                    by.encode_key(row, &mut k);
-                    k
-                })
-                .collect();
-            self.table.prefetch(&keys).map_err(|e| self.remote_failed(e))?;
+            let wanted = spans.iter().flatten().map(|&(s, e)| &keys[s..e]);
+            self.table.prefetch(wanted).map_err(|e| self.remote_failed(e))?;
         }
-        for row in 0..n {
-            let found = if by.is_null(row) {
-                None
-            } else {
-                self.key.clear();
-                by.encode_key(row, &mut self.key);
-                let found = self.table.lookup(&self.key, batch.event_time.value(row));
-                found.map_err(|e| if self.table.is_remote() { self.remote_failed(e) } else { self.corrupt(e) })?
+        for (row, span) in spans.iter().enumerate() {
+            let found = match span {
+                None => None,
+                Some((s, e)) => {
+                    let found = self.table.lookup(&keys[*s..*e], batch.event_time.value(row));
+                    found.map_err(|e| if self.table.is_remote() { self.remote_failed(e) } else { self.corrupt(e) })?
+                }
             };
             match found {
                 Some(values) => {
