@@ -521,6 +521,20 @@ fn plan_node(
     if let Some(p) = &pattern {
         key_cols = p.emit_keys.clone();
     }
+    // Without a window or a pattern, `keyBy` keys the step's output rows (a Kafka sink's message
+    // key, a Redis sink's default key).
+    if let (None, None, Some(keys)) = (&window, &pattern, &s.key_by) {
+        key_cols = keys
+            .iter()
+            .filter_map(|k| match schema.index_of(k) {
+                Ok(i) => Some(i),
+                Err(_) => {
+                    errs.push(format!("{path}.keyBy"), format!("`{k}` is not a field of the step's output"));
+                    None
+                }
+            })
+            .collect();
+    }
     let out_schema = match (&window, &pattern) {
         (Some(w), _) => WindowOp::output_schema(&w.keys, &w.aggs),
         (None, Some(p)) => p.plan.out_schema.clone(),
@@ -751,5 +765,44 @@ mod state_prefix_tests {
         assert_eq!(state_prefix("per_card_minute"), [1, 145, 170, 109, 174, 117, 50, 222, 164].to_vec());
         assert_ne!(state_prefix("a"), state_prefix("b"));
         assert_ne!(state_prefix("a")[..2], [0, 0], "task metadata lives under [0, 0]");
+    }
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::JobPlan;
+
+    fn plan(stream: &str) -> Result<JobPlan, String> {
+        let yaml = format!(
+            r#"
+metadata: {{name: keyed}}
+spec:
+  pipeline:
+    sources:
+      p: {{file: {{path: in.jsonl}}, schema: {{id: string, card_id: string, amount: double}}}}
+    streams:
+      s: {stream}
+    sinks:
+      out: {{from: s, file: {{path: out.jsonl}}}}
+"#
+        );
+        let m = weir_crds::Manifest::from_yaml(&yaml, "keyed").map_err(|e| e.to_string())?;
+        JobPlan::new(&m, std::path::Path::new(".")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn key_by_without_a_window_keys_the_output_rows() {
+        let p = plan("{from: p, keyBy: [card_id], select: {amount: amount, card_id: card_id}}").unwrap();
+        let out = &p.sinks[0];
+        assert_eq!(out.key_cols.len(), 1);
+        let step = p.nodes.iter().find(|n| n.name == "s").unwrap();
+        assert_eq!(step.out_schema.field(out.key_cols[0]).name(), "card_id");
+        assert!(plan("{from: p}").unwrap().sinks[0].key_cols.is_empty(), "no keyBy, no key");
+    }
+
+    #[test]
+    fn key_by_a_field_the_select_drops_is_an_error() {
+        let Err(err) = plan("{from: p, keyBy: [card_id], select: {amount: amount}}") else { panic!("accepted") };
+        assert!(err.contains("spec.pipeline.streams.s.keyBy") && err.contains("`card_id` is not a field"), "{err}");
     }
 }

@@ -1,0 +1,220 @@
+#!/usr/bin/env bash
+# `make bench-compare` (also run by `make bench`): Weir, Apache Flink (Flink SQL on a local
+# mini-cluster) and Kafka Streams on the same Kafka, the same seeded data and the same queries,
+# one after another, each pinned to the same cores. For each system and query: throughput from
+# the first record read to the input fully processed and the output committed, peak RSS, CPU
+# time, and whether its output equals Weir's (a fast wrong answer cannot win). Then the
+# end-to-end latency of each system at a fixed rate, with exactly-once. Writes
+# bench/results/compare-<date>.md (+ .tsv, .png).
+# Env: COMPARE_EVENTS (default 2000000), COMPARE_CORES (default "1 2"), COMPARE_SYSTEMS
+# (default "weir flink kstreams"), COMPARE_QUERIES, COMPARE_COMMIT (result visibility interval
+# for all three: Weir's epochInterval, Flink's checkpoint interval, Kafka Streams'
+# commit.interval.ms; default 1s), COMPARE_LATENCY_RATE (default 10000 events/s; 0 skips).
+set -euo pipefail
+source "$(dirname "$0")/../e2e/stack/lib.sh"
+BENCH_DIR=$REPO_DIR/bench
+EVENTS=${COMPARE_EVENTS:-2000000}
+CORES=${COMPARE_CORES:-1 2}
+SYSTEMS=${COMPARE_SYSTEMS:-weir flink kstreams}
+QUERIES=${COMPARE_QUERIES:-passthrough filter_project tumbling_1m sliding_5m_1m session_2m join_1to1 enrich fraud_pattern}
+COMMIT=${COMPARE_COMMIT:-1s}
+COMMIT_MS=$(($(sed 's/s$//' <<<"$COMMIT") * 1000))
+WORKER=${CARGO_TARGET_DIR:-$WEIR_CACHE/target}/release/weir-worker
+LATENCY=$(dirname "$WORKER")/weir-latency
+[[ -x $WORKER ]] || die "$WORKER is missing; run make release"
+port_open "$KAFKA_PORT" || die "Kafka is not running; make stack-up"
+BROKERS=127.0.0.1:$KAFKA_PORT
+JVM=$("$BENCH_DIR/compare/install.sh")
+PY=$WEIR_CACHE/venv-bench/bin/python
+[[ -x $PY ]] || PY=python3
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/weir-compare.XXXXXX")
+trap 'pkill -P $$ 2>/dev/null || true; rm -rf "$WORK"' EXIT
+STAMP=$(date -u +%Y-%m-%d)
+RESULTS=$BENCH_DIR/results/compare-$STAMP
+TSV=$RESULTS.tsv
+printf 'system\tcores\tquery\trecords\tseconds\trate\trss_mib\tcpu_s\tequal\n' >"$TSV"
+
+topic_exists() { "$STACK_DIR/kafka.sh" topics --describe --topic "$1" >/dev/null 2>&1; }
+create_topic() { "$STACK_DIR/kafka.sh" topics --create --topic "$1" --partitions "$2" >/dev/null 2>&1; }
+delete_topic() { "$STACK_DIR/kafka.sh" topics --delete --topic "$1" >/dev/null 2>&1 || true; }
+java_cmd() { # MODULE -> the java command line of a driver module, without its main class
+  echo "java -Xms1g -Xmx2g -XX:+UseParallelGC -cp $JVM/$1.jar:$(cat "$JVM/$1.classpath")"
+}
+
+# load TOPIC PARTITIONS SOURCE_YAML KEY: fills a topic once (kept for later runs), through a Weir
+# job, lz4-compressed, keyed by KEY.
+load() {
+  local topic=$1 parts=$2 source=$3 key=$4
+  topic_exists "$topic" && return 0
+  log "loading $topic ($parts partitions)"
+  create_topic "$topic" "$parts"
+  cat >"$WORK/load.yaml" <<YAML
+metadata: {name: compare-load}
+spec:
+  pipeline:
+    sources: {gen: {$source}}
+    streams: {keyed: {from: gen, keyBy: [$key]}}
+    sinks: {k: {from: keyed, kafka: {brokers: "$BROKERS", topic: $topic, properties: {compression.type: lz4}}}}
+YAML
+  "$WORKER" run -f "$WORK/load.yaml" 2>/dev/null >/dev/null || { delete_topic "$topic"; die "loading $topic failed"; }
+}
+PAYMENTS_GEN="datagen: {kind: payments, count: $EVENTS, seed: 11, keys: 100000, startTime: 1795564800000, eventRate: 2000}"
+
+SCHEMA='{id: string, card_id: string, merchant_id: string, amount: double, status: string, country: string, ts: timestamp}'
+weir_query() { # NAME -> the tables and streams of a query, for Weir
+  case $1 in
+    passthrough) echo "    streams: {q: {from: payments}}" ;;
+    filter_project) echo "    streams: {q: {from: payments, where: \"amount > 100 AND status = 'approved'\", select: {id: id, card_id: card_id, amount: amount, ts: ts}}}" ;;
+    tumbling_1m) echo '    streams: {q: {from: payments, keyBy: [card_id], window: {tumbling: 1m}, aggregate: {n: "count(*)", total: "sum(amount)", max_amount: "max(amount)"}}}' ;;
+    sliding_5m_1m) echo '    streams: {q: {from: payments, keyBy: [card_id], window: {sliding: {size: 5m, slide: 1m}}, aggregate: {n: "count(*)", total: "sum(amount)"}}}' ;;
+    session_2m) echo '    streams: {q: {from: payments, keyBy: [card_id], window: {session: {gap: 2m}}, aggregate: {n: "count(*)", total: "sum(amount)"}}}' ;;
+    join_1to1) cat <<Q
+    streams:
+      q:
+        join: {left: payments, right: captures, by: [id], within: 10s}
+        select: {id: id, card_id: card_id, amount: amount, captured: captures_ts}
+Q
+    ;;
+    enrich) cat <<Q
+    tables:
+      merchants:
+        kafka: {brokers: "$BROKERS", topic: $MERCHANTS}
+        key: merchant_id
+        schema: {merchant_id: string, category: string, country: string}
+    streams:
+      q: {from: payments, enrich: {table: merchants, by: merchant_id, fields: [category, country], prefix: merchant_}}
+Q
+    ;;
+    fraud_pattern) cat <<Q
+    streams:
+      q:
+        from: payments
+        keyBy: [card_id]
+        pattern:
+          within: 5m
+          sequence:
+            - {name: probe, where: "amount < 5", times: 3, strict: true}
+            - {name: hit, where: "amount > 500", strict: true}
+          emit: {card_id: card_id, last_probe: probe.id, hit_amount: hit.amount, hit_ts: hit.ts}
+Q
+    ;;
+  esac
+}
+
+# run SYSTEM CORES QUERY INPUT OUTPUT -> "records secs rate rss_mib cpu_s" (or fails)
+run() {
+  local sys=$1 cores=$2 q=$3 input=$4 output=$5 cpus stats
+  cpus=$( ((cores == 1)) && echo 0 || echo "0-$((cores - 1))")
+  local state=$WORK/state-$sys-$q-$cores
+  mkdir -p "$state"
+  local cmd=()
+  case $sys in
+    weir)
+      local kafka="kafka: {brokers: \"$BROKERS\", startFrom: earliest, bounded: true, group: compare-$q-$RANDOM"
+      cat >"$WORK/$q.yaml" <<YAML
+metadata: {name: compare-$q}
+spec:
+  delivery: exactly-once
+  epochInterval: $COMMIT
+  checkpointing: {interval: 10s, storage: "file://$state/checkpoints"}
+  pipeline:
+    sources:
+      payments:
+        $kafka, topic: $input}
+        schema: $SCHEMA
+        eventTime: {field: ts, maxOutOfOrderness: 5s}
+      captures:
+        $kafka, topic: $CAPTURES}
+        schema: $SCHEMA
+        eventTime: {field: ts, maxOutOfOrderness: 5s}
+$(weir_query "$q")
+    sinks:
+      out: {from: q, kafka: {brokers: "$BROKERS", topic: $output}}
+YAML
+      [[ $q == join_1to1 ]] || sed -i '/^      captures:/,/^        eventTime/d' "$WORK/$q.yaml"
+      if ((cores == 1)); then
+        cmd=("$WORKER" run -f "$WORK/$q.yaml" --state-dir "$state/rocks")
+      else
+        cmd=("$BENCH_DIR/compare/weir-workers.sh" "$cores" "$WORKER" "$WORK/$q.yaml" "$state")
+      fi
+      ;;
+    flink)
+      read -ra cmd <<<"$(java_cmd flink)"
+      cmd+=( dev.weir.bench.FlinkBench --query "$q" --brokers "$BROKERS" --input "$input"
+           --input2 "$CAPTURES" --table "$MERCHANTS" --output "$output" --parallelism "$cores"
+           --checkpoint-interval "$COMMIT" --state-dir "$state" --events "$EVENTS_READ")
+      ;;
+    kstreams)
+      read -ra cmd <<<"$(java_cmd kstreams)"
+      cmd+=( dev.weir.bench.StreamsBench --query "$q" --brokers "$BROKERS" --input "$input"
+           --input2 "$CAPTURES" --table "$MERCHANTS" --output "$output" --parallelism "$cores"
+           --commit-interval-ms "$COMMIT_MS" --state-dir "$state" --events "$EVENTS_READ")
+      ;;
+  esac
+  stats=$( { /usr/bin/time -f 'RSS_KB=%M CPU_S=%U+%S' taskset -c "$cpus" "${cmd[@]}" >/dev/null; } 2>&1 ) || {
+    tail -30 <<<"$stats" >&2; return 1; }
+  rm -rf "$state"
+  local line
+  line=$(grep -o 'processed [0-9]* records in [0-9.]* s' <<<"$stats" | tail -1 || true)
+  [[ -n $line ]] || { tail -30 <<<"$stats" >&2; return 1; }
+  local secs rss cpu
+  secs=$(awk '{print $5}' <<<"$line")
+  rss=$(grep -o 'RSS_KB=[0-9]*' <<<"$stats" | tail -1 | cut -d= -f2)
+  cpu=$(grep -o 'CPU_S=[0-9.+]*' <<<"$stats" | tail -1 | cut -d= -f2 | bc)
+  printf '%s %s %.0f %s %s\n' "$EVENTS_READ" "$secs" "$(bc -l <<<"$EVENTS_READ / $secs")" $((rss / 1024)) "$cpu"
+}
+
+MERCHANTS=compare-merchants-1m
+load "$MERCHANTS" 1 "datagen: {kind: merchants, keys: 1000000, seed: 1, startTime: 0}" merchant_id
+# The broker runs on this machine too: for runs on fewer cores than the machine has, it is moved
+# to the others, so it does not take the measured system's core.
+KAFKA_PID=$(cat "$WEIR_RUN/kafka.pid" 2>/dev/null || true)
+broker_cores() { [[ -n $KAFKA_PID ]] && taskset -a -p -c "$1" "$KAFKA_PID" >/dev/null 2>&1 || true; }
+trap 'broker_cores 0-$(($(nproc) - 1)); pkill -P $$ 2>/dev/null || true; rm -rf "$WORK"' EXIT
+for cores in $CORES; do
+  if ((cores < $(nproc))); then broker_cores "$cores-$(($(nproc) - 1))"; else broker_cores "0-$(($(nproc) - 1))"; fi
+  INPUT=compare-payments-$EVENTS-p$cores
+  CAPTURES=compare-captures-$EVENTS-p$cores
+  load "$INPUT" "$cores" "$PAYMENTS_GEN" card_id
+  printf '== %s events of ~480 bytes, %s partition(s), %s core(s) (taskset), results visible every %s\n' \
+    "$EVENTS" "$cores" "$cores" "$COMMIT"
+  for q in $QUERIES; do
+    EVENTS_READ=$EVENTS
+    if [[ $q == join_1to1 ]]; then
+      load "$CAPTURES" "$cores" "$PAYMENTS_GEN" card_id
+      EVENTS_READ=$((2 * EVENTS))
+    fi
+    for sys in $SYSTEMS; do
+      if [[ $sys == kstreams && $q == fraud_pattern ]]; then
+        printf '%-9s %-15s %s\n' "$sys" "$q" "not expressible in the Kafka Streams DSL (MATCH_RECOGNIZE / CEP)"
+        printf '%s\t%s\t%s\t\t\t\t\t\tn/a\n' "$sys" "$cores" "$q" >>"$TSV"
+        continue
+      fi
+      out=compare-out-$sys-$q-$cores-$RANDOM
+      create_topic "$out" "$cores"
+      if ! res=$(run "$sys" "$cores" "$q" "$INPUT" "$out"); then
+        printf '%-9s %-15s FAILED\n' "$sys" "$q"
+        printf '%s\t%s\t%s\t\t\t\t\t\tfailed\n' "$sys" "$cores" "$q" >>"$TSV"
+        delete_topic "$out"
+        continue
+      fi
+      $(java_cmd kstreams) dev.weir.bench.Dump "$BROKERS" "$out" 2>/dev/null |
+        "$PY" "$BENCH_DIR/compare/results.py" canon "$q" >"$WORK/canon-$sys-$q-$cores.txt"
+      delete_topic "$out"
+      equal=reference
+      if [[ $sys != weir ]]; then
+        if [[ -s $WORK/canon-weir-$q-$cores.txt ]]; then
+          equal=$("$PY" "$BENCH_DIR/compare/results.py" diff "$WORK/canon-weir-$q-$cores.txt" "$WORK/canon-$sys-$q-$cores.txt")
+        else
+          equal=unchecked
+        fi
+      fi
+      read -r records secs rate rss cpu <<<"$res"
+      printf '%-9s %-15s %10s rec %8s s %10s rec/s %6s MiB cpu %7s s  %s (%s rows)\n' "$sys" "$q" "$records" "$secs" \
+        "$rate" "$rss" "$cpu" "$equal" "$(wc -l <"$WORK/canon-$sys-$q-$cores.txt")"
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$sys" "$cores" "$q" "$records" "$secs" "$rate" "$rss" "$cpu" "$equal" >>"$TSV"
+    done
+  done
+done
+"$PY" "$BENCH_DIR/compare/results.py" report "$TSV" "$RESULTS"
+log "results: $RESULTS.md"
