@@ -5,7 +5,7 @@ export WEIR_CACHE ?= $(HOME)/.cache/weir
 STACK := e2e/stack/stack.sh
 WORKER := $(CARGO_TARGET_DIR)/debug/weir-worker
 
-.PHONY: all deps build release stack-install stack-up stack-down stack-status test test-unit test-e2e lint demo bench crds clean
+.PHONY: all deps build release stack-install stack-up stack-down stack-status test test-unit test-e2e lint demo bench bench-compare crds clean
 
 all: build
 
@@ -58,6 +58,11 @@ demo: stack-up
 bench: release
 	bench/run.sh
 	[ "$${BENCH_RECOVERY:-1}" = 0 ] || bench/recovery.sh
+	[ "$${BENCH_COMPARE:-1}" = 0 ] || bench/compare.sh
+
+## Weir vs Apache Flink vs Kafka Streams only (see docs/benchmarks.md).
+bench-compare: release
+	bench/compare.sh
 
 clean:
 	$(STACK) down --purge

@@ -6,18 +6,21 @@
 # time, and whether its output equals Weir's (a fast wrong answer cannot win). Then the
 # end-to-end latency of each system at a fixed rate, with exactly-once. Writes
 # bench/results/compare-<date>.md (+ .tsv, .png).
-# Env: COMPARE_EVENTS (default 2000000), COMPARE_CORES (default "1 2"), COMPARE_SYSTEMS
+# Env: COMPARE_EVENTS (default 1000000), COMPARE_CORES (default "1 2"), COMPARE_SYSTEMS
 # (default "weir flink kstreams"), COMPARE_QUERIES, COMPARE_COMMIT (result visibility interval
 # for all three: Weir's epochInterval, Flink's checkpoint interval, Kafka Streams'
-# commit.interval.ms; default 1s), COMPARE_LATENCY_RATE (default 10000 events/s; 0 skips).
+# commit.interval.ms; default 1s), COMPARE_LATENCY_RATE (default: half the slowest system's
+# filter_project rate; 0 skips the latency runs), COMPARE_LATENCY_COMMIT (default 100ms),
+# COMPARE_TIMEOUT (seconds a run may take, default 600; a slower one is reported as a timeout).
 set -euo pipefail
 source "$(dirname "$0")/../e2e/stack/lib.sh"
 BENCH_DIR=$REPO_DIR/bench
-EVENTS=${COMPARE_EVENTS:-2000000}
+EVENTS=${COMPARE_EVENTS:-1000000}
 CORES=${COMPARE_CORES:-1 2}
 SYSTEMS=${COMPARE_SYSTEMS:-weir flink kstreams}
 QUERIES=${COMPARE_QUERIES:-passthrough filter_project tumbling_1m sliding_5m_1m session_2m join_1to1 enrich fraud_pattern}
 COMMIT=${COMPARE_COMMIT:-1s}
+TIMEOUT=${COMPARE_TIMEOUT:-600}
 COMMIT_MS=$(($(sed 's/s$//' <<<"$COMMIT") * 1000))
 WORKER=${CARGO_TARGET_DIR:-$WEIR_CACHE/target}/release/weir-worker
 LATENCY=$(dirname "$WORKER")/weir-latency
@@ -93,8 +96,8 @@ Q
         pattern:
           within: 5m
           sequence:
-            - {name: probe, where: "amount < 5", times: 3, strict: true}
-            - {name: hit, where: "amount > 500", strict: true}
+            - {name: probe, where: "amount < 10", times: 3, strict: true}
+            - {name: hit, where: "amount > 200", strict: true}
           emit: {card_id: card_id, last_probe: probe.id, hit_amount: hit.amount, hit_ts: hit.ts}
 Q
     ;;
@@ -151,8 +154,15 @@ YAML
            --commit-interval-ms "$COMMIT_MS" --state-dir "$state" --events "$EVENTS_READ")
       ;;
   esac
-  stats=$( { /usr/bin/time -f 'RSS_KB=%M CPU_S=%U+%S' taskset -c "$cpus" "${cmd[@]}" >/dev/null; } 2>&1 ) || {
-    tail -30 <<<"$stats" >&2; return 1; }
+  local rc=0
+  stats=$( { /usr/bin/time -f 'RSS_KB=%M CPU_S=%U+%S' timeout -k 10 "$TIMEOUT" taskset -c "$cpus" "${cmd[@]}" >/dev/null; } 2>&1 ) || rc=$?
+  if ((rc == 124)); then
+    rm -rf "$state"
+    return 2
+  elif ((rc != 0)); then
+    tail -30 <<<"$stats" >&2
+    return 1
+  fi
   rm -rf "$state"
   local line
   line=$(grep -o 'processed [0-9]* records in [0-9.]* s' <<<"$stats" | tail -1 || true)
@@ -160,7 +170,7 @@ YAML
   local secs rss cpu
   secs=$(awk '{print $5}' <<<"$line")
   rss=$(grep -o 'RSS_KB=[0-9]*' <<<"$stats" | tail -1 | cut -d= -f2)
-  cpu=$(grep -o 'CPU_S=[0-9.+]*' <<<"$stats" | tail -1 | cut -d= -f2 | bc)
+  cpu=$(printf '%.2f' "$(grep -o 'CPU_S=[0-9.+]*' <<<"$stats" | tail -1 | cut -d= -f2 | bc)")
   printf '%s %s %.0f %s %s\n' "$EVENTS_READ" "$secs" "$(bc -l <<<"$EVENTS_READ / $secs")" $((rss / 1024)) "$cpu"
 }
 
@@ -192,9 +202,13 @@ for cores in $CORES; do
       fi
       out=compare-out-$sys-$q-$cores-$RANDOM
       create_topic "$out" "$cores"
-      if ! res=$(run "$sys" "$cores" "$q" "$INPUT" "$out"); then
-        printf '%-9s %-15s FAILED\n' "$sys" "$q"
-        printf '%s\t%s\t%s\t\t\t\t\t\tfailed\n' "$sys" "$cores" "$q" >>"$TSV"
+      rc=0
+      res=$(run "$sys" "$cores" "$q" "$INPUT" "$out") || rc=$?
+      if ((rc != 0)); then
+        status=FAILED
+        ((rc == 2)) && status="timeout: not done after $TIMEOUT s (< $((EVENTS_READ / TIMEOUT)) ev/s)"
+        printf '%-9s %-15s %s\n' "$sys" "$q" "$status"
+        printf '%s\t%s\t%s\t\t\t\t\t\t%s\n' "$sys" "$cores" "$q" "$status" >>"$TSV"
         delete_topic "$out"
         continue
       fi
@@ -216,5 +230,74 @@ for cores in $CORES; do
     done
   done
 done
+# End-to-end latency with exactly-once, results visible every LAT_COMMIT (100 ms: Weir's and
+# Kafka Streams' default under exactly-once; Flink checkpoints that often), one core per system,
+# at half the slowest system's filter_project rate (measured above on the first core count), or
+# COMPARE_LATENCY_RATE: each system started on empty topics, probed until it answers, 10 s of
+# warm-up, then 20 s measured by weir-latency (on the broker's core).
+LAT_COMMIT=${COMPARE_LATENCY_COMMIT:-100ms}
+LAT_TSV=$RESULTS-latency.tsv
+printf 'system\tcommit\trate\tp50_ms\tp90_ms\tp99_ms\tmax_ms\n' >"$LAT_TSV"
+rate=${COMPARE_LATENCY_RATE:-auto}
+if [[ $rate == auto ]]; then
+  first_cores=${CORES%% *}
+  rate=$(awk -F'\t' -v c="$first_cores" '$2 == c && $3 == "filter_project" && $6 != "" { r = $6 / c; if (!m || r < m) m = r }
+    END { printf "%d", m ? int(m / 2 / 1000) * 1000 : 10000 }' "$TSV")
+  ((rate > 0)) || rate=1000
+fi
+latency_run() { # SYSTEM -> one line of LAT_TSV, or fails
+  local sys=$1 in=compare-lat-in-$1-$RANDOM out=compare-lat-out-$1-$RANDOM state=$WORK/lat-$1 cmd=()
+  create_topic "$in" 1
+  create_topic "$out" 1
+  mkdir -p "$state"
+  case $sys in
+    weir)
+      cat >"$WORK/latency.yaml" <<YAML
+metadata: {name: compare-latency}
+spec:
+  delivery: exactly-once
+  epochInterval: $LAT_COMMIT
+  checkpointing: {interval: 10s, storage: "file://$state/checkpoints"}
+  pipeline:
+    sources:
+      payments:
+        kafka: {brokers: "$BROKERS", topic: $in, startFrom: earliest}
+        schema: {id: string, card_id: string, amount: double, status: string, ts: timestamp, sent_ms: long}
+        eventTime: {field: ts, maxOutOfOrderness: 5s}
+    streams:
+      q: {from: payments, where: "status = 'approved'", select: {id: id, card_id: card_id, sent_ms: sent_ms}}
+    sinks:
+      out: {from: q, kafka: {brokers: "$BROKERS", topic: $out}}
+YAML
+      cmd=("$WORKER" run -f "$WORK/latency.yaml" --state-dir "$state/rocks") ;;
+    flink)
+      read -ra cmd <<<"$(java_cmd flink)"
+      cmd+=(dev.weir.bench.FlinkBench --query latency --unbounded --brokers "$BROKERS" --input "$in" --output "$out"
+            --checkpoint-interval "$LAT_COMMIT" --state-dir "$state") ;;
+    kstreams)
+      read -ra cmd <<<"$(java_cmd kstreams)"
+      cmd+=(dev.weir.bench.StreamsBench --query latency --unbounded --brokers "$BROKERS" --input "$in" --output "$out"
+            --commit-interval-ms "$(($(sed 's/ms$//' <<<"$LAT_COMMIT")))" --state-dir "$state") ;;
+  esac
+  taskset -c 0 "${cmd[@]}" >"$state.log" 2>&1 &
+  local pid=$! line
+  line=$(taskset -c "$(($(nproc) > 1 ? 1 : 0))" "$LATENCY" --brokers "$BROKERS" --input "$in" --output "$out" \
+    --rate "$rate" --warmup 10 --seconds 20 --wait-ready 180 2>/dev/null) || line=
+  kill -TERM "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+  delete_topic "$in"; delete_topic "$out"
+  [[ -n $line ]] || { tail -20 "$state.log" >&2; return 1; }
+  echo "$line" >&2
+  local p50 p90 p99 max
+  read -r p50 p90 p99 max < <(sed -E 's/.*p50 ([0-9]+) ms  p90 ([0-9]+) ms  p99 ([0-9]+) ms  max ([0-9]+) ms/\1 \2 \3 \4/' <<<"$line")
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$sys" "$LAT_COMMIT" "$rate" "$p50" "$p90" "$p99" "$max" >>"$LAT_TSV"
+}
+if [[ $rate != 0 ]]; then
+  broker_cores "$(($(nproc) > 1 ? 1 : 0))-$(($(nproc) - 1))"
+  echo "== latency at $rate events/s, results visible every $LAT_COMMIT, 1 core each"
+  for sys in $SYSTEMS; do
+    printf '%-9s ' "$sys"
+    latency_run "$sys" 2>&1 | grep -E '^latency|Exception|ERROR|error' | head -5 || echo "FAILED"
+  done
+fi
 "$PY" "$BENCH_DIR/compare/results.py" report "$TSV" "$RESULTS"
 log "results: $RESULTS.md"

@@ -11,7 +11,6 @@ hash=$(cd "$SRC" && find . -path '*/target' -prune -o -type f \( -name '*.java' 
 OUT=$WEIR_CACHE/compare-$hash
 if [[ ! -f $OUT/.installed ]]; then
   log "building the Flink and Kafka Streams benchmark drivers into $OUT"
-  rm -rf "$WEIR_CACHE"/compare-*
   mkdir -p "$OUT"
   build=$(mktemp -d)
   cp -r "$SRC"/. "$build"

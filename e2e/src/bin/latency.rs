@@ -2,6 +2,9 @@
 //! payment events at a steady rate, each carrying its send time (`sent_ms`), to an input topic,
 //! while a `read_committed` consumer reads the job's output topic; the latency of a result is
 //! the time it became readable minus the `sent_ms` it carries. Prints the percentiles.
+//! With `--wait-ready`, probe events are sent first, one a second, until one comes out (a JVM
+//! system takes seconds to start); with `--warmup S`, results of events sent in the first S
+//! seconds are not counted (JIT compilation, first checkpoints).
 
 use std::time::{Duration, Instant};
 
@@ -28,6 +31,12 @@ struct Args {
     rate: u64,
     #[arg(long, default_value_t = 20)]
     seconds: u64,
+    /// Seconds sent at the rate before the measured ones.
+    #[arg(long, default_value_t = 0)]
+    warmup: u64,
+    /// Wait (up to this many seconds) until the job answers a probe event.
+    #[arg(long)]
+    wait_ready: Option<u64>,
 }
 
 fn now_ms() -> i64 {
@@ -57,8 +66,34 @@ fn main() -> anyhow::Result<()> {
     }
     consumer.assign(&tpl)?;
     let pad = "x".repeat(380);
+    let event = |id: &str, n: u64, t: i64| {
+        format!(
+            r#"{{"id":"{id}","card_id":"card-{:04}","amount":{}.5,"status":"approved","ts":{t},"sent_ms":{t},"pad":"{pad}"}}"#,
+            n % 1000,
+            n % 500
+        )
+    };
+    if let Some(limit) = args.wait_ready {
+        let deadline = Instant::now() + Duration::from_secs(limit);
+        let mut answered = false;
+        for n in 0.. {
+            anyhow::ensure!(Instant::now() < deadline, "the job did not answer a probe within {limit} s");
+            let payload = event(&format!("probe-{n}"), n, now_ms());
+            producer.send(BaseRecord::to(&args.input).key("probe").payload(&payload)).map_err(|(e, _)| e)?;
+            producer.flush(Duration::from_secs(10))?;
+            let until = Instant::now() + Duration::from_secs(1);
+            while Instant::now() < until {
+                answered |= consumer.poll(Duration::from_millis(50)).is_some_and(|m| m.is_ok());
+            }
+            if answered {
+                break;
+            }
+        }
+    }
     let start = Instant::now();
-    let total = args.rate * args.seconds;
+    let warmup = args.rate * args.warmup;
+    let total = warmup + args.rate * args.seconds;
+    let measured_from = now_ms() + 1000 * args.warmup as i64;
     let mut sent = 0u64;
     let mut latencies: Vec<i64> = Vec::with_capacity(total as usize);
     let drain = |consumer: &BaseConsumer, latencies: &mut Vec<i64>, wait: Duration| {
@@ -67,7 +102,10 @@ fn main() -> anyhow::Result<()> {
             let Some(v) = m.payload().and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok()) else {
                 continue;
             };
-            if let Some(sent) = v["sent_ms"].as_i64() {
+            if v["id"].as_str().is_some_and(|id| id.starts_with("probe")) {
+                continue;
+            }
+            if let Some(sent) = v["sent_ms"].as_i64().filter(|&s| s >= measured_from) {
                 latencies.push(now_ms() - sent);
             }
         }
@@ -76,12 +114,7 @@ fn main() -> anyhow::Result<()> {
         // Send what the rate allows by now, in small bursts.
         let due = (start.elapsed().as_secs_f64() * args.rate as f64) as u64;
         while sent < due.min(total) {
-            let t = now_ms();
-            let payload = format!(
-                r#"{{"id":"e{sent}","card_id":"card-{:04}","amount":{}.5,"status":"approved","ts":{t},"sent_ms":{t},"pad":"{pad}"}}"#,
-                sent % 1000,
-                sent % 500
-            );
+            let payload = event(&format!("e{sent}"), sent, now_ms());
             let key = format!("card-{:04}", sent % 1000);
             if producer.send(BaseRecord::to(&args.input).key(&key).payload(&payload)).is_err() {
                 producer.poll(Duration::from_millis(1));
@@ -94,17 +127,18 @@ fn main() -> anyhow::Result<()> {
     }
     producer.flush(Duration::from_secs(30))?;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while (latencies.len() as u64) < total && Instant::now() < deadline {
+    while (latencies.len() as u64) < total - warmup && Instant::now() < deadline {
         drain(&consumer, &mut latencies, Duration::from_millis(50));
     }
     anyhow::ensure!(!latencies.is_empty(), "no results arrived on {}", args.output);
     latencies.sort_unstable();
     let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize];
     println!(
-        "latency  {} events at {}/s for {} s: {} results  p50 {} ms  p90 {} ms  p99 {} ms  max {} ms",
-        sent,
+        "latency  {} events at {}/s for {} s (after {} s of warm-up): {} results  p50 {} ms  p90 {} ms  p99 {} ms  max {} ms",
+        sent - warmup,
         args.rate,
         args.seconds,
+        args.warmup,
         latencies.len(),
         pct(0.5),
         pct(0.9),
