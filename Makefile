@@ -36,6 +36,7 @@ stack-status:
 
 ## Unit and component tests (no services needed).
 test-unit: build
+	python3 -m unittest -q bench/compare/test_results.py
 	cargo test --workspace --locked --lib --bins 2>&1 | tee $(WEIR_CACHE)/test-unit.log | grep -E '^(test result|running|error|failures:|---- )' ; exit $${PIPESTATUS[0]}
 
 ## End-to-end tests against the real local stack (started if needed).

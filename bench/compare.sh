@@ -10,7 +10,7 @@
 # (default "weir flink kstreams"), COMPARE_QUERIES, COMPARE_COMMIT (result visibility interval
 # for all three: Weir's epochInterval, Flink's checkpoint interval, Kafka Streams'
 # commit.interval.ms; default 1s), COMPARE_LATENCY_RATE (default: half the slowest system's
-# filter_project rate; 0 skips the latency runs), COMPARE_LATENCY_COMMIT (default 100ms),
+# filter_project rate; 0 skips the latency runs), COMPARE_LATENCY_COMMIT (default "100ms 20ms"),
 # COMPARE_TIMEOUT (seconds a run may take, default 600; a slower one is reported as a timeout).
 set -euo pipefail
 source "$(dirname "$0")/../e2e/stack/lib.sh"
@@ -35,7 +35,9 @@ trap 'pkill -P $$ 2>/dev/null || true; rm -rf "$WORK"' EXIT
 STAMP=$(date -u +%Y-%m-%d)
 RESULTS=$BENCH_DIR/results/compare-$STAMP
 TSV=$RESULTS.tsv
-printf 'system\tcores\tquery\trecords\tseconds\trate\trss_mib\tcpu_s\tequal\n' >"$TSV"
+# COMPARE_QUERIES=" " runs only the latency part, keeping the day's throughput results.
+[[ -z ${QUERIES// /} && -s $TSV ]] ||
+  printf 'system\tcores\tquery\trecords\tseconds\trate\trss_mib\tcpu_s\tequal\n' >"$TSV"
 
 topic_exists() { "$STACK_DIR/kafka.sh" topics --describe --topic "$1" >/dev/null 2>&1; }
 create_topic() { "$STACK_DIR/kafka.sh" topics --create --topic "$1" --partitions "$2" >/dev/null 2>&1; }
@@ -156,14 +158,16 @@ YAML
   esac
   local rc=0
   stats=$( { /usr/bin/time -f 'RSS_KB=%M CPU_S=%U+%S' timeout -k 10 "$TIMEOUT" taskset -c "$cpus" "${cmd[@]}" >/dev/null; } 2>&1 ) || rc=$?
+  rm -rf "$state"
+  # Kafka Streams' internal topics (changelogs, repartition topics) are named after its
+  # application id, ks-bench-<query>-<n>.
+  [[ $sys != kstreams ]] || delete_topic 'ks-bench-.*'
   if ((rc == 124)); then
-    rm -rf "$state"
     return 2
   elif ((rc != 0)); then
     tail -30 <<<"$stats" >&2
     return 1
   fi
-  rm -rf "$state"
   local line
   line=$(grep -o 'processed [0-9]* records in [0-9.]* s' <<<"$stats" | tail -1 || true)
   [[ -n $line ]] || { tail -30 <<<"$stats" >&2; return 1; }
@@ -182,6 +186,7 @@ KAFKA_PID=$(cat "$WEIR_RUN/kafka.pid" 2>/dev/null || true)
 broker_cores() { [[ -n $KAFKA_PID ]] && taskset -a -p -c "$1" "$KAFKA_PID" >/dev/null 2>&1 || true; }
 trap 'broker_cores 0-$(($(nproc) - 1)); pkill -P $$ 2>/dev/null || true; rm -rf "$WORK"' EXIT
 for cores in $CORES; do
+  [[ -n ${QUERIES// /} ]] || break
   if ((cores < $(nproc))); then broker_cores "$cores-$(($(nproc) - 1))"; else broker_cores "0-$(($(nproc) - 1))"; fi
   INPUT=compare-payments-$EVENTS-p$cores
   CAPTURES=compare-captures-$EVENTS-p$cores
@@ -226,16 +231,19 @@ for cores in $CORES; do
       read -r records secs rate rss cpu <<<"$res"
       printf '%-9s %-15s %10s rec %8s s %10s rec/s %6s MiB cpu %7s s  %s (%s rows)\n' "$sys" "$q" "$records" "$secs" \
         "$rate" "$rss" "$cpu" "$equal" "$(wc -l <"$WORK/canon-$sys-$q-$cores.txt")"
+      [[ $sys == weir ]] || rm -f "$WORK/canon-$sys-$q-$cores.txt"
       printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$sys" "$cores" "$q" "$records" "$secs" "$rate" "$rss" "$cpu" "$equal" >>"$TSV"
     done
+    rm -f "$WORK"/canon-*-"$q-$cores".txt
   done
 done
 # End-to-end latency with exactly-once, results visible every LAT_COMMIT (100 ms: Weir's and
-# Kafka Streams' default under exactly-once; Flink checkpoints that often), one core per system,
+# Kafka Streams' default under exactly-once, Flink checkpointing that often; then 20 ms, for
+# latency-sensitive jobs), one core per system,
 # at half the slowest system's filter_project rate (measured above on the first core count), or
 # COMPARE_LATENCY_RATE: each system started on empty topics, probed until it answers, 10 s of
 # warm-up, then 20 s measured by weir-latency (on the broker's core).
-LAT_COMMIT=${COMPARE_LATENCY_COMMIT:-100ms}
+LAT_COMMITS=${COMPARE_LATENCY_COMMIT:-100ms 20ms}
 LAT_TSV=$RESULTS-latency.tsv
 printf 'system\tcommit\trate\tp50_ms\tp90_ms\tp99_ms\tmax_ms\n' >"$LAT_TSV"
 rate=${COMPARE_LATENCY_RATE:-auto}
@@ -285,6 +293,7 @@ YAML
     --rate "$rate" --warmup 10 --seconds 20 --wait-ready 180 2>/dev/null) || line=
   kill -TERM "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
   delete_topic "$in"; delete_topic "$out"
+  [[ $sys != kstreams ]] || delete_topic 'ks-bench-.*'
   [[ -n $line ]] || { tail -20 "$state.log" >&2; return 1; }
   echo "$line" >&2
   local p50 p90 p99 max
@@ -293,10 +302,12 @@ YAML
 }
 if [[ $rate != 0 ]]; then
   broker_cores "$(($(nproc) > 1 ? 1 : 0))-$(($(nproc) - 1))"
-  echo "== latency at $rate events/s, results visible every $LAT_COMMIT, 1 core each"
-  for sys in $SYSTEMS; do
-    printf '%-9s ' "$sys"
-    latency_run "$sys" 2>&1 | grep -E '^latency|Exception|ERROR|error' | head -5 || echo "FAILED"
+  for LAT_COMMIT in $LAT_COMMITS; do
+    echo "== latency at $rate events/s, results visible every $LAT_COMMIT, 1 core each"
+    for sys in $SYSTEMS; do
+      printf '%-9s ' "$sys"
+      latency_run "$sys" 2>&1 | grep -E '^latency|Exception|ERROR|error' | head -5 || echo "FAILED"
+    done
   done
 fi
 "$PY" "$BENCH_DIR/compare/results.py" report "$TSV" "$RESULTS"

@@ -99,9 +99,7 @@ def machine():
 
 
 def report(tsv, prefix):
-    with open(tsv) as f:
-        header = f.readline().rstrip("\n").split("\t")
-        rows = [dict(zip(header, line.rstrip("\n").split("\t"))) for line in f if line.strip()]
+    rows = read_tsv(tsv)
     by = {(r["system"], r["cores"], r["query"]): r for r in rows}
     cores = sorted({r["cores"] for r in rows}, key=int)
     queries = list(dict.fromkeys(r["query"] for r in rows))
@@ -148,12 +146,31 @@ def report(tsv, prefix):
                     r = by.get((s, c, q))
                     cells.append(r["equal"] if r else "—")
             out.append("| " + " | ".join(cells) + " |")
+    latency = read_tsv(prefix + "-latency.tsv")
+    if latency:
+        out += ["", f"## End-to-end latency, exactly-once, {latency[0]['rate']} events/s", ""]
+        out.append("From the producer's send to the result readable by a `read_committed` consumer, "
+                   "one core each, after 10 s of warm-up, 20 s measured; results visible every "
+                   "`commit` (Weir's epochInterval, Flink's checkpoint interval, Kafka Streams' "
+                   "commit.interval.ms).")
+        out += ["", "| system | commit | p50 ms | p90 ms | p99 ms | max ms |", "|---|---|---|---|---|---|"]
+        for r in latency:
+            out.append(f"| {r['system']} | {r['commit']} | {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | {r['max_ms']} |")
     with open(prefix + ".md", "w") as f:
         f.write("\n".join(out) + "\n")
-    chart(prefix + ".png", by, systems, cores, queries, rate)
+    chart(prefix + ".png", by, systems, cores, queries, rate, latency)
 
 
-def chart(path, by, systems, cores, queries, rate):
+def read_tsv(path):
+    try:
+        with open(path) as f:
+            header = f.readline().rstrip("\n").split("\t")
+            return [dict(zip(header, line.rstrip("\n").split("\t"))) for line in f if line.strip()]
+    except OSError:
+        return []
+
+
+def chart(path, by, systems, cores, queries, rate, latency):
     try:
         import matplotlib
 
@@ -162,8 +179,20 @@ def chart(path, by, systems, cores, queries, rate):
     except ImportError:
         print("matplotlib is missing: no chart (bench/compare/install.sh installs it)", file=sys.stderr)
         return
-    fig, axes = plt.subplots(len(cores), 1, figsize=(11, 4 * len(cores)), squeeze=False)
+    commits = list(dict.fromkeys(r["commit"] for r in latency))
+    panels = len(cores) + len(commits)
+    fig, axes = plt.subplots(panels, 1, figsize=(11, 4 * panels), squeeze=False)
     width = 0.8 / len(systems)
+    names = ["p50_ms", "p90_ms", "p99_ms"]
+    for ax, commit in zip(axes[len(cores):, 0], commits):
+        runs = [r for r in latency if r["commit"] == commit]
+        for i, r in enumerate(runs):
+            ax.bar([x + i * width for x in range(len(names))], [float(r[n]) for n in names], width, label=r["system"])
+        ax.set_xticks([x + width * (len(runs) - 1) / 2 for x in range(len(names))])
+        ax.set_xticklabels(["p50", "p90", "p99"])
+        ax.set_ylabel("ms")
+        ax.set_title(f"end-to-end latency, exactly-once, {runs[0]['rate']} events/s, results visible every {commit}")
+        ax.legend()
     for ax, c in zip(axes[:, 0], cores):
         for i, s in enumerate(systems):
             vals = [rate(s, c, q) or 0 for q in queries]

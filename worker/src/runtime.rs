@@ -366,9 +366,11 @@ impl Runtime {
                     self.checkpoint(done || stopping)?;
                 }
             } else if last_flush.elapsed() >= epoch {
-                // Results become visible every epoch; state is committed less often.
+                // Results become visible every epoch; state is committed less often. Epochs start
+                // at a steady cadence: the next one is due an interval after this one started,
+                // not after its commit ended (which would stretch every epoch by the commit).
                 self.epoch()?;
-                last_flush = Instant::now();
+                last_flush = started;
             }
             let requested = self.savepoints.lock().expect("savepoint status").requested.take();
             if let Some(name) = requested {

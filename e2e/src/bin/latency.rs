@@ -93,7 +93,6 @@ fn main() -> anyhow::Result<()> {
     let start = Instant::now();
     let warmup = args.rate * args.warmup;
     let total = warmup + args.rate * args.seconds;
-    let measured_from = now_ms() + 1000 * args.warmup as i64;
     let mut sent = 0u64;
     let mut latencies: Vec<i64> = Vec::with_capacity(total as usize);
     let drain = |consumer: &BaseConsumer, latencies: &mut Vec<i64>, wait: Duration| {
@@ -102,10 +101,10 @@ fn main() -> anyhow::Result<()> {
             let Some(v) = m.payload().and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok()) else {
                 continue;
             };
-            if v["id"].as_str().is_some_and(|id| id.starts_with("probe")) {
-                continue;
-            }
-            if let Some(sent) = v["sent_ms"].as_i64().filter(|&s| s >= measured_from) {
+            // Events `e<n>`: the first `warmup` of them are not counted; probes never are.
+            let measured =
+                v["id"].as_str().and_then(|id| id.strip_prefix('e')?.parse::<u64>().ok()).is_some_and(|n| n >= warmup);
+            if let (true, Some(sent)) = (measured, v["sent_ms"].as_i64()) {
                 latencies.push(now_ms() - sent);
             }
         }
