@@ -392,13 +392,18 @@ fn through_savepoint(
     wait_until("the first half read by 3 workers", Duration::from_secs(60), || {
         (read_in(&ports) == first_read).then_some(())
     });
-    // Every worker has committed epoch transactions, and none failed.
+    // Every worker has committed epoch transactions, and timed them, and none failed.
+    let commits_timed = |m: &str| {
+        m.lines()
+            .filter(|l| l.starts_with(r#"weir_epoch_seconds_count{phase="commit""#))
+            .any(|l| l.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok()).is_some_and(|n| n > 0))
+    };
     wait_until("committed transactions on every worker", Duration::from_secs(30), || {
         ports
             .iter()
             .all(|&p| {
                 let m = admin(p, "GET", "/metrics");
-                m.contains("weir_transactions_total") && m.contains(r#"outcome="committed""#)
+                m.contains("weir_transactions_total") && m.contains(r#"outcome="committed""#) && commits_timed(&m)
             })
             .then_some(())
     });

@@ -1,7 +1,9 @@
 //! Prometheus metrics of a worker. Labels are bounded: job, source/sink/operator names from
 //! the manifest, and partition numbers.
 
-use prometheus::{CounterVec, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    CounterVec, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -29,6 +31,9 @@ pub struct Metrics {
     pub operator_busy_seconds: CounterVec,
     pub operator_backpressured_seconds: CounterVec,
     pub epoch_duration: Histogram,
+    /// Epochs (results made visible), by phase: `flush` (the sinks' messages acknowledged),
+    /// `commit` (the transactions with the input offsets committed).
+    pub epoch_phase: HistogramVec,
     /// Exactly-once epoch transactions by partition and outcome (`committed`, `failed`: the
     /// worker then stops, and the next owner of the transactional id aborts it).
     pub transactions: IntCounterVec,
@@ -90,6 +95,16 @@ impl Metrics {
         )
         .expect("valid metric");
         registry.register(Box::new(epoch.clone())).expect("unique metric");
+        let epoch_phase = HistogramVec::new(
+            HistogramOpts::new(
+                "weir_epoch_seconds",
+                "Time of each epoch's phase: flush of the sinks, transaction commit",
+            )
+            .buckets(vec![0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 1.0]),
+            &["phase"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(epoch_phase.clone())).expect("unique metric");
         let checkpoint_duration = Histogram::with_opts(
             HistogramOpts::new(
                 "weir_checkpoint_duration_seconds",
@@ -162,6 +177,7 @@ impl Metrics {
             input_rate,
             capacity,
             epoch_duration: epoch,
+            epoch_phase,
             registry,
         }
     }

@@ -422,6 +422,7 @@ impl Runtime {
         let group = kafka.iter().flatten().map(|(_, g)| g).next();
         // The transactions to commit: (partition, producer, input offsets, positions).
         let mut commits = Vec::new();
+        let flush = self.metrics.epoch_phase.with_label_values(&["flush"]).start_timer();
         for (p, task) in &self.tasks {
             let sinks = self.sinks.get_mut(p).expect("every task has sinks");
             sinks.flush()?;
@@ -438,6 +439,7 @@ impl Runtime {
             }
             commits.push((*p, txn.clone(), offsets, positions));
         }
+        flush.observe_duration();
         let Some(group) = group else { return Ok(()) };
         // Each task's transaction is its own producer's: they commit side by side, so an epoch
         // takes one commit's round trips however many partitions the worker owns.
@@ -453,7 +455,11 @@ impl Runtime {
             }),
         };
         // The worker waited this long for all of them: each task's sinks get their share.
-        let share = started.elapsed() / commits.len().max(1) as u32;
+        let waited = started.elapsed();
+        if !commits.is_empty() {
+            self.metrics.epoch_phase.with_label_values(&["commit"]).observe(waited.as_secs_f64());
+        }
+        let share = waited / commits.len().max(1) as u32;
         let mut failed = None;
         for ((p, _, _, positions), committed) in commits.into_iter().zip(outcomes) {
             self.sinks.get_mut(&p).expect("every task has sinks").waited_for_commit(share);
