@@ -21,7 +21,11 @@ SYSTEMS=${COMPARE_SYSTEMS:-weir flink kstreams}
 QUERIES=${COMPARE_QUERIES:-passthrough filter_project tumbling_1m sliding_5m_1m session_2m join_1to1 enrich fraud_pattern}
 COMMIT=${COMPARE_COMMIT:-1s}
 TIMEOUT=${COMPARE_TIMEOUT:-600}
-COMMIT_MS=$(($(sed 's/s$//' <<<"$COMMIT") * 1000))
+case $COMMIT in
+  *ms) COMMIT_MS=${COMMIT%ms} ;;
+  *s) COMMIT_MS=$((${COMMIT%s} * 1000)) ;;
+  *) die "COMPARE_COMMIT is like 1s or 500ms, not $COMMIT" ;;
+esac
 WORKER=${CARGO_TARGET_DIR:-$WEIR_CACHE/target}/release/weir-worker
 LATENCY=$(dirname "$WORKER")/weir-latency
 [[ -x $WORKER ]] || die "$WORKER is missing; run make release"
@@ -285,7 +289,7 @@ YAML
     kstreams)
       read -ra cmd <<<"$(java_cmd kstreams)"
       cmd+=(dev.weir.bench.StreamsBench --query latency --unbounded --brokers "$BROKERS" --input "$in" --output "$out"
-            --commit-interval-ms "$(($(sed 's/ms$//' <<<"$LAT_COMMIT")))" --state-dir "$state") ;;
+            --commit-interval-ms "${LAT_COMMIT%ms}" --state-dir "$state") ;;
   esac
   taskset -c 0 "${cmd[@]}" >"$state.log" 2>&1 &
   local pid=$! line
