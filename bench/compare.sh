@@ -14,6 +14,7 @@
 # COMPARE_TIMEOUT (seconds a run may take, default 600; a slower one is reported as a timeout).
 set -euo pipefail
 source "$(dirname "$0")/../e2e/stack/lib.sh"
+source "$(dirname "$0")/queries.sh"
 BENCH_DIR=$REPO_DIR/bench
 EVENTS=${COMPARE_EVENTS:-1000000}
 CORES=${COMPARE_CORES:-1 2}
@@ -71,12 +72,9 @@ PAYMENTS_GEN="datagen: {kind: payments, count: $EVENTS, seed: 11, keys: 100000, 
 
 SCHEMA='{id: string, card_id: string, merchant_id: string, amount: double, status: string, country: string, ts: timestamp}'
 weir_query() { # NAME -> the tables and streams of a query, for Weir
+  shared_query "$1" && return
   case $1 in
     passthrough) echo "    streams: {q: {from: payments}}" ;;
-    filter_project) echo "    streams: {q: {from: payments, where: \"amount > 100 AND status = 'approved'\", select: {id: id, card_id: card_id, amount: amount, ts: ts}}}" ;;
-    tumbling_1m) echo '    streams: {q: {from: payments, keyBy: [card_id], window: {tumbling: 1m}, aggregate: {n: "count(*)", total: "sum(amount)", max_amount: "max(amount)"}}}' ;;
-    sliding_5m_1m) echo '    streams: {q: {from: payments, keyBy: [card_id], window: {sliding: {size: 5m, slide: 1m}}, aggregate: {n: "count(*)", total: "sum(amount)"}}}' ;;
-    session_2m) echo '    streams: {q: {from: payments, keyBy: [card_id], window: {session: {gap: 2m}}, aggregate: {n: "count(*)", total: "sum(amount)"}}}' ;;
     join_1to1) cat <<Q
     streams:
       q:

@@ -11,6 +11,7 @@
 # the latency run, BENCH_OVERHEAD_EVENTS=0 to skip the checkpoint-overhead runs.
 set -euo pipefail
 source "$(dirname "$0")/../e2e/stack/lib.sh"
+source "$(dirname "$0")/queries.sh"
 EVENTS=${BENCH_EVENTS:-1000000}
 WORKER=${CARGO_TARGET_DIR:-$WEIR_CACHE/target}/release/weir-worker
 [[ -x $WORKER ]] || die "$WORKER is missing; run make release"
@@ -34,28 +35,9 @@ YAML
   "$WORKER" run -f "$WORK/gen.yaml" 2>/dev/null
 fi
 
-query() { # NAME -> the streams and sinks of a query
+query() { # NAME -> the tables and streams of a query
+  shared_query "$1" && return
   case $1 in
-    filter_project) cat <<Q
-    streams:
-      q: {from: payments, where: "amount > 100 AND status = 'approved'", select: {id: id, card_id: card_id, amount: amount, ts: ts}}
-Q
-    ;;
-    tumbling_1m) cat <<Q
-    streams:
-      q: {from: payments, keyBy: [card_id], window: {tumbling: 1m}, aggregate: {n: "count(*)", total: "sum(amount)", max_amount: "max(amount)"}}
-Q
-    ;;
-    sliding_5m_1m) cat <<Q
-    streams:
-      q: {from: payments, keyBy: [card_id], window: {sliding: {size: 5m, slide: 1m}}, aggregate: {n: "count(*)", total: "sum(amount)"}}
-Q
-    ;;
-    session_2m) cat <<Q
-    streams:
-      q: {from: payments, keyBy: [card_id], window: {session: {gap: 2m}}, aggregate: {n: "count(*)", total: "sum(amount)"}}
-Q
-    ;;
     # Enrichment from a side input of 1,000,000 generated merchants (loaded before the first
     # payment is read, so not timed); the payments go to 2,000 of them, skewed.
     enrich_1m) cat <<Q
