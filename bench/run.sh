@@ -5,7 +5,7 @@
 # from its first record read to everything processed and committed.
 # An interval join (join_1to1) reads the data set twice, as two inputs.
 # Env: BENCH_EVENTS (default 1000000), BENCH_KAFKA=0 to skip the Kafka runs, BENCH_REDIS=0 to skip
-# the Redis-table run, BENCH_QUERIES to
+# the Redis-table run, BENCH_PARQUET=0 to skip the Parquet sink runs, BENCH_QUERIES to
 # run only some queries (e.g. "tumbling_1m session_2m", or " " for none), BENCH_PERF=1 to record
 # a perf profile of each run (perf.data files next to the data set), BENCH_LATENCY_RATE=0 to skip
 # the latency run, BENCH_OVERHEAD_EVENTS=0 to skip the checkpoint-overhead runs.
@@ -38,6 +38,8 @@ fi
 query() { # NAME -> the tables and streams of a query
   shared_query "$1" && return
   case $1 in
+    # Every event with all its fields (for sink throughput).
+    all_events) printf '    streams:\n      q: {from: payments}\n' ;;
     # Enrichment from a side input of 1,000,000 generated merchants (loaded before the first
     # payment is read, so not timed); the payments go to 2,000 of them, skewed.
     enrich_1m) cat <<Q
@@ -107,7 +109,7 @@ ${SPEC_EXTRA:-}
         eventTime: {field: ts, maxOutOfOrderness: 5s}
 $(query "$q")
     sinks:
-      out: {from: q, file: {path: ${OUT:-$WORK/out-$q.jsonl}}}
+      out: {from: q, ${SINK:-file: {path: ${OUT:-$WORK/out-$q.jsonl}}}}
 YAML
   local stats
   local perf=()
@@ -178,6 +180,22 @@ YAML
   for q in $QUERIES; do
     run_one kafka "kafka: {brokers: \"127.0.0.1:$KAFKA_PORT\", topic: $TOPIC, startFrom: earliest, bounded: true, group: bench-$q-$RANDOM}" "$q"
   done
+
+  # Sink throughput: every event (seven fields) into a Parquet table in hourly folders,
+  # exactly-once (staged, then published when the epoch commits), an epoch every 10 s: on the
+  # local disk, then on the stack's S3 server when it runs. BENCH_PARQUET=0 skips it.
+  if [[ ${BENCH_PARQUET:-1} != 0 ]]; then
+    pq='partitionBy: {field: ts, format: "date=%Y-%m-%d/hour=%H"}'
+    kafka="kafka: {brokers: \"127.0.0.1:$KAFKA_PORT\", topic: $TOPIC, startFrom: earliest, bounded: true, group: bench-pq-$RANDOM}"
+    SPEC_EXTRA="  epochInterval: 10s" SINK="parquet: {path: $WORK/warehouse, $pq}" run_one kafka-parquet "$kafka" all_events
+    rm -rf "$WORK/warehouse"
+    if port_open "$S3_PORT"; then
+      kafka=${kafka/bench-pq-/bench-pq-s3-}
+      AWS_ACCESS_KEY_ID=$S3_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET_KEY AWS_ENDPOINT_URL=http://127.0.0.1:$S3_PORT \
+        SPEC_EXTRA="  epochInterval: 10s" SINK="parquet: {path: \"s3://$S3_BUCKET/bench-parquet-$RANDOM\", $pq}" \
+        run_one kafka-parquet-s3 "$kafka" all_events
+    fi
+  fi
 
   # End-to-end latency with exactly-once on: from the producer's send time to the result being
   # readable by a read_committed consumer, at a steady rate (BENCH_LATENCY_RATE, default 20000/s)

@@ -493,6 +493,74 @@ pub struct SinkSpec {
     pub file: Option<FileSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis: Option<RedisSinkSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parquet: Option<ParquetSinkSpec>,
+}
+
+/// Rows written as Parquet files (a warehouse table), published when the epoch that wrote them
+/// commits: a reader never sees a partial file, nor one whose rows a recovery writes again.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ParquetSinkSpec {
+    /// The table's folder: `s3://bucket/prefix`, `file:///absolute/path`, or a path relative to
+    /// the manifest.
+    pub path: String,
+    /// Files go into sub-folders named from this timestamp field, e.g. `date=2026-11-25/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_by: Option<PartitionBy>,
+    /// A file is finished at every commit, or before when it reaches this size (`64Mi`,
+    /// `1Gi`, `500M` or bytes); 128Mi when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_file_size: Option<String>,
+    /// Column compression; snappy when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<ParquetCompression>,
+    /// Integer fields written as Parquet timestamps (milliseconds, UTC); by default
+    /// `window_start`, `window_end` and every field a source declares as a timestamp.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamps: Option<Vec<String>>,
+}
+
+/// `parquet.partitionBy`: the folder of a row from one of its timestamp fields.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PartitionBy {
+    /// A timestamp field of the rows (milliseconds since the epoch).
+    pub field: String,
+    /// The folder name, strftime-style in UTC (`%Y`, `%m`, `%d`, `%H`, ...); `/` nests folders.
+    /// `date=%Y-%m-%d` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+}
+
+/// `parquet.compression`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ParquetCompression {
+    #[default]
+    Snappy,
+    Zstd,
+    None,
+}
+
+/// A size: bytes, or a number with a Kubernetes-style suffix (`k`, `M`, `G` in powers of ten;
+/// `Ki`, `Mi`, `Gi` in powers of two).
+pub fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit {
+        "" => 1,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
 }
 
 /// Rows upserted into Redis as JSON strings, under a key made of their key fields.

@@ -430,9 +430,42 @@ spec:
     assert!(has(&errs, &format!("{p}.a.redis.url"), "not a redis://host"), "{errs:?}");
     assert!(has(&errs, &format!("{p}.a.redis.ttl"), "must be above zero"), "{errs:?}");
     assert!(has(&errs, &format!("{p}.a.redis.key"), "at least one field"), "{errs:?}");
-    assert!(has(&errs, &format!("{p}.b"), "exactly one of kafka, file, redis; found 2"), "{errs:?}");
+    assert!(has(&errs, &format!("{p}.b"), "exactly one of kafka, file, redis, parquet; found 2"), "{errs:?}");
     assert!(has(&errs, "spec.pipeline.tables.t.redis.url", "not a redis://host"), "{errs:?}");
     assert!(has(&errs, "spec.pipeline.tables.t.versions", "one value per key"), "{errs:?}");
+}
+
+#[test]
+fn parquet_sink_errors_say_what_is_wrong() {
+    let errs = errors(
+        r#"
+spec:
+  pipeline:
+    sources: {s: {datagen: {kind: payments}}}
+    streams:
+      late: {from: s, window: {tumbling: 1m}, aggregate: {n: count()}, lateOutput: bad}
+    sinks:
+      a: {from: s, parquet: {path: "s3:///x", maxFileSize: 12Q, partitionBy: {field: "", format: "../%Y"}}}
+      b: {from: s, parquet: {path: "file://relative", maxFileSize: "10", timestamps: [""]}}
+      c: {from: s, parquet: {path: "gs://bucket/x"}}
+      bad: {parquet: {path: out}}
+      ok: {from: late, parquet: {path: s3://b/t, maxFileSize: 64Mi, partitionBy: {field: window_start, format: "%Y/%m/%d/%H"}}}
+"#,
+    );
+    let p = "spec.pipeline.sinks";
+    assert!(has(&errs, &format!("{p}.a.parquet.path"), "has no bucket"), "{errs:?}");
+    assert!(has(&errs, &format!("{p}.a.parquet.maxFileSize"), "`12Q` is not a size"), "{errs:?}");
+    assert!(has(&errs, &format!("{p}.a.parquet.partitionBy.field"), "must name a timestamp field"), "{errs:?}");
+    assert!(has(&errs, &format!("{p}.a.parquet.partitionBy.format"), "not a folder pattern"), "{errs:?}");
+    assert!(has(&errs, &format!("{p}.b.parquet.path"), "is not absolute"), "{errs:?}");
+    assert!(has(&errs, &format!("{p}.b.parquet.maxFileSize"), "below the least size"), "{errs:?}");
+    assert!(has(&errs, &format!("{p}.b.parquet.timestamps"), "must not be empty"), "{errs:?}");
+    assert!(has(&errs, &format!("{p}.c.parquet.path"), "expected s3://bucket/prefix"), "{errs:?}");
+    assert!(has(&errs, &format!("{p}.bad.from"), "late events and dead letters"), "{errs:?}");
+    assert!(!errs.iter().any(|e| e.path.starts_with(&format!("{p}.ok"))), "{errs:?}");
+    assert_eq!(crate::parse_size("64Mi"), Some(64 << 20));
+    assert_eq!(crate::parse_size("2G"), Some(2_000_000_000));
+    assert_eq!(crate::parse_size("Mi"), None);
 }
 
 #[test]

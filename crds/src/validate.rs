@@ -767,11 +767,67 @@ fn check_window(errs: &mut ValidationErrors, path: &str, s: &StreamSpec) {
     }
 }
 
+fn check_parquet(errs: &mut ValidationErrors, path: &str, pq: &crate::ParquetSinkSpec) {
+    let at = format!("{path}.parquet");
+    let p = pq.path.trim();
+    if p.is_empty() {
+        errs.push(format!("{at}.path"), "must not be empty");
+    } else if let Some(rest) = p.strip_prefix("s3://") {
+        if rest.split('/').next().is_none_or(str::is_empty) {
+            errs.push(format!("{at}.path"), format!("`{p}` has no bucket; expected s3://bucket/prefix"));
+        }
+    } else if let Some(rest) = p.strip_prefix("file://") {
+        if !rest.starts_with('/') {
+            errs.push(format!("{at}.path"), format!("`{p}` is not absolute; expected file:///path"));
+        }
+    } else if p.contains("://") {
+        errs.push(format!("{at}.path"), format!("`{p}`: expected s3://bucket/prefix, file:///path or a path"));
+    }
+    if let Some(size) = &pq.max_file_size {
+        match crate::parse_size(size) {
+            Some(n) if n >= 1 << 10 => {}
+            Some(_) => errs.push(format!("{at}.maxFileSize"), format!("`{size}` is below the least size, 1Ki")),
+            None => errs.push(
+                format!("{at}.maxFileSize"),
+                format!("`{size}` is not a size: bytes, or a number with k, M, G, Ki, Mi or Gi"),
+            ),
+        }
+    }
+    if let Some(by) = &pq.partition_by {
+        if by.field.trim().is_empty() {
+            errs.push(format!("{at}.partitionBy.field"), "must name a timestamp field");
+        }
+        if let Some(f) = &by.format {
+            let bad = chrono::format::StrftimeItems::new(f).any(|i| matches!(i, chrono::format::Item::Error));
+            if bad || f.trim().is_empty() || f.starts_with('/') || f.split('/').any(|d| d == ".." || d.is_empty()) {
+                errs.push(
+                    format!("{at}.partitionBy.format"),
+                    format!("`{f}` is not a folder pattern like date=%Y-%m-%d or %Y/%m/%d/%H"),
+                );
+            }
+        }
+    }
+    if pq.timestamps.as_ref().is_some_and(|t| t.iter().any(|f| f.trim().is_empty())) {
+        errs.push(format!("{at}.timestamps"), "field names must not be empty");
+    }
+}
+
 fn check_sink(errs: &mut ValidationErrors, p: &PipelineSpec, name: &str, sink: &SinkSpec, late: &BTreeSet<&str>) {
     let path = format!("spec.pipeline.sinks.{name}");
-    let kinds = [sink.kafka.is_some(), sink.file.is_some(), sink.redis.is_some()].iter().filter(|b| **b).count();
+    let kinds = [sink.kafka.is_some(), sink.file.is_some(), sink.redis.is_some(), sink.parquet.is_some()];
+    let kinds = kinds.iter().filter(|b| **b).count();
     if kinds != 1 {
-        errs.push(path.clone(), format!("a sink needs exactly one of kafka, file, redis; found {kinds}"));
+        errs.push(path.clone(), format!("a sink needs exactly one of kafka, file, redis, parquet; found {kinds}"));
+    }
+    if let Some(pq) = &sink.parquet {
+        check_parquet(errs, &path, pq);
+        if sink.from.is_none() {
+            errs.push(
+                format!("{path}.from"),
+                "a parquet sink writes the rows of a step or a source; late events and dead letters are JSON \
+                 records of any shape: send them to a kafka, file or redis sink",
+            );
+        }
     }
     if let Some(r) = &sink.redis {
         if !r.url.starts_with("redis://") || r.url.len() <= "redis://".len() {

@@ -3,8 +3,8 @@
 
 pub mod payments;
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// The cache folder the stack scripts use.
@@ -25,6 +25,24 @@ pub fn kafka_brokers() -> String {
 
 pub fn s3_endpoint() -> String {
     format!("http://127.0.0.1:{}", std::env::var("S3_PORT").unwrap_or_else(|_| "7070".into()))
+}
+
+/// The local stack's S3 credentials (e2e/stack/lib.sh).
+pub const S3_KEY: &str = "weiradmin";
+pub const S3_SECRET: &str = "weirsecret";
+
+/// A client of the local stack's S3 server.
+pub fn s3_client() -> aws_sdk_s3::Client {
+    use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(s3_endpoint())
+            .credentials_provider(Credentials::new(S3_KEY, S3_SECRET, None, None, "weir-e2e"))
+            .force_path_style(true)
+            .build(),
+    )
 }
 
 pub fn kubeconfig() -> PathBuf {
@@ -92,4 +110,40 @@ pub fn kubectl_raw(args: &[&str]) -> Output {
 pub fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos();
     format!("{prefix}-{}-{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+/// Starts `weir-worker run` on `manifest` with `env` added, its log appended to `log`.
+pub fn start_worker(manifest: &Path, state: &Path, log: &Path, env: &[(&str, String)]) -> Child {
+    Command::new(worker_bin())
+        .args(["run", "-f", manifest.to_str().unwrap(), "--state-dir", state.to_str().unwrap()])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::null())
+        .stderr(std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap())
+        .spawn()
+        .expect("starting weir-worker")
+}
+
+/// Starts the worker `rounds` times and kills each with SIGKILL after a pseudo-random
+/// `min_ms` to `min_ms + 900` ms (from `seed`); every third kill also loses the state folder,
+/// so the next run restores a checkpoint.
+pub fn kill_repeatedly(
+    manifest: &Path,
+    state: &Path,
+    log: &Path,
+    env: &[(&str, String)],
+    (rounds, seed, min_ms): (u32, u64, u64),
+) {
+    let mut x = seed;
+    for round in 0..rounds {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let mut w = start_worker(manifest, state, log, env);
+        std::thread::sleep(Duration::from_millis(min_ms + x % 900));
+        w.kill().unwrap();
+        w.wait().unwrap();
+        if round % 3 == 2 && state.exists() {
+            std::fs::remove_dir_all(state).unwrap();
+        }
+    }
 }

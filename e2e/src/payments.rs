@@ -227,6 +227,19 @@ pub fn produce(producer: &BaseProducer, topic: &str, evs: &[(i32, Ev)]) {
     producer.flush(Duration::from_secs(30)).unwrap();
 }
 
+/// Produces `evs` to `topic` from a thread, in `chunks` parts `pause` apart (input arriving
+/// while a worker runs, is killed and restarts).
+pub fn feed(topic: &str, evs: &[(i32, Ev)], chunks: usize, pause: Duration) -> std::thread::JoinHandle<()> {
+    let (topic, evs) = (topic.to_string(), evs.to_vec());
+    std::thread::spawn(move || {
+        let p = producer();
+        for chunk in evs.chunks(evs.len() / chunks + 1) {
+            produce(&p, &topic, chunk);
+            std::thread::sleep(pause);
+        }
+    })
+}
+
 pub fn producer() -> BaseProducer {
     ClientConfig::new().set("bootstrap.servers", kafka_brokers()).create().unwrap()
 }

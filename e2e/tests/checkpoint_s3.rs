@@ -3,11 +3,9 @@
 
 use std::process::Command;
 
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
-use weir_e2e::{repo_dir, require_port, s3_endpoint, unique, worker_bin};
-
-const KEY: &str = "weiradmin";
-const SECRET: &str = "weirsecret";
+use weir_e2e::{
+    repo_dir, require_port, s3_client, s3_endpoint, unique, worker_bin, S3_KEY as KEY, S3_SECRET as SECRET,
+};
 
 #[tokio::test]
 async fn state_round_trips_through_s3() {
@@ -37,15 +35,7 @@ async fn state_round_trips_through_s3() {
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
     let results = std::fs::read_to_string(dir.path().join("out/file_per_card_minute.jsonl")).unwrap();
 
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .endpoint_url(s3_endpoint())
-            .credentials_provider(Credentials::new(KEY, SECRET, None, None, "weir-e2e"))
-            .force_path_style(true)
-            .build(),
-    );
+    let s3 = s3_client();
     let listed = s3.list_objects_v2().bucket("weir").prefix(&prefix).send().await.unwrap();
     let keys: Vec<&str> = listed.contents().iter().filter_map(|o| o.key()).collect();
     let manifest_key = format!("{prefix}/p0/chk-00000000000000000001/_manifest.json");

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::producer::{BaseRecord, Producer};
 use weir_e2e::payments::{
-    create_topics, events, pattern_reference, pattern_step, produce, producer, read_all, reference,
+    create_topics, events, feed, pattern_reference, pattern_step, produce, producer, read_all, reference,
     window_job_pipeline, windows_of, Ev, Windows,
 };
 use weir_e2e::{kafka_brokers, require_port, unique, wait_until, worker_bin};
@@ -22,12 +22,7 @@ use weir_e2e::{kafka_brokers, require_port, unique, wait_until, worker_bin};
 const PARTITIONS: i32 = 3;
 
 fn start_worker(manifest: &Path, state: &Path, log: &Path) -> Child {
-    Command::new(worker_bin())
-        .args(["run", "-f", manifest.to_str().unwrap(), "--state-dir", state.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap())
-        .spawn()
-        .expect("starting weir-worker")
+    weir_e2e::start_worker(manifest, state, log, &[])
 }
 
 #[test]
@@ -224,16 +219,7 @@ fn exactly_once_through_repeated_random_kills() {
     let state = dir.path().join("state");
     let log = weir_e2e::run_dir().join("logs").join(format!("e2e-{name}.log"));
     std::fs::create_dir_all(log.parent().unwrap()).unwrap();
-    let feeder = {
-        let (input, evs) = (input.clone(), evs.clone());
-        std::thread::spawn(move || {
-            let p = producer();
-            for chunk in evs.chunks(evs.len() / 20 + 1) {
-                produce(&p, &input, chunk);
-                std::thread::sleep(Duration::from_millis(150));
-            }
-        })
-    };
+    let feeder = feed(&input, &evs, 20, Duration::from_millis(150));
     kill_repeatedly(&manifest, &state, &log, 8, 0x9e37_79b9_7f4a_7c15, 300);
     feeder.join().unwrap();
     let mut w = start_worker(&manifest, &state, &log);
@@ -243,23 +229,8 @@ fn exactly_once_through_repeated_random_kills() {
     w.wait().unwrap();
 }
 
-/// Starts the worker `rounds` times and kills each with SIGKILL after a pseudo-random
-/// `min_ms` to `min_ms + 900` ms (from `seed`); every third kill also loses the state folder,
-/// so the next run restores a checkpoint.
 fn kill_repeatedly(manifest: &Path, state: &Path, log: &Path, rounds: u32, seed: u64, min_ms: u64) {
-    let mut x = seed;
-    for round in 0..rounds {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let mut w = start_worker(manifest, state, log);
-        std::thread::sleep(Duration::from_millis(min_ms + x % 900));
-        w.kill().unwrap();
-        w.wait().unwrap();
-        if round % 3 == 2 && state.exists() {
-            std::fs::remove_dir_all(state).unwrap();
-        }
-    }
+    weir_e2e::kill_repeatedly(manifest, state, log, &[], (rounds, seed, min_ms));
 }
 
 /// A sink topic that does not exist stops the worker at once with what to do, in both delivery

@@ -44,6 +44,12 @@ pub struct Metrics {
     pub last_checkpoint: IntGaugeVec,
     /// When the last checkpoint completed (Unix seconds): its age is `time() - this`.
     pub last_checkpoint_time: IntGaugeVec,
+    /// Files of file-writing sinks (Parquet) by outcome: `staged` (written, waiting for the
+    /// epoch's commit), `published` (visible to readers), `discarded` (an epoch that never
+    /// committed, removed at recovery).
+    pub sink_files: IntCounterVec,
+    /// Bytes written by sinks that count them (Parquet files).
+    pub sink_bytes: IntCounterVec,
 }
 
 impl Metrics {
@@ -135,6 +141,8 @@ impl Metrics {
             ),
             records_in: counter("weir_records_in_total", "Records read", &["source", "partition"]),
             records_out: counter("weir_records_out_total", "Records written", &["sink"]),
+            sink_files: counter("weir_sink_files_total", "Files written by sinks, by outcome", &["sink", "outcome"]),
+            sink_bytes: counter("weir_sink_bytes_total", "Bytes written by sinks", &["sink"]),
             dead_letters: counter("weir_dead_letters_total", "Records that failed to decode", &["source"]),
             late_records: counter(
                 "weir_late_records_total",

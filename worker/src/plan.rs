@@ -105,6 +105,55 @@ pub struct SinkPlan {
     pub name: String,
     pub spec: weir_crds::SinkSpec,
     pub key_cols: Vec<usize>,
+    /// Parquet: the integer fields written as timestamps.
+    pub timestamps: Vec<String>,
+}
+
+/// A Parquet sink's timestamp fields (`timestamps`, else `window_start`, `window_end` and the
+/// sources' timestamp fields that the rows have), each checked to be an integer of the rows,
+/// as `partitionBy.field` is.
+fn parquet_timestamps(
+    errs: &mut ValidationErrors,
+    sink: &str,
+    pq: &weir_crds::ParquetSinkSpec,
+    schema: &SchemaRef,
+    sources: &[SourcePlan],
+) -> Vec<String> {
+    let at = format!("spec.pipeline.sinks.{sink}.parquet");
+    let is_int = |f: &str| schema.field_with_name(f).is_ok_and(|f| f.data_type() == &DataType::Int64);
+    let fields: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    if let Some(by) = &pq.partition_by {
+        if !is_int(&by.field) {
+            errs.push(
+                format!("{at}.partitionBy.field"),
+                format!(
+                    "`{}` is not a timestamp field of the rows written (they have {})",
+                    by.field,
+                    fields.join(", ")
+                ),
+            );
+        }
+    }
+    match &pq.timestamps {
+        Some(list) => {
+            for f in list.iter().filter(|f| !is_int(f)) {
+                errs.push(
+                    format!("{at}.timestamps"),
+                    format!("`{f}` is not an integer field of the rows written (they have {})", fields.join(", ")),
+                );
+            }
+            list.clone()
+        }
+        None => {
+            let declared = sources.iter().flat_map(|s| s.fields.iter()).filter(|(_, t)| **t == FieldType::Timestamp);
+            let mut names: Vec<String> = ["window_start", "window_end"].iter().map(|s| s.to_string()).collect();
+            names.extend(declared.map(|(n, _)| n.clone()));
+            names.sort();
+            names.dedup();
+            names.retain(|n| is_int(n));
+            names
+        }
+    }
 }
 
 /// FNV-1a, 64 bits: stable across builds and platforms.
@@ -253,15 +302,22 @@ impl JobPlan {
         let mut sinks = Vec::new();
         for (i, (name, sink)) in p.sinks.iter().enumerate() {
             let mut key_cols = Vec::new();
+            let mut schema = None;
             if let Some(from) = &sink.from {
                 if let Some(&s) = source_index.get(from.as_str()) {
                     sources[s].children.push(Target::Sink(i));
+                    schema = Some(sources[s].decoder.schema().clone());
                 } else if let Some(&n) = node_index.get(from.as_str()) {
                     nodes[n].children.push(Target::Sink(i));
                     key_cols = nodes[n].key_cols.clone();
+                    schema = Some(nodes[n].out_schema.clone());
                 }
             }
-            sinks.push(SinkPlan { name: name.clone(), spec: sink.clone(), key_cols });
+            let timestamps = match (&sink.parquet, &schema) {
+                (Some(pq), Some(schema)) => parquet_timestamps(&mut errs, name, pq, schema, &sources),
+                _ => Vec::new(),
+            };
+            sinks.push(SinkPlan { name: name.clone(), spec: sink.clone(), key_cols, timestamps });
         }
         if nodes.len() != order.len() {
             // A step was left out; the indexes of the ones after it would not match.
@@ -804,5 +860,51 @@ spec:
     fn key_by_a_field_the_select_drops_is_an_error() {
         let Err(err) = plan("{from: p, keyBy: [card_id], select: {amount: amount}}") else { panic!("accepted") };
         assert!(err.contains("spec.pipeline.streams.s.keyBy") && err.contains("`card_id` is not a field"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod parquet_tests {
+    use super::JobPlan;
+
+    fn plan(sink: &str) -> Result<JobPlan, String> {
+        let yaml = format!(
+            r#"
+metadata: {{name: pq}}
+spec:
+  pipeline:
+    sources:
+      p: {{file: {{path: in.jsonl}}, schema: {{card_id: string, amount: double, ts: timestamp, n: long}}}}
+    streams:
+      w: {{from: p, keyBy: [card_id], window: {{tumbling: 1m}}, aggregate: {{total: sum(amount)}}}}
+    sinks:
+      out: {sink}
+"#
+        );
+        let m = weir_crds::Manifest::from_yaml(&yaml, "pq").map_err(|e| e.to_string())?;
+        JobPlan::new(&m, std::path::Path::new(".")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn timestamp_fields_default_to_windows_and_declared_timestamps() {
+        let p = plan("{from: w, parquet: {path: t, partitionBy: {field: window_start}}}").unwrap();
+        assert_eq!(p.sinks[0].timestamps, ["window_end", "window_start"]);
+        let p = plan("{from: p, parquet: {path: t}}").unwrap();
+        assert_eq!(p.sinks[0].timestamps, ["ts"]);
+        let p = plan("{from: p, parquet: {path: t, timestamps: [n]}}").unwrap();
+        assert_eq!(p.sinks[0].timestamps, ["n"]);
+    }
+
+    #[test]
+    fn fields_the_rows_lack_are_errors_naming_the_fields_they_have() {
+        let Err(e) = plan("{from: w, parquet: {path: t, partitionBy: {field: ts}, timestamps: [total]}}") else {
+            panic!("accepted")
+        };
+        assert!(
+            e.contains("sinks.out.parquet.partitionBy.field") && e.contains("`ts` is not a timestamp field"),
+            "{e}"
+        );
+        assert!(e.contains("they have card_id, window_start"), "{e}");
+        assert!(e.contains("sinks.out.parquet.timestamps") && e.contains("`total` is not an integer field"), "{e}");
     }
 }

@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::plan::JobPlan;
 use crate::profile::Profile;
 use crate::sink::kafka::{KafkaProducer, KafkaSink};
+use crate::sink::parquet::{ParquetContext, ParquetSink};
 use crate::sink::{file::FileSink, redis::RedisSink, Shared, SharedSink, Sink};
 use crate::source::{datagen::DatagenSource, file::FileSource, kafka::KafkaSource, Source};
 use crate::state::{RocksShared, RocksStore};
@@ -164,6 +165,16 @@ impl Runtime {
         // A job resuming from restored positions appends to its files.
         let resumed = tasks.values().any(|t: &Task| (0..plan.sources.len()).any(|i| t.restored_position(i).is_some()));
         let mut shared: Vec<Option<SharedSink>> = Vec::new();
+        // Each Parquet sink's table folder, opened once for all tasks.
+        let mut tables_out: BTreeMap<usize, Arc<dyn Storage>> = BTreeMap::new();
+        for (i, s) in plan.sinks.iter().enumerate() {
+            let Some(pq) = &s.spec.parquet else { continue };
+            let url = match pq.path.contains("://") {
+                true => pq.path.clone(),
+                false => format!("file://{}", std::path::absolute(plan.resolve(&pq.path))?.display()),
+            };
+            tables_out.insert(i, Arc::from(storage::open(&url).with_context(|| format!("sink {}", s.name))?));
+        }
         for s in &plan.sinks {
             let sink: Box<dyn Sink> = if let Some(k) = &s.spec.kafka {
                 if transactional {
@@ -180,6 +191,9 @@ impl Runtime {
                 Box::new(FileSink::create(&s.name, &path, resumed)?)
             } else if let Some(r) = &s.spec.redis {
                 Box::new(RedisSink::new(&s.name, r)?)
+            } else if s.spec.parquet.is_some() {
+                shared.push(None); // one per task, below
+                continue;
             } else {
                 bail!("sink {} has no kind", s.name);
             };
@@ -200,19 +214,35 @@ impl Runtime {
                 }
             }
             let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
-            for (s, sh) in plan.sinks.iter().zip(&shared) {
-                match (sh, &s.spec.kafka, &txn) {
-                    (Some(sh), _, _) => sinks.push(Box::new(Shared(sh.clone()))),
-                    (None, Some(k), Some(txn)) => {
+            for (k, (s, sh)) in plan.sinks.iter().zip(&shared).enumerate() {
+                match (sh, &s.spec.kafka, &txn, &s.spec.parquet) {
+                    (Some(sh), _, _, _) => sinks.push(Box::new(Shared(sh.clone()))),
+                    (None, Some(k), Some(txn), _) => {
                         sinks.push(Box::new(KafkaSink::with_producer(&s.name, k, txn.clone())))
+                    }
+                    (None, _, _, Some(pq)) => {
+                        let ctx = ParquetContext {
+                            group: plan.group.clone(),
+                            partition: p,
+                            timestamps: s.timestamps.clone(),
+                            exactly_once: transactional,
+                            scratch: cfg.state_dir.join("sinks").join(&s.name).join(format!("p{p}")),
+                            metrics: metrics.clone(),
+                        };
+                        sinks.push(Box::new(ParquetSink::new(&s.name, pq, tables_out[&k].clone(), ctx)?))
                     }
                     _ => bail!("sink {} has no writer", s.name),
                 }
             }
             task_sinks.insert(p, Sinks::new(sinks, names.clone(), metrics.clone(), txn));
         }
+        let mut committed_epochs: BTreeMap<u32, u64> = BTreeMap::new();
         for (i, s) in sources.iter_mut().enumerate() {
             s.start()?;
+            for (p, e) in s.committed_epochs() {
+                let at = committed_epochs.entry(p).or_default();
+                *at = (*at).max(e);
+            }
             if transactional {
                 for (p, committed) in s.committed_ahead() {
                     if let Some(t) = tasks.get_mut(&p) {
@@ -225,6 +255,11 @@ impl Runtime {
                     }
                 }
             }
+        }
+        // What an earlier run staged for an epoch is published if the epoch committed, else
+        // discarded (its input is read again).
+        for (p, sinks) in task_sinks.iter_mut() {
+            sinks.recover(committed_epochs.get(p).copied())?;
         }
         let ended = vec![false; sources.len()];
         let checkpointer = checkpoint_storage.zip(storage_root).map(|(st, root)| {
@@ -262,11 +297,15 @@ impl Runtime {
     }
 
     /// Exactly-once needs a Kafka source (its offsets go into the transactions) and Kafka sinks
-    /// on the same cluster; other sinks (files) are at-least-once.
+    /// on the same cluster, or Parquet sinks (their files publish when the transaction carrying
+    /// the epoch's offsets commits); other sinks are at-least-once (Redis: idempotent upserts).
     fn transactional(plan: &JobPlan) -> anyhow::Result<bool> {
         let source = plan.sources.iter().find_map(|s| s.spec.kafka.as_ref());
         let sinks: Vec<_> = plan.sinks.iter().filter_map(|s| Some((&s.name, s.spec.kafka.as_ref()?))).collect();
-        let (Some(source), true, true) = (source, !sinks.is_empty(), plan.exactly_once) else { return Ok(false) };
+        let staged = plan.sinks.iter().any(|s| s.spec.parquet.is_some());
+        let (Some(source), true, true) = (source, !sinks.is_empty() || staged, plan.exactly_once) else {
+            return Ok(false);
+        };
         for (name, k) in &sinks {
             if k.brokers != source.brokers {
                 bail!(
@@ -301,7 +340,9 @@ impl Runtime {
     /// restarted or duplicate owner of the partition fences the previous one.
     fn task_producer(plan: &JobPlan, p: u32) -> Result<KafkaProducer, String> {
         let mut properties = BTreeMap::new();
-        let mut brokers = String::new();
+        // Without Kafka sinks, the transactions carry only the input offsets.
+        let mut brokers =
+            plan.sources.iter().find_map(|s| Some(s.spec.kafka.as_ref()?.brokers.clone())).unwrap_or_default();
         for k in plan.sinks.iter().filter_map(|s| s.spec.kafka.as_ref()) {
             properties.extend(k.properties.iter().map(|(a, b)| (a.clone(), b.clone())));
             brokers.clone_from(&k.brokers);
@@ -428,13 +469,17 @@ impl Runtime {
             sinks.flush()?;
             let (Some(txn), Some(_)) = (&sinks.txn, group) else { continue };
             let positions = task.positions();
-            if self.txn_positions.get(p) == Some(&positions) && !txn.has_open_transaction() {
+            if self.txn_positions.get(p) == Some(&positions) && !txn.has_open_transaction() && !sinks.has_staged() {
                 continue;
             }
             let mut offsets = rdkafka::TopicPartitionList::new();
+            let metadata = crate::source::epoch_metadata(sinks.epoch);
             for &(src, pos) in &positions {
                 if let Some((topic, _)) = &kafka[src] {
                     offsets.add_partition_offset(topic, *p as i32, rdkafka::Offset::Offset(pos))?;
+                    if let Some(mut e) = offsets.find_partition(topic, *p as i32) {
+                        e.set_metadata(&metadata);
+                    }
                 }
             }
             commits.push((*p, txn.clone(), offsets, positions));
@@ -468,6 +513,8 @@ impl Runtime {
             match committed {
                 Ok(()) => {
                     self.txn_positions.insert(p, positions);
+                    // The epoch is decided: what it staged becomes visible.
+                    self.sinks.get_mut(&p).expect("every task has sinks").committed()?;
                 }
                 Err(e) => failed = failed.or(Some(anyhow::anyhow!("partition {p}: {e}"))),
             }

@@ -47,6 +47,9 @@ pub struct Sinks {
     pub muted: bool,
     /// Each sink's time writing and waiting for its system, since the last report.
     pub times: Times,
+    /// The epoch in progress (exactly-once: one more than the last committed, whose number the
+    /// input offsets' metadata carries).
+    pub epoch: u64,
 }
 
 impl Sinks {
@@ -57,11 +60,35 @@ impl Sinks {
         txn: Option<Arc<KafkaProducer>>,
     ) -> Sinks {
         let times = Times::new(sinks.len());
-        Sinks { sinks, names, metrics, txn, muted: false, times }
+        Sinks { sinks, names, metrics, txn, muted: false, times, epoch: 1 }
     }
 
     fn skip(&self, i: usize) -> bool {
-        self.muted && self.sinks[i].is_kafka()
+        self.muted && (self.sinks[i].is_kafka() || self.sinks[i].commits_with_epoch())
+    }
+
+    /// Whether any sink staged output for the epoch in progress.
+    pub fn has_staged(&self) -> bool {
+        self.sinks.iter().any(|s| s.has_staged())
+    }
+
+    /// At start, given the last epoch committed for this task: finishes what an earlier run
+    /// staged, and numbers the next epoch.
+    pub fn recover(&mut self, committed_epoch: Option<u64>) -> Result<(), SinkError> {
+        for s in self.sinks.iter_mut() {
+            s.recover(committed_epoch)?;
+        }
+        self.epoch = committed_epoch.map_or(1, |e| e + 1);
+        Ok(())
+    }
+
+    /// The epoch in progress has committed: sinks publish what they staged for it.
+    pub fn committed(&mut self) -> Result<(), SinkError> {
+        for s in self.sinks.iter_mut() {
+            s.committed()?;
+        }
+        self.epoch += 1;
+        Ok(())
     }
 
     /// Runs `f` on sink `i`, its time split into work and waiting for its system.

@@ -49,6 +49,53 @@ fn file_example_runs_as_written() {
 }
 
 #[test]
+fn warehouse_example_writes_the_windows_as_parquet() {
+    use datafusion::arrow::array::{AsArray, RecordBatch};
+    use datafusion::arrow::datatypes::{Float64Type, Int64Type, TimestampMillisecondType};
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = copy_example(dir.path(), "payments-warehouse.yaml");
+    let out = worker().args(["run", "-f", manifest.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = dir.path().join("out/warehouse/per_card_minute");
+    let day: Vec<_> = std::fs::read_dir(&table).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(day, ["date=2026-11-25"], "one folder per day");
+    let mut rows = Vec::new();
+    for f in std::fs::read_dir(table.join("date=2026-11-25")).unwrap() {
+        let path = f.unwrap().path();
+        assert_eq!(path.extension().unwrap(), "parquet", "{}", path.display());
+        let file = std::fs::File::open(&path).unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+        for b in reader.build().unwrap() {
+            let b: RecordBatch = b.unwrap();
+            let col = |n: &str| b.column(b.schema().index_of(n).unwrap()).clone();
+            let (card, start, n, total) = (col("card_id"), col("window_start"), col("n"), col("total"));
+            for i in 0..b.num_rows() {
+                rows.push((
+                    card.as_string::<i32>().value(i).to_string(),
+                    start.as_primitive::<TimestampMillisecondType>().value(i),
+                    n.as_primitive::<Int64Type>().value(i),
+                    total.as_primitive::<Float64Type>().value(i),
+                ));
+            }
+        }
+    }
+    rows.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    // The same windows as the JSON example writes.
+    let json = copy_example(dir.path(), "payments-file.yaml");
+    let out = worker().args(["run", "-f", json.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut want: Vec<(String, i64, i64, f64)> = lines(&dir.path().join("out/file_per_card_minute.jsonl"))
+        .iter()
+        .map(|w| {
+            let card = w["card_id"].as_str().unwrap().to_string();
+            (card, w["window_start"].as_i64().unwrap(), w["n"].as_i64().unwrap(), w["total"].as_f64().unwrap())
+        })
+        .collect();
+    want.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    assert_eq!(rows, want);
+}
+
+#[test]
 fn join_example_runs_as_written() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = copy_example(dir.path(), "orders-payments-join.yaml");

@@ -9,7 +9,7 @@ use aws_sdk_s3::primitives::ByteStream;
 
 /// Failures of checkpoint storage, with the object and what was done.
 #[derive(Debug, thiserror::Error)]
-#[error("checkpoint storage {location}: {message}")]
+#[error("storage {location}: {message}")]
 pub struct StorageError {
     pub location: String,
     pub message: String,
@@ -26,6 +26,11 @@ pub trait Storage: Send + Sync {
     /// Every key under `prefix`, sorted.
     fn list(&self, prefix: &str) -> Result<Vec<String>>;
     fn delete(&self, key: &str) -> Result<()>;
+    /// Moves object `from` to `to` (a rename of a file; a copy and a delete on S3). Done again
+    /// after it completed (`from` gone, `to` there), it succeeds.
+    fn rename(&self, from: &str, to: &str) -> Result<()>;
+    /// Whether `key` exists.
+    fn exists(&self, key: &str) -> Result<bool>;
     /// Where `key` is, for messages.
     fn describe(&self, key: &str) -> String;
 }
@@ -85,6 +90,14 @@ impl Storage for Scoped {
     }
     fn delete(&self, key: &str) -> Result<()> {
         self.inner.delete(&self.key(key))
+    }
+
+    fn rename(&self, from: &str, to: &str) -> Result<()> {
+        self.inner.rename(&self.key(from), &self.key(to))
+    }
+
+    fn exists(&self, key: &str) -> Result<bool> {
+        self.inner.exists(&self.key(key))
     }
     fn describe(&self, key: &str) -> String {
         self.inner.describe(&self.key(key))
@@ -166,9 +179,36 @@ impl Storage for FileStorage {
         }
     }
 
+    fn rename(&self, from: &str, to: &str) -> Result<()> {
+        let target = self.path(to);
+        if let Some(dir) = target.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| self.err(to, e))?;
+        }
+        match std::fs::rename(self.path(from), &target) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && target.exists() => Ok(()),
+            r => r.map_err(|e| self.err(from, e)),
+        }
+    }
+
+    fn exists(&self, key: &str) -> Result<bool> {
+        self.path(key).try_exists().map_err(|e| self.err(key, e))
+    }
+
     fn describe(&self, key: &str) -> String {
         format!("file://{}", self.path(key).display())
     }
+}
+
+/// `key` percent-encoded for a URL path (`/` kept), as S3's copy source must be.
+fn url_encode(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
 }
 
 /// A bucket (and key prefix) of S3 or an S3-compatible server.
@@ -299,6 +339,32 @@ impl Storage for S3Storage {
                 .map_err(|e| self.err(key, e))?;
             Ok(())
         })
+    }
+
+    fn rename(&self, from: &str, to: &str) -> Result<()> {
+        let source = format!("{}/{}", self.bucket, url_encode(&self.key(from)));
+        let copied = self.rt.block_on(async {
+            self.client.copy_object().bucket(&self.bucket).key(self.key(to)).copy_source(source).send().await
+        });
+        if let Err(e) = copied {
+            // Copied and deleted before: the source is gone and the target is there.
+            let gone = e.as_service_error().is_some_and(|s| s.meta().code() == Some("NoSuchKey"));
+            return match gone && self.exists(to)? {
+                true => Ok(()),
+                false => Err(self.err(from, e)),
+            };
+        }
+        self.delete(from)
+    }
+
+    fn exists(&self, key: &str) -> Result<bool> {
+        let head =
+            self.rt.block_on(async { self.client.head_object().bucket(&self.bucket).key(self.key(key)).send().await });
+        match head {
+            Ok(_) => Ok(true),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(false),
+            Err(e) => Err(self.err(key, e)),
+        }
     }
 
     fn describe(&self, key: &str) -> String {

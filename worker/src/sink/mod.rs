@@ -1,9 +1,10 @@
-//! Sinks: `file` (JSON lines), Kafka (one JSON object per message, keyed by the key fields) and
-//! Redis (upserts under the key fields).
+//! Sinks: `file` (JSON lines), Kafka (one JSON object per message, keyed by the key fields),
+//! Redis (upserts under the key fields) and Parquet (files published when their epoch commits).
 //! Rows arrive as batches; late events and dead letters arrive as raw JSON records.
 
 pub mod file;
 pub mod kafka;
+pub mod parquet;
 pub mod redis;
 
 use datafusion::arrow::array::{ArrayRef, BinaryArray};
@@ -38,6 +39,24 @@ pub trait Sink: Send {
     fn take_waited(&mut self) -> std::time::Duration {
         std::time::Duration::ZERO
     }
+    /// Whether this sink's output becomes visible when the epoch commits (a two-phase commit:
+    /// `flush` stages it, `committed` publishes it); muted during replay as a Kafka sink is.
+    fn commits_with_epoch(&self) -> bool {
+        false
+    }
+    /// Whether output is staged for the epoch in progress (it must commit even if no input
+    /// was read).
+    fn has_staged(&self) -> bool {
+        false
+    }
+    /// At start: finishes what an earlier run left staged, given the last epoch it committed.
+    fn recover(&mut self, _committed_epoch: Option<u64>) -> Result<()> {
+        Ok(())
+    }
+    /// The epoch whose output `flush` staged has committed: publishes it.
+    fn committed(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// One sink behind a lock, for several tasks.
@@ -65,6 +84,22 @@ impl Sink for Shared {
 
     fn take_waited(&mut self) -> std::time::Duration {
         self.0.lock().expect("sink lock").take_waited()
+    }
+
+    fn commits_with_epoch(&self) -> bool {
+        self.0.lock().expect("sink lock").commits_with_epoch()
+    }
+
+    fn has_staged(&self) -> bool {
+        self.0.lock().expect("sink lock").has_staged()
+    }
+
+    fn recover(&mut self, committed_epoch: Option<u64>) -> Result<()> {
+        self.0.lock().expect("sink lock").recover(committed_epoch)
+    }
+
+    fn committed(&mut self) -> Result<()> {
+        self.0.lock().expect("sink lock").committed()
     }
 }
 

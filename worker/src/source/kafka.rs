@@ -35,6 +35,8 @@ pub struct KafkaSource {
     stop_at: Option<BTreeMap<u32, i64>>,
     /// The group's committed offsets where they are ahead of the restored positions.
     committed_ahead: Vec<(u32, i64)>,
+    /// Per partition, the last epoch committed with the group's offset (its metadata).
+    committed_epochs: Vec<(u32, u64)>,
     /// Exactly-once: the group's offsets were committed with results, so without restored
     /// state the task rebuilds it from `startFrom` up to them, never starts at them.
     exactly_once: bool,
@@ -101,6 +103,7 @@ impl KafkaSource {
             lag_checked: None,
             stop_at: None,
             committed_ahead: Vec::new(),
+            committed_epochs: Vec::new(),
             exactly_once: false,
             record_bytes: 512,
         })
@@ -129,7 +132,11 @@ impl KafkaSource {
         let mut start = TopicPartitionList::new();
         let ts = self.spec.start_timestamp.as_deref().and_then(weir_crds::parse_timestamp_millis);
         for &p in &self.partitions {
-            let group_offset = committed.find_partition(&self.spec.topic, p as i32).and_then(|e| match e.offset() {
+            let elem = committed.find_partition(&self.spec.topic, p as i32);
+            if let Some(epoch) = elem.as_ref().and_then(|e| crate::source::epoch_from_metadata(e.metadata())) {
+                self.committed_epochs.push((p, epoch));
+            }
+            let group_offset = elem.and_then(|e| match e.offset() {
                 Offset::Offset(o) => Some(o),
                 _ => None,
             });
@@ -255,6 +262,10 @@ impl Source for KafkaSource {
 
     fn committed_ahead(&self) -> Vec<(u32, i64)> {
         self.committed_ahead.clone()
+    }
+
+    fn committed_epochs(&self) -> Vec<(u32, u64)> {
+        self.committed_epochs.clone()
     }
 
     fn transactional_offsets(&self) -> Option<(String, rdkafka::consumer::ConsumerGroupMetadata)> {

@@ -111,6 +111,10 @@ pub trait Source: Send {
     fn committed_ahead(&self) -> Vec<(u32, i64)> {
         Vec::new()
     }
+    /// Per partition, the last epoch committed with the group's offsets (exactly-once).
+    fn committed_epochs(&self) -> Vec<(u32, u64)> {
+        Vec::new()
+    }
     /// The Kafka topic and consumer group, to commit offsets inside a producer transaction.
     fn transactional_offsets(&self) -> Option<(String, rdkafka::consumer::ConsumerGroupMetadata)> {
         None
@@ -128,9 +132,26 @@ pub trait Source: Send {
     }
 }
 
+/// The metadata committed with an epoch's input offsets.
+pub fn epoch_metadata(epoch: u64) -> String {
+    format!("weir:epoch={epoch}")
+}
+
+/// The epoch in offset metadata written by [`epoch_metadata`].
+pub fn epoch_from_metadata(metadata: &str) -> Option<u64> {
+    metadata.strip_prefix("weir:epoch=")?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn epochs_round_trip_through_offset_metadata() {
+        assert_eq!(epoch_from_metadata(&epoch_metadata(42)), Some(42));
+        assert_eq!(epoch_from_metadata(""), None);
+        assert_eq!(epoch_from_metadata("weir:epoch=x"), None);
+    }
 
     #[test]
     fn split_off_keeps_payloads_positions_and_times_together() {

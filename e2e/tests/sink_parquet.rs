@@ -1,0 +1,141 @@
+//! The Parquet sink on the local stack's Kafka and S3 server: a window job writes its results
+//! as a warehouse table (`date=…/hour=…/` folders) in a bucket, exactly-once, while it is
+//! killed with SIGKILL at random moments (every third kill also loses the state folder). Read
+//! back with the Arrow Parquet reader, the published files hold every window result of the
+//! reference exactly once; nothing but finished `.parquet` files is visible outside the
+//! staging folder, and after a clean stop that folder is empty.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{DataType, Int64Type, TimeUnit, TimestampMillisecondType};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use weir_e2e::payments::{create_topics, events, feed, reference, window_job_pipeline, Windows};
+use weir_e2e::{kill_repeatedly, require_port, s3_client, s3_endpoint, start_worker, unique, S3_KEY, S3_SECRET};
+
+const PARTITIONS: i32 = 3;
+const BUCKET: &str = "weir";
+
+/// Every key under `prefix`.
+async fn list(s3: &aws_sdk_s3::Client, prefix: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut token = None;
+    loop {
+        let page =
+            s3.list_objects_v2().bucket(BUCKET).prefix(prefix).set_continuation_token(token).send().await.unwrap();
+        keys.extend(page.contents().iter().filter_map(|o| o.key().map(str::to_string)));
+        match page.next_continuation_token() {
+            Some(t) => token = Some(t.to_string()),
+            None => return keys,
+        }
+    }
+}
+
+/// The window results in the published files of the table at `prefix`, each checked to be in
+/// the folder of its hour, with how many rows there were in all.
+async fn published(s3: &aws_sdk_s3::Client, prefix: &str) -> (Windows, usize) {
+    let (mut got, mut rows) = (Windows::new(), 0);
+    for key in list(s3, prefix).await {
+        let rel = key.strip_prefix(prefix).unwrap();
+        if rel.starts_with("_staging/") {
+            assert!(rel.ends_with(".parquet.pending"), "only pending files are staged: {rel}");
+            continue;
+        }
+        assert!(rel.ends_with(".parquet") && rel.contains("/part-"), "a finished Parquet file: {rel}");
+        let body = s3.get_object().bucket(BUCKET).key(&key).send().await.unwrap().body.collect().await.unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(body.into_bytes()).unwrap().build().unwrap();
+        for batch in reader {
+            let b = batch.unwrap();
+            let col = |name: &str| b.column(b.schema().index_of(name).unwrap()).clone();
+            let ts = DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
+            assert_eq!(col("window_start").data_type(), &ts, "window_start is a timestamp");
+            let (cards, starts) = (col("card_id"), col("window_start"));
+            let (n, total) = (col("n"), col("total"));
+            let (cards, starts) = (cards.as_string::<i32>(), starts.as_primitive::<TimestampMillisecondType>());
+            let (n, total) = (n.as_primitive::<Int64Type>(), total.as_primitive::<Int64Type>());
+            for i in 0..b.num_rows() {
+                let start = starts.value(i);
+                let hour = chrono::DateTime::from_timestamp_millis(start).unwrap().format("date=%Y-%m-%d/hour=%H/");
+                assert!(rel.starts_with(&hour.to_string()), "window {start} is in its hour's folder: {rel}");
+                assert!(!cards.is_null(i));
+                got.insert((cards.value(i).to_string(), start), (n.value(i), total.value(i)));
+                rows += 1;
+            }
+        }
+    }
+    (got, rows)
+}
+
+#[test]
+fn window_results_land_in_s3_exactly_once_through_random_kills() {
+    require_port("Kafka", 9092);
+    require_port("S3", 7070);
+    let name = unique("pq");
+    let input = format!("{name}-in");
+    create_topics(&[(&input, PARTITIONS)]);
+    let evs = events(PARTITIONS);
+    let (want, _) = reference(&evs, PARTITIONS);
+    let dir = tempfile::tempdir().unwrap();
+    let table = format!("e2e-parquet/{name}/per_card_minute/");
+    let manifest = dir.path().join("job.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"
+metadata: {{name: {name}}}
+spec:
+  epochInterval: 250ms
+  checkpointing: {{interval: 500ms, storage: "file://{checkpoints}"}}
+  pipeline:
+{pipeline}    sinks:
+      warehouse:
+        from: per_card_minute
+        parquet:
+          path: s3://{BUCKET}/{table}
+          partitionBy: {{field: window_start, format: "date=%Y-%m-%d/hour=%H"}}
+          compression: zstd
+      corrections: {{file: {{path: late.jsonl}}}}
+"#,
+            checkpoints = dir.path().join("checkpoints").display(),
+            pipeline = window_job_pipeline(&input),
+        ),
+    )
+    .unwrap();
+    let env = [
+        ("AWS_ACCESS_KEY_ID", S3_KEY.to_string()),
+        ("AWS_SECRET_ACCESS_KEY", S3_SECRET.to_string()),
+        ("AWS_ENDPOINT_URL", s3_endpoint()),
+    ];
+    let state = dir.path().join("state");
+    let log = weir_e2e::run_dir().join("logs").join(format!("e2e-{name}.log"));
+    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    let feeder = feed(&input, &evs, 40, Duration::from_millis(250));
+    kill_repeatedly(&manifest, &state, &log, &env, (5, 0x2545_f491_4f6c_dd1d, 1500));
+    feeder.join().unwrap();
+
+    let mut w = start_worker(&manifest, &state, &log, &env);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s3 = rt.block_on(async { s3_client() });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (mut got, mut rows) = rt.block_on(published(&s3, &table));
+    while got != want && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        (got, rows) = rt.block_on(published(&s3, &table));
+    }
+    // SIGTERM: the last epoch commits and publishes; the worker exits 0.
+    std::process::Command::new("kill").args(["-TERM", &w.id().to_string()]).status().unwrap();
+    let status = w.wait().unwrap();
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "SIGTERM exits 0; log: {log_text}");
+    let missing: BTreeMap<_, _> = want.iter().filter(|(k, _)| !got.contains_key(*k)).take(5).collect();
+    let wrong: Vec<_> = got.iter().filter(|(k, v)| want.get(*k) != Some(*v)).take(5).collect();
+    assert!(
+        missing.is_empty() && wrong.is_empty(),
+        "missing {missing:?}; wrong or extra {wrong:?}; log {}",
+        log.display()
+    );
+    assert_eq!(rows, want.len(), "each window result is in exactly one published file");
+    let staged = rt.block_on(list(&s3, &format!("{table}_staging/")));
+    assert!(staged.is_empty(), "a clean stop leaves nothing staged: {staged:?}");
+}
