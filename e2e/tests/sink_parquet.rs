@@ -3,16 +3,22 @@
 //! killed with SIGKILL at random moments (every third kill also loses the state folder). Read
 //! back with the Arrow Parquet reader, the published files hold every window result of the
 //! reference exactly once; nothing but finished `.parquet` files is visible outside the
-//! staging folder, and after a clean stop that folder is empty.
+//! staging folder, and after a clean stop that folder is empty. The S3 server stopped for a
+//! while stalls the job, which then goes on; nothing is lost.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Int64Type, TimeUnit, TimestampMillisecondType};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use weir_e2e::payments::{create_topics, events, feed, reference, window_job_pipeline, Windows};
-use weir_e2e::{kill_repeatedly, require_port, s3_client, s3_endpoint, start_worker, unique, S3_KEY, S3_SECRET};
+use weir_e2e::{
+    kill_repeatedly, repo_dir, require_port, s3_client, s3_endpoint, start_worker, unique, wait_until, S3_KEY,
+    S3_SECRET,
+};
 
 const PARTITIONS: i32 = 3;
 const BUCKET: &str = "weir";
@@ -67,22 +73,35 @@ async fn published(s3: &aws_sdk_s3::Client, prefix: &str) -> (Windows, usize) {
     (got, rows)
 }
 
-#[test]
-fn window_results_land_in_s3_exactly_once_through_random_kills() {
-    require_port("Kafka", 9092);
-    require_port("S3", 7070);
-    let name = unique("pq");
-    let input = format!("{name}-in");
-    create_topics(&[(&input, PARTITIONS)]);
-    let evs = events(PARTITIONS);
-    let (want, _) = reference(&evs, PARTITIONS);
-    let dir = tempfile::tempdir().unwrap();
-    let table = format!("e2e-parquet/{name}/per_card_minute/");
-    let manifest = dir.path().join("job.yaml");
-    std::fs::write(
-        &manifest,
-        format!(
-            r#"
+/// A window job from a new topic to a Parquet table in the stack's bucket.
+struct Job {
+    input: String,
+    evs: Vec<(i32, weir_e2e::payments::Ev)>,
+    want: Windows,
+    table: String,
+    _dir: tempfile::TempDir,
+    manifest: PathBuf,
+    state: PathBuf,
+    log: PathBuf,
+    env: [(&'static str, String); 3],
+}
+
+impl Job {
+    fn new(prefix: &str) -> Job {
+        require_port("Kafka", 9092);
+        require_port("S3", 7070);
+        let name = unique(prefix);
+        let input = format!("{name}-in");
+        create_topics(&[(&input, PARTITIONS)]);
+        let evs = events(PARTITIONS);
+        let (want, _) = reference(&evs, PARTITIONS);
+        let dir = tempfile::tempdir().unwrap();
+        let table = format!("e2e-parquet/{name}/per_card_minute/");
+        let manifest = dir.path().join("job.yaml");
+        std::fs::write(
+            &manifest,
+            format!(
+                r#"
 metadata: {{name: {name}}}
 spec:
   epochInterval: 250ms
@@ -97,45 +116,85 @@ spec:
           compression: zstd
       corrections: {{file: {{path: late.jsonl}}}}
 "#,
-            checkpoints = dir.path().join("checkpoints").display(),
-            pipeline = window_job_pipeline(&input),
-        ),
-    )
-    .unwrap();
-    let env = [
-        ("AWS_ACCESS_KEY_ID", S3_KEY.to_string()),
-        ("AWS_SECRET_ACCESS_KEY", S3_SECRET.to_string()),
-        ("AWS_ENDPOINT_URL", s3_endpoint()),
-    ];
-    let state = dir.path().join("state");
-    let log = weir_e2e::run_dir().join("logs").join(format!("e2e-{name}.log"));
-    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
-    let feeder = feed(&input, &evs, 40, Duration::from_millis(250));
-    kill_repeatedly(&manifest, &state, &log, &env, (5, 0x2545_f491_4f6c_dd1d, 1500));
-    feeder.join().unwrap();
+                checkpoints = dir.path().join("checkpoints").display(),
+                pipeline = window_job_pipeline(&input),
+            ),
+        )
+        .unwrap();
+        let env = [
+            ("AWS_ACCESS_KEY_ID", S3_KEY.to_string()),
+            ("AWS_SECRET_ACCESS_KEY", S3_SECRET.to_string()),
+            ("AWS_ENDPOINT_URL", s3_endpoint()),
+        ];
+        let state = dir.path().join("state");
+        let log = weir_e2e::run_dir().join("logs").join(format!("e2e-{name}.log"));
+        std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+        Job { input, evs, want, table, _dir: dir, manifest, state, log, env }
+    }
 
-    let mut w = start_worker(&manifest, &state, &log, &env);
+    fn start(&self) -> Child {
+        start_worker(&self.manifest, &self.state, &self.log, &self.env)
+    }
+
+    /// Waits for every window result in the table, stops `w` with SIGTERM (the last epoch
+    /// commits and publishes; it exits 0), then checks each result is published exactly once and
+    /// nothing is left staged. The worker's log.
+    fn finish(&self, mut w: Child) -> String {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let s3 = rt.block_on(async { s3_client() });
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let (mut got, mut rows) = rt.block_on(published(&s3, &self.table));
+        while got != self.want && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(500));
+            (got, rows) = rt.block_on(published(&s3, &self.table));
+        }
+        Command::new("kill").args(["-TERM", &w.id().to_string()]).status().unwrap();
+        let status = w.wait().unwrap();
+        let log_text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        assert!(status.success(), "SIGTERM exits 0; log: {log_text}");
+        let want = &self.want;
+        let missing: BTreeMap<_, _> = want.iter().filter(|(k, _)| !got.contains_key(*k)).take(5).collect();
+        let wrong: Vec<_> = got.iter().filter(|(k, v)| want.get(*k) != Some(*v)).take(5).collect();
+        let log = self.log.display();
+        assert!(missing.is_empty() && wrong.is_empty(), "missing {missing:?}; wrong or extra {wrong:?}; log {log}");
+        assert_eq!(rows, want.len(), "each window result is in exactly one published file");
+        let staged = rt.block_on(list(&s3, &format!("{}_staging/", self.table)));
+        assert!(staged.is_empty(), "a clean stop leaves nothing staged: {staged:?}");
+        log_text
+    }
+}
+
+#[test]
+fn window_results_land_in_s3_exactly_once_through_random_kills() {
+    let job = Job::new("pq");
+    let feeder = feed(&job.input, &job.evs, 40, Duration::from_millis(250));
+    kill_repeatedly(&job.manifest, &job.state, &job.log, &job.env, (5, 0x2545_f491_4f6c_dd1d, 1500));
+    feeder.join().unwrap();
+    job.finish(job.start());
+}
+
+/// The stack's S3 server stopped for 8 s while the job writes: the task retries with backoff
+/// and waits (reading no input), then goes on when the server is back; nothing is lost or
+/// written twice.
+#[test]
+fn an_s3_outage_stalls_the_job_and_loses_nothing() {
+    let job = Job::new("pqdown");
+    let feeder = feed(&job.input, &job.evs, 40, Duration::from_millis(250));
+    let w = job.start();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let s3 = rt.block_on(async { s3_client() });
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let (mut got, mut rows) = rt.block_on(published(&s3, &table));
-    while got != want && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(500));
-        (got, rows) = rt.block_on(published(&s3, &table));
-    }
-    // SIGTERM: the last epoch commits and publishes; the worker exits 0.
-    std::process::Command::new("kill").args(["-TERM", &w.id().to_string()]).status().unwrap();
-    let status = w.wait().unwrap();
-    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(status.success(), "SIGTERM exits 0; log: {log_text}");
-    let missing: BTreeMap<_, _> = want.iter().filter(|(k, _)| !got.contains_key(*k)).take(5).collect();
-    let wrong: Vec<_> = got.iter().filter(|(k, v)| want.get(*k) != Some(*v)).take(5).collect();
-    assert!(
-        missing.is_empty() && wrong.is_empty(),
-        "missing {missing:?}; wrong or extra {wrong:?}; log {}",
-        log.display()
-    );
-    assert_eq!(rows, want.len(), "each window result is in exactly one published file");
-    let staged = rt.block_on(list(&s3, &format!("{table}_staging/")));
-    assert!(staged.is_empty(), "a clean stop leaves nothing staged: {staged:?}");
+    wait_until("the first published file", Duration::from_secs(60), || {
+        let keys = rt.block_on(list(&s3, &job.table));
+        keys.iter().any(|k| k.ends_with(".parquet")).then_some(())
+    });
+    let s3_sh = repo_dir().join("e2e/stack/s3.sh");
+    let down = Command::new(&s3_sh).arg("stop").output().unwrap();
+    assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+    std::thread::sleep(Duration::from_secs(8));
+    let up = Command::new(&s3_sh).arg("start").output().unwrap();
+    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    feeder.join().unwrap();
+    let log = job.finish(w);
+    assert!(log.contains("sink call failed; retrying"), "the outage was met and retried: {}", job.log.display());
+    assert!(log.contains("sink call succeeded again"), "{}", job.log.display());
 }

@@ -50,6 +50,8 @@ pub struct Metrics {
     pub sink_files: IntCounterVec,
     /// Bytes written by sinks that count them (Parquet files).
     pub sink_bytes: IntCounterVec,
+    /// Calls to a sink's system retried after a failure (the task waits meanwhile).
+    pub sink_retries: IntCounterVec,
 }
 
 impl Metrics {
@@ -143,6 +145,7 @@ impl Metrics {
             records_out: counter("weir_records_out_total", "Records written", &["sink"]),
             sink_files: counter("weir_sink_files_total", "Files written by sinks, by outcome", &["sink", "outcome"]),
             sink_bytes: counter("weir_sink_bytes_total", "Bytes written by sinks", &["sink"]),
+            sink_retries: counter("weir_sink_retries_total", "Sink calls retried after a failure", &["sink"]),
             dead_letters: counter("weir_dead_letters_total", "Records that failed to decode", &["source"]),
             late_records: counter(
                 "weir_late_records_total",

@@ -247,8 +247,9 @@ impl S3Storage {
         }
     }
 
-    fn err(&self, key: &str, e: impl std::fmt::Debug) -> StorageError {
-        StorageError { location: self.describe(key), message: format!("{e:?}") }
+    fn err(&self, key: &str, e: impl std::error::Error) -> StorageError {
+        // The whole chain of causes (e.g. "dispatch failure: io error: Connection refused").
+        StorageError { location: self.describe(key), message: aws_sdk_s3::error::DisplayErrorContext(e).to_string() }
     }
 }
 

@@ -7,6 +7,8 @@ pub mod kafka;
 pub mod parquet;
 pub mod redis;
 
+use std::time::{Duration, Instant};
+
 use datafusion::arrow::array::{ArrayRef, BinaryArray};
 use datafusion::arrow::record_batch::RecordBatch;
 
@@ -56,6 +58,49 @@ pub trait Sink: Send {
     /// The epoch whose output `flush` staged has committed: publishes it.
     fn committed(&mut self) -> Result<()> {
         Ok(())
+    }
+}
+
+/// How long a sink keeps retrying a failing call before it gives up and stops the worker.
+pub const RETRY_BUDGET: Duration = Duration::from_secs(600);
+
+/// Runs `call` on a sink's system until it succeeds, retrying failures after 100 ms, doubling
+/// up to 10 s between tries, for up to `budget`. The task waits meanwhile, so no input is read
+/// (backpressure): an outage of the system stalls the job instead of stopping it.
+pub fn retrying<T>(
+    sink: &str,
+    what: &str,
+    metrics: &crate::metrics::Metrics,
+    budget: Duration,
+    mut call: impl FnMut() -> std::result::Result<T, String>,
+) -> Result<T> {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(100);
+    let mut failures = 0u32;
+    loop {
+        match call() {
+            Ok(v) => {
+                if failures > 0 {
+                    tracing::info!(sink, what, failures, waited = ?started.elapsed(), "sink call succeeded again");
+                }
+                return Ok(v);
+            }
+            Err(e) if started.elapsed() + pause > budget => {
+                return Err(SinkError::Failed {
+                    sink: sink.to_string(),
+                    message: format!("{what}: {e} (still failing after {failures} retries in {:?})", started.elapsed()),
+                });
+            }
+            Err(e) => {
+                if failures == 0 {
+                    tracing::warn!(sink, what, error = %e, "sink call failed; retrying with backoff, the task waits");
+                }
+                failures += 1;
+                metrics.sink_retries.with_label_values(&[sink]).inc();
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(10));
+            }
+        }
     }
 }
 
@@ -146,6 +191,26 @@ mod tests {
     use super::*;
     use datafusion::arrow::array::{Int64Array, StringArray};
     use std::sync::Arc;
+
+    #[test]
+    fn calls_are_retried_until_they_succeed_or_the_budget_is_spent() {
+        let metrics = crate::metrics::Metrics::new("t");
+        let mut calls = 0;
+        let got = retrying("s", "uploading", &metrics, Duration::from_secs(5), || {
+            calls += 1;
+            if calls < 3 {
+                Err(format!("down {calls}"))
+            } else {
+                Ok(calls)
+            }
+        });
+        assert_eq!(got.unwrap(), 3);
+        assert_eq!(metrics.sink_retries.with_label_values(&["s"]).get(), 2);
+        let err = retrying("s", "uploading", &metrics, Duration::from_millis(250), || Err::<(), _>("down".to_string()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("sink s: uploading: down (still failing after "), "{err}");
+    }
 
     #[test]
     fn keys_follow_the_contract() {

@@ -19,6 +19,9 @@
 //! committed writes nothing (the sink is muted, as a Kafka sink is). So every row is in exactly
 //! one published file, and a reader never sees a partial file.
 //!
+//! An upload or a move that fails is retried with backoff for up to ten minutes while the task
+//! waits (the store being down stalls the job; nothing is lost), then stops the worker.
+//!
 //! At-least-once (no Kafka source, or `delivery: at-least-once`), files are published at every
 //! epoch's end, under names that carry the worker's start time, so a run never overwrites the
 //! files of another.
@@ -36,7 +39,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use weir_crds::{ParquetCompression, ParquetSinkSpec};
 
-use super::{Result, Sink, SinkError};
+use super::{retrying, Result, Sink, SinkError};
 use crate::checkpoint::storage::Storage;
 use crate::metrics::Metrics;
 
@@ -98,6 +101,8 @@ pub struct ParquetSink {
     converted: Option<Converted>,
     /// The last timestamp turned into a folder, and the folder.
     last_folder: Option<(i64, String)>,
+    /// How long a failing upload or publish is retried (the task waits meanwhile).
+    retry_budget: std::time::Duration,
 }
 
 /// Keeps file names to characters every store and shell takes as they are.
@@ -157,6 +162,7 @@ impl ParquetSink {
             staged: Vec::new(),
             converted: None,
             last_folder: None,
+            retry_budget: super::RETRY_BUDGET,
         })
     }
 
@@ -250,7 +256,10 @@ impl ParquetSink {
             true => format!("{}{}{PENDING}", self.staging(), file.key),
             false => file.key.clone(),
         };
-        self.storage.put_file(&target, &file.local).map_err(|e| self.err(e))?;
+        let what = format!("uploading {}", self.storage.describe(&target));
+        retrying(&self.name, &what, &self.ctx.metrics, self.retry_budget, || {
+            self.storage.put_file(&target, &file.local).map_err(|e| e.to_string())
+        })?;
         std::fs::remove_file(&file.local).ok();
         self.ctx.metrics.sink_bytes.with_label_values(&[&self.name]).inc_by(bytes);
         match self.ctx.exactly_once {
@@ -267,7 +276,10 @@ impl ParquetSink {
     fn publish(&self, keys: &[String]) -> Result<()> {
         for key in keys {
             let staged = format!("{}{key}{PENDING}", self.staging());
-            self.storage.rename(&staged, key).map_err(|e| self.err(e))?;
+            let what = format!("publishing {}", self.storage.describe(key));
+            retrying(&self.name, &what, &self.ctx.metrics, self.retry_budget, || {
+                self.storage.rename(&staged, key).map_err(|e| e.to_string())
+            })?;
         }
         self.count("published", keys.len());
         Ok(())
@@ -339,7 +351,9 @@ impl Sink for ParquetSink {
             return Ok(());
         }
         let staging = self.staging();
-        let keys = self.storage.list(&staging).map_err(|e| self.err(e))?;
+        // At start an unreachable store is an error at once (with where it is), not a wait.
+        let keys =
+            self.storage.list(&staging).map_err(|e| self.err(format!("the table folder cannot be read: {e}")))?;
         let (mut published, mut discarded) = (Vec::new(), 0);
         for staged in keys {
             let Some(key) = staged.strip_prefix(&staging).and_then(|k| k.strip_suffix(PENDING)) else { continue };
