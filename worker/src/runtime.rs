@@ -190,7 +190,7 @@ impl Runtime {
                 };
                 Box::new(FileSink::create(&s.name, &path, resumed)?)
             } else if let Some(r) = &s.spec.redis {
-                Box::new(RedisSink::new(&s.name, r)?)
+                Box::new(RedisSink::new(&s.name, r, metrics.clone())?)
             } else if s.spec.parquet.is_some() {
                 shared.push(None); // one per task, below
                 continue;

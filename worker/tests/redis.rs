@@ -97,6 +97,76 @@ spec:
     }
 }
 
+/// Redis drops the sink's connection every 50 ms while a job writes 100,000 keys (`CLIENT
+/// KILL`, as a restart or a network blip would): the sink reconnects, sends the unconfirmed
+/// commands again, and every key ends up with its value.
+#[test]
+fn dropped_connections_are_replaced_and_nothing_is_lost() {
+    let prefix = format!("weir-kill-{}-{}:", std::process::id(), std::time::UNIX_EPOCH.elapsed().unwrap().as_nanos());
+    let dir = tempfile::tempdir().unwrap();
+    const ROWS: usize = 100_000;
+    let text: String = (0..ROWS).map(|i| format!("{{\"id\": \"r{i}\", \"v\": {i}}}\n")).collect();
+    std::fs::write(dir.path().join("in.jsonl"), text).unwrap();
+    // The sink's name names its connection (weir-sink-<name>): only it is dropped.
+    let sink = format!("dropped{}", std::process::id());
+    let job = format!(
+        r#"
+spec:
+  pipeline:
+    sources: {{s: {{file: {{path: in.jsonl}}, schema: {{id: string, v: long}}}}}}
+    sinks: {{{sink}: {{from: s, redis: {{url: "{url}", key: [id], keyPrefix: "{prefix}"}}}}}}
+"#,
+        url = redis_url()
+    );
+    std::fs::write(dir.path().join("job.yaml"), job).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let killer = {
+        let (stop, name) = (stop.clone(), format!("name=weir-sink-{sink} "));
+        std::thread::spawn(move || {
+            let mut k = Connection::open(&redis_url()).unwrap();
+            let mut kills = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Reply::Bulk(Some(list)) = k.command(&[b"CLIENT", b"LIST"]).unwrap() else { panic!("CLIENT LIST") };
+                for line in String::from_utf8_lossy(&list).lines().filter(|l| l.contains(&name)) {
+                    let id = line.split(' ').find_map(|f| f.strip_prefix("id=")).unwrap().to_string();
+                    if let Reply::Int(n) = k.command(&[b"CLIENT", b"KILL", b"ID", id.as_bytes()]).unwrap() {
+                        kills += n;
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            kills
+        })
+    };
+    let out = Command::new(env!("CARGO_BIN_EXE_weir-worker"))
+        .args(["run", "-f", dir.path().join("job.yaml").to_str().unwrap()])
+        .output()
+        .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let kills = killer.join().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(kills >= 2, "the sink's connection was dropped while it wrote ({kills} times): {log}");
+    let mut c = Connection::open(&redis_url()).unwrap();
+    let mut found = 0;
+    for chunk in (0..ROWS).collect::<Vec<_>>().chunks(1000) {
+        let keys: Vec<String> = chunk.iter().map(|i| format!("{prefix}r{i}")).collect();
+        let mut args: Vec<&[u8]> = vec![b"MGET"];
+        args.extend(keys.iter().map(|k| k.as_bytes()));
+        let Reply::Array(Some(values)) = c.command(&args).unwrap() else { panic!("MGET") };
+        for (i, v) in chunk.iter().zip(values) {
+            let Reply::Bulk(Some(v)) = v else { panic!("key r{i} is missing") };
+            let v: serde_json::Value = serde_json::from_slice(&v).unwrap();
+            assert_eq!(v["v"], *i as i64, "r{i}");
+            found += 1;
+        }
+        let mut del: Vec<&[u8]> = vec![b"DEL"];
+        del.extend(keys.iter().map(|k| k.as_bytes()));
+        c.command(&del).unwrap();
+    }
+    assert_eq!(found, ROWS);
+}
+
 #[test]
 fn an_unreachable_redis_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();

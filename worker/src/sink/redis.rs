@@ -1,6 +1,10 @@
 //! The Redis sink: each row upserted as a JSON string under a key made of its key fields
 //! (`SET key value [PX ttl]`), pipelined over one connection and confirmed at every flush.
 //!
+//! A connection that fails (Redis restarted, a network blip) is replaced and the commands whose
+//! replies were not read are sent again, with backoff while Redis is unreachable; the task waits
+//! meanwhile, for up to ten minutes.
+//!
 //! Replayed rows after a recovery write the same keys again with the values the job computes
 //! again, so the store converges to the results of an exactly-once run (an idempotent upsert,
 //! as the window-results contract says: consumers keep the last value per key).
@@ -13,9 +17,11 @@ use datafusion::arrow::array::BinaryArray;
 use datafusion::arrow::record_batch::RecordBatch;
 use weir_crds::RedisSinkSpec;
 
-use super::{Result, Sink, SinkError};
+use super::{retrying, Result, Sink, SinkError};
 use crate::codec::json::encode_json_lines;
+use crate::metrics::Metrics;
 use crate::value::{Col, Value};
+use std::sync::Arc;
 
 /// Replies left unread before a write waits for them: bounds the memory the pipeline holds.
 const MAX_IN_FLIGHT: usize = 10_000;
@@ -72,6 +78,14 @@ impl Connection {
             c.command(&[b"SELECT", db.to_string().as_bytes()])?;
         }
         c.command(&[b"PING"])?;
+        Ok(c)
+    }
+
+    /// Opens a connection named `name` (`CLIENT SETNAME`: what `CLIENT LIST` shows).
+    pub fn open_named(url: &str, name: &str) -> std::result::Result<Connection, String> {
+        let mut c = Connection::open(url)?;
+        let name: String = name.chars().map(|ch| if ch.is_ascii_graphic() { ch } else { '_' }).collect();
+        c.command(&[b"CLIENT", b"SETNAME", name.as_bytes()])?;
         Ok(c)
     }
 
@@ -149,20 +163,82 @@ impl Connection {
 pub struct RedisSink {
     name: String,
     spec: RedisSinkSpec,
-    conn: Connection,
+    /// `None` after the connection failed, until the next try reconnects.
+    conn: Option<Connection>,
     ttl_ms: Option<String>,
+    /// The commands sent since the last confirmed flush: sent again on a new connection when
+    /// the old one fails before their replies are read (SET is idempotent; a late event or
+    /// dead letter may be appended twice to its list, as at-least-once allows).
+    unconfirmed: Vec<Vec<Vec<u8>>>,
+    metrics: Arc<Metrics>,
+    retry_budget: std::time::Duration,
 }
 
 impl RedisSink {
-    pub fn new(name: &str, spec: &RedisSinkSpec) -> Result<RedisSink> {
+    pub fn new(name: &str, spec: &RedisSinkSpec, metrics: Arc<Metrics>) -> Result<RedisSink> {
         let err = |message: String| SinkError::Failed { sink: name.to_string(), message };
-        let conn = Connection::open(&spec.url).map_err(err)?;
+        let conn = Connection::open_named(&spec.url, &format!("weir-sink-{name}")).map_err(err)?;
         let ttl_ms = spec.ttl.as_ref().map(|d| d.millis().unwrap_or(0).to_string());
-        Ok(RedisSink { name: name.to_string(), spec: spec.clone(), conn, ttl_ms })
+        Ok(RedisSink {
+            name: name.to_string(),
+            spec: spec.clone(),
+            conn: Some(conn),
+            ttl_ms,
+            unconfirmed: Vec::new(),
+            metrics,
+            retry_budget: super::RETRY_BUDGET,
+        })
     }
 
     fn err(&self, message: String) -> SinkError {
         SinkError::Failed { sink: self.name.clone(), message }
+    }
+
+    /// Sends a command; its reply is read at the next confirmation. A failing connection is
+    /// dropped here and replaced there.
+    fn send(&mut self, args: Vec<Vec<u8>>) -> Result<()> {
+        if let Some(c) = self.conn.as_mut() {
+            let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+            if c.send(&refs).is_err() {
+                self.conn = None;
+            }
+        }
+        self.unconfirmed.push(args);
+        if self.unconfirmed.len() >= MAX_IN_FLIGHT {
+            self.confirm()?;
+        }
+        Ok(())
+    }
+
+    /// Reads the replies of every unconfirmed command; when the connection fails, reconnects
+    /// and sends them again, with backoff while Redis is unreachable (the task waits). An error
+    /// reply (a command Redis refuses) fails the sink.
+    fn confirm(&mut self) -> Result<()> {
+        let (name, metrics, budget) = (self.name.clone(), self.metrics.clone(), self.retry_budget);
+        let replies = retrying(&name, "writing to Redis", &metrics, budget, || self.try_confirm())?;
+        self.unconfirmed.clear();
+        if let Some(Reply::Error(e)) = replies.iter().find(|r| matches!(r, Reply::Error(_))) {
+            return Err(self.err(format!("Redis refused a write: {e}")));
+        }
+        Ok(())
+    }
+
+    fn try_confirm(&mut self) -> std::result::Result<Vec<Reply>, String> {
+        let conn = match self.conn.take() {
+            Some(c) => c,
+            None => {
+                let mut c = Connection::open_named(&self.spec.url, &format!("weir-sink-{}", self.name))?;
+                for args in &self.unconfirmed {
+                    let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+                    c.send(&refs)?;
+                }
+                c
+            }
+        };
+        let mut conn = conn;
+        let replies = conn.replies()?;
+        self.conn = Some(conn);
+        Ok(replies)
     }
 
     /// The key columns of `rows`: the configured fields, else the stream's key fields and, for
@@ -189,25 +265,12 @@ impl RedisSink {
         }
     }
 
-    fn set(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        let sent = match &self.ttl_ms {
-            Some(ttl) => self.conn.send(&[b"SET", key, value, b"PX", ttl.as_bytes()]),
-            None => self.conn.send(&[b"SET", key, value]),
-        };
-        sent.map_err(|e| self.err(e))?;
-        if self.conn.in_flight >= MAX_IN_FLIGHT {
-            self.confirm()?;
+    fn set(&mut self, key: Vec<u8>, value: &[u8]) -> Result<()> {
+        let mut args = vec![b"SET".to_vec(), key, value.to_vec()];
+        if let Some(ttl) = &self.ttl_ms {
+            args.extend([b"PX".to_vec(), ttl.as_bytes().to_vec()]);
         }
-        Ok(())
-    }
-
-    /// Reads every outstanding reply; an error reply fails the sink.
-    fn confirm(&mut self) -> Result<()> {
-        let replies = self.conn.replies().map_err(|e| self.err(e))?;
-        if let Some(Reply::Error(e)) = replies.iter().find(|r| matches!(r, Reply::Error(_))) {
-            return Err(self.err(format!("Redis refused a write: {e}")));
-        }
-        Ok(())
+        self.send(args)
     }
 }
 
@@ -239,7 +302,7 @@ impl Sink for RedisSink {
                     Value::Bool(b) => key.extend_from_slice(b.to_string().as_bytes()),
                 }
             }
-            self.set(&key, value)?;
+            self.set(key, value)?;
         }
         Ok(())
     }
@@ -248,7 +311,7 @@ impl Sink for RedisSink {
         // Late events and dead letters have no key fields: a list per sink, appended in order.
         let list = format!("{}{}", self.spec.key_prefix.as_deref().unwrap_or_default(), self.name);
         for r in records {
-            self.conn.send(&[b"RPUSH", list.as_bytes(), r]).map_err(|e| self.err(e))?;
+            self.send(vec![b"RPUSH".to_vec(), list.as_bytes().to_vec(), r.clone()])?;
         }
         self.confirm()
     }
