@@ -196,6 +196,13 @@ YAML
         run_one kafka-parquet-s3 "$kafka" all_events
     fi
   fi
+  # The same events upserted into the stack's Redis, one key per event (expiring after a
+  # minute), when it runs; BENCH_REDIS=0 skips it.
+  if [[ ${BENCH_REDIS:-1} != 0 ]] && port_open "$REDIS_PORT"; then
+    kafka="kafka: {brokers: \"127.0.0.1:$KAFKA_PORT\", topic: $TOPIC, startFrom: earliest, bounded: true, group: bench-redis-$RANDOM}"
+    SINK="redis: {url: \"redis://127.0.0.1:$REDIS_PORT\", key: [id], keyPrefix: \"bench:event:\", ttl: 1m}" \
+      run_one kafka-redis "$kafka" all_events
+  fi
 
   # End-to-end latency with exactly-once on: from the producer's send time to the result being
   # readable by a read_committed consumer, at a steady rate (BENCH_LATENCY_RATE, default 20000/s)

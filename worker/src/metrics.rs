@@ -52,6 +52,10 @@ pub struct Metrics {
     pub sink_bytes: IntCounterVec,
     /// Calls to a sink's system retried after a failure (the task waits meanwhile).
     pub sink_retries: IntCounterVec,
+    /// Failed calls to a sink's system (each retried one, and the last one when it gives up).
+    pub sink_errors: IntCounterVec,
+    /// Time each sink takes to flush at an epoch's end (its writes made durable or staged).
+    pub sink_flush: HistogramVec,
 }
 
 impl Metrics {
@@ -113,6 +117,13 @@ impl Metrics {
         )
         .expect("valid metric");
         registry.register(Box::new(epoch_phase.clone())).expect("unique metric");
+        let sink_flush = HistogramVec::new(
+            HistogramOpts::new("weir_sink_flush_seconds", "Time each sink takes to flush at an epoch's end")
+                .buckets(vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0]),
+            &["sink"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(sink_flush.clone())).expect("unique metric");
         let checkpoint_duration = Histogram::with_opts(
             HistogramOpts::new(
                 "weir_checkpoint_duration_seconds",
@@ -146,6 +157,8 @@ impl Metrics {
             sink_files: counter("weir_sink_files_total", "Files written by sinks, by outcome", &["sink", "outcome"]),
             sink_bytes: counter("weir_sink_bytes_total", "Bytes written by sinks", &["sink"]),
             sink_retries: counter("weir_sink_retries_total", "Sink calls retried after a failure", &["sink"]),
+            sink_errors: counter("weir_sink_errors_total", "Failed sink calls", &["sink"]),
+            sink_flush,
             dead_letters: counter("weir_dead_letters_total", "Records that failed to decode", &["source"]),
             late_records: counter(
                 "weir_late_records_total",

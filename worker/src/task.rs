@@ -123,8 +123,14 @@ impl Sinks {
     pub fn flush(&mut self) -> Result<(), SinkError> {
         for i in 0..self.sinks.len() {
             let started = Instant::now();
-            self.sinks[i].flush()?;
-            self.times.blocked[i] += started.elapsed();
+            let flushed = self.sinks[i].flush();
+            let took = started.elapsed();
+            self.times.blocked[i] += took;
+            self.metrics.sink_flush.with_label_values(&[&self.names[i]]).observe(took.as_secs_f64());
+            if flushed.is_err() {
+                self.metrics.sink_errors.with_label_values(&[&self.names[i]]).inc();
+            }
+            flushed?;
         }
         Ok(())
     }

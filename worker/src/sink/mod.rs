@@ -86,6 +86,7 @@ pub fn retrying<T>(
                 return Ok(v);
             }
             Err(e) if started.elapsed() + pause > budget => {
+                metrics.sink_errors.with_label_values(&[sink]).inc();
                 return Err(SinkError::Failed {
                     sink: sink.to_string(),
                     message: format!("{what}: {e} (still failing after {failures} retries in {:?})", started.elapsed()),
@@ -96,6 +97,7 @@ pub fn retrying<T>(
                     tracing::warn!(sink, what, error = %e, "sink call failed; retrying with backoff, the task waits");
                 }
                 failures += 1;
+                metrics.sink_errors.with_label_values(&[sink]).inc();
                 metrics.sink_retries.with_label_values(&[sink]).inc();
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_secs(10));
@@ -206,6 +208,7 @@ mod tests {
         });
         assert_eq!(got.unwrap(), 3);
         assert_eq!(metrics.sink_retries.with_label_values(&["s"]).get(), 2);
+        assert_eq!(metrics.sink_errors.with_label_values(&["s"]).get(), 2);
         let err = retrying("s", "uploading", &metrics, Duration::from_millis(250), || Err::<(), _>("down".to_string()))
             .unwrap_err()
             .to_string();
