@@ -97,6 +97,9 @@ Q
 # SPEC_EXTRA: more spec fields, e.g. checkpointing; OUT: the results' file (/dev/null drops them).
 run_one() {
   local label=$1 source=$2 q=$3; shift 3
+  # SINK: the sink's kind and fields instead of the results' file.
+  local sink="file: {path: ${OUT:-$WORK/out-$q.jsonl}}"
+  [[ -n ${SINK:-} ]] && sink=$SINK
   cat >"$WORK/$q.yaml" <<YAML
 metadata: {name: bench-$q}
 spec:
@@ -109,12 +112,12 @@ ${SPEC_EXTRA:-}
         eventTime: {field: ts, maxOutOfOrderness: 5s}
 $(query "$q")
     sinks:
-      out: {from: q, ${SINK:-file: {path: ${OUT:-$WORK/out-$q.jsonl}}}}
+      out: {from: q, $sink}
 YAML
   local stats
   local perf=()
   [[ ${BENCH_PERF:-0} == 1 ]] && perf=(perf record -g -o "$BENCH/perf-$label-$q.data" --)
-  stats=$( { /usr/bin/time -f 'RSS_KB=%M CPU_S=%U+%S' "${perf[@]}" "$WORKER" run -f "$WORK/$q.yaml" --state-dir "$WORK/state-$q-$label" "$@" >/dev/null; } 2>&1 )
+  stats=$( { /usr/bin/time -f 'RSS_KB=%M CPU_S=%U+%S' "${perf[@]}" "$WORKER" run -f "$WORK/$q.yaml" --state-dir "$WORK/state-$q-$label" "$@" >/dev/null; } 2>&1 ) || true
   rm -rf "$WORK/state-$q-$label"
   local line rate secs rss cpu
   line=$(grep -o 'processed [0-9]* records in [0-9.]* s ([0-9]* records/s)' <<<"$stats" || true)
