@@ -262,6 +262,11 @@ pub struct StreamSpec {
     /// The sink that receives events too late for every window they belong to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub late_output: Option<String>,
+    /// A Redis sink (without `from`) that holds each key's open session of a session window:
+    /// written as events arrive (every epoch), expiring after the gap, removed when the
+    /// session closes and its result is emitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_state: Option<String>,
     /// How long a key's state lives without updates (like Flink's StateTtlConfig).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_ttl: Option<Duration>,

@@ -436,6 +436,34 @@ spec:
 }
 
 #[test]
+fn session_state_errors_say_what_is_wrong() {
+    let errs = errors(
+        r#"
+spec:
+  pipeline:
+    sources: {s: {datagen: {kind: payments}}}
+    streams:
+      tumbling: {from: s, keyBy: [card_id], window: {tumbling: 1m}, aggregate: {n: "count(*)"}, sessionState: live}
+      a: {from: s, keyBy: [card_id], window: {session: {gap: 2m}}, aggregate: {n: "count(*)"}, sessionState: nowhere}
+      b: {from: s, keyBy: [card_id], window: {session: {gap: 2m}}, aggregate: {n: "count(*)"}, sessionState: file}
+      c: {from: s, keyBy: [card_id], window: {session: {gap: 2m}}, aggregate: {n: "count(*)"}, sessionState: taken}
+      ok: {from: s, keyBy: [card_id], window: {session: {gap: 2m}}, aggregate: {n: "count(*)"}, sessionState: live}
+    sinks:
+      live: {redis: {url: "redis://h"}}
+      file: {file: {path: x.jsonl}}
+      taken: {from: s, redis: {url: "redis://h"}}
+"#,
+    );
+    let p = "spec.pipeline.streams";
+    assert!(has(&errs, &format!("{p}.tumbling.sessionState"), "only a session window"), "{errs:?}");
+    assert!(has(&errs, &format!("{p}.a.sessionState"), "`nowhere` is not a sink"), "{errs:?}");
+    assert!(has(&errs, &format!("{p}.b.sessionState"), "not a redis sink"), "{errs:?}");
+    assert!(has(&errs, &format!("{p}.c.sessionState"), "must have no `from`"), "{errs:?}");
+    assert!(!errs.iter().any(|e| e.path.starts_with(&format!("{p}.ok"))), "{errs:?}");
+    assert!(!errs.iter().any(|e| e.path.starts_with("spec.pipeline.sinks.live")), "{errs:?}");
+}
+
+#[test]
 fn parquet_sink_errors_say_what_is_wrong() {
     let errs = errors(
         r#"
@@ -443,7 +471,7 @@ spec:
   pipeline:
     sources: {s: {datagen: {kind: payments}}}
     streams:
-      late: {from: s, window: {tumbling: 1m}, aggregate: {n: count()}, lateOutput: bad}
+      late: {from: s, window: {tumbling: 1m}, aggregate: {n: "count(*)"}, lateOutput: bad}
     sinks:
       a: {from: s, parquet: {path: "s3:///x", maxFileSize: 12Q, partitionBy: {field: "", format: "../%Y"}}}
       b: {from: s, parquet: {path: "file://relative", maxFileSize: "10", timestamps: [""]}}

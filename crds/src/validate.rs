@@ -235,7 +235,11 @@ fn validate_pipeline(p: &PipelineSpec, errs: &mut ValidationErrors) {
     for (name, s) in &p.streams {
         check_stream(errs, p, &fields, name, s);
     }
-    let late_targets: BTreeSet<&str> = p.streams.values().filter_map(|s| s.late_output.as_deref()).collect();
+    let late_targets: BTreeSet<&str> = p
+        .streams
+        .values()
+        .flat_map(|s| s.late_output.as_deref().into_iter().chain(s.session_state.as_deref()))
+        .collect();
     for (name, sink) in &p.sinks {
         check_sink(errs, p, name, sink, &late_targets);
     }
@@ -526,6 +530,23 @@ fn check_stream(
                 format!("{path}.lateOutput"),
                 format!("sink `{late}` already reads `from` a stream; a late-output sink must have no `from`"),
             ),
+            Some(_) => {}
+        }
+    }
+    if let Some(target) = &s.session_state {
+        let at = format!("{path}.sessionState");
+        if s.window.as_ref().is_none_or(|w| w.session.is_none()) {
+            errs.push(at.clone(), "only a session window has open sessions to hold");
+        }
+        match p.sinks.get(target) {
+            None => errs.push(at, format!("`{target}` is not a sink")),
+            Some(sink) if sink.from.is_some() => errs.push(
+                at,
+                format!("sink `{target}` already reads `from` a stream; a session-state sink must have no `from`"),
+            ),
+            Some(sink) if sink.redis.is_none() => {
+                errs.push(at, format!("sink `{target}` is not a redis sink; session state is kept in Redis"))
+            }
             Some(_) => {}
         }
     }
@@ -846,7 +867,7 @@ fn check_sink(errs: &mut ValidationErrors, p: &PipelineSpec, name: &str, sink: &
         }
         None if !late.contains(name) && p.dead_letter.as_deref() != Some(name) => errs.push(
             format!("{path}.from"),
-            "a sink needs `from`, unless a step names it as lateOutput or the pipeline as deadLetter",
+            "a sink needs `from`, unless a step names it as lateOutput or sessionState, or the pipeline as deadLetter",
         ),
         _ => {}
     }

@@ -97,6 +97,8 @@ pub struct NodePlan {
     /// Output columns that form a Kafka message key.
     pub key_cols: Vec<usize>,
     pub late_sink: Option<usize>,
+    /// `sessionState`: the sink that holds the open sessions of this session window.
+    pub session_sink: Option<usize>,
     pub children: Vec<Target>,
 }
 
@@ -461,6 +463,7 @@ impl JobPlan {
                 keys: w.keys.clone(),
                 aggs: w.aggs.clone(),
                 max_cached_keys: self.max_cached_keys,
+                session_state: n.session_sink.is_some(),
             })));
         }
         ops
@@ -609,6 +612,7 @@ fn plan_node(
         out_schema,
         key_cols,
         late_sink: s.late_output.as_deref().and_then(|l| sink_index.get(l).copied()),
+        session_sink: s.session_state.as_deref().and_then(|l| sink_index.get(l).copied()),
         children: Vec::new(),
     }
 }

@@ -464,8 +464,9 @@ impl Runtime {
         // The transactions to commit: (partition, producer, input offsets, positions).
         let mut commits = Vec::new();
         let flush = self.metrics.epoch_phase.with_label_values(&["flush"]).start_timer();
-        for (p, task) in &self.tasks {
+        for (p, task) in self.tasks.iter_mut() {
             let sinks = self.sinks.get_mut(p).expect("every task has sinks");
+            task.drain_sessions(sinks)?;
             sinks.flush()?;
             let (Some(txn), Some(_)) = (&sinks.txn, group) else { continue };
             let positions = task.positions();

@@ -13,7 +13,8 @@ use datafusion::arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use crate::batch::Batch;
 use crate::metrics::Metrics;
 use crate::operators::join::JoinOp;
-use crate::operators::{OpCtx, OpError, Operator, Rejected};
+use crate::operators::window::WindowKind;
+use crate::operators::{OpCtx, OpError, Operator, Rejected, SessionChanges};
 use crate::plan::{state_prefix, Input, JobPlan, Target};
 use crate::profile::{self, Op, Times};
 use crate::sink::kafka::KafkaProducer;
@@ -116,6 +117,19 @@ impl Sinks {
         }
         self.timed(i, |s| s.write_records(records))?;
         self.metrics.records_out.with_label_values(&[&self.names[i]]).inc_by(records.len() as u64);
+        Ok(())
+    }
+
+    /// Writes the open sessions that changed to sink `i` (`sessionState`).
+    pub fn write_sessions(
+        &mut self,
+        i: usize,
+        changes: &SessionChanges,
+        keys: &[usize],
+        expiry_ms: i64,
+    ) -> Result<(), SinkError> {
+        self.timed(i, |s| s.write_sessions(&changes.rows.rows, keys, &changes.closed, expiry_ms))?;
+        self.metrics.records_out.with_label_values(&[&self.names[i]]).inc_by(changes.closed.len() as u64);
         Ok(())
     }
 
@@ -631,6 +645,26 @@ impl Task {
     /// True when an operator needs a commit to bound its memory.
     pub fn wants_commit(&self) -> bool {
         self.nodes.iter().flatten().any(|op| op.wants_commit())
+    }
+
+    /// Session windows with `sessionState`: writes the open sessions that changed since the last
+    /// call to their sinks (at every epoch's end, before the sinks flush).
+    pub fn drain_sessions(&mut self, sinks: &mut Sinks) -> Result<(), TaskError> {
+        for i in 0..self.nodes.len() {
+            let node = &self.plan.nodes[i];
+            let (Some(sink), Some(WindowKind::Session { gap })) =
+                (node.session_sink, node.window.as_ref().map(|w| w.kind))
+            else {
+                continue;
+            };
+            for op in self.nodes[i].iter_mut() {
+                let mut ctx = OpCtx { state: &mut self.state, late: &mut self.late };
+                if let Some(changes) = op.drain_sessions(&mut ctx)? {
+                    sinks.write_sessions(sink, &changes, &node.key_cols, gap)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Writes cached operator state into the epoch's transaction (before sinks flush).

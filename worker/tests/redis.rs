@@ -97,6 +97,96 @@ spec:
     }
 }
 
+/// A session window with `sessionState` on the stack's Kafka and Redis: each card's open session
+/// is in Redis (its count and bounds so far, expiring after the gap) while events arrive; when
+/// the watermark closes a session, its result is emitted and its key removed.
+#[test]
+fn open_sessions_live_in_redis_until_they_close() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let brokers = format!("127.0.0.1:{}", std::env::var("KAFKA_PORT").unwrap_or_else(|_| "9092".into()));
+    let mut c = Connection::open(&redis_url())
+        .unwrap_or_else(|e| panic!("Redis is not reachable ({e}); start the local stack with `make stack-up`"));
+    let run = format!("{}-{}", std::process::id(), std::time::UNIX_EPOCH.elapsed().unwrap().as_nanos() % 1_000_000_000);
+    let (topic, prefix) = (format!("sessions-{run}"), format!("weir-sessions-{run}:"));
+    let created = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../e2e/stack/kafka.sh"))
+        .args(["topics", "--create", "--topic", &topic, "--partitions", "1"])
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "Kafka: {}", String::from_utf8_lossy(&created.stderr));
+    let producer: BaseProducer = rdkafka::ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
+    let t0 = 1_795_564_800_000i64;
+    let send = |id: &str, card: &str, ts: i64| {
+        let payload = format!("{{\"id\": \"{id}\", \"card\": \"{card}\", \"ts\": {ts}}}");
+        producer.send(BaseRecord::to(&topic).key(card).payload(&payload)).unwrap();
+        producer.flush(std::time::Duration::from_secs(10)).unwrap();
+    };
+    send("p1", "a", t0);
+    send("p2", "b", t0 + 10_000);
+    send("p3", "a", t0 + 30_000);
+    let dir = tempfile::tempdir().unwrap();
+    let job = format!(
+        r#"
+metadata: {{name: sessions-{run}}}
+spec:
+  epochInterval: 50ms
+  pipeline:
+    sources:
+      payments:
+        kafka: {{brokers: "{brokers}", topic: {topic}, startFrom: earliest}}
+        schema: {{id: string, card: string, ts: timestamp}}
+        eventTime: {{field: ts, maxOutOfOrderness: 1s}}
+    streams:
+      visits:
+        from: payments
+        keyBy: [card]
+        window: {{session: {{gap: 2m}}}}
+        aggregate: {{n: "count(*)"}}
+        sessionState: live
+    sinks:
+      closed: {{from: visits, file: {{path: closed.jsonl}}}}
+      live: {{redis: {{url: "{url}", keyPrefix: "{prefix}"}}}}
+"#,
+        url = redis_url()
+    );
+    std::fs::write(dir.path().join("job.yaml"), job).unwrap();
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_weir-worker"))
+        .args(["run", "-f", dir.path().join("job.yaml").to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let wait = |c: &mut Connection, what: &str, f: &dyn Fn(&mut Connection) -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !f(c) {
+            assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    let key = |card: &str| format!("{prefix}{card}");
+    wait(&mut c, "both open sessions in Redis", &|c| {
+        get(c, &key("a")).is_some_and(|v| v["n"] == 2) && get(c, &key("b")).is_some()
+    });
+    let a = get(&mut c, &key("a")).unwrap();
+    assert_eq!((a["window_start"].as_i64(), a["window_end"].as_i64()), (Some(t0), Some(t0 + 30_000 + 120_000)));
+    let Reply::Int(ttl) = c.command(&[b"PTTL", key("a").as_bytes()]).unwrap() else { panic!("PTTL") };
+    assert!(ttl > 0 && ttl <= 120_000, "an open session expires after the gap: {ttl} ms");
+    // Ten minutes later in event time: both sessions close; a new one opens.
+    send("p4", "c", t0 + 600_000);
+    wait(&mut c, "the closed sessions gone, the new one there", &|c| {
+        get(c, &key("a")).is_none() && get(c, &key("b")).is_none() && get(c, &key("c")).is_some()
+    });
+    let closed = std::fs::read_to_string(dir.path().join("closed.jsonl")).unwrap_or_default();
+    let mut rows: Vec<(String, i64)> = closed
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| (v["card"].as_str().unwrap().to_string(), v["n"].as_i64().unwrap()))
+        .collect();
+    rows.sort();
+    assert_eq!(rows, [("a".to_string(), 2), ("b".to_string(), 1)], "the closed sessions' results");
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    c.command(&[b"DEL", key("c").as_bytes()]).unwrap();
+}
+
 /// Redis drops the sink's connection every 50 ms while a job writes 100,000 keys (`CLIENT
 /// KILL`, as a restart or a network blip would): the sink reconnects, sends the unconfirmed
 /// commands again, and every key ends up with its value.

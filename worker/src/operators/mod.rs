@@ -135,6 +135,20 @@ pub trait Operator: Send {
     fn take_rejected(&mut self) -> Option<Rejected> {
         None
     }
+
+    /// A session window with `sessionState`: the keys whose open session changed since the last
+    /// call, each with its latest open session, or closed.
+    fn drain_sessions(&mut self, _ctx: &mut OpCtx) -> Result<Option<SessionChanges>, OpError> {
+        Ok(None)
+    }
+}
+
+/// Open sessions that changed: one row per key (the step's result schema: key fields, the
+/// session's bounds so far, its aggregates so far), and whether the key has no open session
+/// any more (its last one closed and was emitted).
+pub struct SessionChanges {
+    pub rows: Batch,
+    pub closed: Vec<bool>,
 }
 
 /// Rows an operator turned away: to the dead-letter sink with a reason, or dropped (counted).

@@ -30,6 +30,18 @@ pub trait Sink: Send {
     fn write_rows(&mut self, rows: &RecordBatch, keys: &[usize], raw: Option<&BinaryArray>) -> Result<()>;
     /// Writes records that are already JSON objects (late events, dead letters).
     fn write_records(&mut self, records: &[Vec<u8>]) -> Result<()>;
+    /// Holds the open sessions of a session window (`sessionState`): upserts each changed open
+    /// session under its key fields (`keys`), expiring after `expiry_ms`, and removes the keys
+    /// whose session closed. Only a Redis sink can (the validation says so).
+    fn write_sessions(
+        &mut self,
+        _rows: &RecordBatch,
+        _keys: &[usize],
+        _closed: &[bool],
+        _expiry_ms: i64,
+    ) -> Result<()> {
+        Err(SinkError::Failed { sink: "sessionState".into(), message: "only a redis sink holds session state".into() })
+    }
     /// Makes everything written so far durable; called before offsets are committed.
     fn flush(&mut self) -> Result<()>;
     /// Whether this sink writes to Kafka (muted while a task replays input whose results an
@@ -119,6 +131,10 @@ impl Sink for Shared {
 
     fn write_records(&mut self, records: &[Vec<u8>]) -> Result<()> {
         self.0.lock().expect("sink lock").write_records(records)
+    }
+
+    fn write_sessions(&mut self, rows: &RecordBatch, keys: &[usize], closed: &[bool], expiry_ms: i64) -> Result<()> {
+        self.0.lock().expect("sink lock").write_sessions(rows, keys, closed, expiry_ms)
     }
 
     fn flush(&mut self) -> Result<()> {

@@ -265,6 +265,24 @@ impl RedisSink {
         }
     }
 
+    /// The key of `row`: `keyPrefix` and the values of `cols` joined by `:`.
+    fn row_key(&self, cols: &[Col], row: usize) -> Vec<u8> {
+        let mut key = self.spec.key_prefix.clone().unwrap_or_default().into_bytes();
+        for (i, c) in cols.iter().enumerate() {
+            if i > 0 {
+                key.push(b':');
+            }
+            match c.value(row) {
+                Value::Null => key.extend_from_slice(b"null"),
+                Value::Str(s) => key.extend_from_slice(s.as_bytes()),
+                Value::I64(x) => key.extend_from_slice(x.to_string().as_bytes()),
+                Value::F64(x) => key.extend_from_slice(x.to_string().as_bytes()),
+                Value::Bool(b) => key.extend_from_slice(b.to_string().as_bytes()),
+            }
+        }
+        key
+    }
+
     fn set(&mut self, key: Vec<u8>, value: &[u8]) -> Result<()> {
         let mut args = vec![b"SET".to_vec(), key, value.to_vec()];
         if let Some(ttl) = &self.ttl_ms {
@@ -283,26 +301,32 @@ impl Sink for RedisSink {
             None => encode_json_lines(rows).map_err(|e| self.err(e.to_string()))?,
         };
         let mut json = lines.split(|b| *b == b'\n');
-        let prefix = self.spec.key_prefix.clone().unwrap_or_default();
         for row in 0..rows.num_rows() {
             let value = match raw {
                 Some(r) => r.value(row),
                 None => json.next().unwrap_or_default(),
             };
-            let mut key = prefix.clone().into_bytes();
-            for (i, c) in cols.iter().enumerate() {
-                if i > 0 {
-                    key.push(b':');
-                }
-                match c.value(row) {
-                    Value::Null => key.extend_from_slice(b"null"),
-                    Value::Str(s) => key.extend_from_slice(s.as_bytes()),
-                    Value::I64(x) => key.extend_from_slice(x.to_string().as_bytes()),
-                    Value::F64(x) => key.extend_from_slice(x.to_string().as_bytes()),
-                    Value::Bool(b) => key.extend_from_slice(b.to_string().as_bytes()),
-                }
-            }
+            let key = self.row_key(&cols, row);
             self.set(key, value)?;
+        }
+        Ok(())
+    }
+
+    fn write_sessions(&mut self, rows: &RecordBatch, keys: &[usize], closed: &[bool], expiry_ms: i64) -> Result<()> {
+        // One key per stream key (no window_start: a key's open session moves as it grows).
+        let key_cols = match &self.spec.key {
+            Some(_) => self.key_columns(rows, keys)?,
+            None => keys.to_vec(),
+        };
+        let cols: Vec<Col> = key_cols.iter().map(|&c| Col::new(rows.column(c)).expect("engine types")).collect();
+        let lines = encode_json_lines(rows).map_err(|e| self.err(e.to_string()))?;
+        let expiry = expiry_ms.max(1).to_string().into_bytes();
+        for (row, value) in lines.split(|b| *b == b'\n').take(rows.num_rows()).enumerate() {
+            let key = self.row_key(&cols, row);
+            match closed[row] {
+                true => self.send(vec![b"DEL".to_vec(), key])?,
+                false => self.send(vec![b"SET".to_vec(), key, value.to_vec(), b"PX".to_vec(), expiry.clone()])?,
+            }
         }
         Ok(())
     }

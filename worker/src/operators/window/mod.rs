@@ -39,7 +39,7 @@ pub use assign::WindowKind;
 use self::acc::Acc;
 use self::panes::Panes;
 use super::timers::{Key, KeyTimers, Opened, Timers};
-use super::{late_record, OpCtx, OpError, Operator, Output};
+use super::{late_record, OpCtx, OpError, Operator, Output, SessionChanges};
 use crate::batch::Batch;
 use crate::expr::CompiledExpr;
 use crate::state::{StateError, StateTx};
@@ -65,6 +65,9 @@ pub struct WindowConfig {
     pub aggs: Vec<AggSpec>,
     /// Keys kept decoded in memory before the cache is written back and dropped.
     pub max_cached_keys: usize,
+    /// Session windows: keep track of the keys whose open session changed, for
+    /// [`Operator::drain_sessions`] (`sessionState`).
+    pub session_state: bool,
 }
 
 impl WindowConfig {
@@ -172,6 +175,9 @@ pub struct WindowOp {
     panes: Option<Panes>,
     /// Results of windows fired while a batch is processed, returned with the next watermark.
     pending: Option<Output>,
+    /// With `session_state`: keys whose open session changed (grew, merged, opened or closed)
+    /// since the last drain.
+    sessions_changed: Option<FxHashSet<Key>>,
 }
 
 /// Windows of a key and aggregates of a window, inline for the common sizes, so updating a
@@ -215,6 +221,7 @@ impl WindowOp {
 
     pub fn new(cfg: WindowConfig) -> WindowOp {
         let prefix = cfg.state_prefix.clone();
+        let cfg_session_state = cfg.session_state && matches!(cfg.kind, WindowKind::Session { .. });
         let panes = match cfg.kind {
             WindowKind::Sliding { size, slide } if cfg.uses_panes() => {
                 Some(Panes { size, slide, lateness: cfg.allowed_lateness })
@@ -233,6 +240,7 @@ impl WindowOp {
             key_buf: Vec::with_capacity(64),
             panes,
             pending: None,
+            sessions_changed: cfg_session_state.then(FxHashSet::default),
         }
     }
 
@@ -411,8 +419,19 @@ impl Operator for WindowOp {
                     continue;
                 }
             }
-            let WindowOp { cfg, cache, dirty, timers, refire, uncached_in_state, panes, pending, out_schema, .. } =
-                self;
+            let WindowOp {
+                cfg,
+                cache,
+                dirty,
+                timers,
+                refire,
+                uncached_in_state,
+                panes,
+                pending,
+                out_schema,
+                sessions_changed,
+                ..
+            } = self;
             // One hash lookup per row when the key is cached.
             let (k, entry) = match cache.raw_entry_mut().from_key_hashed_nocheck(hashes[row], key) {
                 RawEntryMut::Occupied(o) => o.into_key_value(),
@@ -563,6 +582,9 @@ impl Operator for WindowOp {
             };
             if updated {
                 Self::mark_dirty(dirty, k, entry);
+                if let Some(changed) = sessions_changed {
+                    changed.insert(k.clone());
+                }
             } else {
                 ctx.late.push(late_record(&name, &batch, row)?);
             }
@@ -605,7 +627,7 @@ impl Operator for WindowOp {
                 if let Some(&h) = hashes.get(i + PREFETCH_AHEAD / 2) {
                     prefetch_windows(&self.cache, h);
                 }
-                let WindowOp { cfg, cache, uncached_in_state, dirty, timers, panes, .. } = self;
+                let WindowOp { cfg, cache, uncached_in_state, dirty, timers, panes, sessions_changed, .. } = self;
                 let Some(e) = cached_entry(cache, cfg, *uncached_in_state, ctx.state, &key)? else { continue };
                 if let Some(pn) = panes {
                     // A key has one timer; earlier ones it replaced are stale.
@@ -631,6 +653,9 @@ impl Operator for WindowOp {
                     w.fired = true;
                     w.refire = false;
                     emit(&mut out, &key, w);
+                    if let Some(changed) = sessions_changed {
+                        changed.insert(key.clone());
+                    }
                 }
                 if (w.end - 1).saturating_add(lateness) <= wm {
                     e.wins.swap_remove(i);
@@ -657,6 +682,28 @@ impl Operator for WindowOp {
 
     fn cached_keys(&self) -> usize {
         self.cache.len()
+    }
+
+    fn drain_sessions(&mut self, ctx: &mut OpCtx) -> Result<Option<SessionChanges>, OpError> {
+        let Some(changed) = self.sessions_changed.as_mut().filter(|c| !c.is_empty()) else { return Ok(None) };
+        let changed = std::mem::take(changed);
+        let nkeys = self.cfg.keys.len();
+        let mut out = Output::new(&self.out_schema);
+        let mut closed = Vec::with_capacity(changed.len());
+        // A closed key's row carries only its key fields' values that matter.
+        let none = Win { start: 0, end: 0, fired: true, refire: false, accs: new_accs(&self.cfg.aggs) };
+        let WindowOp { cfg, cache, uncached_in_state, .. } = self;
+        for key in changed {
+            let entry = cached_entry(cache, cfg, *uncached_in_state, ctx.state, &key)?;
+            // The latest open session (out-of-order input can keep two open for a while).
+            let open = entry.and_then(|e| e.wins.iter().filter(|w| !w.fired).max_by_key(|w| w.end));
+            if !out.push(nkeys, &key, open.unwrap_or(&none)) {
+                return Err(cfg.corrupt("a key"));
+            }
+            closed.push(open.is_none());
+        }
+        let rows = out.into_batch(&self.out_schema, &self.cfg.name, i64::MIN)?;
+        Ok(Some(SessionChanges { rows, closed }))
     }
 }
 

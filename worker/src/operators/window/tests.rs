@@ -67,6 +67,7 @@ fn make_op(kind: WindowKind, lateness: i64, max_cached_keys: usize) -> WindowOp 
             agg("merchants", AggregateFn::CountDistinct, Some("merchant")),
         ],
         max_cached_keys,
+        session_state: true,
     })
 }
 
@@ -503,4 +504,43 @@ fn state_stored_without_timers_is_indexed_once() {
     assert_eq!(op.timers.in_memory(), 0);
     let fired = fired_starts(op.on_watermark(i64::MAX, &mut ctx).unwrap());
     assert_eq!(fired, [("b".to_string(), 60_000), ("c".to_string(), 120_000)]);
+}
+
+/// The open sessions that changed since the last drain: (card, start, end, count, closed).
+fn drained(op: &mut WindowOp, ctx: &mut OpCtx) -> Vec<(String, i64, i64, i64, bool)> {
+    let Some(ch) = op.drain_sessions(ctx).unwrap() else { return Vec::new() };
+    let b = &ch.rows.rows;
+    let cards = b.column(0).as_any().downcast_ref::<StringArray>().unwrap().clone();
+    let cols: Vec<Int64Array> =
+        (1..4).map(|i| b.column(i).as_any().downcast_ref::<Int64Array>().unwrap().clone()).collect();
+    let mut out: Vec<_> = (0..b.num_rows())
+        .map(|r| (cards.value(r).to_string(), cols[0].value(r), cols[1].value(r), cols[2].value(r), ch.closed[r]))
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn sessions_drain_as_they_open_grow_merge_and_close() {
+    let mut tx = StateTx::new(Box::new(MemStore::default()));
+    let mut late = Vec::new();
+    let mut op = make_op(WindowKind::Session { gap: 10_000 }, 0, 1_000);
+    let mut ctx = OpCtx { state: &mut tx, late: &mut late };
+    op.on_batch(batch_of(&[("a", 1_000), ("b", 2_000), ("a", 4_000)], i64::MIN), &mut ctx).unwrap();
+    assert_eq!(
+        drained(&mut op, &mut ctx),
+        [("a".into(), 1_000, 14_000, 2, false), ("b".into(), 2_000, 12_000, 1, false)]
+    );
+    assert!(drained(&mut op, &mut ctx).is_empty(), "nothing changed since");
+    // A second session of `a`, then an event joining both into one.
+    op.on_batch(batch_of(&[("a", 20_000)], 5_000), &mut ctx).unwrap();
+    assert_eq!(drained(&mut op, &mut ctx), [("a".into(), 20_000, 30_000, 1, false)], "the later open session");
+    op.on_batch(batch_of(&[("a", 12_000)], 5_000), &mut ctx).unwrap();
+    assert_eq!(drained(&mut op, &mut ctx), [("a".into(), 1_000, 30_000, 4, false)]);
+    // The watermark closes `b` (its result is emitted), then `a`.
+    assert_eq!(fired_starts(op.on_watermark(12_000, &mut ctx).unwrap()), [("b".to_string(), 2_000)]);
+    assert_eq!(drained(&mut op, &mut ctx), [("b".into(), 0, 0, 0, true)]);
+    op.before_commit(&mut ctx).unwrap(); // the cache written back: the drain reads state
+    assert_eq!(fired_starts(op.on_watermark(40_000, &mut ctx).unwrap()), [("a".to_string(), 1_000)]);
+    assert_eq!(drained(&mut op, &mut ctx), [("a".into(), 0, 0, 0, true)]);
 }
