@@ -5,7 +5,7 @@
 # from its first record read to everything processed and committed.
 # An interval join (join_1to1) reads the data set twice, as two inputs.
 # Env: BENCH_EVENTS (default 1000000), BENCH_KAFKA=0 to skip the Kafka runs, BENCH_REDIS=0 to skip
-# the Redis-table run, BENCH_PARQUET=0 to skip the Parquet sink runs, BENCH_QUERIES to
+# the Redis-table run, BENCH_PARQUET=0 to skip the Parquet sink runs, BENCH_OPENSEARCH=0 the OpenSearch one, BENCH_QUERIES to
 # run only some queries (e.g. "tumbling_1m session_2m", or " " for none), BENCH_PERF=1 to record
 # a perf profile of each run (perf.data files next to the data set), BENCH_LATENCY_RATE=0 to skip
 # the latency run, BENCH_OVERHEAD_EVENTS=0 to skip the checkpoint-overhead runs.
@@ -198,6 +198,15 @@ YAML
         SPEC_EXTRA="  epochInterval: 10s" SINK="parquet: {path: \"s3://$S3_BUCKET/bench-parquet-$RANDOM\", $pq}" \
         run_one kafka-parquet-s3 "$kafka" all_events
     fi
+  fi
+  # The same events indexed into the stack's OpenSearch, one document per event (id: the event's
+  # id), when it runs; BENCH_OPENSEARCH=0 skips it.
+  if [[ ${BENCH_OPENSEARCH:-1} != 0 ]] && port_open "$OPENSEARCH_PORT"; then
+    idx=bench-events-$RANDOM
+    kafka="kafka: {brokers: \"127.0.0.1:$KAFKA_PORT\", topic: $TOPIC, startFrom: earliest, bounded: true, group: bench-os-$RANDOM}"
+    SINK="opensearch: {url: \"http://127.0.0.1:$OPENSEARCH_PORT\", index: $idx, id: [id]}" \
+      run_one kafka-opensearch "$kafka" all_events
+    curl -s -X DELETE "http://127.0.0.1:$OPENSEARCH_PORT/$idx" >/dev/null || true
   fi
   # The same events upserted into the stack's Redis, one key per event (expiring after a
   # minute), when it runs; BENCH_REDIS=0 skips it.

@@ -500,6 +500,27 @@ pub struct SinkSpec {
     pub redis: Option<RedisSinkSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parquet: Option<ParquetSinkSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opensearch: Option<OpenSearchSinkSpec>,
+}
+
+/// Rows indexed into OpenSearch (or Elasticsearch) with the bulk API, one document per row under
+/// a deterministic id, so a replay after recovery overwrites the same documents.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OpenSearchSinkSpec {
+    /// `http://[user:password@]host[:port]`.
+    pub url: String,
+    /// The index written.
+    pub index: String,
+    /// The fields whose values, joined by `:`, make a document's id; by default the stream's key
+    /// fields and, for window results, `window_start`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Vec<String>>,
+    /// Field types (`keyword`, `long`, `double`, `date`, ...) the index is created with when it
+    /// does not exist; without them OpenSearch maps the fields as it sees them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub mappings: BTreeMap<String, String>,
 }
 
 /// Rows written as Parquet files (a warehouse table), published when the epoch that wrote them

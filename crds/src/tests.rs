@@ -430,7 +430,10 @@ spec:
     assert!(has(&errs, &format!("{p}.a.redis.url"), "not a redis://host"), "{errs:?}");
     assert!(has(&errs, &format!("{p}.a.redis.ttl"), "must be above zero"), "{errs:?}");
     assert!(has(&errs, &format!("{p}.a.redis.key"), "at least one field"), "{errs:?}");
-    assert!(has(&errs, &format!("{p}.b"), "exactly one of kafka, file, redis, parquet; found 2"), "{errs:?}");
+    assert!(
+        has(&errs, &format!("{p}.b"), "exactly one of kafka, file, redis, parquet, opensearch; found 2"),
+        "{errs:?}"
+    );
     assert!(has(&errs, "spec.pipeline.tables.t.redis.url", "not a redis://host"), "{errs:?}");
     assert!(has(&errs, "spec.pipeline.tables.t.versions", "one value per key"), "{errs:?}");
 }
@@ -461,6 +464,29 @@ spec:
     assert!(has(&errs, &format!("{p}.c.sessionState"), "must have no `from`"), "{errs:?}");
     assert!(!errs.iter().any(|e| e.path.starts_with(&format!("{p}.ok"))), "{errs:?}");
     assert!(!errs.iter().any(|e| e.path.starts_with("spec.pipeline.sinks.live")), "{errs:?}");
+}
+
+#[test]
+fn opensearch_sink_errors_say_what_is_wrong() {
+    let errs = errors(
+        r#"
+spec:
+  pipeline:
+    sources: {s: {datagen: {kind: payments}}}
+    sinks:
+      a: {from: s, opensearch: {url: "https://search:9200", index: Payments, id: []}}
+      b: {from: s, opensearch: {url: "search:9200", index: "_x", mappings: {card_id: ""}}}
+      ok: {from: s, opensearch: {url: "http://elastic:secret@127.0.0.1:9200", index: payments-1m, mappings: {card_id: keyword}}}
+"#,
+    );
+    let p = "spec.pipeline.sinks";
+    assert!(has(&errs, &format!("{p}.a.opensearch.url"), "https is not available"), "{errs:?}");
+    assert!(has(&errs, &format!("{p}.a.opensearch.index"), "`Payments` is not an index name"), "{errs:?}");
+    assert!(has(&errs, &format!("{p}.a.opensearch.id"), "at least one field"), "{errs:?}");
+    assert!(has(&errs, &format!("{p}.b.opensearch.url"), "not an http://host"), "{errs:?}");
+    assert!(has(&errs, &format!("{p}.b.opensearch.index"), "`_x` is not an index name"), "{errs:?}");
+    assert!(has(&errs, &format!("{p}.b.opensearch.mappings.card_id"), "needs a field type"), "{errs:?}");
+    assert!(!errs.iter().any(|e| e.path.starts_with(&format!("{p}.ok"))), "{errs:?}");
 }
 
 #[test]

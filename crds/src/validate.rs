@@ -788,6 +788,36 @@ fn check_window(errs: &mut ValidationErrors, path: &str, s: &StreamSpec) {
     }
 }
 
+fn check_opensearch(errs: &mut ValidationErrors, path: &str, o: &crate::OpenSearchSinkSpec) {
+    let at = format!("{path}.opensearch");
+    match o.url.split_once("://") {
+        Some(("http", rest)) if !rest.is_empty() && !rest.starts_with('/') => {}
+        Some(("https", _)) => errs.push(
+            format!("{at}.url"),
+            "https is not available in this version of the worker; use http:// (a node or proxy on the cluster network)",
+        ),
+        _ => errs.push(format!("{at}.url"), format!("`{}` is not an http://host[:port] URL", o.url)),
+    }
+    let bad = |c: char| c.is_ascii_uppercase() || c.is_whitespace() || "\\/*?\"<>|,#:".contains(c);
+    if o.index.is_empty() || o.index.starts_with(['-', '_', '+']) || o.index.chars().any(bad) || o.index == "." {
+        errs.push(
+            format!("{at}.index"),
+            format!(
+                "`{}` is not an index name: lowercase, not starting with -, _ or +, without spaces or \\ / * ? \" < > | , # :",
+                o.index
+            ),
+        );
+    }
+    if o.id.as_ref().is_some_and(Vec::is_empty) {
+        errs.push(format!("{at}.id"), "list at least one field, or leave id out");
+    }
+    for (field, t) in &o.mappings {
+        if t.trim().is_empty() {
+            errs.push(format!("{at}.mappings.{field}"), "needs a field type, e.g. keyword, long, double or date");
+        }
+    }
+}
+
 fn check_parquet(errs: &mut ValidationErrors, path: &str, pq: &crate::ParquetSinkSpec) {
     let at = format!("{path}.parquet");
     let p = pq.path.trim();
@@ -835,10 +865,22 @@ fn check_parquet(errs: &mut ValidationErrors, path: &str, pq: &crate::ParquetSin
 
 fn check_sink(errs: &mut ValidationErrors, p: &PipelineSpec, name: &str, sink: &SinkSpec, late: &BTreeSet<&str>) {
     let path = format!("spec.pipeline.sinks.{name}");
-    let kinds = [sink.kafka.is_some(), sink.file.is_some(), sink.redis.is_some(), sink.parquet.is_some()];
+    let kinds = [
+        sink.kafka.is_some(),
+        sink.file.is_some(),
+        sink.redis.is_some(),
+        sink.parquet.is_some(),
+        sink.opensearch.is_some(),
+    ];
     let kinds = kinds.iter().filter(|b| **b).count();
     if kinds != 1 {
-        errs.push(path.clone(), format!("a sink needs exactly one of kafka, file, redis, parquet; found {kinds}"));
+        errs.push(
+            path.clone(),
+            format!("a sink needs exactly one of kafka, file, redis, parquet, opensearch; found {kinds}"),
+        );
+    }
+    if let Some(o) = &sink.opensearch {
+        check_opensearch(errs, &path, o);
     }
     if let Some(pq) = &sink.parquet {
         check_parquet(errs, &path, pq);

@@ -148,6 +148,35 @@ pub fn window_job_pipeline(input: &str) -> String {
     )
 }
 
+/// A manifest of the window job ([`window_job_pipeline`]) named `name`, reading `input`,
+/// an epoch every `epoch`, checkpointing every 500 ms into `dir`/checkpoints, with `sinks`
+/// (the YAML of `spec.pipeline.sinks`' entries, indented by six spaces) and a file sink
+/// `corrections` for its late events; written as `dir`/job.yaml, whose path it returns.
+pub fn write_window_job(
+    dir: &std::path::Path,
+    name: &str,
+    input: &str,
+    epoch: &str,
+    sinks: &str,
+) -> std::path::PathBuf {
+    let manifest = dir.join("job.yaml");
+    let text = format!(
+        r#"
+metadata: {{name: {name}}}
+spec:
+  epochInterval: {epoch}
+  checkpointing: {{interval: 500ms, storage: "file://{checkpoints}"}}
+  pipeline:
+{pipeline}    sinks:
+{sinks}      corrections: {{file: {{path: late.jsonl}}}}
+"#,
+        checkpoints = dir.join("checkpoints").display(),
+        pipeline = window_job_pipeline(input),
+    );
+    std::fs::write(&manifest, text).unwrap();
+    manifest
+}
+
 /// The pattern step of the window job's tests: per card, two payments under 150 then one over
 /// 850, within a minute (`pattern_step` is the manifest text).
 pub fn pattern_step() -> &'static str {

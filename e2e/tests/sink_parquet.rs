@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Int64Type, TimeUnit, TimestampMillisecondType};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use weir_e2e::payments::{create_topics, events, feed, reference, window_job_pipeline, Windows};
+use weir_e2e::payments::{create_topics, events, feed, reference, write_window_job, Windows};
 use weir_e2e::{
     kill_repeatedly, repo_dir, require_port, s3_client, s3_endpoint, start_worker, unique, wait_until, S3_KEY,
     S3_SECRET,
@@ -97,30 +97,11 @@ impl Job {
         let (want, _) = reference(&evs, PARTITIONS);
         let dir = tempfile::tempdir().unwrap();
         let table = format!("e2e-parquet/{name}/per_card_minute/");
-        let manifest = dir.path().join("job.yaml");
-        std::fs::write(
-            &manifest,
-            format!(
-                r#"
-metadata: {{name: {name}}}
-spec:
-  epochInterval: 250ms
-  checkpointing: {{interval: 500ms, storage: "file://{checkpoints}"}}
-  pipeline:
-{pipeline}    sinks:
-      warehouse:
-        from: per_card_minute
-        parquet:
-          path: s3://{BUCKET}/{table}
-          partitionBy: {{field: window_start, format: "date=%Y-%m-%d/hour=%H"}}
-          compression: zstd
-      corrections: {{file: {{path: late.jsonl}}}}
-"#,
-                checkpoints = dir.path().join("checkpoints").display(),
-                pipeline = window_job_pipeline(&input),
-            ),
-        )
-        .unwrap();
+        let sink = format!(
+            "      warehouse:\n        from: per_card_minute\n        parquet:\n          path: s3://{BUCKET}/{table}\n          \
+             partitionBy: {{field: window_start, format: \"date=%Y-%m-%d/hour=%H\"}}\n          compression: zstd\n"
+        );
+        let manifest = write_window_job(dir.path(), &name, &input, "250ms", &sink);
         let env = [
             ("AWS_ACCESS_KEY_ID", S3_KEY.to_string()),
             ("AWS_SECRET_ACCESS_KEY", S3_SECRET.to_string()),

@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::plan::JobPlan;
 use crate::profile::Profile;
 use crate::sink::kafka::{KafkaProducer, KafkaSink};
+use crate::sink::opensearch::OpenSearchSink;
 use crate::sink::parquet::{ParquetContext, ParquetSink};
 use crate::sink::{file::FileSink, redis::RedisSink, Shared, SharedSink, Sink};
 use crate::source::{datagen::DatagenSource, file::FileSource, kafka::KafkaSource, Source};
@@ -191,6 +192,8 @@ impl Runtime {
                 Box::new(FileSink::create(&s.name, &path, resumed)?)
             } else if let Some(r) = &s.spec.redis {
                 Box::new(RedisSink::new(&s.name, r, metrics.clone())?)
+            } else if let Some(o) = &s.spec.opensearch {
+                Box::new(OpenSearchSink::new(&s.name, o, metrics.clone())?)
             } else if s.spec.parquet.is_some() {
                 shared.push(None); // one per task, below
                 continue;

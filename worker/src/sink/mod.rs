@@ -1,9 +1,12 @@
 //! Sinks: `file` (JSON lines), Kafka (one JSON object per message, keyed by the key fields),
-//! Redis (upserts under the key fields) and Parquet (files published when their epoch commits).
+//! Redis (upserts under the key fields), Parquet (files published when their epoch commits) and
+//! OpenSearch (documents indexed under ids made of the key fields).
 //! Rows arrive as batches; late events and dead letters arrive as raw JSON records.
 
 pub mod file;
+pub mod http;
 pub mod kafka;
+pub mod opensearch;
 pub mod parquet;
 pub mod redis;
 
@@ -188,6 +191,52 @@ pub fn message_key(cols: &[ArrayRef], row: usize) -> Option<Vec<u8>> {
             let vals: Vec<serde_json::Value> =
                 many.iter().map(|c| Col::new(c).map_or(serde_json::Value::Null, |c| json(c.value(row)))).collect();
             Some(serde_json::to_vec(&vals).expect("JSON values serialize"))
+        }
+    }
+}
+
+/// The columns that name a row in an upserting sink (a Redis key, a document id): the
+/// `configured` fields, else the stream's key fields and, for window results, `window_start`.
+/// `option` names the setting in messages.
+pub fn key_columns(
+    rows: &RecordBatch,
+    keys: &[usize],
+    configured: Option<&[String]>,
+    option: &str,
+) -> std::result::Result<Vec<usize>, String> {
+    let schema = rows.schema();
+    match configured {
+        Some(fields) => fields
+            .iter()
+            .map(|f| schema.index_of(f).map_err(|_| format!("the rows have no field `{f}` for {option}")))
+            .collect(),
+        None => {
+            let mut cols = keys.to_vec();
+            if let Ok(w) = schema.index_of("window_start") {
+                if !cols.contains(&w) {
+                    cols.push(w);
+                }
+            }
+            match cols.is_empty() {
+                true => Err(format!("the rows have no key fields; set {option}")),
+                false => Ok(cols),
+            }
+        }
+    }
+}
+
+/// Appends the values of `cols` at `row`, joined by `:`, to `out`.
+pub fn append_key(cols: &[Col], row: usize, out: &mut Vec<u8>) {
+    for (i, c) in cols.iter().enumerate() {
+        if i > 0 {
+            out.push(b':');
+        }
+        match c.value(row) {
+            Value::Null => out.extend_from_slice(b"null"),
+            Value::Str(s) => out.extend_from_slice(s.as_bytes()),
+            Value::I64(x) => out.extend_from_slice(x.to_string().as_bytes()),
+            Value::F64(x) => out.extend_from_slice(x.to_string().as_bytes()),
+            Value::Bool(b) => out.extend_from_slice(b.to_string().as_bytes()),
         }
     }
 }

@@ -20,7 +20,7 @@ use weir_crds::RedisSinkSpec;
 use super::{retrying, Result, Sink, SinkError};
 use crate::codec::json::encode_json_lines;
 use crate::metrics::Metrics;
-use crate::value::{Col, Value};
+use crate::value::Col;
 use std::sync::Arc;
 
 /// Replies left unread before a write waits for them: bounds the memory the pipeline holds.
@@ -244,42 +244,13 @@ impl RedisSink {
     /// The key columns of `rows`: the configured fields, else the stream's key fields and, for
     /// window results, `window_start`.
     fn key_columns(&self, rows: &RecordBatch, keys: &[usize]) -> Result<Vec<usize>> {
-        let schema = rows.schema();
-        match &self.spec.key {
-            Some(fields) => fields
-                .iter()
-                .map(|f| schema.index_of(f).map_err(|_| self.err(format!("the rows have no field `{f}` for the key"))))
-                .collect(),
-            None => {
-                let mut cols = keys.to_vec();
-                if let Ok(w) = schema.index_of("window_start") {
-                    if !cols.contains(&w) {
-                        cols.push(w);
-                    }
-                }
-                match cols.is_empty() {
-                    true => Err(self.err("the rows have no key fields; set redis.key".into())),
-                    false => Ok(cols),
-                }
-            }
-        }
+        super::key_columns(rows, keys, self.spec.key.as_deref(), "redis.key").map_err(|e| self.err(e))
     }
 
     /// The key of `row`: `keyPrefix` and the values of `cols` joined by `:`.
     fn row_key(&self, cols: &[Col], row: usize) -> Vec<u8> {
         let mut key = self.spec.key_prefix.clone().unwrap_or_default().into_bytes();
-        for (i, c) in cols.iter().enumerate() {
-            if i > 0 {
-                key.push(b':');
-            }
-            match c.value(row) {
-                Value::Null => key.extend_from_slice(b"null"),
-                Value::Str(s) => key.extend_from_slice(s.as_bytes()),
-                Value::I64(x) => key.extend_from_slice(x.to_string().as_bytes()),
-                Value::F64(x) => key.extend_from_slice(x.to_string().as_bytes()),
-                Value::Bool(b) => key.extend_from_slice(b.to_string().as_bytes()),
-            }
-        }
+        super::append_key(cols, row, &mut key);
         key
     }
 

@@ -1,0 +1,90 @@
+//! The OpenSearch sink on the local stack's Kafka and OpenSearch: a window job indexes its
+//! results while it is killed with SIGKILL at random moments (every third kill also loses the
+//! state folder). The index then holds every window result of the reference exactly once, under
+//! the id `<card>:<window_start>`, with the mapping the sink created it with.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use weir_e2e::payments::{create_topics, events, feed, reference, write_window_job, Windows};
+use weir_e2e::{kill_repeatedly, require_port, start_worker, unique};
+
+const PARTITIONS: i32 = 3;
+
+fn opensearch_url() -> String {
+    std::env::var("OPENSEARCH_URL").unwrap_or_else(|_| "http://127.0.0.1:9200".into())
+}
+
+/// `curl -s -X method url [body]` as JSON.
+fn call(method: &str, path: &str, body: Option<&str>) -> serde_json::Value {
+    let mut c = Command::new("curl");
+    c.args(["-sS", "-X", method, &format!("{}{path}", opensearch_url()), "-H", "Content-Type: application/json"]);
+    if let Some(b) = body {
+        c.args(["-d", b]);
+    }
+    let out = c.output().expect("running curl");
+    assert!(out.status.success(), "curl {path}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{path}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Every document of `index` as window results, and how many documents there are.
+fn indexed(index: &str) -> (Windows, u64) {
+    call("POST", &format!("/{index}/_refresh"), None);
+    let count = call("GET", &format!("/{index}/_count"), None)["count"].as_u64().unwrap_or(0);
+    let hits = call("POST", &format!("/{index}/_search"), Some(r#"{"size": 10000, "query": {"match_all": {}}}"#));
+    let mut got = Windows::new();
+    for h in hits["hits"]["hits"].as_array().into_iter().flatten() {
+        let d = &h["_source"];
+        let (card, start) = (d["card_id"].as_str().unwrap().to_string(), d["window_start"].as_i64().unwrap());
+        assert_eq!(h["_id"].as_str().unwrap(), format!("{card}:{start}"), "the id is the key and window start");
+        got.insert((card, start), (d["n"].as_i64().unwrap(), d["total"].as_i64().unwrap()));
+    }
+    (got, count)
+}
+
+#[test]
+fn window_results_are_indexed_exactly_once_through_random_kills() {
+    require_port("Kafka", 9092);
+    require_port("OpenSearch", 9200);
+    let name = unique("os");
+    let (input, index) = (format!("{name}-in"), format!("e2e-{name}"));
+    create_topics(&[(&input, PARTITIONS)]);
+    let evs = events(PARTITIONS);
+    let (want, _) = reference(&evs, PARTITIONS);
+    assert!(want.len() < 10_000, "one search reads them all");
+    let dir = tempfile::tempdir().unwrap();
+    let sink = format!(
+        "      search:\n        from: per_card_minute\n        opensearch:\n          url: \"{}\"\n          index: {index}\n          \
+         mappings: {{card_id: keyword, window_start: date, window_end: date, n: long, total: long}}\n",
+        opensearch_url()
+    );
+    let manifest = write_window_job(dir.path(), &name, &input, "100ms", &sink);
+    let state = dir.path().join("state");
+    let log = weir_e2e::run_dir().join("logs").join(format!("e2e-{name}.log"));
+    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    let feeder = feed(&input, &evs, 40, Duration::from_millis(250));
+    kill_repeatedly(&manifest, &state, &log, &[], (5, 0x5851_f42d_4c95_7f2d, 1500));
+    feeder.join().unwrap();
+
+    let mut w = start_worker(&manifest, &state, &log, &[]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (mut got, mut count) = indexed(&index);
+    while got != want && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        (got, count) = indexed(&index);
+    }
+    w.kill().unwrap();
+    w.wait().unwrap();
+    let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(*k)).take(5).collect();
+    let wrong: Vec<_> = got.iter().filter(|(k, v)| want.get(*k) != Some(*v)).take(5).collect();
+    assert!(missing.is_empty() && wrong.is_empty(), "missing {missing:?}; wrong {wrong:?}; log {}", log.display());
+    assert_eq!(count, want.len() as u64, "one document per window result");
+    let mapping = call("GET", &format!("/{index}/_mapping"), None);
+    let props = &mapping[&index]["mappings"]["properties"];
+    assert_eq!(
+        (props["card_id"]["type"].as_str(), props["window_start"]["type"].as_str()),
+        (Some("keyword"), Some("date"))
+    );
+    call("DELETE", &format!("/{index}"), None);
+}
