@@ -1,13 +1,15 @@
 //! The OpenSearch sink on the local stack's Kafka and OpenSearch: a window job indexes its
 //! results while it is killed with SIGKILL at random moments (every third kill also loses the
 //! state folder). The index then holds every window result of the reference exactly once, under
-//! the id `<card>:<window_start>`, with the mapping the sink created it with.
+//! the id `<card>:<window_start>`, with the mapping the sink created it with. OpenSearch
+//! stopped for a while stalls the job, which then goes on; nothing is lost.
 
-use std::process::Command;
+use std::path::PathBuf;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use weir_e2e::payments::{create_topics, events, feed, reference, write_window_job, Windows};
-use weir_e2e::{kill_repeatedly, require_port, start_worker, unique};
+use weir_e2e::{kill_repeatedly, repo_dir, require_port, start_worker, unique};
 
 const PARTITIONS: i32 = 3;
 
@@ -43,48 +45,90 @@ fn indexed(index: &str) -> (Windows, u64) {
     (got, count)
 }
 
+/// A window job indexing into a new index, its input in a new topic.
+struct Job {
+    index: String,
+    input: String,
+    evs: Vec<(i32, weir_e2e::payments::Ev)>,
+    want: Windows,
+    _dir: tempfile::TempDir,
+    manifest: PathBuf,
+    state: PathBuf,
+    log: PathBuf,
+}
+
+impl Job {
+    fn new(prefix: &str) -> Job {
+        require_port("Kafka", 9092);
+        require_port("OpenSearch", 9200);
+        let name = unique(prefix);
+        let (input, index) = (format!("{name}-in"), format!("e2e-{name}"));
+        create_topics(&[(&input, PARTITIONS)]);
+        let evs = events(PARTITIONS);
+        let (want, _) = reference(&evs, PARTITIONS);
+        assert!(want.len() < 10_000, "one search reads them all");
+        let dir = tempfile::tempdir().unwrap();
+        let sink = format!(
+            "      search:\n        from: per_card_minute\n        opensearch:\n          url: \"{}\"\n          index: {index}\n          \
+             mappings: {{card_id: keyword, window_start: date, window_end: date, n: long, total: long}}\n",
+            opensearch_url()
+        );
+        let manifest = write_window_job(dir.path(), &name, &input, "100ms", &sink);
+        let state = dir.path().join("state");
+        let log = weir_e2e::run_dir().join("logs").join(format!("e2e-{name}.log"));
+        std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+        Job { index, input, evs, want, _dir: dir, manifest, state, log }
+    }
+
+    /// Waits for every window result in the index, stops `w`, and checks each is there once.
+    fn finish(&self, mut w: Child) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let (mut got, mut count) = indexed(&self.index);
+        while got != self.want && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(500));
+            (got, count) = indexed(&self.index);
+        }
+        w.kill().unwrap();
+        w.wait().unwrap();
+        let want = &self.want;
+        let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(*k)).take(5).collect();
+        let wrong: Vec<_> = got.iter().filter(|(k, v)| want.get(*k) != Some(*v)).take(5).collect();
+        let log = self.log.display();
+        assert!(missing.is_empty() && wrong.is_empty(), "missing {missing:?}; wrong {wrong:?}; log {log}");
+        assert_eq!(count, want.len() as u64, "one document per window result");
+        let mapping = call("GET", &format!("/{}/_mapping", self.index), None);
+        let props = &mapping[&self.index]["mappings"]["properties"];
+        let types = (props["card_id"]["type"].as_str(), props["window_start"]["type"].as_str());
+        assert_eq!(types, (Some("keyword"), Some("date")));
+        call("DELETE", &format!("/{}", self.index), None);
+    }
+}
+
 #[test]
 fn window_results_are_indexed_exactly_once_through_random_kills() {
-    require_port("Kafka", 9092);
-    require_port("OpenSearch", 9200);
-    let name = unique("os");
-    let (input, index) = (format!("{name}-in"), format!("e2e-{name}"));
-    create_topics(&[(&input, PARTITIONS)]);
-    let evs = events(PARTITIONS);
-    let (want, _) = reference(&evs, PARTITIONS);
-    assert!(want.len() < 10_000, "one search reads them all");
-    let dir = tempfile::tempdir().unwrap();
-    let sink = format!(
-        "      search:\n        from: per_card_minute\n        opensearch:\n          url: \"{}\"\n          index: {index}\n          \
-         mappings: {{card_id: keyword, window_start: date, window_end: date, n: long, total: long}}\n",
-        opensearch_url()
-    );
-    let manifest = write_window_job(dir.path(), &name, &input, "100ms", &sink);
-    let state = dir.path().join("state");
-    let log = weir_e2e::run_dir().join("logs").join(format!("e2e-{name}.log"));
-    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
-    let feeder = feed(&input, &evs, 40, Duration::from_millis(250));
-    kill_repeatedly(&manifest, &state, &log, &[], (5, 0x5851_f42d_4c95_7f2d, 1500));
+    let job = Job::new("os");
+    let feeder = feed(&job.input, &job.evs, 40, Duration::from_millis(250));
+    kill_repeatedly(&job.manifest, &job.state, &job.log, &[], (5, 0x5851_f42d_4c95_7f2d, 1500));
     feeder.join().unwrap();
+    job.finish(start_worker(&job.manifest, &job.state, &job.log, &[]));
+}
 
-    let mut w = start_worker(&manifest, &state, &log, &[]);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let (mut got, mut count) = indexed(&index);
-    while got != want && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(500));
-        (got, count) = indexed(&index);
-    }
-    w.kill().unwrap();
-    w.wait().unwrap();
-    let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(*k)).take(5).collect();
-    let wrong: Vec<_> = got.iter().filter(|(k, v)| want.get(*k) != Some(*v)).take(5).collect();
-    assert!(missing.is_empty() && wrong.is_empty(), "missing {missing:?}; wrong {wrong:?}; log {}", log.display());
-    assert_eq!(count, want.len() as u64, "one document per window result");
-    let mapping = call("GET", &format!("/{index}/_mapping"), None);
-    let props = &mapping[&index]["mappings"]["properties"];
-    assert_eq!(
-        (props["card_id"]["type"].as_str(), props["window_start"]["type"].as_str()),
-        (Some("keyword"), Some("date"))
-    );
-    call("DELETE", &format!("/{index}"), None);
+/// The stack's OpenSearch stopped for a while as the job indexes: bulk requests are retried with
+/// backoff while the task waits, and every result is indexed once it is back.
+#[test]
+fn an_opensearch_outage_stalls_the_job_and_loses_nothing() {
+    let job = Job::new("osdown");
+    let feeder = feed(&job.input, &job.evs, 40, Duration::from_millis(250));
+    let w = start_worker(&job.manifest, &job.state, &job.log, &[]);
+    weir_e2e::wait_until("the first documents", Duration::from_secs(60), || (indexed(&job.index).1 > 0).then_some(()));
+    let stack = repo_dir().join("e2e/stack/opensearch.sh");
+    let down = Command::new(&stack).arg("stop").output().unwrap();
+    assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+    std::thread::sleep(Duration::from_secs(5));
+    let up = Command::new(&stack).arg("start").output().unwrap();
+    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    feeder.join().unwrap();
+    job.finish(w);
+    let log = std::fs::read_to_string(&job.log).unwrap_or_default();
+    assert!(log.contains("sink call failed; retrying"), "the outage was met: {}", job.log.display());
 }
