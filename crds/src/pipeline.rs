@@ -502,6 +502,29 @@ pub struct SinkSpec {
     pub parquet: Option<ParquetSinkSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub opensearch: Option<OpenSearchSinkSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cassandra: Option<CassandraSinkSpec>,
+}
+
+/// Rows upserted into a Cassandra table whose primary key is the stream's key fields (the
+/// partition key) and, for window results, `window_start` (clustering): replays overwrite.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CassandraSinkSpec {
+    /// `host:port` of one or more nodes.
+    pub contact_points: Vec<String>,
+    pub keyspace: String,
+    pub table: String,
+    /// Each row expires this long after its write (`USING TTL`); never when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<Duration>,
+    /// Create the keyspace and the table from the rows' fields when they do not exist (else
+    /// the existing table is checked to have every field).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub create_table: bool,
+    /// The keyspace's replication factor when it is created (SimpleStrategy); 1 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_factor: Option<u32>,
 }
 
 /// Rows indexed into OpenSearch (or Elasticsearch) with the bulk API, one document per row under

@@ -431,11 +431,19 @@ spec:
     assert!(has(&errs, &format!("{p}.a.redis.ttl"), "must be above zero"), "{errs:?}");
     assert!(has(&errs, &format!("{p}.a.redis.key"), "at least one field"), "{errs:?}");
     assert!(
-        has(&errs, &format!("{p}.b"), "exactly one of kafka, file, redis, parquet, opensearch; found 2"),
+        has(&errs, &format!("{p}.b"), "exactly one of kafka, file, redis, parquet, opensearch, cassandra; found 2"),
         "{errs:?}"
     );
     assert!(has(&errs, "spec.pipeline.tables.t.redis.url", "not a redis://host"), "{errs:?}");
     assert!(has(&errs, "spec.pipeline.tables.t.versions", "one value per key"), "{errs:?}");
+}
+
+/// Asserts `errs` has each (path under `base`, needle) and nothing under `base.ok`.
+fn expect(errs: &[FieldError], base: &str, want: &[(&str, &str)]) {
+    for (path, needle) in want {
+        assert!(has(errs, &format!("{base}.{path}"), needle), "{base}.{path}: {needle}: {errs:?}");
+    }
+    assert!(!errs.iter().any(|e| e.path.starts_with(&format!("{base}.ok"))), "{errs:?}");
 }
 
 #[test]
@@ -457,13 +465,47 @@ spec:
       taken: {from: s, redis: {url: "redis://h"}}
 "#,
     );
-    let p = "spec.pipeline.streams";
-    assert!(has(&errs, &format!("{p}.tumbling.sessionState"), "only a session window"), "{errs:?}");
-    assert!(has(&errs, &format!("{p}.a.sessionState"), "`nowhere` is not a sink"), "{errs:?}");
-    assert!(has(&errs, &format!("{p}.b.sessionState"), "not a redis sink"), "{errs:?}");
-    assert!(has(&errs, &format!("{p}.c.sessionState"), "must have no `from`"), "{errs:?}");
-    assert!(!errs.iter().any(|e| e.path.starts_with(&format!("{p}.ok"))), "{errs:?}");
     assert!(!errs.iter().any(|e| e.path.starts_with("spec.pipeline.sinks.live")), "{errs:?}");
+    expect(
+        &errs,
+        "spec.pipeline.streams",
+        &[
+            ("tumbling.sessionState", "only a session window"),
+            ("a.sessionState", "`nowhere` is not a sink"),
+            ("b.sessionState", "not a redis sink"),
+            ("c.sessionState", "must have no `from`"),
+        ],
+    );
+}
+
+#[test]
+fn cassandra_sink_errors_say_what_is_wrong() {
+    let errs = errors(
+        r#"
+spec:
+  pipeline:
+    sources: {s: {datagen: {kind: payments}}}
+    sinks:
+      a: {from: s, cassandra: {contactPoints: [], keyspace: "1ks", table: "per-card", ttl: 0s, replicationFactor: 0}}
+      b: {from: s, cassandra: {contactPoints: ["cass", ":9042"], keyspace: weir, table: t}}
+      c: {cassandra: {contactPoints: ["cass:9042"], keyspace: weir, table: t}}
+      ok: {from: s, cassandra: {contactPoints: ["127.0.0.1:9042"], keyspace: weir, table: per_card, ttl: 7d, createTable: true}}
+"#,
+    );
+    expect(
+        &errs,
+        "spec.pipeline.sinks",
+        &[
+            ("a.cassandra.contactPoints", "at least one"),
+            ("a.cassandra.keyspace", "`1ks` is not a Cassandra name"),
+            ("a.cassandra.table", "`per-card` is not a Cassandra name"),
+            ("a.cassandra.ttl", "above zero"),
+            ("a.cassandra.replicationFactor", "at least 1"),
+            ("b.cassandra.contactPoints[0]", "`cass` is not host:port"),
+            ("b.cassandra.contactPoints[1]", "is not host:port"),
+            ("c.from", "typed columns"),
+        ],
+    );
 }
 
 #[test]
@@ -479,14 +521,18 @@ spec:
       ok: {from: s, opensearch: {url: "http://elastic:secret@127.0.0.1:9200", index: payments-1m, mappings: {card_id: keyword}}}
 "#,
     );
-    let p = "spec.pipeline.sinks";
-    assert!(has(&errs, &format!("{p}.a.opensearch.url"), "https is not available"), "{errs:?}");
-    assert!(has(&errs, &format!("{p}.a.opensearch.index"), "`Payments` is not an index name"), "{errs:?}");
-    assert!(has(&errs, &format!("{p}.a.opensearch.id"), "at least one field"), "{errs:?}");
-    assert!(has(&errs, &format!("{p}.b.opensearch.url"), "not an http://host"), "{errs:?}");
-    assert!(has(&errs, &format!("{p}.b.opensearch.index"), "`_x` is not an index name"), "{errs:?}");
-    assert!(has(&errs, &format!("{p}.b.opensearch.mappings.card_id"), "needs a field type"), "{errs:?}");
-    assert!(!errs.iter().any(|e| e.path.starts_with(&format!("{p}.ok"))), "{errs:?}");
+    expect(
+        &errs,
+        "spec.pipeline.sinks",
+        &[
+            ("a.opensearch.url", "https is not available"),
+            ("a.opensearch.index", "`Payments` is not an index name"),
+            ("a.opensearch.id", "at least one field"),
+            ("b.opensearch.url", "not an http://host"),
+            ("b.opensearch.index", "`_x` is not an index name"),
+            ("b.opensearch.mappings.card_id", "needs a field type"),
+        ],
+    );
 }
 
 #[test]
@@ -506,20 +552,24 @@ spec:
       ok: {from: late, parquet: {path: s3://b/t, maxFileSize: 64Mi, partitionBy: {field: window_start, format: "%Y/%m/%d/%H"}}}
 "#,
     );
-    let p = "spec.pipeline.sinks";
-    assert!(has(&errs, &format!("{p}.a.parquet.path"), "has no bucket"), "{errs:?}");
-    assert!(has(&errs, &format!("{p}.a.parquet.maxFileSize"), "`12Q` is not a size"), "{errs:?}");
-    assert!(has(&errs, &format!("{p}.a.parquet.partitionBy.field"), "must name a timestamp field"), "{errs:?}");
-    assert!(has(&errs, &format!("{p}.a.parquet.partitionBy.format"), "not a folder pattern"), "{errs:?}");
-    assert!(has(&errs, &format!("{p}.b.parquet.path"), "is not absolute"), "{errs:?}");
-    assert!(has(&errs, &format!("{p}.b.parquet.maxFileSize"), "below the least size"), "{errs:?}");
-    assert!(has(&errs, &format!("{p}.b.parquet.timestamps"), "must not be empty"), "{errs:?}");
-    assert!(has(&errs, &format!("{p}.c.parquet.path"), "expected s3://bucket/prefix"), "{errs:?}");
-    assert!(has(&errs, &format!("{p}.bad.from"), "late events and dead letters"), "{errs:?}");
-    assert!(!errs.iter().any(|e| e.path.starts_with(&format!("{p}.ok"))), "{errs:?}");
     assert_eq!(crate::parse_size("64Mi"), Some(64 << 20));
     assert_eq!(crate::parse_size("2G"), Some(2_000_000_000));
     assert_eq!(crate::parse_size("Mi"), None);
+    expect(
+        &errs,
+        "spec.pipeline.sinks",
+        &[
+            ("a.parquet.path", "has no bucket"),
+            ("a.parquet.maxFileSize", "`12Q` is not a size"),
+            ("a.parquet.partitionBy.field", "must name a timestamp field"),
+            ("a.parquet.partitionBy.format", "not a folder pattern"),
+            ("b.parquet.path", "is not absolute"),
+            ("b.parquet.maxFileSize", "below the least size"),
+            ("b.parquet.timestamps", "must not be empty"),
+            ("c.parquet.path", "expected s3://bucket/prefix"),
+            ("bad.from", "late events and dead letters"),
+        ],
+    );
 }
 
 #[test]

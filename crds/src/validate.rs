@@ -788,6 +788,37 @@ fn check_window(errs: &mut ValidationErrors, path: &str, s: &StreamSpec) {
     }
 }
 
+fn check_cassandra(errs: &mut ValidationErrors, path: &str, c: &crate::CassandraSinkSpec) {
+    let at = format!("{path}.cassandra");
+    if c.contact_points.is_empty() {
+        errs.push(format!("{at}.contactPoints"), "list at least one host:port");
+    }
+    for (i, cp) in c.contact_points.iter().enumerate() {
+        if cp.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) {
+            errs.push(format!("{at}.contactPoints[{i}]"), format!("`{cp}` is not host:port"));
+        }
+    }
+    let ident = |s: &str| {
+        s.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+            && s.len() <= 48
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    for (field, name) in [("keyspace", &c.keyspace), ("table", &c.table)] {
+        if !ident(name) {
+            errs.push(
+                format!("{at}.{field}"),
+                format!("`{name}` is not a Cassandra name: a letter, then letters, digits or _, at most 48"),
+            );
+        }
+    }
+    if let Some(ttl) = &c.ttl {
+        positive(errs, &format!("{at}.ttl"), ttl);
+    }
+    if c.replication_factor == Some(0) {
+        errs.push(format!("{at}.replicationFactor"), "must be at least 1");
+    }
+}
+
 fn check_opensearch(errs: &mut ValidationErrors, path: &str, o: &crate::OpenSearchSinkSpec) {
     let at = format!("{path}.opensearch");
     match o.url.split_once("://") {
@@ -871,16 +902,27 @@ fn check_sink(errs: &mut ValidationErrors, p: &PipelineSpec, name: &str, sink: &
         sink.redis.is_some(),
         sink.parquet.is_some(),
         sink.opensearch.is_some(),
+        sink.cassandra.is_some(),
     ];
     let kinds = kinds.iter().filter(|b| **b).count();
     if kinds != 1 {
         errs.push(
             path.clone(),
-            format!("a sink needs exactly one of kafka, file, redis, parquet, opensearch; found {kinds}"),
+            format!("a sink needs exactly one of kafka, file, redis, parquet, opensearch, cassandra; found {kinds}"),
         );
     }
     if let Some(o) = &sink.opensearch {
         check_opensearch(errs, &path, o);
+    }
+    if let Some(c) = &sink.cassandra {
+        check_cassandra(errs, &path, c);
+        if sink.from.is_none() {
+            errs.push(
+                format!("{path}.from"),
+                "a cassandra sink writes the rows of a step or a source into typed columns; late events and dead \
+                 letters are JSON records of any shape: send them to a kafka, file or redis sink",
+            );
+        }
     }
     if let Some(pq) = &sink.parquet {
         check_parquet(errs, &path, pq);

@@ -107,7 +107,7 @@ pub struct SinkPlan {
     pub name: String,
     pub spec: weir_crds::SinkSpec,
     pub key_cols: Vec<usize>,
-    /// Parquet: the integer fields written as timestamps.
+    /// Parquet and Cassandra: the integer fields written as timestamps.
     pub timestamps: Vec<String>,
 }
 
@@ -315,8 +315,12 @@ impl JobPlan {
                     schema = Some(nodes[n].out_schema.clone());
                 }
             }
-            let timestamps = match (&sink.parquet, &schema) {
-                (Some(pq), Some(schema)) => parquet_timestamps(&mut errs, name, pq, schema, &sources),
+            let timestamps = match (&sink.parquet, &sink.cassandra, &schema) {
+                (Some(pq), _, Some(schema)) => parquet_timestamps(&mut errs, name, pq, schema, &sources),
+                // Cassandra: the default timestamp fields become `timestamp` columns.
+                (None, Some(_), Some(schema)) => {
+                    parquet_timestamps(&mut errs, name, &Default::default(), schema, &sources)
+                }
                 _ => Vec::new(),
             };
             sinks.push(SinkPlan { name: name.clone(), spec: sink.clone(), key_cols, timestamps });

@@ -19,6 +19,7 @@ use crate::checkpoint::{self, Checkpointer, Savepoints};
 use crate::metrics::Metrics;
 use crate::plan::JobPlan;
 use crate::profile::Profile;
+use crate::sink::cassandra::CassandraSink;
 use crate::sink::kafka::{KafkaProducer, KafkaSink};
 use crate::sink::opensearch::OpenSearchSink;
 use crate::sink::parquet::{ParquetContext, ParquetSink};
@@ -194,6 +195,8 @@ impl Runtime {
                 Box::new(RedisSink::new(&s.name, r, metrics.clone())?)
             } else if let Some(o) = &s.spec.opensearch {
                 Box::new(OpenSearchSink::new(&s.name, o, metrics.clone())?)
+            } else if let Some(c) = &s.spec.cassandra {
+                Box::new(CassandraSink::new(&s.name, c, s.timestamps.clone(), metrics.clone())?)
             } else if s.spec.parquet.is_some() {
                 shared.push(None); // one per task, below
                 continue;

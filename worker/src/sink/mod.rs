@@ -1,8 +1,10 @@
 //! Sinks: `file` (JSON lines), Kafka (one JSON object per message, keyed by the key fields),
-//! Redis (upserts under the key fields), Parquet (files published when their epoch commits) and
-//! OpenSearch (documents indexed under ids made of the key fields).
+//! Redis (upserts under the key fields), Parquet (files published when their epoch commits),
+//! OpenSearch (documents indexed under ids made of the key fields) and Cassandra (upserts on the
+//! primary key made of the key fields and `window_start`).
 //! Rows arrive as batches; late events and dead letters arrive as raw JSON records.
 
+pub mod cassandra;
 pub mod file;
 pub mod http;
 pub mod kafka;
