@@ -5,7 +5,7 @@
 # from its first record read to everything processed and committed.
 # An interval join (join_1to1) reads the data set twice, as two inputs.
 # Env: BENCH_EVENTS (default 1000000), BENCH_KAFKA=0 to skip the Kafka runs, BENCH_REDIS=0 to skip
-# the Redis-table run, BENCH_PARQUET=0 to skip the Parquet sink runs, BENCH_OPENSEARCH=0 the OpenSearch one, BENCH_QUERIES to
+# the Redis-table run, BENCH_PARQUET=0 to skip the Parquet sink runs, BENCH_OPENSEARCH=0 the OpenSearch one, BENCH_CASSANDRA=0 the Cassandra one, BENCH_QUERIES to
 # run only some queries (e.g. "tumbling_1m session_2m", or " " for none), BENCH_PERF=1 to record
 # a perf profile of each run (perf.data files next to the data set), BENCH_LATENCY_RATE=0 to skip
 # the latency run, BENCH_OVERHEAD_EVENTS=0 to skip the checkpoint-overhead runs.
@@ -38,8 +38,9 @@ fi
 query() { # NAME -> the tables and streams of a query
   shared_query "$1" && return
   case $1 in
-    # Every event with all its fields (for sink throughput).
+    # Every event with all its fields (for sink throughput), and keyed by its id.
     all_events) printf '    streams:\n      q: {from: payments}\n' ;;
+    events_by_id) printf '    streams:\n      q: {from: payments, keyBy: [id]}\n' ;;
     # Enrichment from a side input of 1,000,000 generated merchants (loaded before the first
     # payment is read, so not timed); the payments go to 2,000 of them, skewed.
     enrich_1m) cat <<Q
@@ -207,6 +208,14 @@ YAML
     SINK="opensearch: {url: \"http://127.0.0.1:$OPENSEARCH_PORT\", index: $idx, id: [id]}" \
       run_one kafka-opensearch "$kafka" all_events
     curl -s -X DELETE "http://127.0.0.1:$OPENSEARCH_PORT/$idx" >/dev/null || true
+  fi
+  # The same events upserted into the stack's Cassandra, one row (and partition) per event id,
+  # when it runs; BENCH_CASSANDRA=0 skips it.
+  if [[ ${BENCH_CASSANDRA:-1} != 0 ]] && port_open "$CASSANDRA_PORT"; then
+    kafka="kafka: {brokers: \"127.0.0.1:$KAFKA_PORT\", topic: $TOPIC, startFrom: earliest, bounded: true, group: bench-cass-$RANDOM}"
+    # One keyspace for every run: the same ids are upserted again, the data does not grow.
+    SINK="cassandra: {contactPoints: [\"127.0.0.1:$CASSANDRA_PORT\"], keyspace: weir_bench, table: events, createTable: true}" \
+      run_one kafka-cassandra "$kafka" events_by_id
   fi
   # The same events upserted into the stack's Redis, one key per event (expiring after a
   # minute), when it runs; BENCH_REDIS=0 skips it.
