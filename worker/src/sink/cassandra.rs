@@ -180,10 +180,14 @@ impl CassandraSink {
     fn try_send(&mut self) -> std::result::Result<(), String> {
         let Some(layout) = &self.layout else { return Ok(()) };
         let mut batches: Vec<(Vec<u8>, Vec<CqlRow>)> = Vec::new();
-        for (key, rows) in std::mem::take(&mut self.pending) {
-            for chunk in rows.chunks(BATCH_ROWS) {
-                batches.push((key.clone(), chunk.to_vec()));
+        for (key, mut rows) in std::mem::take(&mut self.pending) {
+            // Moved into batches of BATCH_ROWS, the last first (rows of a key commute: upserts of
+            // distinct primary keys, or of one key in a batch's order).
+            while rows.len() > BATCH_ROWS {
+                let tail = rows.split_off(rows.len() - BATCH_ROWS);
+                batches.push((key.clone(), tail));
             }
+            batches.push((key, rows));
         }
         let session = &self.session;
         let insert = &layout.insert;

@@ -44,8 +44,7 @@ fn json_str(s: &str) -> String {
 
 /// FNV-1a, 64 bits, as hex: a stable id for keys too long to be one.
 fn hashed(bytes: &[u8]) -> String {
-    let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
-    format!("h{h:016x}")
+    format!("h{:016x}", crate::plan::fnv1a(bytes))
 }
 
 impl OpenSearchSink {

@@ -99,8 +99,6 @@ pub struct ParquetSink {
     /// Final keys of the files staged in this epoch, published when it commits.
     staged: Vec<String>,
     converted: Option<Converted>,
-    /// The last timestamp turned into a folder, and the folder.
-    last_folder: Option<(i64, String)>,
     /// How long a failing upload or publish is retried (the task waits meanwhile).
     retry_budget: std::time::Duration,
 }
@@ -161,7 +159,6 @@ impl ParquetSink {
             open: BTreeMap::new(),
             staged: Vec::new(),
             converted: None,
-            last_folder: None,
             retry_budget: super::RETRY_BUDGET,
         })
     }
@@ -207,20 +204,12 @@ impl ParquetSink {
     }
 
     /// The folder of a row whose partition field is `ts`.
-    fn folder(&mut self, ts: Option<i64>) -> String {
+    fn folder(&self, ts: Option<i64>) -> String {
         let Some((_, format)) = &self.partition_by else { return String::new() };
-        let Some(ts) = ts else { return NULL_FOLDER.to_string() };
-        if let Some((last, folder)) = &self.last_folder {
-            if *last == ts {
-                return folder.clone();
-            }
-        }
-        let folder = match chrono::DateTime::from_timestamp_millis(ts) {
+        match ts.and_then(chrono::DateTime::from_timestamp_millis) {
             Some(t) => t.format(format).to_string(),
             None => NULL_FOLDER.to_string(),
-        };
-        self.last_folder = Some((ts, folder.clone()));
-        folder
+        }
     }
 
     /// Appends `rows` (already converted) to the open file of `folder`.
@@ -305,13 +294,24 @@ impl Sink for ParquetSink {
         let Some(col) = conv.partition_col else { return self.append("", &batch) };
         let ts = rows.column(col).as_primitive::<Int64Type>().clone();
         // Rows by folder, in order; most batches fall into one.
+        // A folder is formatted once per run of rows with the same time, not once per row.
         let mut folders: Vec<(String, Vec<u32>)> = Vec::new();
+        let mut last: Option<(Option<i64>, usize)> = None;
         for row in 0..ts.len() {
-            let folder = self.folder(ts.is_valid(row).then(|| ts.value(row)));
-            match folders.iter_mut().find(|(f, _)| *f == folder) {
-                Some((_, rows)) => rows.push(row as u32),
-                None => folders.push((folder, vec![row as u32])),
-            }
+            let t = ts.is_valid(row).then(|| ts.value(row));
+            let at = match last {
+                Some((lt, at)) if lt == t => at,
+                _ => {
+                    let folder = self.folder(t);
+                    let at = folders.iter().position(|(f, _)| *f == folder).unwrap_or_else(|| {
+                        folders.push((folder, Vec::new()));
+                        folders.len() - 1
+                    });
+                    last = Some((t, at));
+                    at
+                }
+            };
+            folders[at].1.push(row as u32);
         }
         if let [(folder, _)] = folders.as_slice() {
             return self.append(&folder.clone(), &batch);
