@@ -519,7 +519,7 @@ pub struct CassandraSinkSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<Duration>,
     /// Create the keyspace and the table from the rows' fields when they do not exist (else
-    /// the existing table is checked to have every field).
+    /// an existing table is checked to have every field and the primary key the rows need).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub create_table: bool,
     /// The keyspace's replication factor when it is created (SimpleStrategy); 1 when absent.

@@ -323,3 +323,26 @@ pub fn windows_of(topic: &str, partitions: i32, expected: usize) -> (Windows, us
         (got.len() >= expected).then_some((got, all.len()))
     })
 }
+
+/// Polls `read` (the window results a store holds, and how many rows, documents or records
+/// held them) until they equal `want` or two minutes pass, then stops the worker with `stop`
+/// and checks that each result is there exactly once with the reference's values.
+pub fn assert_exactly_once(
+    want: &Windows,
+    log: &std::path::Path,
+    stop: impl FnOnce(),
+    mut read: impl FnMut() -> (Windows, usize),
+) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (mut got, mut count) = read();
+    while &got != want && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        (got, count) = read();
+    }
+    stop();
+    let missing: Vec<_> = want.iter().filter(|(k, _)| !got.contains_key(*k)).take(5).collect();
+    let wrong: Vec<_> = got.iter().filter(|(k, v)| want.get(*k) != Some(*v)).take(5).collect();
+    let log = log.display();
+    assert!(missing.is_empty() && wrong.is_empty(), "missing {missing:?}; wrong or extra {wrong:?}; log {log}");
+    assert_eq!(count, want.len(), "each window result is stored exactly once; log {log}");
+}

@@ -6,9 +6,9 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use weir_e2e::payments::{create_topics, events, feed, reference, write_window_job, Windows};
+use weir_e2e::payments::{assert_exactly_once, create_topics, events, feed, reference, write_window_job, Windows};
 use weir_e2e::{kill_repeatedly, repo_dir, require_port, start_worker, unique};
 
 const PARTITIONS: i32 = 3;
@@ -31,9 +31,9 @@ fn call(method: &str, path: &str, body: Option<&str>) -> serde_json::Value {
 }
 
 /// Every document of `index` as window results, and how many documents there are.
-fn indexed(index: &str) -> (Windows, u64) {
+fn indexed(index: &str) -> (Windows, usize) {
     call("POST", &format!("/{index}/_refresh"), None);
-    let count = call("GET", &format!("/{index}/_count"), None)["count"].as_u64().unwrap_or(0);
+    let count = call("GET", &format!("/{index}/_count"), None)["count"].as_u64().unwrap_or(0) as usize;
     let hits = call("POST", &format!("/{index}/_search"), Some(r#"{"size": 10000, "query": {"match_all": {}}}"#));
     let mut got = Windows::new();
     for h in hits["hits"]["hits"].as_array().into_iter().flatten() {
@@ -82,20 +82,11 @@ impl Job {
 
     /// Waits for every window result in the index, stops `w`, and checks each is there once.
     fn finish(&self, mut w: Child) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let (mut got, mut count) = indexed(&self.index);
-        while got != self.want && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(500));
-            (got, count) = indexed(&self.index);
-        }
-        w.kill().unwrap();
-        w.wait().unwrap();
-        let want = &self.want;
-        let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(*k)).take(5).collect();
-        let wrong: Vec<_> = got.iter().filter(|(k, v)| want.get(*k) != Some(*v)).take(5).collect();
-        let log = self.log.display();
-        assert!(missing.is_empty() && wrong.is_empty(), "missing {missing:?}; wrong {wrong:?}; log {log}");
-        assert_eq!(count, want.len() as u64, "one document per window result");
+        let stop = || {
+            w.kill().unwrap();
+            w.wait().unwrap();
+        };
+        assert_exactly_once(&self.want, &self.log, stop, || indexed(&self.index));
         let mapping = call("GET", &format!("/{}/_mapping", self.index), None);
         let props = &mapping[&self.index]["mappings"]["properties"];
         let types = (props["card_id"]["type"].as_str(), props["window_start"]["type"].as_str());

@@ -6,15 +6,14 @@
 //! staging folder, and after a clean stop that folder is empty. The S3 server stopped for a
 //! while stalls the job, which then goes on; nothing is lost.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Int64Type, TimeUnit, TimestampMillisecondType};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use weir_e2e::payments::{create_topics, events, feed, reference, write_window_job, Windows};
+use weir_e2e::payments::{assert_exactly_once, create_topics, events, feed, reference, write_window_job, Windows};
 use weir_e2e::{
     kill_repeatedly, repo_dir, require_port, s3_client, s3_endpoint, start_worker, unique, wait_until, S3_KEY,
     S3_SECRET,
@@ -123,22 +122,14 @@ impl Job {
     fn finish(&self, mut w: Child) -> String {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let s3 = rt.block_on(async { s3_client() });
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let (mut got, mut rows) = rt.block_on(published(&s3, &self.table));
-        while got != self.want && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(500));
-            (got, rows) = rt.block_on(published(&s3, &self.table));
-        }
-        Command::new("kill").args(["-TERM", &w.id().to_string()]).status().unwrap();
-        let status = w.wait().unwrap();
-        let log_text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        assert!(status.success(), "SIGTERM exits 0; log: {log_text}");
-        let want = &self.want;
-        let missing: BTreeMap<_, _> = want.iter().filter(|(k, _)| !got.contains_key(*k)).take(5).collect();
-        let wrong: Vec<_> = got.iter().filter(|(k, v)| want.get(*k) != Some(*v)).take(5).collect();
-        let log = self.log.display();
-        assert!(missing.is_empty() && wrong.is_empty(), "missing {missing:?}; wrong or extra {wrong:?}; log {log}");
-        assert_eq!(rows, want.len(), "each window result is in exactly one published file");
+        let mut log_text = String::new();
+        let stop = || {
+            Command::new("kill").args(["-TERM", &w.id().to_string()]).status().unwrap();
+            let status = w.wait().unwrap();
+            log_text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            assert!(status.success(), "SIGTERM exits 0; log: {log_text}");
+        };
+        assert_exactly_once(&self.want, &self.log, stop, || rt.block_on(published(&s3, &self.table)));
         let staged = rt.block_on(list(&s3, &format!("{}_staging/", self.table)));
         assert!(staged.is_empty(), "a clean stop leaves nothing staged: {staged:?}");
         log_text

@@ -68,6 +68,10 @@ impl KafkaProducer {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
+            // Keyed messages go where a Java producer (Kafka's default partitioner) puts them,
+            // so topics Weir writes are co-partitioned with ones other clients write by the same
+            // key; librdkafka's own default (CRC32) would put them elsewhere.
+            .set("partitioner", "murmur2_random")
             .set("compression.type", "lz4")
             .set("queue.buffering.max.kbytes", "262144");
         for (k, v) in properties {

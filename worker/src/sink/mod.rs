@@ -81,45 +81,66 @@ pub trait Sink: Send {
 /// How long a sink keeps retrying a failing call before it gives up and stops the worker.
 pub const RETRY_BUDGET: Duration = Duration::from_secs(600);
 
-/// Runs `call` on a sink's system until it succeeds, retrying failures after 100 ms, doubling
-/// up to 10 s between tries, for up to `budget`. The task waits meanwhile, so no input is read
-/// (backpressure): an outage of the system stalls the job instead of stopping it.
-pub fn retrying<T>(
+/// Why a call to a sink's system failed: `Transient` failures (the system is down, overloaded,
+/// timing out) are retried; `Permanent` ones (the system refuses the request itself: a bad
+/// statement, a missing permission) would fail again the same way, so they stop the worker at
+/// once with the reason.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Failure {
+    Transient(String),
+    Permanent(String),
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure::Transient(message)
+    }
+}
+
+/// Runs `call` on a sink's system until it succeeds, retrying transient failures after 100 ms,
+/// doubling up to 10 s between tries, for up to `budget`. The task waits meanwhile, so no input
+/// is read (backpressure): an outage of the system stalls the job instead of stopping it.
+pub fn retrying<T, E: Into<Failure>>(
     sink: &str,
     what: &str,
     metrics: &crate::metrics::Metrics,
     budget: Duration,
-    mut call: impl FnMut() -> std::result::Result<T, String>,
+    mut call: impl FnMut() -> std::result::Result<T, E>,
 ) -> Result<T> {
     let started = Instant::now();
     let mut pause = Duration::from_millis(100);
     let mut failures = 0u32;
     loop {
-        match call() {
+        let e = match call().map_err(Into::into) {
             Ok(v) => {
                 if failures > 0 {
                     tracing::info!(sink, what, failures, waited = ?started.elapsed(), "sink call succeeded again");
                 }
                 return Ok(v);
             }
-            Err(e) if started.elapsed() + pause > budget => {
+            Err(Failure::Permanent(e)) => {
                 metrics.sink_errors.with_label_values(&[sink]).inc();
                 return Err(SinkError::Failed {
                     sink: sink.to_string(),
-                    message: format!("{what}: {e} (still failing after {failures} retries in {:?})", started.elapsed()),
+                    message: format!("{what}: {e} (refused; not retried)"),
                 });
             }
-            Err(e) => {
-                if failures == 0 {
-                    tracing::warn!(sink, what, error = %e, "sink call failed; retrying with backoff, the task waits");
-                }
-                failures += 1;
-                metrics.sink_errors.with_label_values(&[sink]).inc();
-                metrics.sink_retries.with_label_values(&[sink]).inc();
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_secs(10));
-            }
+            Err(Failure::Transient(e)) => e,
+        };
+        metrics.sink_errors.with_label_values(&[sink]).inc();
+        if started.elapsed() + pause > budget {
+            return Err(SinkError::Failed {
+                sink: sink.to_string(),
+                message: format!("{what}: {e} (still failing after {failures} retries in {:?})", started.elapsed()),
+            });
         }
+        if failures == 0 {
+            tracing::warn!(sink, what, error = %e, "sink call failed; retrying with backoff, the task waits");
+        }
+        failures += 1;
+        metrics.sink_retries.with_label_values(&[sink]).inc();
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_secs(10));
     }
 }
 
@@ -280,6 +301,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("sink s: uploading: down (still failing after "), "{err}");
+        let mut calls = 0;
+        let err = retrying("s", "writing", &metrics, Duration::from_secs(5), || {
+            calls += 1;
+            Err::<(), _>(Failure::Permanent("no such table".into()))
+        })
+        .unwrap_err()
+        .to_string();
+        assert_eq!(calls, 1, "a refused request is not retried");
+        assert_eq!(err, "sink s: writing: no such table (refused; not retried)");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use weir_crds::OpenSearchSinkSpec;
 
 use super::http::HttpClient;
-use super::{append_key, key_columns, retrying, Result, Sink, SinkError};
+use super::{append_key, key_columns, retrying, Failure, Result, Sink, SinkError};
 use crate::codec::json::encode_json_lines;
 use crate::metrics::Metrics;
 use crate::value::Col;
@@ -122,19 +122,16 @@ impl OpenSearchSink {
         }
         let bytes = self.bytes as u64;
         let (name, metrics, budget) = (self.name.clone(), self.metrics.clone(), self.retry_budget);
-        let refused = retrying(&name, "indexing into OpenSearch", &metrics, budget, || self.try_send())?;
+        retrying(&name, "indexing into OpenSearch", &metrics, budget, || self.try_send())?;
         self.metrics.sink_bytes.with_label_values(&[&self.name]).inc_by(bytes);
         self.bytes = 0;
-        match refused {
-            None => Ok(()),
-            Some(reason) => Err(self.err(reason)),
-        }
+        Ok(())
     }
 
-    /// One bulk request of the pending items. Items indexed or refused for good leave the list;
-    /// `Err` (to retry) while some are refused for a while or the request failed; `Ok(Some)`
-    /// names an item refused for good.
-    fn try_send(&mut self) -> std::result::Result<Option<String>, String> {
+    /// One bulk request of the pending items. Items indexed leave the list; a transient failure
+    /// (to retry) while some are refused for a while or the request failed; a permanent one names
+    /// an item or a request refused for good.
+    fn try_send(&mut self) -> std::result::Result<(), Failure> {
         let mut body = Vec::with_capacity(self.bytes);
         for (a, d) in &self.items {
             body.extend_from_slice(a);
@@ -143,16 +140,16 @@ impl OpenSearchSink {
         let r = self.http.request("POST", "/_bulk", "application/x-ndjson", &body)?;
         let text = || String::from_utf8_lossy(&r.body).chars().take(500).collect::<String>();
         if r.status == 429 || r.status >= 500 {
-            return Err(format!("the bulk request answered {}: {}", r.status, text()));
+            return Err(Failure::Transient(format!("the bulk request answered {}: {}", r.status, text())));
         }
         if r.status != 200 {
-            return Ok(Some(format!("the bulk request answered {}: {}", r.status, text())));
+            return Err(Failure::Permanent(format!("the bulk request answered {}: {}", r.status, text())));
         }
         let reply: serde_json::Value =
             serde_json::from_slice(&r.body).map_err(|e| format!("the bulk reply is not JSON ({e}): {}", text()))?;
         if reply["errors"] != serde_json::Value::Bool(true) {
             self.items.clear();
-            return Ok(None);
+            return Ok(());
         }
         let statuses: Vec<(u64, &serde_json::Value)> = reply["items"]
             .as_array()
@@ -165,7 +162,11 @@ impl OpenSearchSink {
             })
             .unwrap_or_default();
         if statuses.len() != self.items.len() {
-            return Err(format!("the bulk reply has {} items for {} sent", statuses.len(), self.items.len()));
+            return Err(Failure::Transient(format!(
+                "the bulk reply has {} items for {} sent",
+                statuses.len(),
+                self.items.len()
+            )));
         }
         let mut again = Vec::new();
         let mut first_retry = None;
@@ -177,7 +178,7 @@ impl OpenSearchSink {
                     again.push(pending);
                 }
                 _ => {
-                    return Ok(Some(format!(
+                    return Err(Failure::Permanent(format!(
                         "OpenSearch refused document {} in index {}: {}",
                         item["_id"], self.spec.index, item["error"]
                     )))
@@ -187,8 +188,8 @@ impl OpenSearchSink {
         self.bytes = again.iter().map(|(a, d)| a.len() + d.len()).sum();
         self.items = again;
         match first_retry {
-            None => Ok(None),
-            Some(e) => Err(format!("{} items refused for now: {e}", self.items.len())),
+            None => Ok(()),
+            Some(e) => Err(Failure::Transient(format!("{} items refused for now: {e}", self.items.len()))),
         }
     }
 }
