@@ -277,6 +277,11 @@ pub struct StreamSpec {
     /// An interval join of two inputs (then the step has no `from`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub join: Option<JoinSpec>,
+    /// Moves every row to the partition of its `keyBy` fields, through an internal Kafka topic
+    /// (`<group>.<step>.repartition`) with the input's partition count, written in the task's
+    /// transaction; event times and watermarks travel with the rows.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub repartition: bool,
 }
 
 /// An interval join: a left and a right row with equal `by` fields join when the right row's

@@ -600,3 +600,41 @@ spec:
     assert!(has(&errs, &format!("{s}.sliding_outer.join.type"), "needs tumbling windows"), "{errs:?}");
     assert!(has(&errs, &format!("{s}.session.join.window"), "exactly one of tumbling, sliding"), "{errs:?}");
 }
+
+#[test]
+fn a_repartition_step_only_rekeys_a_kafka_stream() {
+    let ok = r#"
+spec:
+  pipeline:
+    sources:
+      payments:
+        kafka: {brokers: "127.0.0.1:9092", topic: payments}
+        schema: {id: string, merchant_id: string, amount: double, ts: timestamp}
+        eventTime: {field: ts}
+    streams:
+      by_merchant: {from: payments, keyBy: [merchant_id], repartition: true}
+      per_merchant:
+        from: by_merchant
+        keyBy: [merchant_id]
+        window: {tumbling: 1m}
+        aggregate: {n: "count(*)"}
+    sinks:
+      out: {from: per_merchant, kafka: {brokers: "127.0.0.1:9092", topic: out}}
+"#;
+    let m = Manifest::from_yaml(ok, "x").expect("a repartition step is valid");
+    assert!(m.spec.pipeline.streams["by_merchant"].repartition);
+    let bad = ok
+        .replace(
+            "by_merchant: {from: payments, keyBy: [merchant_id], repartition: true}",
+            "by_merchant: {from: payments, where: \"amount > 1\", keyBy: [shop], repartition: true}",
+        )
+        .replace("keyBy: [merchant_id]\n        window", "keyBy: [shop]\n        window");
+    let errs = errors(&bad);
+    assert!(has(&errs, "spec.pipeline.streams.by_merchant.where", "only re-keys its input"), "{errs:?}");
+    assert!(has(&errs, "spec.pipeline.streams.by_merchant.keyBy", "`shop` is not a field of `payments`"), "{errs:?}");
+    let errs = errors(&ok.replace("keyBy: [merchant_id], repartition", "repartition"));
+    assert!(has(&errs, "spec.pipeline.streams.by_merchant.keyBy", "needs keyBy"), "{errs:?}");
+    let file = ok.replace("kafka: {brokers: \"127.0.0.1:9092\", topic: payments}", "file: {path: p.jsonl}");
+    let errs = errors(&file);
+    assert!(has(&errs, "spec.pipeline.streams.by_merchant.repartition", "has none"), "{errs:?}");
+}

@@ -424,6 +424,44 @@ pub fn topo_order(p: &PipelineSpec) -> Result<Vec<String>, Vec<String>> {
     Ok(order)
 }
 
+/// A repartition step only moves rows to the partition of their new key: anything else belongs
+/// in a step before or after it. Its topic is created on the brokers of a Kafka source.
+fn check_repartition(errs: &mut ValidationErrors, p: &PipelineSpec, path: &str, s: &StreamSpec) {
+    if s.key_by.is_none() {
+        errs.push(
+            format!("{path}.keyBy"),
+            "a repartition step needs keyBy: the fields whose partition each row moves to",
+        );
+    }
+    let others = [
+        ("where", s.filter.is_some()),
+        ("select", s.select.is_some()),
+        ("window", s.window.is_some()),
+        ("allowedLateness", s.allowed_lateness.is_some()),
+        ("aggregate", s.aggregate.is_some()),
+        ("lateOutput", s.late_output.is_some()),
+        ("sessionState", s.session_state.is_some()),
+        ("stateTtl", s.state_ttl.is_some()),
+        ("enrich", s.enrich.is_some()),
+        ("pattern", s.pattern.is_some()),
+        ("join", s.join.is_some()),
+    ];
+    for (field, _) in others.iter().filter(|(_, set)| *set) {
+        errs.push(
+            format!("{path}.{field}"),
+            "a repartition step only re-keys its input (from, keyBy, repartition); put this in a step that reads it \
+             or that it reads",
+        );
+    }
+    if !p.sources.values().any(|src| src.kafka.is_some()) {
+        errs.push(
+            format!("{path}.repartition"),
+            "a repartition step writes an internal Kafka topic on the brokers of the job's Kafka source; this job \
+             has none (file and datagen sources are one partition, which needs no repartitioning)",
+        );
+    }
+}
+
 fn check_stream(
     errs: &mut ValidationErrors,
     p: &PipelineSpec,
@@ -455,6 +493,9 @@ fn check_stream(
         None => check_input(errs, format!("{path}.from"), &s.from),
     }
     let input = fields.get(&s.from).cloned().flatten();
+    if s.repartition {
+        check_repartition(errs, p, &path, s);
+    }
     let operators = [s.aggregate.is_some(), s.enrich.is_some(), s.pattern.is_some(), s.join.is_some()]
         .iter()
         .filter(|b| **b)

@@ -42,7 +42,22 @@ pub struct SourcePlan {
     /// `eventTime.idleTimeout`: a partition without records this long stops holding back the
     /// watermark of steps with several inputs.
     pub idle_timeout: Option<std::time::Duration>,
+    /// The internal topic of a repartition step: records carry their event times as
+    /// timestamps, and the watermark comes from the writing partitions' markers.
+    pub markers: bool,
     pub children: Vec<Target>,
+}
+
+/// A repartition step's internal topic, as its writing sink sees it.
+#[derive(Clone, Debug)]
+pub struct RepartitionPlan {
+    pub topic: String,
+    /// What the step reads: the markers carry its watermark.
+    pub input: Input,
+    /// The sources upstream of the step: the topic gets their partition count.
+    pub roots: Vec<usize>,
+    /// The source that reads the topic back.
+    pub source: usize,
 }
 
 /// A compiled window step.
@@ -109,6 +124,8 @@ pub struct SinkPlan {
     pub key_cols: Vec<usize>,
     /// Parquet and Cassandra: the integer fields written as timestamps.
     pub timestamps: Vec<String>,
+    /// An internal sink: the writing half of a repartition step.
+    pub repartition: Option<RepartitionPlan>,
 }
 
 /// A Parquet sink's timestamp fields (`timestamps`, else `window_start`, `window_end` and the
@@ -238,6 +255,7 @@ impl JobPlan {
                         .as_ref()
                         .and_then(|e| e.idle_timeout.as_ref()?.millis().ok())
                         .map(std::time::Duration::from_millis),
+                    markers: false,
                     children: Vec::new(),
                 }
             })
@@ -250,8 +268,10 @@ impl JobPlan {
         })?;
         let node_index: BTreeMap<&str, usize> = order.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
         let mut nodes: Vec<NodePlan> = Vec::with_capacity(order.len());
+        // The writing halves of repartition steps, after the manifest's sinks.
+        let mut internal_sinks: Vec<SinkPlan> = Vec::new();
         // A source's or planned step's output schema and root sources.
-        let input_of = |nodes: &[NodePlan], input: &str| -> Option<(SchemaRef, Vec<usize>)> {
+        let input_of = |sources: &[SourcePlan], nodes: &[NodePlan], input: &str| -> Option<(SchemaRef, Vec<usize>)> {
             if let Some(&i) = source_index.get(input) {
                 Some((sources[i].decoder.schema().clone(), vec![i]))
             } else {
@@ -268,7 +288,7 @@ impl JobPlan {
             let s = &p.streams[name];
             let path = format!("spec.pipeline.streams.{name}");
             let (input, roots, join) = match &s.join {
-                Some(j) => match (input_of(&nodes, &j.left), input_of(&nodes, &j.right)) {
+                Some(j) => match (input_of(&sources, &nodes, &j.left), input_of(&sources, &nodes, &j.right)) {
                     (Some((l, mut roots)), Some((r, more))) => {
                         roots.extend(more);
                         roots.sort_unstable();
@@ -278,7 +298,25 @@ impl JobPlan {
                     }
                     _ => continue, // an unknown input: reported by validation
                 },
-                None => match input_of(&nodes, &s.from) {
+                None if s.repartition => {
+                    let Some((schema, roots)) = input_of(&sources, &nodes, &s.from) else { continue };
+                    let Some((src, sink)) = plan_repartition(
+                        name,
+                        &path,
+                        s,
+                        &schema,
+                        &roots,
+                        input_ref(&s.from),
+                        &group,
+                        &mut sources,
+                        &mut errs,
+                    ) else {
+                        continue;
+                    };
+                    internal_sinks.push(sink);
+                    (sources[src].decoder.schema().clone(), vec![src], None)
+                }
+                None => match input_of(&sources, &nodes, &s.from) {
                     Some((schema, roots)) => (schema, roots, None),
                     None => {
                         errs.push(format!("{path}.from"), format!("`{}` is not a source or a step", s.from));
@@ -288,11 +326,28 @@ impl JobPlan {
             };
             let mut node = plan_node(&compiler, name, &path, s, input, roots, &sink_index, &tables, &mut errs);
             node.join = join;
-            node.inputs = s.inputs().into_iter().map(input_ref).collect();
+            node.inputs = match s.repartition {
+                true => node.root_sources.iter().map(|&r| Input::Source(r)).collect(),
+                false => s.inputs().into_iter().map(input_ref).collect(),
+            };
             nodes.push(node);
         }
-        // Wire every step and sink to what it reads.
+        // Wire every step and sink to what it reads; a repartition step reads its topic.
+        let user_sinks = p.sinks.len();
+        for (k, sink) in internal_sinks.iter().enumerate() {
+            let rp = sink.repartition.as_ref().expect("internal sinks repartition");
+            let target = Target::Sink(user_sinks + k);
+            match rp.input {
+                Input::Source(s) => sources[s].children.push(target),
+                Input::Node(n) => nodes[n].children.push(target),
+            }
+            let at = node_index[sink.name.as_str()];
+            sources[rp.source].children.push(Target::Node(at, 0));
+        }
         for (i, name) in order.iter().enumerate() {
+            if p.streams[name].repartition {
+                continue;
+            }
             for (port, from) in p.streams[name].inputs().into_iter().enumerate() {
                 if let Some(&s) = source_index.get(from) {
                     sources[s].children.push(Target::Node(i, port as u8));
@@ -323,8 +378,9 @@ impl JobPlan {
                 }
                 _ => Vec::new(),
             };
-            sinks.push(SinkPlan { name: name.clone(), spec: sink.clone(), key_cols, timestamps });
+            sinks.push(SinkPlan { name: name.clone(), spec: sink.clone(), key_cols, timestamps, repartition: None });
         }
+        sinks.extend(internal_sinks);
         if nodes.len() != order.len() {
             // A step was left out; the indexes of the ones after it would not match.
             if errs.is_empty() {
@@ -368,9 +424,10 @@ impl JobPlan {
         })
     }
 
-    /// True when every source ends by itself (the job exits when they are done).
+    /// True when every source ends by itself (the job exits when they are done; a
+    /// repartition topic ends after its writers).
     pub fn bounded(&self) -> bool {
-        self.sources.iter().all(|s| {
+        self.sources.iter().filter(|s| !s.markers).all(|s| {
             s.spec.file.is_some()
                 || s.spec.datagen.as_ref().is_some_and(|d| d.bounded())
                 || s.spec.kafka.as_ref().is_some_and(|k| k.bounded)
@@ -472,6 +529,95 @@ impl JobPlan {
         }
         ops
     }
+}
+
+/// The internal topic of repartition step `name`: a source that reads it back (its rows typed
+/// as the step's input, event times from the record timestamps, watermarks from the writers'
+/// markers) and the sink that writes it, keyed by the `keyBy` fields. The source's index and
+/// the sink; `None` after reporting why it cannot be planned.
+#[allow(clippy::too_many_arguments)]
+fn plan_repartition(
+    name: &str,
+    path: &str,
+    s: &StreamSpec,
+    input: &SchemaRef,
+    roots: &[usize],
+    from: Input,
+    group: &str,
+    sources: &mut Vec<SourcePlan>,
+    errs: &mut ValidationErrors,
+) -> Option<(usize, SinkPlan)> {
+    let Some(kafka) = roots.iter().find_map(|&r| sources[r].spec.kafka.clone()) else {
+        errs.push(
+            format!("{path}.repartition"),
+            format!("`{}` reads no Kafka source, whose brokers would hold the topic", s.from),
+        );
+        return None;
+    };
+    let mut key_cols = Vec::new();
+    for k in s.key_by.iter().flatten() {
+        match input.index_of(k) {
+            Ok(c) => key_cols.push(c),
+            Err(_) => errs.push(format!("{path}.keyBy"), format!("`{k}` is not a field of `{}`", s.from)),
+        }
+    }
+    let mut fields = BTreeMap::new();
+    for f in input.fields() {
+        let t = match f.data_type() {
+            DataType::Utf8 => FieldType::String,
+            DataType::Int64 => FieldType::Long,
+            DataType::Float64 => FieldType::Double,
+            DataType::Boolean => FieldType::Boolean,
+            other => {
+                errs.push(
+                    path.to_string(),
+                    format!("field `{}` has type {other}, which a topic cannot carry", f.name()),
+                );
+                return None;
+            }
+        };
+        fields.insert(f.name().clone(), t);
+    }
+    let topic = format!("{group}.{name}.repartition");
+    let spec = SourceSpec {
+        kafka: Some(weir_crds::KafkaSourceSpec {
+            topic: topic.clone(),
+            start_from: weir_crds::StartFrom::Earliest,
+            start_timestamp: None,
+            bounded: false,
+            ..kafka.clone()
+        }),
+        schema: fields.clone(),
+        ..Default::default()
+    };
+    let decoder = Arc::new(JsonDecoder::new(&fields));
+    let source = sources.len();
+    let sink = SinkPlan {
+        name: name.to_string(),
+        spec: weir_crds::SinkSpec {
+            kafka: Some(weir_crds::KafkaSinkSpec {
+                brokers: kafka.brokers.clone(),
+                topic: topic.clone(),
+                properties: kafka.properties.clone(),
+            }),
+            ..Default::default()
+        },
+        key_cols,
+        timestamps: Vec::new(),
+        repartition: Some(RepartitionPlan { topic, input: from, roots: roots.to_vec(), source }),
+    };
+    sources.push(SourcePlan {
+        name: format!("{name}.repartition"),
+        spec,
+        fields,
+        decoder,
+        event_time_col: None,
+        max_out_of_orderness: 0,
+        idle_timeout: None,
+        markers: true,
+        children: Vec::new(),
+    });
+    Some((source, sink))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -914,5 +1060,49 @@ spec:
         );
         assert!(e.contains("they have card_id, window_start"), "{e}");
         assert!(e.contains("sinks.out.parquet.timestamps") && e.contains("`total` is not an integer field"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod repartition_tests {
+    use super::{Input, JobPlan, Target};
+
+    #[test]
+    fn a_repartition_step_writes_its_topic_and_reads_it_back() {
+        let yaml = r#"
+metadata: {name: rp, namespace: team}
+spec:
+  pipeline:
+    sources:
+      p:
+        kafka: {brokers: "127.0.0.1:9092", topic: payments, properties: {client.rack: r1}}
+        schema: {id: string, merchant_id: string, amount: double, ts: timestamp}
+        eventTime: {field: ts}
+    streams:
+      large: {from: p, where: "amount > 10"}
+      by_merchant: {from: large, keyBy: [merchant_id], repartition: true}
+      per_merchant: {from: by_merchant, keyBy: [merchant_id], window: {tumbling: 1m}, aggregate: {n: "count(*)"}}
+    sinks:
+      out: {from: per_merchant, file: {path: out.jsonl}}
+"#;
+        let m = weir_crds::Manifest::from_yaml(yaml, "rp").unwrap();
+        let p = JobPlan::new(&m, std::path::Path::new(".")).unwrap();
+        assert_eq!(p.sources.len(), 2, "the payments and the internal topic");
+        let topic = &p.sources[1];
+        assert!(topic.markers && topic.event_time_col.is_none(), "event times and watermarks come with the records");
+        let k = topic.spec.kafka.as_ref().unwrap();
+        assert_eq!(k.topic, "weir.team.rp.by_merchant.repartition");
+        assert_eq!(k.properties["client.rack"], "r1", "the input's client settings");
+        let node = |name: &str| p.nodes.iter().position(|n| n.name == name).unwrap();
+        let (large, by_merchant) = (node("large"), node("by_merchant"));
+        assert_eq!(p.sinks.len(), 2, "the manifest's sink, then the internal one");
+        let writer = &p.sinks[1];
+        let rp = writer.repartition.as_ref().unwrap();
+        assert_eq!((rp.input, rp.source, rp.topic.as_str()), (Input::Node(large), 1, k.topic.as_str()));
+        assert_eq!(p.nodes[large].children, [Target::Sink(1)], "`large` feeds only the topic");
+        assert_eq!(p.nodes[large].out_schema.field(writer.key_cols[0]).name(), "merchant_id");
+        assert_eq!(topic.children, [Target::Node(by_merchant, 0)]);
+        assert_eq!(p.nodes[by_merchant].root_sources, [1]);
+        assert_eq!(p.nodes[node("per_merchant")].root_sources, [1], "windows fire on the topic's watermark");
     }
 }

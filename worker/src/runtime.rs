@@ -23,6 +23,7 @@ use crate::sink::cassandra::CassandraSink;
 use crate::sink::kafka::{KafkaProducer, KafkaSink};
 use crate::sink::opensearch::OpenSearchSink;
 use crate::sink::parquet::{ParquetContext, ParquetSink};
+use crate::sink::repartition::RepartitionSink;
 use crate::sink::{file::FileSink, redis::RedisSink, Shared, SharedSink, Sink};
 use crate::source::{datagen::DatagenSource, file::FileSource, kafka::KafkaSource, Source};
 use crate::state::{RocksShared, RocksStore};
@@ -82,7 +83,17 @@ impl Runtime {
         let id = &cfg.identity;
         let transactional = Self::transactional(&plan)?;
         let mut sources: Vec<Box<dyn Source>> = Vec::new();
-        for sp in &plan.sources {
+        for (i, sp) in plan.sources.iter().enumerate() {
+            if sp.markers {
+                // A repartition topic: created with its input's partition count (its upstream
+                // sources come first, so they are open).
+                let rp = plan.sinks.iter().find_map(|s| s.repartition.as_ref().filter(|r| r.source == i));
+                let rp = rp.expect("a repartition topic has its writing sink");
+                let partitions = rp.roots.iter().map(|&r| sources[r].partition_count()).max().unwrap_or(1);
+                let k = sp.spec.kafka.as_ref().expect("a repartition topic is a Kafka topic");
+                crate::source::kafka::ensure_repartition_topic(&k.brokers, &k.properties, &k.topic, partitions)
+                    .map_err(|e| anyhow::anyhow!("step {}: {e}", rp.topic))?;
+            }
             let s: Box<dyn Source> = if let Some(k) = &sp.spec.kafka {
                 Box::new(
                     KafkaSource::new(&sp.name, k, &plan.group, id.ordinal, id.parallelism)?.exactly_once(transactional),
@@ -154,7 +165,12 @@ impl Runtime {
             }
             std::fs::create_dir_all(&dir).with_context(|| format!("creating state folder {}", dir.display()))?;
             let store = RocksStore::open(&dir, &shared)?;
-            let task = Task::open(plan.clone(), p, Box::new(store), metrics.clone(), &stores)?;
+            let mut task = Task::open(plan.clone(), p, Box::new(store), metrics.clone(), &stores)?;
+            for (i, sp) in plan.sources.iter().enumerate() {
+                if sp.markers {
+                    task.set_writers(i, sources[i].partition_count());
+                }
+            }
             for (i, s) in sources.iter_mut().enumerate() {
                 if let Some(pos) = task.restored_position(i) {
                     if s.partitions().contains(&p) {
@@ -179,7 +195,7 @@ impl Runtime {
         }
         for s in &plan.sinks {
             let sink: Box<dyn Sink> = if let Some(k) = &s.spec.kafka {
-                if transactional {
+                if transactional || s.repartition.is_some() {
                     shared.push(None); // one per task, below
                     continue;
                 }
@@ -207,6 +223,7 @@ impl Runtime {
         }
         let names: Vec<String> = plan.sinks.iter().map(|s| s.name.clone()).collect();
         let mut task_sinks = BTreeMap::new();
+        let mut repartition_producer: Option<Arc<KafkaProducer>> = None;
         for (i, &p) in tasks.keys().enumerate() {
             let txn = match transactional {
                 true => Some(Arc::new(Self::task_producer(&plan, p).map_err(anyhow::Error::msg)?)),
@@ -223,6 +240,25 @@ impl Runtime {
             for (k, (s, sh)) in plan.sinks.iter().zip(&shared).enumerate() {
                 match (sh, &s.spec.kafka, &txn, &s.spec.parquet) {
                     (Some(sh), _, _, _) => sinks.push(Box::new(Shared(sh.clone()))),
+                    (None, Some(k), txn, _) if s.repartition.is_some() => {
+                        let rp = s.repartition.as_ref().expect("checked");
+                        // At-least-once, a worker's tasks share one idempotent producer.
+                        let producer = match txn {
+                            Some(txn) => txn.clone(),
+                            None => match &repartition_producer {
+                                Some(p) => p.clone(),
+                                None => {
+                                    let p = Arc::new(
+                                        KafkaProducer::new(&k.brokers, &k.properties, None)
+                                            .map_err(anyhow::Error::msg)?,
+                                    );
+                                    repartition_producer.insert(p).clone()
+                                }
+                            },
+                        };
+                        let partitions = sources[rp.source].partition_count();
+                        sinks.push(Box::new(RepartitionSink::new(&s.name, &rp.topic, partitions, p, producer)))
+                    }
                     (None, Some(k), Some(txn), _) => {
                         sinks.push(Box::new(KafkaSink::with_producer(&s.name, k, txn.clone())))
                     }
@@ -390,7 +426,12 @@ impl Runtime {
                     };
                     task.process(i, recs, sinks)?;
                 }
-                if self.sources[i].finished() {
+                // A repartition topic ends when every writer's watermark has: their rows came
+                // before it.
+                let drained = self.plan.sources[i].markers
+                    && !self.tasks.is_empty()
+                    && self.tasks.values().all(|t| t.watermark(i) == i64::MAX);
+                if drained || self.sources[i].finished() {
                     self.ended[i] = true;
                     for (p, task) in self.tasks.iter_mut() {
                         task.end_source(i, self.sinks.get_mut(p).expect("every task has sinks"))?;
@@ -473,6 +514,7 @@ impl Runtime {
         for (p, task) in self.tasks.iter_mut() {
             let sinks = self.sinks.get_mut(p).expect("every task has sinks");
             task.drain_sessions(sinks)?;
+            task.emit_watermarks(sinks)?;
             sinks.flush()?;
             let (Some(txn), Some(_)) = (&sinks.txn, group) else { continue };
             let positions = task.positions();

@@ -18,6 +18,7 @@ use crate::operators::{OpCtx, OpError, Operator, Rejected, SessionChanges};
 use crate::plan::{state_prefix, Input, JobPlan, Target};
 use crate::profile::{self, Op, Times};
 use crate::sink::kafka::KafkaProducer;
+use crate::sink::repartition::Marker;
 use crate::sink::{dead_letter, Sink, SinkError};
 use crate::source::Records;
 use crate::state::{Ops, StateError, StateStore, StateTx};
@@ -106,7 +107,7 @@ impl Sinks {
         if self.skip(i) {
             return Ok(());
         }
-        self.timed(i, |s| s.write_rows(&batch.rows, keys, batch.raw.as_ref()))?;
+        self.timed(i, |s| s.write_batch(batch, keys))?;
         self.metrics.records_out.with_label_values(&[&self.names[i]]).inc_by(batch.num_rows() as u64);
         Ok(())
     }
@@ -118,6 +119,14 @@ impl Sinks {
         self.timed(i, |s| s.write_records(records))?;
         self.metrics.records_out.with_label_values(&[&self.names[i]]).inc_by(records.len() as u64);
         Ok(())
+    }
+
+    /// Passes the watermark of the rows written to sink `i` (a repartition topic's markers).
+    pub fn write_watermark(&mut self, i: usize, watermark: Option<i64>) -> Result<(), SinkError> {
+        if self.skip(i) {
+            return Ok(());
+        }
+        self.timed(i, |s| s.watermark(watermark))
     }
 
     /// Writes the open sessions that changed to sink `i` (`sessionState`).
@@ -166,6 +175,46 @@ struct SourceState {
     ended: bool,
     /// When a record of this partition was last read (idleness, `eventTime.idleTimeout`).
     last_read: Instant,
+    /// A repartition topic: the latest watermark marker of each writing partition, and
+    /// whether it is idle.
+    writers_wm: BTreeMap<u32, (i64, bool)>,
+    /// How many partitions write the repartition topic (its partition count).
+    writers: u32,
+    /// The watermark the markers give (never moves back).
+    marker_wm: i64,
+}
+
+impl SourceState {
+    /// Applies a marker from writing partition `from`: its watermark (`None`: idle).
+    fn apply_marker(&mut self, m: Marker) {
+        let entry = self.writers_wm.entry(m.from).or_insert((i64::MIN, false));
+        match m.watermark {
+            Some(wm) => *entry = (entry.0.max(wm), false),
+            None => entry.1 = true,
+        }
+        // The least over the active writers once every writer has reported; unchanged while
+        // every one is idle.
+        if self.writers_wm.len() as u32 >= self.writers && self.writers > 0 {
+            let active = self.writers_wm.values().filter(|(_, idle)| !idle).map(|(wm, _)| *wm).min();
+            if let Some(wm) = active {
+                self.marker_wm = self.marker_wm.max(wm);
+            }
+        }
+    }
+
+    fn writers_idle(&self) -> bool {
+        !self.writers_wm.is_empty() && self.writers_wm.values().all(|(_, idle)| *idle)
+    }
+}
+
+/// What a step's watermark is, for the steps after it and for repartition markers.
+struct StepWatermarks {
+    /// Each step's own watermark.
+    own: Vec<i64>,
+    /// The watermark each step passes on (a join holds it back by its bounds).
+    passed: Vec<i64>,
+    /// Whether every input of the step is idle.
+    idle: Vec<bool>,
 }
 
 pub struct Task {
@@ -268,6 +317,31 @@ fn drop_prefix(store: &dyn StateStore, prefix: &[u8]) -> Result<usize, StateErro
     }
 }
 
+/// Takes the watermark markers (records without a value whose key is a marker) out of `recs`:
+/// each with the index, among the records left, of the record that followed it.
+fn take_markers(recs: &mut Records) -> Vec<(usize, Marker)> {
+    let found: Vec<(usize, Marker)> =
+        recs.tombstones.iter().filter_map(|(i, key)| Some((*i as usize, Marker::parse(key)?))).collect();
+    if found.is_empty() {
+        return Vec::new();
+    }
+    let mut kept = Records::with_capacity(recs.len() - found.len(), recs.data.len());
+    let mut markers = Vec::with_capacity(found.len());
+    let mut next = found.iter().peekable();
+    for i in 0..recs.len() {
+        if let Some((_, m)) = next.next_if(|(at, _)| *at == i) {
+            markers.push((kept.len(), *m));
+            continue;
+        }
+        match recs.tombstones.binary_search_by_key(&(i as u32), |(at, _)| *at) {
+            Ok(t) => kept.push_tombstone(&recs.tombstones[t].1, recs.positions[i], recs.timestamps[i]),
+            Err(_) => kept.push(recs.payload(i), recs.positions[i], recs.timestamps[i]),
+        }
+    }
+    *recs = kept;
+    markers
+}
+
 fn read_i64(v: Option<Vec<u8>>) -> Option<i64> {
     Some(i64::from_be_bytes(v?.as_slice().try_into().ok()?))
 }
@@ -286,11 +360,19 @@ impl Task {
         let err = |source| TaskError::State { partition, source };
         let mut sources = Vec::new();
         for src in &plan.sources {
+            let writers_wm: BTreeMap<u32, (i64, bool)> = state
+                .get(&meta_key(b"uwm", &src.name))
+                .map_err(err)?
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default();
             sources.push(SourceState {
                 max_ts: read_i64(state.get(&meta_key(b"mts", &src.name)).map_err(err)?).unwrap_or(i64::MIN),
                 next_position: read_i64(state.get(&meta_key(b"pos", &src.name)).map_err(err)?),
                 ended: false,
                 last_read: Instant::now(),
+                writers_wm,
+                writers: 0,
+                marker_wm: read_i64(state.get(&meta_key(b"mwm", &src.name)).map_err(err)?).unwrap_or(i64::MIN),
             });
         }
         let nodes = (0..plan.nodes.len()).map(|i| plan.instantiate(i, tables)).collect();
@@ -315,15 +397,23 @@ impl Task {
         self.sources[source].next_position
     }
 
-    fn watermark(&self, source: usize) -> i64 {
+    /// The watermark of `source` in this partition.
+    pub fn watermark(&self, source: usize) -> i64 {
         let s = &self.sources[source];
         if s.ended {
             i64::MAX
+        } else if self.plan.sources[source].markers {
+            s.marker_wm
         } else if s.max_ts == i64::MIN {
             i64::MIN
         } else {
             s.max_ts - self.plan.sources[source].max_out_of_orderness - 1
         }
+    }
+
+    /// Source `src` is a repartition topic that `writers` partitions write.
+    pub fn set_writers(&mut self, src: usize, writers: u32) {
+        self.sources[src].writers = writers;
     }
 
     /// Input of source `src` before `position` is replayed with Kafka output muted.
@@ -390,6 +480,12 @@ impl Task {
         if let Some(last) = recs.positions.last() {
             self.sources[src].next_position = Some(last + 1);
         }
+        // A repartition topic's watermark markers, taken out (with the index of the record
+        // each comes before).
+        let markers = match sp.markers && !recs.tombstones.is_empty() {
+            true => take_markers(&mut recs),
+            false => Vec::new(),
+        };
         let decoded = sp.decoder.decode(&recs);
         let mut bad: Vec<(u32, String)> = decoded.errors;
         let mut kept: Vec<u32> = decoded.kept.unwrap_or_else(|| (0..recs.len() as u32).collect());
@@ -422,13 +518,26 @@ impl Task {
         }
         let times: Vec<i64> = event_times.into_iter().flatten().collect();
         let mut wms = Vec::with_capacity(times.len());
-        let ooo = sp.max_out_of_orderness;
-        let mut max_ts = self.sources[src].max_ts;
-        for &t in &times {
-            wms.push(if max_ts == i64::MIN { i64::MIN } else { max_ts - ooo - 1 });
-            max_ts = max_ts.max(t);
+        if sp.markers {
+            // Each row is judged against the markers before it.
+            let source = &mut self.sources[src];
+            let mut pending = markers.into_iter().peekable();
+            for &k in &kept {
+                while let Some((_, m)) = pending.next_if(|(at, _)| *at <= k as usize) {
+                    source.apply_marker(m);
+                }
+                wms.push(source.marker_wm);
+            }
+            pending.for_each(|(_, m)| source.apply_marker(m));
+        } else {
+            let ooo = sp.max_out_of_orderness;
+            let mut max_ts = self.sources[src].max_ts;
+            for &t in &times {
+                wms.push(if max_ts == i64::MIN { i64::MIN } else { max_ts - ooo - 1 });
+                max_ts = max_ts.max(t);
+            }
+            self.sources[src].max_ts = max_ts;
         }
-        self.sources[src].max_ts = max_ts;
         let raw = if kept.len() == recs.len() {
             // The records' buffer becomes the raw column as it is, without a copy.
             let offsets: Vec<i32> = std::iter::once(0).chain(recs.ends.iter().map(|&e| e as i32)).collect();
@@ -559,6 +668,9 @@ impl Task {
     /// Whether source `src` counts as idle: no record for its `idleTimeout` (wall clock).
     fn idle(&self, src: usize) -> bool {
         let s = &self.sources[src];
+        if self.plan.sources[src].markers {
+            return !s.ended && s.writers_idle();
+        }
         let timeout = self.plan.sources[src].idle_timeout;
         !s.ended && timeout.is_some_and(|t| s.last_read.elapsed() >= t)
     }
@@ -566,7 +678,7 @@ impl Task {
     /// Each step's watermark, in plan order: the least of its inputs' — a source's own, a
     /// step's as passed on (a join holds it back by its bounds) — leaving out idle inputs while
     /// another input is active (PIPELINE.md).
-    fn step_watermarks(&self) -> Vec<i64> {
+    fn step_watermarks(&self) -> StepWatermarks {
         let n = self.plan.nodes.len();
         let (mut wms, mut passed, mut idle) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
         for node in &self.plan.nodes {
@@ -587,7 +699,7 @@ impl Task {
                 _ => wm,
             });
         }
-        wms
+        StepWatermarks { own: wms, passed, idle }
     }
 
     /// Passes the watermarks to the steps that source `src` drives (every step with `None`),
@@ -604,7 +716,7 @@ impl Task {
                 self.metrics.watermark_lag.with_label_values(&[&self.partition_label]).set(lag);
             }
         }
-        let wms = self.step_watermarks();
+        let wms = self.step_watermarks().own;
         for (i, &wm) in wms.iter().enumerate() {
             if wm == i64::MIN || src.is_some_and(|s| !self.plan.nodes[i].root_sources.contains(&s)) {
                 continue;
@@ -667,6 +779,24 @@ impl Task {
         Ok(())
     }
 
+    /// Repartition steps: writes the watermark of each one's input to its topic (at every
+    /// epoch's end, before the sinks flush), for the partitions that read it.
+    pub fn emit_watermarks(&mut self, sinks: &mut Sinks) -> Result<(), TaskError> {
+        if !self.plan.sinks.iter().any(|s| s.repartition.is_some()) {
+            return Ok(());
+        }
+        let steps = self.step_watermarks();
+        for (k, sink) in self.plan.sinks.iter().enumerate() {
+            let Some(rp) = &sink.repartition else { continue };
+            let (wm, idle) = match rp.input {
+                Input::Source(s) => (self.watermark(s), self.idle(s)),
+                Input::Node(n) => (steps.passed[n], steps.idle[n]),
+            };
+            sinks.write_watermark(k, (!idle).then_some(wm))?;
+        }
+        Ok(())
+    }
+
     /// Writes cached operator state into the epoch's transaction (before sinks flush).
     pub fn prepare_commit(&mut self) -> Result<(), TaskError> {
         for i in 0..self.nodes.len() {
@@ -692,6 +822,12 @@ impl Task {
             if s.max_ts != i64::MIN {
                 extra.push((meta_key(b"mts", &self.plan.sources[i].name), s.max_ts.to_be_bytes().to_vec()));
             }
+            if !s.writers_wm.is_empty() {
+                let name = &self.plan.sources[i].name;
+                let writers = serde_json::to_vec(&s.writers_wm).expect("a map of numbers serializes");
+                extra.push((meta_key(b"uwm", name), writers));
+                extra.push((meta_key(b"mwm", name), s.marker_wm.to_be_bytes().to_vec()));
+            }
         }
         self.state.commit(extra).map_err(|source| TaskError::State { partition: self.partition, source })?;
         self.metrics.state_size.with_label_values(&[&self.partition_label]).set(self.state.size_bytes() as i64);
@@ -711,6 +847,54 @@ mod tests {
     use super::*;
     use crate::sink::file::FileSink;
     use crate::state::MemStore;
+
+    #[test]
+    fn markers_are_taken_out_of_a_repartition_topics_records() {
+        let mut recs = Records::default();
+        recs.push_tombstone(&Marker { from: 1, watermark: Some(50) }.key(), 10, 0);
+        recs.push(b"{\"a\":1}", 11, 100);
+        recs.push_tombstone(&Marker { from: 0, watermark: None }.key(), 12, 0);
+        recs.push_tombstone(b"not-a-marker", 13, 0);
+        recs.push(b"{\"a\":2}", 14, 200);
+        let markers = take_markers(&mut recs);
+        assert_eq!(
+            markers,
+            [(0, Marker { from: 1, watermark: Some(50) }), (1, Marker { from: 0, watermark: None })],
+            "each marker with the index of the record after it"
+        );
+        assert_eq!((recs.len(), recs.payload(0), recs.payload(2)), (3, &b"{\"a\":1}"[..], &b"{\"a\":2}"[..]));
+        assert_eq!(recs.positions, [11, 13, 14]);
+        assert_eq!(recs.tombstones, [(1, b"not-a-marker".to_vec())], "other records without a value stay");
+    }
+
+    #[test]
+    fn the_marker_watermark_is_the_least_of_the_active_writers_once_all_reported() {
+        let mut s = SourceState {
+            max_ts: i64::MIN,
+            next_position: None,
+            ended: false,
+            last_read: Instant::now(),
+            writers_wm: BTreeMap::new(),
+            writers: 3,
+            marker_wm: i64::MIN,
+        };
+        let m = |from, watermark| Marker { from, watermark };
+        s.apply_marker(m(0, Some(100)));
+        s.apply_marker(m(1, Some(300)));
+        assert_eq!(s.marker_wm, i64::MIN, "a writer has not reported yet");
+        s.apply_marker(m(2, Some(200)));
+        assert_eq!(s.marker_wm, 100);
+        s.apply_marker(m(0, Some(90)));
+        assert_eq!(s.writers_wm[&0], (100, false), "a writer's watermark never moves back");
+        s.apply_marker(m(0, None));
+        assert_eq!(s.marker_wm, 200, "an idle writer holds nothing back");
+        s.apply_marker(m(1, None));
+        s.apply_marker(m(2, None));
+        assert!(s.writers_idle());
+        assert_eq!(s.marker_wm, 200, "all idle: unchanged");
+        s.apply_marker(m(1, Some(150)));
+        assert_eq!(s.marker_wm, 300, "writer 1 is active again, at its own watermark (which never moved back)");
+    }
 
     const JOB: &str = r#"
 spec:

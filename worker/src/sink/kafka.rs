@@ -38,6 +38,16 @@ impl ProducerContext for Deliveries {
     }
 }
 
+/// A message to send: its key, value (none: a record without a value), partition (none: the
+/// partitioner's choice by key) and timestamp (none: now).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Outgoing<'a> {
+    pub key: Option<&'a [u8]>,
+    pub payload: Option<&'a [u8]>,
+    pub partition: Option<i32>,
+    pub timestamp: Option<i64>,
+}
+
 /// A Kafka producer shared by the Kafka sinks of a task (exactly-once: one transaction per
 /// epoch holds every sink's messages and the task's input offsets) or owned by one sink.
 pub struct KafkaProducer {
@@ -118,12 +128,27 @@ impl KafkaProducer {
 
     /// Sends one message; the time spent waiting for room in the producer's queue.
     fn send(&self, topic: &str, payload: &[u8], key: Option<&[u8]>) -> std::result::Result<Duration, String> {
+        self.send_to(topic, Outgoing { key, payload: Some(payload), ..Outgoing::default() })
+    }
+
+    /// Sends one message as `msg` says: to a chosen partition, with a timestamp, or without a
+    /// value.
+    pub fn send_to(&self, topic: &str, msg: Outgoing<'_>) -> std::result::Result<Duration, String> {
         self.begin_if_needed()?;
         let mut waiting: Option<Instant> = None;
         loop {
-            let mut rec = BaseRecord::<[u8], [u8]>::to(topic).payload(payload);
-            if let Some(k) = key {
+            let mut rec = BaseRecord::<[u8], [u8]>::to(topic);
+            if let Some(p) = msg.payload {
+                rec = rec.payload(p);
+            }
+            if let Some(k) = msg.key {
                 rec = rec.key(k);
+            }
+            if let Some(p) = msg.partition {
+                rec = rec.partition(p);
+            }
+            if let Some(t) = msg.timestamp {
+                rec = rec.timestamp(t);
             }
             match self.producer.send(rec) {
                 Ok(()) => return Ok(waiting.map_or(Duration::ZERO, |t| t.elapsed())),

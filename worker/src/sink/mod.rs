@@ -11,6 +11,7 @@ pub mod kafka;
 pub mod opensearch;
 pub mod parquet;
 pub mod redis;
+pub mod repartition;
 
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,15 @@ pub trait Sink: Send {
     /// Writes rows; `keys` are the column indexes that form each message's key. When `raw`
     /// is given (rows not yet projected or aggregated), each row is written as read.
     fn write_rows(&mut self, rows: &RecordBatch, keys: &[usize], raw: Option<&BinaryArray>) -> Result<()>;
+    /// Writes a batch of rows with their event times; most sinks take only the rows.
+    fn write_batch(&mut self, batch: &crate::batch::Batch, keys: &[usize]) -> Result<()> {
+        self.write_rows(&batch.rows, keys, batch.raw.as_ref())
+    }
+    /// The watermark of the rows written (`None`: their input is idle), at every epoch's end;
+    /// only a repartition topic passes it on.
+    fn watermark(&mut self, _watermark: Option<i64>) -> Result<()> {
+        Ok(())
+    }
     /// Writes records that are already JSON objects (late events, dead letters).
     fn write_records(&mut self, records: &[Vec<u8>]) -> Result<()>;
     /// Holds the open sessions of a session window (`sessionState`): upserts each changed open
@@ -153,6 +163,14 @@ pub struct Shared(pub SharedSink);
 impl Sink for Shared {
     fn write_rows(&mut self, rows: &RecordBatch, keys: &[usize], raw: Option<&BinaryArray>) -> Result<()> {
         self.0.lock().expect("sink lock").write_rows(rows, keys, raw)
+    }
+
+    fn write_batch(&mut self, batch: &crate::batch::Batch, keys: &[usize]) -> Result<()> {
+        self.0.lock().expect("sink lock").write_batch(batch, keys)
+    }
+
+    fn watermark(&mut self, watermark: Option<i64>) -> Result<()> {
+        self.0.lock().expect("sink lock").watermark(watermark)
     }
 
     fn write_records(&mut self, records: &[Vec<u8>]) -> Result<()> {

@@ -474,3 +474,77 @@ impl Drop for FetchQueue {
         }
     }
 }
+
+/// How long rows wait in a repartition topic for the reading task: as long as the input's
+/// replay horizon (7 days of retention).
+const REPARTITION_RETENTION_MS: &str = "604800000";
+
+/// Creates a repartition step's internal `topic` with `partitions` partitions (the input's
+/// count) if it does not exist, or checks that the existing one has that many: records keep
+/// the timestamps they are written with (their event times, however old); a replication
+/// factor of up to 3, as the cluster allows.
+pub fn ensure_repartition_topic(
+    brokers: &str,
+    properties: &BTreeMap<String, String>,
+    topic: &str,
+    partitions: u32,
+) -> std::result::Result<(), String> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::error::RDKafkaErrorCode;
+
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", brokers);
+    for (k, v) in properties {
+        cfg.set(k, v);
+    }
+    let admin: AdminClient<DefaultClientContext> =
+        cfg.create().map_err(|e| format!("creating a Kafka admin client for {brokers}: {e}"))?;
+    let existing = |admin: &AdminClient<DefaultClientContext>| -> std::result::Result<(Option<u32>, usize), String> {
+        let md = admin
+            .inner()
+            .fetch_metadata(Some(topic), META_TIMEOUT)
+            .map_err(|e| format!("reading metadata of topic {topic} from {brokers}: {e}"))?;
+        let count = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+            .map(|t| t.partitions().len() as u32);
+        Ok((count, md.brokers().len()))
+    };
+    let (count, brokers_up) = existing(&admin)?;
+    if count.is_none() {
+        let replication = brokers_up.clamp(1, 3) as i32;
+        let new = NewTopic::new(topic, partitions as i32, TopicReplication::Fixed(replication))
+            .set("cleanup.policy", "delete")
+            .set("retention.ms", REPARTITION_RETENTION_MS)
+            .set("message.timestamp.type", "CreateTime")
+            .set("message.timestamp.before.max.ms", "9223372036854775807")
+            .set("message.timestamp.after.max.ms", "9223372036854775807");
+        let created = futures::executor::block_on(admin.create_topics(&[new], &AdminOptions::new()))
+            .map_err(|e| format!("creating topic {topic} on {brokers}: {e}"))?;
+        for r in created {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((_, e)) => return Err(format!("creating topic {topic} on {brokers}: {e}")),
+            }
+        }
+        tracing::info!(topic, partitions, replication, "created the repartition topic");
+    }
+    // The new topic's partitions appear in the metadata shortly.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match existing(&admin)?.0 {
+            Some(n) if n == partitions => return Ok(()),
+            Some(n) => {
+                return Err(format!(
+                    "the repartition topic {topic} has {n} partitions, but the step's input has {partitions}; it \
+                     holds only rows in flight between this job's tasks: delete it (with the job stopped) to have \
+                     it created again"
+                ))
+            }
+            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            None => return Err(format!("topic {topic} was created but does not appear on {brokers}")),
+        }
+    }
+}
