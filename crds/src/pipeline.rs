@@ -463,7 +463,8 @@ pub struct PatternStep {
     /// Exactly this many events (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub times: Option<u32>,
-    /// At least this many events (`minTimes: 1` alone: one or more).
+    /// At least this many events (`minTimes: 1` alone: one or more; `minTimes: 0`: optional,
+    /// the match may skip the step).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_times: Option<u32>,
     /// At most this many events (default: no limit when `minTimes` is given).

@@ -362,6 +362,19 @@ spec:
         has(&errs, "spec.pipeline.streams.f.pattern.sequence[0].absent", "cannot start with a negative step"),
         "{errs:?}"
     );
+    // An optional step: before a required one, never last, never next to a negative step.
+    let no_refund = ok.replace("            - {name: refund, where: \"status = 'refunded'\", absent: true}\n", "");
+    let optional = no_refund.replace("minTimes: 2, maxTimes: 5", "minTimes: 0, maxTimes: 5");
+    Manifest::from_yaml(&optional, "t").expect("up to five probes, then a hit");
+    let errs = errors(&ok.replace("minTimes: 2, maxTimes: 5", "minTimes: 0"));
+    assert!(
+        has(&errs, "spec.pipeline.streams.f.pattern.sequence[0].minTimes", "cannot be next to a negative step"),
+        "{errs:?}"
+    );
+    let last =
+        no_refund.replace("{name: hit, where: \"amount > 500\"}", "{name: hit, where: \"amount > 500\", minTimes: 0}");
+    let errs = errors(&last);
+    assert!(has(&errs, "spec.pipeline.streams.f.pattern.sequence[1].minTimes", "cannot be the last step"), "{errs:?}");
 }
 
 #[test]

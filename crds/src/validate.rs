@@ -664,7 +664,20 @@ fn check_stream(
                 errs.push(format!("{at}.times"), "give either times (exactly) or minTimes/maxTimes (a range)");
             }
             if st.min_times == Some(0) {
-                errs.push(format!("{at}.minTimes"), "must be at least 1 (an optional step is not supported)");
+                let (before, after) = (i.checked_sub(1).map(|b| &pat.sequence[b]), pat.sequence.get(i + 1));
+                if !pat.sequence[i + 1..].iter().any(|s| !s.absent) {
+                    errs.push(
+                        format!("{at}.minTimes"),
+                        "an optional step (minTimes: 0) cannot be the last step: the match would complete without \
+                         waiting for it; end the sequence with a required step",
+                    );
+                } else if before.is_some_and(|s| s.absent) || after.is_some_and(|s| s.absent) {
+                    errs.push(
+                        format!("{at}.minTimes"),
+                        "an optional step (minTimes: 0) cannot be next to a negative step: whether the absence \
+                         applies when the optional step is skipped would be ambiguous; put a required step between",
+                    );
+                }
             }
             if let (Some(min), Some(max)) = (st.min_times, st.max_times) {
                 if max < min {

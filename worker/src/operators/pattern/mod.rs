@@ -12,6 +12,11 @@
 //! next one starts past its last event, Flink's `skipPastLastEvent`). A partial match whose
 //! first event is more than `within` before an event, or before the watermark, is dropped.
 //!
+//! A step with `minTimes: 0` is optional: a match waiting for it may go on at the step after it
+//! with an event that meets that step's condition (the optional step takes an event meeting
+//! both), and an event meeting the step after an optional first step starts a match there;
+//! `emit` fields of a skipped step are null.
+//!
 //! With negative steps at the end ("not followed by"), a match that has its steps waits until
 //! `within` of its first event has passed and completes then, unless an event of a trailing
 //! negative step came first; partial matches go on meanwhile, and a completed one drops those
@@ -235,15 +240,16 @@ impl PatternOp {
         // The step the match waits for: the current one below its least count, else the next.
         let waiting = if p.count < cur.min || i == last { cur } else { &plan.steps[i + 1] };
         if p.count >= cur.min && i < last {
-            let next = &plan.steps[i + 1];
-            if ev.meets & next.forbid != 0 {
+            if ev.meets & plan.steps[i + 1].forbid != 0 {
                 return Outcome::Drop;
             }
-            if meets(next.bit) {
-                p.step = i + 1;
+            // The next step, or one after optional steps (`minTimes: 0`) the match skips; the
+            // nearest the event meets takes it.
+            if let Some(j) = Self::entered(plan, i + 1, ev) {
+                p.step = j;
                 p.count = 1;
-                p.events[i + 1] = Some(ev.clone());
-                return match i + 1 == last && next.min <= 1 {
+                p.events[j] = Some(ev.clone());
+                return match j == last && plan.steps[j].min <= 1 {
                     true => done,
                     false => Outcome::Keep,
                 };
@@ -262,6 +268,20 @@ impl PatternOp {
             true => Outcome::Drop,
             false => Outcome::Keep,
         }
+    }
+
+    /// The step `ev` enters when a match may go on at step `from`: `from` if it meets that
+    /// step's condition, else the first later one it meets with only optional steps between.
+    fn entered(plan: &PatternPlan, from: usize, ev: &Ev) -> Option<usize> {
+        for (j, st) in plan.steps.iter().enumerate().skip(from) {
+            if ev.meets & (1 << st.bit) != 0 {
+                return Some(j);
+            }
+            if st.min > 0 {
+                return None;
+            }
+        }
+        None
     }
 
     /// Whether `p` has all its steps and waits only for `within` to pass without an event of a
@@ -311,11 +331,11 @@ impl PatternOp {
                 }
             }
         }
-        if done.is_none() && ev.meets & (1 << plan.steps[0].bit) != 0 {
-            let first = &plan.steps[0];
-            let mut p = Partial { start: ev.ts, step: 0, count: 1, events: vec![None; plan.steps.len()] };
-            p.events[0] = Some(ev);
-            match plan.steps.len() == 1 && first.min <= 1 && plan.trailing_forbid == 0 {
+        if let (None, Some(j)) = (&done, Self::entered(plan, 0, &ev)) {
+            // A new partial match, at the first step or past optional ones.
+            let mut p = Partial { start: ev.ts, step: j, count: 1, events: vec![None; plan.steps.len()] };
+            p.events[j] = Some(ev);
+            match j == plan.steps.len() - 1 && plan.steps[j].min <= 1 && plan.trailing_forbid == 0 {
                 true => done = Some(p),
                 false => partials.push(p),
             }
@@ -332,10 +352,11 @@ impl PatternOp {
         let last = m.events.last().and_then(Option::as_ref).expect("a completed match has its last event");
         for (b, &(step, col)) in out.builders.iter_mut().zip(&self.plan.emit) {
             let ev = match step {
-                Some(s) => m.events[s].as_ref().unwrap_or(last),
-                None => last,
+                Some(s) => m.events[s].as_ref(),
+                None => Some(last),
             };
-            b.push(&ev.values[col]);
+            // A skipped optional step has no event: null.
+            b.push(ev.map_or(&Value::Null, |ev| &ev.values[col]));
         }
         out.event_time.push(last.ts);
     }

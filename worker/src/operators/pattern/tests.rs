@@ -29,9 +29,9 @@ fn schema() -> SchemaRef {
     ]))
 }
 
-/// The shape of the tested pattern: `min` to `max` probes (events under 2), then, unless a
-/// refund (200 to 299) comes between the probes and it when `refunds` is set, a hit (over
-/// 500), all within `within`.
+/// The shape of the tested pattern: `min` to `max` probes (events under 2; none at all when
+/// `min` is 0: an optional step), then, unless a refund (200 to 299) comes between the probes
+/// and it when `refunds` is set, a hit (over 500), all within `within`.
 #[derive(Clone, Copy, Debug)]
 struct Shape {
     min: u32,
@@ -76,7 +76,7 @@ fn plan(sh: Shape) -> PatternPlan {
     }
 }
 
-/// (card, last probe id, hit id, time of the hit)
+/// (card, last probe id (-1: none, the probes skipped), hit id, time of the hit)
 type Match = (String, i64, i64, i64);
 
 /// The reference, written from the definition: per card, the events that are not late (by the
@@ -103,9 +103,14 @@ fn reference(evs: &[In], sh: Shape, ooo: i64) -> (Vec<Match>, Vec<i64>) {
     let refund = |e: &In| (200..300).contains(&e.amount);
     // A refund between the probes and the hit ends a match only when refunds count there.
     let between_refund = |e: &In| sh.refunds && refund(e);
+    // Where a match may start: a probe, or a hit when the probes are optional.
+    let starts = |e: &In| probe(e) || (sh.min == 0 && hit(e));
     // The event at which a match starting at `s` completes, with its last probe, if it does.
-    let complete = |list: &[(i64, usize)], s: usize, upto: usize| -> Option<(usize, usize)> {
-        let (mut probes, mut last_probe) = (1, s);
+    let complete = |list: &[(i64, usize)], s: usize, upto: usize| -> Option<(usize, Option<usize>)> {
+        if hit(&evs[list[s].1]) {
+            return Some((s, None)); // the probes skipped
+        }
+        let (mut probes, mut last_probe) = (1, Some(s));
         for (k, &(ts, i)) in list.iter().enumerate().take(upto + 1).skip(s + 1) {
             if ts - list[s].0 > sh.within {
                 return None;
@@ -119,7 +124,7 @@ fn reference(evs: &[In], sh: Shape, ooo: i64) -> (Vec<Match>, Vec<i64>) {
             }
             if probe(e) && probes < sh.max {
                 probes += 1;
-                last_probe = k;
+                last_probe = Some(k);
                 continue;
             }
             // Skipped: fatal when the step waited for is strict.
@@ -139,7 +144,7 @@ fn reference(evs: &[In], sh: Shape, ooo: i64) -> (Vec<Match>, Vec<i64>) {
             list.sort_by_key(|&(ts, i)| (ts, i));
             let mut skip_upto = i64::MIN;
             for s in 0..list.len() {
-                if list[s].0 <= skip_upto || !probe(&evs[list[s].1]) {
+                if list[s].0 <= skip_upto || !starts(&evs[list[s].1]) {
                     continue;
                 }
                 let Some((j, last_probe)) = complete(&list, s, list.len() - 1) else { continue };
@@ -147,8 +152,8 @@ fn reference(evs: &[In], sh: Shape, ooo: i64) -> (Vec<Match>, Vec<i64>) {
                 if list[j + 1..].iter().any(|&(ts, i)| ts <= deadline && refund(&evs[i])) {
                     continue;
                 }
-                let (hit, probe) = (&evs[list[j].1], &evs[list[last_probe].1]);
-                out.push((card.to_string(), probe.id, hit.id, hit.ts));
+                let (hit, probe) = (&evs[list[j].1], last_probe.map_or(-1, |p| evs[list[p].1].id));
+                out.push((card.to_string(), probe, hit.id, hit.ts));
                 skip_upto = hit.ts;
             }
         }
@@ -164,11 +169,11 @@ fn reference(evs: &[In], sh: Shape, ooo: i64) -> (Vec<Match>, Vec<i64>) {
                 continue;
             }
             let found = (from..=j)
-                .filter(|&s| probe(&evs[list[s].1]))
+                .filter(|&s| starts(&evs[list[s].1]))
                 .find_map(|s| complete(&list, s, j).filter(|&(end, _)| end == j));
             if let Some((_, probe)) = found {
-                let (hit, probe) = (&evs[list[j].1], &evs[list[probe].1]);
-                out.push((card.to_string(), probe.id, hit.id, hit.ts));
+                let (hit, probe) = (&evs[list[j].1], probe.map_or(-1, |p| evs[list[p].1].id));
+                out.push((card.to_string(), probe, hit.id, hit.ts));
                 from = j + 1;
             }
         }
@@ -197,7 +202,8 @@ fn run(
         let probe = b.rows.column(1).as_any().downcast_ref::<Int64Array>().unwrap().clone();
         let hit = b.rows.column(2).as_any().downcast_ref::<Int64Array>().unwrap().clone();
         for r in 0..b.num_rows() {
-            out.push((card.value(r).to_string(), probe.value(r), hit.value(r), b.event_time.value(r)));
+            let probe = if probe.is_null(r) { -1 } else { probe.value(r) };
+            out.push((card.value(r).to_string(), probe, hit.value(r), b.event_time.value(r)));
         }
     };
     let mut i = 0;
@@ -272,15 +278,18 @@ fn inputs(rng: &mut StdRng, n: usize, cards: u32, step: Option<i64>) -> Vec<In> 
 
 #[test]
 fn patterns_match_the_reference() {
-    let mut matches = 0;
+    let (mut matches, mut skipped) = (0, 0);
     for seed in 0..200u64 {
         let mut rng = StdRng::seed_from_u64(seed);
-        let min = rng.random_range(1..4);
-        let max = if rng.random_bool(0.5) { min } else { min + rng.random_range(0..3) };
+        // A quarter of the cases make the probes optional (minTimes: 0), which cannot be next to
+        // the negative step of the refunds.
+        let min = if rng.random_bool(0.25) { 0 } else { rng.random_range(1..4) };
+        let max = if rng.random_bool(0.5) { min.max(1) } else { min.max(1) + rng.random_range(0..3) };
+        let refunds = rng.random_bool(0.5) && min > 0;
         let sh = Shape {
             min,
             max,
-            refunds: rng.random_bool(0.5),
+            refunds,
             within: rng.random_range(1..20) * 15_000,
             strict_probes: rng.random_bool(0.25),
             strict_hit: rng.random_bool(0.25),
@@ -296,8 +305,10 @@ fn patterns_match_the_reference() {
         assert_eq!(late, want_late, "late: seed {seed} {sh:?} ooo {ooo}");
         assert_eq!(got, want, "matches: seed {seed} {sh:?} ooo {ooo}");
         matches += want.len();
+        skipped += want.iter().filter(|m| m.1 == -1).count();
     }
     assert!(matches > 500, "the cases have matches to compare: {matches}");
+    assert!(skipped > 50, "the cases have matches that skip the optional probes: {skipped}");
 }
 
 #[test]
@@ -321,4 +332,62 @@ fn three_probes_then_a_large_payment_within_five_minutes_on_rocksdb() {
     let (got, late) = run(&evs, &plan(sh), 5_000, &mut rng, store, 100);
     assert_eq!(late, want_late);
     assert_eq!(got, want);
+}
+
+#[test]
+fn an_optional_middle_step_is_taken_when_it_comes_and_skipped_when_it_does_not() {
+    // probe, then optionally a refund, then a hit; emits the three ids (null when skipped).
+    let c = ExprCompiler::default();
+    let s = schema();
+    let cond = |text: &str| c.compile(text, &s).unwrap();
+    let ids = |name: &str| Field::new(name, DataType::Int64, true);
+    let p = PatternPlan {
+        keys: vec![0],
+        conditions: vec![cond("amount < 2"), cond("amount >= 200 AND amount < 300"), cond("amount > 500")],
+        steps: vec![
+            StepPlan { bit: 0, min: 1, max: 1, forbid: 0, strict: false },
+            StepPlan { bit: 1, min: 0, max: 1, forbid: 0, strict: false },
+            StepPlan { bit: 2, min: 1, max: 1, forbid: 0, strict: false },
+        ],
+        keep_all: false,
+        trailing_forbid: 0,
+        within: 60_000,
+        kept: vec![1],
+        emit: vec![(Some(0), 0), (Some(1), 0), (Some(2), 0)],
+        out_schema: Arc::new(Schema::new(vec![ids("probe"), ids("refund"), ids("hit")])),
+    };
+    let evs = [
+        (1, 1, 1_000),    // probe
+        (2, 900, 2_000),  // hit: probe, -, hit
+        (3, 0, 10_000),   // probe
+        (4, 250, 11_000), // refund
+        (5, 50, 12_000),  // neither
+        (6, 700, 13_000), // hit: probe, refund, hit
+        (7, 800, 14_000), // a hit alone matches nothing: the probe is required
+    ];
+    let batch = Batch {
+        rows: RecordBatch::try_new(
+            schema(),
+            vec![
+                Arc::new(StringArray::from_iter_values(evs.iter().map(|_| "c1"))),
+                Arc::new(Int64Array::from_iter_values(evs.iter().map(|e| e.0))),
+                Arc::new(Int64Array::from_iter_values(evs.iter().map(|e| e.1))),
+            ],
+        )
+        .unwrap(),
+        event_time: Int64Array::from_iter_values(evs.iter().map(|e| e.2)),
+        watermark: Int64Array::from(vec![i64::MIN; evs.len()]),
+        raw: None,
+    };
+    let mut tx = StateTx::new(Box::new(MemStore::default()));
+    let mut late = Vec::new();
+    let mut ctx = OpCtx { state: &mut tx, late: &mut late };
+    let mut op = PatternOp::new("p", vec![0, 9], p, 10);
+    assert!(op.on_batch(batch, &mut ctx).unwrap().is_none());
+    let out = op.on_watermark(i64::MAX, &mut ctx).unwrap().expect("two matches");
+    let col = |i: usize| -> Vec<Option<i64>> {
+        let a = out.rows.column(i).as_any().downcast_ref::<Int64Array>().unwrap();
+        (0..a.len()).map(|r| a.is_valid(r).then(|| a.value(r))).collect()
+    };
+    assert_eq!((col(0), col(1), col(2)), (vec![Some(1), Some(3)], vec![None, Some(4)], vec![Some(2), Some(6)]));
 }
