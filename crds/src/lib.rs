@@ -68,6 +68,25 @@ pub fn consumer_group(pipeline: &PipelineSpec, name: &str, namespace: Option<&st
     }
 }
 
+/// The internal topic of repartition step `step` of a job whose consumer group is `group`.
+pub fn repartition_topic(group: &str, step: &str) -> String {
+    format!("{group}.{step}.repartition")
+}
+
+/// The internal topics of a job (its repartition steps'), with the brokers that hold them (the
+/// first Kafka source's) and that source's client properties; none without repartition steps.
+pub fn internal_topics(
+    pipeline: &PipelineSpec,
+    name: &str,
+    namespace: Option<&str>,
+) -> Option<(String, BTreeMap<String, String>, Vec<String>)> {
+    let group = consumer_group(pipeline, name, namespace);
+    let topics: Vec<String> =
+        pipeline.streams.iter().filter(|(_, s)| s.repartition).map(|(n, _)| repartition_topic(&group, n)).collect();
+    let kafka = pipeline.sources.values().find_map(|s| s.kafka.as_ref())?;
+    (!topics.is_empty()).then(|| (kafka.brokers.clone(), kafka.properties.clone(), topics))
+}
+
 /// The StreamJob CRD as YAML, as `crdgen` writes it to `crds/streamjob.yaml`.
 pub fn crd_yaml() -> String {
     use kube::CustomResourceExt;

@@ -147,3 +147,34 @@ pub fn kill_repeatedly(
         }
     }
 }
+
+/// A worker in Pod mode: ordinal `ordinal` of `parallelism`, admin server on `port`.
+pub fn start_pod(
+    manifest: &Path,
+    ordinal: u32,
+    parallelism: u32,
+    state: &Path,
+    port: u16,
+    restore: Option<&str>,
+    log: &Path,
+) -> Child {
+    let mut c = Command::new(worker_bin());
+    c.arg("pod")
+        .env("WEIR_CONFIG", manifest)
+        .env("POD_NAME", format!("job-{ordinal}"))
+        .env("WEIR_PARALLELISM", parallelism.to_string())
+        .env("WEIR_STATE_DIR", state)
+        .env("WEIR_ADMIN_ADDR", format!("127.0.0.1:{port}"))
+        .env_remove("WEIR_ORDINAL")
+        .stdout(Stdio::null())
+        .stderr(std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap());
+    if let Some(id) = restore {
+        c.env("WEIR_RESTORE_SAVEPOINT", id);
+    }
+    c.spawn().expect("starting weir-worker pod")
+}
+
+/// A port free on 127.0.0.1 now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}

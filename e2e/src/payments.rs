@@ -148,6 +148,20 @@ pub fn window_job_pipeline(input: &str) -> String {
     )
 }
 
+/// The sources and streams of the repartitioned window job (at the indentation of
+/// `spec.pipeline`'s fields): the payments of `input`, moved to the partition of their card by
+/// the repartition step `by_card`, counted and summed per card and minute in
+/// `per_card_minute`, with late events to the `corrections` sink that the caller declares.
+pub fn repartition_job_pipeline(input: &str) -> String {
+    let window = window_job_pipeline(input);
+    let rekeyed = window.replace(
+        "      per_card_minute:\n        from: payments\n",
+        "      by_card: {from: payments, keyBy: [card_id], repartition: true}\n      per_card_minute:\n        from: by_card\n",
+    );
+    assert_ne!(rekeyed, window, "the window job reads the payments");
+    rekeyed
+}
+
 /// A manifest of the window job ([`window_job_pipeline`]) named `name`, reading `input`,
 /// an epoch every `epoch`, checkpointing every 500 ms into `dir`/checkpoints, with `sinks`
 /// (the YAML of `spec.pipeline.sinks`' entries, indented by six spaces) and a file sink

@@ -11,7 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use weir_e2e::payments::{
-    create_topics, events, produce, producer, read_all, recreate_topics, reference, window_job_pipeline, windows_of, Ev,
+    create_topics, events, produce, producer, read_all, recreate_topics, reference, repartition_job_pipeline,
+    window_job_pipeline, windows_of, Ev,
 };
 use weir_e2e::{
     debug_bin, kafka_brokers, kubeconfig, kubectl, kubectl_raw, repo_dir, require_port, run_dir, s3_endpoint, unique,
@@ -815,4 +816,59 @@ fn worker_call(ip: &str, method: &str, path: &str) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
+}
+
+/// Whether `topic` exists on the local Kafka.
+fn topic_exists(topic: &str) -> bool {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", kafka_brokers()).create().unwrap();
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    md.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+}
+
+/// A job with a repartition step on the cluster: its workers create the internal topic, and
+/// the operator holds a finalizer for it; deleting the StreamJob stops the workers, then deletes
+/// the topic, then lets the job go.
+#[test]
+fn deleting_a_job_deletes_its_repartition_topic() {
+    require_port("kube-apiserver", 6443);
+    require_port("Kafka", 9092);
+    let (cleanup, log, _) = setup("rpdel");
+    let ns = cleanup.namespace.clone();
+    let (input, output) = (format!("{ns}-in"), format!("{ns}-out"));
+    create_topics(&[(&input, PARTITIONS), (&output, PARTITIONS)]);
+    apply(
+        &ns,
+        &format!(
+            r#"
+apiVersion: weir.dev/v1alpha1
+kind: StreamJob
+metadata: {{name: rekeyed}}
+spec:
+  image: weir-worker:dev
+  parallelism: 1
+  pipeline:
+{pipeline}    sinks:
+      results: {{from: per_card_minute, kafka: {{brokers: "{b}", topic: {output}}}}}
+      corrections: {{kafka: {{brokers: "{b}", topic: {output}}}}}
+"#,
+            b = kafka_brokers(),
+            pipeline = repartition_job_pipeline(&input),
+        ),
+    );
+    let topic = format!("weir.{ns}.rekeyed.by_card.repartition");
+    wait_until(&format!("Running (operator log: {})", log.display()), Duration::from_secs(120), || {
+        (get(&ns, "sj/rekeyed", "{.status.phase}") == "Running").then_some(())
+    });
+    wait_until("the internal topic", Duration::from_secs(60), || topic_exists(&topic).then_some(()));
+    let finalizers = get(&ns, "sj/rekeyed", "{.metadata.finalizers}");
+    assert!(finalizers.contains("weir.dev/internal-topics"), "{finalizers}");
+    kubectl(&["-n", &ns, "delete", "sj", "rekeyed", "--wait=false"]);
+    wait_until("the topic deleted and the job gone", Duration::from_secs(120), || {
+        let gone = !kubectl_raw(&["-n", &ns, "get", "sj", "rekeyed"]).status.success();
+        (gone && !topic_exists(&topic)).then_some(())
+    });
+    let reasons = event_reasons(&ns, "rekeyed");
+    assert!(reasons.contains("TopicsDeleted"), "{reasons}");
 }

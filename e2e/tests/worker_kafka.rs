@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use rdkafka::producer::{BaseRecord, Producer};
@@ -17,7 +17,7 @@ use weir_e2e::payments::{
     create_topics, events, feed, pattern_reference, pattern_step, produce, producer, read_all, reference,
     window_job_pipeline, windows_of, Ev, Windows,
 };
-use weir_e2e::{kafka_brokers, require_port, unique, wait_until, worker_bin};
+use weir_e2e::{free_port, kafka_brokers, require_port, start_pod, unique, wait_until, worker_bin};
 
 const PARTITIONS: i32 = 3;
 
@@ -290,32 +290,6 @@ spec:
     err
 }
 
-/// A worker in Pod mode: ordinal `ordinal` of `parallelism`, admin server on `port`.
-fn start_pod(
-    manifest: &Path,
-    ordinal: u32,
-    parallelism: u32,
-    state: &Path,
-    port: u16,
-    restore: Option<&str>,
-    log: &Path,
-) -> Child {
-    let mut c = Command::new(worker_bin());
-    c.arg("pod")
-        .env("WEIR_CONFIG", manifest)
-        .env("POD_NAME", format!("job-{ordinal}"))
-        .env("WEIR_PARALLELISM", parallelism.to_string())
-        .env("WEIR_STATE_DIR", state)
-        .env("WEIR_ADMIN_ADDR", format!("127.0.0.1:{port}"))
-        .env_remove("WEIR_ORDINAL")
-        .stdout(Stdio::null())
-        .stderr(std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap());
-    if let Some(id) = restore {
-        c.env("WEIR_RESTORE_SAVEPOINT", id);
-    }
-    c.spawn().expect("starting weir-worker pod")
-}
-
 fn admin(port: u16, method: &str, path: &str) -> String {
     use std::io::{Read, Write};
     let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
@@ -323,10 +297,6 @@ fn admin(port: u16, method: &str, path: &str) -> String {
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     out
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Three workers in Pod mode run `manifest` (state folders next to it) until they have read

@@ -1,5 +1,6 @@
 //! Lifecycle steps beside the upgrade: savepoints asked for by `spec.savepointTriggerNonce`, the
-//! final savepoint of a deleted job (a finalizer), and the rollback to the last stable spec.
+//! final savepoint of a deleted job and the deletion of its internal topics (finalizers), and
+//! the rollback to the last stable spec.
 
 use std::time::Duration;
 
@@ -16,6 +17,9 @@ use crate::workers::{self, TriggerError};
 /// Held on a StreamJob with `spec.savepointOnDeletion` until its final savepoint is done.
 pub const FINALIZER: &str = "weir.dev/final-savepoint";
 
+/// Held on a StreamJob with repartition steps until its internal topics are deleted.
+pub const TOPICS_FINALIZER: &str = "weir.dev/internal-topics";
+
 /// How long a savepoint outside an upgrade may take.
 const SAVEPOINT_DEADLINE: Duration = Duration::from_secs(300);
 
@@ -30,6 +34,11 @@ fn has_storage(job: &StreamJob) -> bool {
 
 fn has_finalizer(job: &StreamJob) -> bool {
     job.finalizers().iter().any(|f| f == FINALIZER)
+}
+
+/// The job's internal topics: their brokers, client properties and names.
+fn internal_topics(job: &StreamJob) -> Option<(String, std::collections::BTreeMap<String, String>, Vec<String>)> {
+    weir_crds::internal_topics(&job.spec.pipeline, &job.name_any(), Some(&namespace(job)))
 }
 
 fn namespace(job: &StreamJob) -> String {
@@ -58,16 +67,21 @@ async fn set_finalizers(ctx: &Ctx, job: &StreamJob, finalizers: Vec<String>) -> 
     Ok(())
 }
 
-/// Adds or removes the finalizer as `spec.savepointOnDeletion` says.
+/// Adds or removes the finalizers as the spec says: the final savepoint's with
+/// `spec.savepointOnDeletion`, the internal topics' with repartition steps.
 pub async fn keep_finalizer(ctx: &Ctx, job: &StreamJob) -> Result<(), Error> {
-    let want = job.spec.savepoint_on_deletion;
-    if want == has_finalizer(job) {
+    let ours = [FINALIZER, TOPICS_FINALIZER];
+    let want: Vec<&str> =
+        [(FINALIZER, job.spec.savepoint_on_deletion), (TOPICS_FINALIZER, internal_topics(job).is_some())]
+            .into_iter()
+            .filter_map(|(f, on)| on.then_some(f))
+            .collect();
+    let has: Vec<&str> = ours.into_iter().filter(|f| job.finalizers().iter().any(|g| g == f)).collect();
+    if want == has {
         return Ok(());
     }
-    let mut list: Vec<String> = job.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
-    if want {
-        list.push(FINALIZER.into());
-    }
+    let mut list: Vec<String> = job.finalizers().iter().filter(|f| !ours.contains(&f.as_str())).cloned().collect();
+    list.extend(want.into_iter().map(String::from));
     set_finalizers(ctx, job, list).await
 }
 
@@ -174,9 +188,81 @@ pub async fn nonce_savepoint(
 /// worker runs, waits for it (at most [`SAVEPOINT_DEADLINE`]), says where it is in an Event,
 /// then lets the deletion go on (the owned objects go with it).
 pub async fn finalize(ctx: &Ctx, job: &StreamJob) -> Result<Action, Error> {
-    if !has_finalizer(job) {
-        return Ok(Action::await_change());
+    if has_finalizer(job) {
+        return final_savepoint(ctx, job).await;
     }
+    if job.finalizers().iter().any(|f| f == TOPICS_FINALIZER) {
+        return delete_internal_topics(ctx, job).await;
+    }
+    Ok(Action::await_change())
+}
+
+/// A deleted job's internal topics go once its workers have stopped (a worker still running
+/// would write them again): the StatefulSet is scaled to 0, and when no worker Pod is left the
+/// topics are deleted and the finalizer released. A cluster that refuses is retried every 30 s
+/// with a Warning Event (removing the finalizer by hand leaves the topics).
+async fn delete_internal_topics(ctx: &Ctx, job: &StreamJob) -> Result<Action, Error> {
+    let ns = namespace(job);
+    let sts: Api<k8s_openapi::api::apps::v1::StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
+    if let Some(s) = sts.get_opt(&job.name_any()).await? {
+        if s.spec.as_ref().and_then(|s| s.replicas) != Some(0) {
+            let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
+            let patch = serde_json::json!({"spec": {"replicas": 0}});
+            sts.patch(&job.name_any(), &params, &Patch::Merge(&patch)).await?;
+        }
+    }
+    if !workers::pods(&ctx.client, &ns, job).await?.is_empty() {
+        return Ok(Action::requeue(Duration::from_secs(2)));
+    }
+    if let Some((brokers, properties, topics)) = internal_topics(job) {
+        match delete_topics(&brokers, &properties, &topics).await {
+            Ok(()) => {
+                let note = format!("deleted the internal topics {}", topics.join(", "));
+                publish(ctx, job, EventType::Normal, "TopicsDeleted", note).await;
+            }
+            Err(e) => {
+                let note = format!(
+                    "deleting the internal topics on {brokers}: {e}; retrying in 30 s (removing the finalizer \
+                     {TOPICS_FINALIZER} by hand leaves them)"
+                );
+                publish(ctx, job, EventType::Warning, "TopicCleanupFailed", note).await;
+                return Ok(Action::requeue(Duration::from_secs(30)));
+            }
+        }
+    }
+    release(ctx, job, TOPICS_FINALIZER).await?;
+    Ok(Action::await_change())
+}
+
+/// Deletes `topics` on `brokers`; one that does not exist is already gone.
+async fn delete_topics(
+    brokers: &str,
+    properties: &std::collections::BTreeMap<String, String>,
+    topics: &[String],
+) -> Result<(), String> {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::types::RDKafkaErrorCode;
+    let mut cfg = rdkafka::ClientConfig::new();
+    cfg.set("bootstrap.servers", brokers);
+    for (k, v) in properties {
+        cfg.set(k, v);
+    }
+    let admin: AdminClient<DefaultClientContext> = cfg.create().map_err(|e| e.to_string())?;
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for r in admin.delete_topics(&names, &options).await.map_err(|e| e.to_string())? {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Err((topic, code)) => return Err(format!("topic {topic}: {code}")),
+        }
+    }
+    Ok(())
+}
+
+/// The final savepoint of a deleted job with `spec.savepointOnDeletion`, then its finalizer
+/// released.
+async fn final_savepoint(ctx: &Ctx, job: &StreamJob) -> Result<Action, Error> {
     let mut status = job.status.clone().unwrap_or_default();
     if let Some(p) = status.pending_savepoint.clone().filter(|p| p.trigger == "deletion") {
         match poll(ctx, job, &p.id, &p.deadline).await? {
@@ -194,7 +280,7 @@ pub async fn finalize(ctx: &Ctx, job: &StreamJob) -> Result<Action, Error> {
                 publish(ctx, job, EventType::Warning, "SavepointFailed", note).await;
             }
         }
-        release(ctx, job).await?;
+        release(ctx, job, FINALIZER).await?;
         return Ok(Action::await_change());
     }
     if has_storage(job) && all_running(status.phase.as_deref()) {
@@ -213,14 +299,14 @@ pub async fn finalize(ctx: &Ctx, job: &StreamJob) -> Result<Action, Error> {
         );
         publish(ctx, job, EventType::Warning, "SavepointSkipped", note).await;
     }
-    release(ctx, job).await?;
+    release(ctx, job, FINALIZER).await?;
     Ok(Action::await_change())
 }
 
 /// Lets the deletion go on: the finalizer leaves the list, provided the list is still the one
 /// read (a JSON patch `test`; status writes meanwhile do not matter, unlike a resourceVersion).
-async fn release(ctx: &Ctx, job: &StreamJob) -> Result<(), Error> {
-    let rest: Vec<String> = job.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
+async fn release(ctx: &Ctx, job: &StreamJob, finalizer: &str) -> Result<(), Error> {
+    let rest: Vec<String> = job.finalizers().iter().filter(|f| *f != finalizer).cloned().collect();
     let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
         {"op": "test", "path": "/metadata/finalizers", "value": job.finalizers()},
         {"op": "replace", "path": "/metadata/finalizers", "value": rest},

@@ -547,13 +547,16 @@ fn plan_repartition(
     sources: &mut Vec<SourcePlan>,
     errs: &mut ValidationErrors,
 ) -> Option<(usize, SinkPlan)> {
-    let Some(kafka) = roots.iter().find_map(|&r| sources[r].spec.kafka.clone()) else {
+    if !roots.iter().any(|&r| sources[r].spec.kafka.is_some()) {
         errs.push(
             format!("{path}.repartition"),
-            format!("`{}` reads no Kafka source, whose brokers would hold the topic", s.from),
+            format!("`{}` reads no Kafka source, whose partitions to follow", s.from),
         );
         return None;
-    };
+    }
+    // The topic lives on the brokers of the job's first Kafka source (where the operator
+    // deletes it with the job).
+    let kafka = sources.iter().find_map(|s| s.spec.kafka.clone()).expect("a root reads Kafka");
     let mut key_cols = Vec::new();
     for k in s.key_by.iter().flatten() {
         match input.index_of(k) {
@@ -578,7 +581,7 @@ fn plan_repartition(
         };
         fields.insert(f.name().clone(), t);
     }
-    let topic = format!("{group}.{name}.repartition");
+    let topic = weir_crds::repartition_topic(group, name);
     let spec = SourceSpec {
         kafka: Some(weir_crds::KafkaSourceSpec {
             topic: topic.clone(),
