@@ -64,6 +64,14 @@ Q
       q: {from: payments, enrich: {table: merchants, by: merchant_id, fields: [category, country], prefix: merchant_}}
 Q
     ;;
+    # Payments re-keyed by merchant through the job's internal topic (a repartition step), then
+    # counted per merchant and minute: every event is written to Kafka and read back once more.
+    repartition_tumbling_1m) cat <<Q
+    streams:
+      by_merchant: {from: payments, keyBy: [merchant_id], repartition: true}
+      q: {from: by_merchant, keyBy: [merchant_id], window: {tumbling: 1m}, aggregate: {n: "count(*)", total: "sum(amount)"}}
+Q
+    ;;
     # The fraud pattern: three payments under 5.00 on a card, then one over 500, within 5 minutes.
     fraud_pattern) cat <<Q
     streams:
@@ -184,6 +192,15 @@ YAML
   for q in $QUERIES; do
     run_one kafka "kafka: {brokers: \"127.0.0.1:$KAFKA_PORT\", topic: $TOPIC, startFrom: earliest, bounded: true, group: bench-$q-$RANDOM}" "$q"
   done
+
+  # A repartition step (Kafka source only): exactly-once, each event written to the internal
+  # topic in the task's transaction and read back; the count of records read includes them.
+  if [[ " $QUERIES " == *" tumbling_1m "* ]]; then
+    group=bench-rp-$RANDOM
+    run_one kafka-repartition "kafka: {brokers: \"127.0.0.1:$KAFKA_PORT\", topic: $TOPIC, startFrom: earliest, bounded: true, group: $group}" \
+      repartition_tumbling_1m
+    "$STACK_DIR/kafka.sh" topics --delete --topic "$group.by_merchant.repartition" >/dev/null 2>&1 || true
+  fi
 
   # Sink throughput: every event (seven fields) into a Parquet table in hourly folders,
   # exactly-once (staged, then published when the epoch commits), an epoch every 10 s: on the

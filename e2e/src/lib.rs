@@ -174,7 +174,23 @@ pub fn start_pod(
     c.spawn().expect("starting weir-worker pod")
 }
 
-/// A port free on 127.0.0.1 now.
+/// A port free on 127.0.0.1 now, for a server a test starts. Below the kernel's ephemeral range:
+/// a port the kernel hands out (binding port 0) can be taken by any outgoing connection (a Kafka
+/// client's) before the server binds it. Never the same port twice in one test process.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let (low, span) = (10_000, ephemeral.saturating_sub(10_000).max(1_000));
+    // Test processes start far apart in this range (by process id), then walk it.
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    loop {
+        let port = (low + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }

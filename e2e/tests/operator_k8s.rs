@@ -80,7 +80,7 @@ fn start_operator(ns: &str, log: &std::path::Path) -> (Child, u16) {
 
 /// [`start_operator`] with more arguments.
 fn start_operator_with(ns: &str, log: &std::path::Path, extra: &[&str]) -> (Child, u16) {
-    let api_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let api_port = weir_e2e::free_port();
     let operator = Command::new(debug_bin("weir-operator"))
         .args(["--namespace", ns, "--api-addr", &format!("127.0.0.1:{api_port}"), "--lease-seconds", "3"])
         .args(extra)
