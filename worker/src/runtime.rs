@@ -87,12 +87,13 @@ impl Runtime {
             if sp.markers {
                 // A repartition topic: created with its input's partition count (its upstream
                 // sources come first, so they are open).
-                let rp = plan.sinks.iter().find_map(|s| s.repartition.as_ref().filter(|r| r.source == i));
-                let rp = rp.expect("a repartition topic has its writing sink");
+                let writer = plan.sinks.iter().find(|s| s.repartition.as_ref().is_some_and(|r| r.source == i));
+                let writer = writer.expect("a repartition topic has its writing sink");
+                let rp = writer.repartition.as_ref().expect("found by it");
                 let partitions = rp.roots.iter().map(|&r| sources[r].partition_count()).max().unwrap_or(1);
                 let k = sp.spec.kafka.as_ref().expect("a repartition topic is a Kafka topic");
                 crate::source::kafka::ensure_repartition_topic(&k.brokers, &k.properties, &k.topic, partitions)
-                    .map_err(|e| anyhow::anyhow!("step {}: {e}", rp.topic))?;
+                    .map_err(|e| anyhow::anyhow!("step {}: {e}", writer.name))?;
             }
             let s: Box<dyn Source> = if let Some(k) = &sp.spec.kafka {
                 Box::new(
