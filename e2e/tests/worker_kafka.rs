@@ -865,3 +865,42 @@ fn an_enrichment_is_exactly_once_through_repeated_random_kills() {
     }
     assert_eq!(seen, want, "every payment at a known merchant once, with its category; the others dropped");
 }
+
+/// A join of topics with different partition counts is refused at start, naming both counts
+/// and the fixes (the same partition count, each keyed by the join fields; a repartition step).
+#[test]
+fn a_join_of_inputs_not_co_partitioned_is_a_clear_error() {
+    require_port("Kafka", 9092);
+    let name = unique("copart");
+    let (orders, payments) = (format!("{name}-orders"), format!("{name}-payments"));
+    create_topics(&[(&orders, 2), (&payments, 3)]);
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("job.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"
+metadata: {{name: {name}}}
+spec:
+  pipeline:
+    sources:
+      orders: {{kafka: {{brokers: "{b}", topic: {orders}}}, schema: {{id: string, ts: timestamp}}, eventTime: {{field: ts}}}}
+      payments: {{kafka: {{brokers: "{b}", topic: {payments}}}, schema: {{id: string, ts: timestamp}}, eventTime: {{field: ts}}}}
+    streams:
+      paid: {{join: {{left: orders, right: payments, by: [id], within: 1m}}}}
+    sinks:
+      out: {{from: paid, file: {{path: out.jsonl}}}}
+"#,
+            b = kafka_brokers()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(worker_bin()).args(["run", "-f", manifest.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("step paid joins inputs that are not co-partitioned (orders has 2, payments has 3)")
+            && err.contains("repartition: true"),
+        "{err}"
+    );
+}

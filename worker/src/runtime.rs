@@ -370,7 +370,7 @@ impl Runtime {
             if counts.windows(2).any(|w| w[0].1 != w[1].1) {
                 let list: Vec<String> = counts.iter().map(|(name, c)| format!("{name} has {c}")).collect();
                 bail!(
-                    "step {} joins inputs that are not co-partitioned ({}): give the topics the same partition count, each keyed by the join fields",
+                    "step {} joins inputs that are not co-partitioned ({}): give the topics the same partition count, each keyed by the join fields (a repartition step re-keys a stream by them: {{from: X, keyBy: [...], repartition: true}})",
                     n.name,
                     list.join(", ")
                 );
