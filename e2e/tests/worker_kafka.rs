@@ -420,9 +420,8 @@ fn latest_resumes_at_the_committed_offset_after_losing_state() {
     let (input, output) = (format!("{name}-in"), format!("{name}-out"));
     create_topics(&[(&input, 1), (&output, 1)]);
     let dir = tempfile::tempdir().unwrap();
-    let manifest = dir.path().join("job.yaml");
-    std::fs::write(
-        &manifest,
+    let manifest = write_manifest(
+        dir.path(),
         format!(
             r#"
 metadata: {{name: {name}}}
@@ -436,8 +435,7 @@ spec:
 "#,
             b = kafka_brokers()
         ),
-    )
-    .unwrap();
+    );
     let log = weir_e2e::run_dir().join("logs").join(format!("e2e-{name}.log"));
     let state = dir.path().join("state");
     let producer = producer();
@@ -875,9 +873,8 @@ fn a_join_of_inputs_not_co_partitioned_is_a_clear_error() {
     let (orders, payments) = (format!("{name}-orders"), format!("{name}-payments"));
     create_topics(&[(&orders, 2), (&payments, 3)]);
     let dir = tempfile::tempdir().unwrap();
-    let manifest = dir.path().join("job.yaml");
-    std::fs::write(
-        &manifest,
+    let manifest = write_manifest(
+        dir.path(),
         format!(
             r#"
 metadata: {{name: {name}}}
@@ -893,8 +890,7 @@ spec:
 "#,
             b = kafka_brokers()
         ),
-    )
-    .unwrap();
+    );
     let out = Command::new(worker_bin()).args(["run", "-f", manifest.to_str().unwrap()]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
