@@ -43,9 +43,9 @@ fn reference(evs: &[(i32, Ev)]) -> Windows {
     all
 }
 
-/// The repartition job: `input` re-keyed by card, counted per card and minute into `output`,
-/// checkpointing every 500 ms into `dir`; its manifest's path.
-fn write_job(dir: &Path, name: &str, input: &str, output: &str) -> PathBuf {
+/// The repartition job: `input` re-keyed by card, counted per card and minute into `output`
+/// with `delivery`, checkpointing every 500 ms into `dir`; its manifest's path.
+fn write_job(dir: &Path, name: &str, delivery: &str, input: &str, output: &str) -> PathBuf {
     let manifest = dir.join("job.yaml");
     std::fs::write(
         &manifest,
@@ -53,6 +53,7 @@ fn write_job(dir: &Path, name: &str, input: &str, output: &str) -> PathBuf {
             r#"
 metadata: {{name: {name}}}
 spec:
+  delivery: {delivery}
   epochInterval: 100ms
   checkpointing: {{interval: 500ms, storage: "file://{checkpoints}"}}
   pipeline:
@@ -91,8 +92,8 @@ fn check(want: &Windows, output: &str, dir: &Path, log: &Path, workers: &mut [Ch
     assert!(late.is_empty(), "no event is late after the repartition: {late}");
 }
 
-/// A job's topics, reference and folders.
-fn setup(prefix: &str) -> (String, String, Vec<(i32, Ev)>, Windows, tempfile::TempDir, PathBuf) {
+/// A job's topics, reference and folders, with `delivery`.
+fn setup(prefix: &str, delivery: &str) -> (String, String, Vec<(i32, Ev)>, Windows, tempfile::TempDir, PathBuf) {
     require_port("Kafka", 9092);
     let name = unique(prefix);
     let (input, output) = (format!("{name}-in"), format!("{name}-out"));
@@ -101,13 +102,13 @@ fn setup(prefix: &str) -> (String, String, Vec<(i32, Ev)>, Windows, tempfile::Te
     let want = reference(&evs);
     assert!(want.len() > 100, "the input spans many windows: {}", want.len());
     let dir = tempfile::tempdir().unwrap();
-    let manifest = write_job(dir.path(), &name, &input, &output);
+    let manifest = write_job(dir.path(), &name, delivery, &input, &output);
     (input, output, evs, want, dir, manifest)
 }
 
 #[test]
 fn rows_rekeyed_through_the_internal_topic_are_windowed_exactly_once_through_random_kills() {
-    let (input, output, evs, want, dir, manifest) = setup("repart");
+    let (input, output, evs, want, dir, manifest) = setup("repart", "exactly-once");
     let state = dir.path().join("state");
     let log = weir_e2e::run_dir().join("logs").join(format!("e2e-{input}.log"));
     std::fs::create_dir_all(log.parent().unwrap()).unwrap();
@@ -123,7 +124,7 @@ fn rows_rekeyed_through_the_internal_topic_are_windowed_exactly_once_through_ran
 /// checkpoints: the watermarks of every writer still meet, and each window is exact, once.
 #[test]
 fn a_repartition_job_moves_from_2_to_3_workers_through_checkpoints() {
-    let (input, output, evs, want, dir, manifest) = setup("repart23");
+    let (input, output, evs, want, dir, manifest) = setup("repart23", "exactly-once");
     let log = weir_e2e::run_dir().join("logs").join(format!("e2e-{input}.log"));
     std::fs::create_dir_all(log.parent().unwrap()).unwrap();
     let feeder = feed(&input, &evs, 40, Duration::from_millis(250));
@@ -141,4 +142,17 @@ fn a_repartition_job_moves_from_2_to_3_workers_through_checkpoints() {
     check(&want, &output, dir.path(), &log, &mut three);
     let text = std::fs::read_to_string(&log).unwrap();
     assert_eq!(text.matches("restored state from checkpoint").count(), PARTITIONS as usize, "every partition moved");
+}
+
+/// At-least-once, a worker's tasks write the topic through one idempotent producer, markers
+/// included, outside transactions: without failures every window is exact, once.
+#[test]
+fn at_least_once_the_topic_is_written_through_one_idempotent_producer() {
+    let (input, output, evs, want, dir, manifest) = setup("repartalo", "at-least-once");
+    let log = weir_e2e::run_dir().join("logs").join(format!("e2e-{input}.log"));
+    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    let feeder = feed(&input, &evs, 10, Duration::from_millis(100));
+    let w = start_worker(&manifest, &dir.path().join("state"), &log, &[]);
+    feeder.join().unwrap();
+    check(&want, &output, dir.path(), &log, &mut [w]);
 }
