@@ -360,3 +360,84 @@ pub fn assert_exactly_once(
     assert!(missing.is_empty() && wrong.is_empty(), "missing {missing:?}; wrong or extra {wrong:?}; log {log}");
     assert_eq!(count, want.len(), "each window result is stored exactly once; log {log}");
 }
+
+/// The window job of a sink's end-to-end test: a fresh input topic of `partitions` partitions,
+/// the fixture's events and their reference windows, and the manifest ([`write_window_job`])
+/// in a folder of its own, with its state folder, log and worker environment.
+pub struct SinkJob {
+    pub name: String,
+    pub input: String,
+    pub evs: Vec<(i32, Ev)>,
+    pub want: Windows,
+    pub manifest: std::path::PathBuf,
+    pub state: std::path::PathBuf,
+    pub log: std::path::PathBuf,
+    pub env: Vec<(&'static str, String)>,
+    _dir: tempfile::TempDir,
+}
+
+impl SinkJob {
+    /// `sink` gives the YAML of the sinks' entries (indented by six spaces) for the job's name;
+    /// `epoch` is its `epochInterval`.
+    pub fn new(
+        prefix: &str,
+        partitions: i32,
+        epoch: &str,
+        env: Vec<(&'static str, String)>,
+        sink: impl FnOnce(&str) -> String,
+    ) -> SinkJob {
+        let name = unique(prefix);
+        let input = format!("{name}-in");
+        create_topics(&[(&input, partitions)]);
+        let evs = events(partitions);
+        let (want, _) = reference(&evs, partitions);
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = write_window_job(dir.path(), &name, &input, epoch, &sink(&name));
+        let state = dir.path().join("state");
+        let log = crate::run_dir().join("logs").join(format!("e2e-{name}.log"));
+        std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+        SinkJob { name, input, evs, want, manifest, state, log, env, _dir: dir }
+    }
+
+    pub fn start(&self) -> std::process::Child {
+        crate::start_worker(&self.manifest, &self.state, &self.log, &self.env)
+    }
+
+    /// Feeds the input while the worker is killed at random moments ([`crate::kill_repeatedly`],
+    /// five rounds from `seed`), then starts the worker that runs to the end.
+    pub fn through_kills(&self, seed: u64) -> std::process::Child {
+        let feeder = feed(&self.input, &self.evs, 40, Duration::from_millis(250));
+        crate::kill_repeatedly(&self.manifest, &self.state, &self.log, &self.env, (5, seed, 1500));
+        feeder.join().unwrap();
+        self.start()
+    }
+
+    /// Feeds the input to a running worker; once `begun` says output arrived, the stack's
+    /// `component` (`e2e/stack/<component>.sh`) is stopped for `down`, then started again. The
+    /// worker, which went on through it.
+    pub fn through_outage(
+        &self,
+        component: &str,
+        down: Duration,
+        mut begun: impl FnMut() -> bool,
+    ) -> std::process::Child {
+        let feeder = feed(&self.input, &self.evs, 40, Duration::from_millis(250));
+        let w = self.start();
+        wait_until(&format!("the first output before stopping {component}"), Duration::from_secs(60), || {
+            begun().then_some(())
+        });
+        let script = crate::repo_dir().join(format!("e2e/stack/{component}.sh"));
+        for (action, pause) in [("stop", down), ("start", Duration::ZERO)] {
+            let out = std::process::Command::new(&script).arg(action).output().unwrap();
+            assert!(out.status.success(), "{component} {action}: {}", String::from_utf8_lossy(&out.stderr));
+            std::thread::sleep(pause);
+        }
+        feeder.join().unwrap();
+        w
+    }
+
+    /// The worker's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}

@@ -4,15 +4,14 @@
 //! Cassandra is stopped and started again. The table then holds exactly the reference's window
 //! results, each once, with their TTL.
 
-use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::Child;
 use std::time::Duration;
 
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::value::CqlTimestamp;
-use weir_e2e::payments::{assert_exactly_once, create_topics, events, feed, reference, write_window_job, Windows};
-use weir_e2e::{kill_repeatedly, repo_dir, require_port, start_worker, unique};
+use weir_e2e::payments::{assert_exactly_once, SinkJob, Windows};
+use weir_e2e::require_port;
 
 const PARTITIONS: i32 = 3;
 
@@ -35,77 +34,53 @@ async fn rows(session: &Session, table: &str) -> (Windows, usize) {
     (got, count)
 }
 
-/// A window job writing to a fresh keyspace.
-struct Job {
-    keyspace: String,
-    input: String,
-    evs: Vec<(i32, weir_e2e::payments::Ev)>,
-    want: Windows,
-    _dir: tempfile::TempDir,
-    manifest: PathBuf,
-    state: PathBuf,
-    log: PathBuf,
+/// The window job, upserting into a fresh keyspace named after the job.
+fn job(prefix: &str) -> SinkJob {
+    require_port("Kafka", 9092);
+    require_port("Cassandra", 9042);
+    SinkJob::new(prefix, PARTITIONS, "100ms", Vec::new(), |name| {
+        format!(
+            "      table:\n        from: per_card_minute\n        cassandra:\n          contactPoints: [\"{}\"]\n          \
+             keyspace: {}\n          table: per_card_minute\n          ttl: 7d\n          createTable: true\n",
+            contact_point(),
+            keyspace(name)
+        )
+    })
 }
 
-impl Job {
-    fn new(prefix: &str) -> Job {
-        require_port("Kafka", 9092);
-        require_port("Cassandra", 9042);
-        let name = unique(prefix);
-        let input = format!("{name}-in");
-        let keyspace = format!("e2e_{}", name.replace('-', "_"));
-        create_topics(&[(&input, PARTITIONS)]);
-        let evs = events(PARTITIONS);
-        let (want, _) = reference(&evs, PARTITIONS);
-        let dir = tempfile::tempdir().unwrap();
-        let sink = format!(
-            "      table:\n        from: per_card_minute\n        cassandra:\n          contactPoints: [\"{}\"]\n          \
-             keyspace: {keyspace}\n          table: per_card_minute\n          ttl: 7d\n          createTable: true\n",
-            contact_point()
-        );
-        let manifest = write_window_job(dir.path(), &name, &input, "100ms", &sink);
-        let state = dir.path().join("state");
-        let log = weir_e2e::run_dir().join("logs").join(format!("e2e-{name}.log"));
-        std::fs::create_dir_all(log.parent().unwrap()).unwrap();
-        Job { keyspace, input, evs, want, _dir: dir, manifest, state, log }
-    }
+fn keyspace(job: &str) -> String {
+    format!("e2e_{}", job.replace('-', "_"))
+}
 
-    fn start(&self) -> Child {
-        start_worker(&self.manifest, &self.state, &self.log, &[])
-    }
-
-    /// Waits for every window result in the table, stops `w`, checks each is there once with
-    /// its TTL, and drops the keyspace.
-    fn finish(&self, mut w: Child) {
-        let table = format!("{}.per_card_minute", self.keyspace);
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let session = rt.block_on(SessionBuilder::new().known_node(contact_point()).build()).unwrap();
-        let stop = || {
-            w.kill().unwrap();
-            w.wait().unwrap();
-        };
-        assert_exactly_once(&self.want, &self.log, stop, || rt.block_on(rows(&session, &table)));
-        let ttl = rt
-            .block_on(session.query_unpaged(format!("SELECT TTL(n) FROM {table} LIMIT 1"), &[]))
-            .unwrap()
-            .into_rows_result()
-            .unwrap()
-            .single_row::<(Option<i32>,)>()
-            .unwrap()
-            .0
-            .unwrap();
-        assert!(ttl > 6 * 86_400 && ttl <= 7 * 86_400, "rows expire after the TTL: {ttl} s");
-        rt.block_on(session.query_unpaged(format!("DROP KEYSPACE {}", self.keyspace), &[])).unwrap();
-    }
+/// Waits for every window result in the table, stops `w`, checks each is there once with its
+/// TTL, and drops the keyspace.
+fn finish(job: &SinkJob, mut w: Child) {
+    let keyspace = keyspace(&job.name);
+    let table = format!("{keyspace}.per_card_minute");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let session = rt.block_on(SessionBuilder::new().known_node(contact_point()).build()).unwrap();
+    let stop = || {
+        w.kill().unwrap();
+        w.wait().unwrap();
+    };
+    assert_exactly_once(&job.want, &job.log, stop, || rt.block_on(rows(&session, &table)));
+    let ttl = rt
+        .block_on(session.query_unpaged(format!("SELECT TTL(n) FROM {table} LIMIT 1"), &[]))
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .single_row::<(Option<i32>,)>()
+        .unwrap()
+        .0
+        .unwrap();
+    assert!(ttl > 6 * 86_400 && ttl <= 7 * 86_400, "rows expire after the TTL: {ttl} s");
+    rt.block_on(session.query_unpaged(format!("DROP KEYSPACE {keyspace}"), &[])).unwrap();
 }
 
 #[test]
 fn window_results_are_upserted_exactly_once_through_random_kills() {
-    let job = Job::new("cass");
-    let feeder = feed(&job.input, &job.evs, 40, Duration::from_millis(250));
-    kill_repeatedly(&job.manifest, &job.state, &job.log, &[], (5, 0x1405_7b7e_f767_814f, 1500));
-    feeder.join().unwrap();
-    job.finish(job.start());
+    let job = job("cass");
+    finish(&job, job.through_kills(0x1405_7b7e_f767_814f));
 }
 
 /// The stack's Cassandra stopped and started again (about 30 s without it) as the job writes:
@@ -113,24 +88,13 @@ fn window_results_are_upserted_exactly_once_through_random_kills() {
 /// result is upserted once it is back.
 #[test]
 fn a_cassandra_outage_stalls_the_job_and_loses_nothing() {
-    let job = Job::new("cassdown");
-    let feeder = feed(&job.input, &job.evs, 40, Duration::from_millis(250));
-    let w = job.start();
-    let table = format!("{}.per_card_minute", job.keyspace);
+    let job = job("cassdown");
+    let table = format!("{}.per_card_minute", keyspace(&job.name));
     let rt = tokio::runtime::Runtime::new().unwrap();
     let session = rt.block_on(SessionBuilder::new().known_node(contact_point()).build()).unwrap();
-    weir_e2e::wait_until("the first rows", Duration::from_secs(60), || {
-        (rt.block_on(rows(&session, &table)).1 > 0).then_some(())
-    });
+    let w = job.through_outage("cassandra", Duration::from_secs(3), || rt.block_on(rows(&session, &table)).1 > 0);
     drop(session);
-    let stack = repo_dir().join("e2e/stack/cassandra.sh");
-    let down = Command::new(&stack).arg("stop").output().unwrap();
-    assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
-    std::thread::sleep(Duration::from_secs(3));
-    let up = Command::new(&stack).arg("start").output().unwrap();
-    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
-    feeder.join().unwrap();
-    job.finish(w);
-    let log = std::fs::read_to_string(&job.log).unwrap_or_default();
+    finish(&job, w);
+    let log = job.log_text();
     assert!(log.contains("sink call failed; retrying"), "the outage was met: {}", job.log.display());
 }

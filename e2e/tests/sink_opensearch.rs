@@ -4,12 +4,11 @@
 //! the id `<card>:<window_start>`, with the mapping the sink created it with. OpenSearch
 //! stopped for a while stalls the job, which then goes on; nothing is lost.
 
-use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use weir_e2e::payments::{assert_exactly_once, create_topics, events, feed, reference, write_window_job, Windows};
-use weir_e2e::{kill_repeatedly, repo_dir, require_port, start_worker, unique};
+use weir_e2e::payments::{assert_exactly_once, SinkJob, Windows};
+use weir_e2e::require_port;
 
 const PARTITIONS: i32 = 3;
 
@@ -45,81 +44,54 @@ fn indexed(index: &str) -> (Windows, usize) {
     (got, count)
 }
 
-/// A window job indexing into a new index, its input in a new topic.
-struct Job {
-    index: String,
-    input: String,
-    evs: Vec<(i32, weir_e2e::payments::Ev)>,
-    want: Windows,
-    _dir: tempfile::TempDir,
-    manifest: PathBuf,
-    state: PathBuf,
-    log: PathBuf,
+/// The window job, indexing into a new index named after the job.
+fn job(prefix: &str) -> SinkJob {
+    require_port("Kafka", 9092);
+    require_port("OpenSearch", 9200);
+    let job = SinkJob::new(prefix, PARTITIONS, "100ms", Vec::new(), |name| {
+        format!(
+            "      search:\n        from: per_card_minute\n        opensearch:\n          url: \"{}\"\n          index: {}\n          \
+             mappings: {{card_id: keyword, window_start: date, window_end: date, n: long, total: long}}\n",
+            opensearch_url(),
+            index(name)
+        )
+    });
+    assert!(job.want.len() < 10_000, "one search reads them all");
+    job
 }
 
-impl Job {
-    fn new(prefix: &str) -> Job {
-        require_port("Kafka", 9092);
-        require_port("OpenSearch", 9200);
-        let name = unique(prefix);
-        let (input, index) = (format!("{name}-in"), format!("e2e-{name}"));
-        create_topics(&[(&input, PARTITIONS)]);
-        let evs = events(PARTITIONS);
-        let (want, _) = reference(&evs, PARTITIONS);
-        assert!(want.len() < 10_000, "one search reads them all");
-        let dir = tempfile::tempdir().unwrap();
-        let sink = format!(
-            "      search:\n        from: per_card_minute\n        opensearch:\n          url: \"{}\"\n          index: {index}\n          \
-             mappings: {{card_id: keyword, window_start: date, window_end: date, n: long, total: long}}\n",
-            opensearch_url()
-        );
-        let manifest = write_window_job(dir.path(), &name, &input, "100ms", &sink);
-        let state = dir.path().join("state");
-        let log = weir_e2e::run_dir().join("logs").join(format!("e2e-{name}.log"));
-        std::fs::create_dir_all(log.parent().unwrap()).unwrap();
-        Job { index, input, evs, want, _dir: dir, manifest, state, log }
-    }
+fn index(job: &str) -> String {
+    format!("e2e-{job}")
+}
 
-    /// Waits for every window result in the index, stops `w`, and checks each is there once.
-    fn finish(&self, mut w: Child) {
-        let stop = || {
-            w.kill().unwrap();
-            w.wait().unwrap();
-        };
-        assert_exactly_once(&self.want, &self.log, stop, || indexed(&self.index));
-        let mapping = call("GET", &format!("/{}/_mapping", self.index), None);
-        let props = &mapping[&self.index]["mappings"]["properties"];
-        let types = (props["card_id"]["type"].as_str(), props["window_start"]["type"].as_str());
-        assert_eq!(types, (Some("keyword"), Some("date")));
-        call("DELETE", &format!("/{}", self.index), None);
-    }
+/// Waits for every window result in the index, stops `w`, and checks each is there once.
+fn finish(job: &SinkJob, mut w: Child) {
+    let index = index(&job.name);
+    let stop = || {
+        w.kill().unwrap();
+        w.wait().unwrap();
+    };
+    assert_exactly_once(&job.want, &job.log, stop, || indexed(&index));
+    let mapping = call("GET", &format!("/{index}/_mapping"), None);
+    let props = &mapping[&index]["mappings"]["properties"];
+    let types = (props["card_id"]["type"].as_str(), props["window_start"]["type"].as_str());
+    assert_eq!(types, (Some("keyword"), Some("date")));
+    call("DELETE", &format!("/{index}"), None);
 }
 
 #[test]
 fn window_results_are_indexed_exactly_once_through_random_kills() {
-    let job = Job::new("os");
-    let feeder = feed(&job.input, &job.evs, 40, Duration::from_millis(250));
-    kill_repeatedly(&job.manifest, &job.state, &job.log, &[], (5, 0x5851_f42d_4c95_7f2d, 1500));
-    feeder.join().unwrap();
-    job.finish(start_worker(&job.manifest, &job.state, &job.log, &[]));
+    let job = job("os");
+    finish(&job, job.through_kills(0x5851_f42d_4c95_7f2d));
 }
 
 /// The stack's OpenSearch stopped for a while as the job indexes: bulk requests are retried with
 /// backoff while the task waits, and every result is indexed once it is back.
 #[test]
 fn an_opensearch_outage_stalls_the_job_and_loses_nothing() {
-    let job = Job::new("osdown");
-    let feeder = feed(&job.input, &job.evs, 40, Duration::from_millis(250));
-    let w = start_worker(&job.manifest, &job.state, &job.log, &[]);
-    weir_e2e::wait_until("the first documents", Duration::from_secs(60), || (indexed(&job.index).1 > 0).then_some(()));
-    let stack = repo_dir().join("e2e/stack/opensearch.sh");
-    let down = Command::new(&stack).arg("stop").output().unwrap();
-    assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
-    std::thread::sleep(Duration::from_secs(5));
-    let up = Command::new(&stack).arg("start").output().unwrap();
-    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
-    feeder.join().unwrap();
-    job.finish(w);
-    let log = std::fs::read_to_string(&job.log).unwrap_or_default();
+    let job = job("osdown");
+    let w = job.through_outage("opensearch", Duration::from_secs(5), || indexed(&index(&job.name)).1 > 0);
+    finish(&job, w);
+    let log = job.log_text();
     assert!(log.contains("sink call failed; retrying"), "the outage was met: {}", job.log.display());
 }

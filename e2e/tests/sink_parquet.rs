@@ -6,18 +6,14 @@
 //! staging folder, and after a clean stop that folder is empty. The S3 server stopped for a
 //! while stalls the job, which then goes on; nothing is lost.
 
-use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::Duration;
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Int64Type, TimeUnit, TimestampMillisecondType};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use weir_e2e::payments::{assert_exactly_once, create_topics, events, feed, reference, write_window_job, Windows};
-use weir_e2e::{
-    kill_repeatedly, repo_dir, require_port, s3_client, s3_endpoint, start_worker, unique, wait_until, S3_KEY,
-    S3_SECRET,
-};
+use weir_e2e::payments::{assert_exactly_once, SinkJob, Windows};
+use weir_e2e::{require_port, s3_client, s3_endpoint, S3_KEY, S3_SECRET};
 
 const PARTITIONS: i32 = 3;
 const BUCKET: &str = "weir";
@@ -72,77 +68,53 @@ async fn published(s3: &aws_sdk_s3::Client, prefix: &str) -> (Windows, usize) {
     (got, rows)
 }
 
-/// A window job from a new topic to a Parquet table in the stack's bucket.
-struct Job {
-    input: String,
-    evs: Vec<(i32, weir_e2e::payments::Ev)>,
-    want: Windows,
-    table: String,
-    _dir: tempfile::TempDir,
-    manifest: PathBuf,
-    state: PathBuf,
-    log: PathBuf,
-    env: [(&'static str, String); 3],
+/// The window job, writing its table under a folder named after the job.
+fn job(prefix: &str) -> SinkJob {
+    require_port("Kafka", 9092);
+    require_port("S3", 7070);
+    let env = vec![
+        ("AWS_ACCESS_KEY_ID", S3_KEY.to_string()),
+        ("AWS_SECRET_ACCESS_KEY", S3_SECRET.to_string()),
+        ("AWS_ENDPOINT_URL", s3_endpoint()),
+    ];
+    SinkJob::new(prefix, PARTITIONS, "250ms", env, |name| {
+        format!(
+            "      warehouse:\n        from: per_card_minute\n        parquet:\n          path: s3://{BUCKET}/{}\n          \
+             partitionBy: {{field: window_start, format: \"date=%Y-%m-%d/hour=%H\"}}\n          compression: zstd\n",
+            table(name)
+        )
+    })
 }
 
-impl Job {
-    fn new(prefix: &str) -> Job {
-        require_port("Kafka", 9092);
-        require_port("S3", 7070);
-        let name = unique(prefix);
-        let input = format!("{name}-in");
-        create_topics(&[(&input, PARTITIONS)]);
-        let evs = events(PARTITIONS);
-        let (want, _) = reference(&evs, PARTITIONS);
-        let dir = tempfile::tempdir().unwrap();
-        let table = format!("e2e-parquet/{name}/per_card_minute/");
-        let sink = format!(
-            "      warehouse:\n        from: per_card_minute\n        parquet:\n          path: s3://{BUCKET}/{table}\n          \
-             partitionBy: {{field: window_start, format: \"date=%Y-%m-%d/hour=%H\"}}\n          compression: zstd\n"
-        );
-        let manifest = write_window_job(dir.path(), &name, &input, "250ms", &sink);
-        let env = [
-            ("AWS_ACCESS_KEY_ID", S3_KEY.to_string()),
-            ("AWS_SECRET_ACCESS_KEY", S3_SECRET.to_string()),
-            ("AWS_ENDPOINT_URL", s3_endpoint()),
-        ];
-        let state = dir.path().join("state");
-        let log = weir_e2e::run_dir().join("logs").join(format!("e2e-{name}.log"));
-        std::fs::create_dir_all(log.parent().unwrap()).unwrap();
-        Job { input, evs, want, table, _dir: dir, manifest, state, log, env }
-    }
+/// The table's folder in the bucket.
+fn table(job: &str) -> String {
+    format!("e2e-parquet/{job}/per_card_minute/")
+}
 
-    fn start(&self) -> Child {
-        start_worker(&self.manifest, &self.state, &self.log, &self.env)
-    }
-
-    /// Waits for every window result in the table, stops `w` with SIGTERM (the last epoch
-    /// commits and publishes; it exits 0), then checks each result is published exactly once and
-    /// nothing is left staged. The worker's log.
-    fn finish(&self, mut w: Child) -> String {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let s3 = rt.block_on(async { s3_client() });
-        let mut log_text = String::new();
-        let stop = || {
-            Command::new("kill").args(["-TERM", &w.id().to_string()]).status().unwrap();
-            let status = w.wait().unwrap();
-            log_text = std::fs::read_to_string(&self.log).unwrap_or_default();
-            assert!(status.success(), "SIGTERM exits 0; log: {log_text}");
-        };
-        assert_exactly_once(&self.want, &self.log, stop, || rt.block_on(published(&s3, &self.table)));
-        let staged = rt.block_on(list(&s3, &format!("{}_staging/", self.table)));
-        assert!(staged.is_empty(), "a clean stop leaves nothing staged: {staged:?}");
-        log_text
-    }
+/// Waits for every window result in the table, stops `w` with SIGTERM (the last epoch commits
+/// and publishes; it exits 0), then checks each result is published exactly once and nothing is
+/// left staged. The worker's log.
+fn finish(job: &SinkJob, mut w: Child) -> String {
+    let table = table(&job.name);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s3 = rt.block_on(async { s3_client() });
+    let mut log_text = String::new();
+    let stop = || {
+        Command::new("kill").args(["-TERM", &w.id().to_string()]).status().unwrap();
+        let status = w.wait().unwrap();
+        log_text = job.log_text();
+        assert!(status.success(), "SIGTERM exits 0; log: {log_text}");
+    };
+    assert_exactly_once(&job.want, &job.log, stop, || rt.block_on(published(&s3, &table)));
+    let staged = rt.block_on(list(&s3, &format!("{table}_staging/")));
+    assert!(staged.is_empty(), "a clean stop leaves nothing staged: {staged:?}");
+    log_text
 }
 
 #[test]
 fn window_results_land_in_s3_exactly_once_through_random_kills() {
-    let job = Job::new("pq");
-    let feeder = feed(&job.input, &job.evs, 40, Duration::from_millis(250));
-    kill_repeatedly(&job.manifest, &job.state, &job.log, &job.env, (5, 0x2545_f491_4f6c_dd1d, 1500));
-    feeder.join().unwrap();
-    job.finish(job.start());
+    let job = job("pq");
+    finish(&job, job.through_kills(0x2545_f491_4f6c_dd1d));
 }
 
 /// The stack's S3 server stopped for 8 s while the job writes: the task retries with backoff
@@ -150,23 +122,12 @@ fn window_results_land_in_s3_exactly_once_through_random_kills() {
 /// written twice.
 #[test]
 fn an_s3_outage_stalls_the_job_and_loses_nothing() {
-    let job = Job::new("pqdown");
-    let feeder = feed(&job.input, &job.evs, 40, Duration::from_millis(250));
-    let w = job.start();
+    let job = job("pqdown");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let s3 = rt.block_on(async { s3_client() });
-    wait_until("the first published file", Duration::from_secs(60), || {
-        let keys = rt.block_on(list(&s3, &job.table));
-        keys.iter().any(|k| k.ends_with(".parquet")).then_some(())
-    });
-    let s3_sh = repo_dir().join("e2e/stack/s3.sh");
-    let down = Command::new(&s3_sh).arg("stop").output().unwrap();
-    assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
-    std::thread::sleep(Duration::from_secs(8));
-    let up = Command::new(&s3_sh).arg("start").output().unwrap();
-    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
-    feeder.join().unwrap();
-    let log = job.finish(w);
+    let published_one = || rt.block_on(list(&s3, &table(&job.name))).iter().any(|k| k.ends_with(".parquet"));
+    let w = job.through_outage("s3", Duration::from_secs(8), published_one);
+    let log = finish(&job, w);
     assert!(log.contains("sink call failed; retrying"), "the outage was met and retried: {}", job.log.display());
     assert!(log.contains("sink call succeeded again"), "{}", job.log.display());
 }
