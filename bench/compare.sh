@@ -6,12 +6,15 @@
 # time, and whether its output equals Weir's (a fast wrong answer cannot win). Then the
 # end-to-end latency of each system at a fixed rate, with exactly-once. Writes
 # bench/results/compare-<date>.md (+ .tsv, .png).
-# Env: COMPARE_EVENTS (default 1000000), COMPARE_CORES (default "1 2"), COMPARE_SYSTEMS
+# Env: COMPARE_EVENTS (default 1000000, of payments and of the Nexmark stream each),
+# COMPARE_WEIR_EVENTS (default 10000000: Weir again alone on that many, for runs of tens of
+# seconds; 0 skips), COMPARE_CORES (default "1 2"), COMPARE_SYSTEMS
 # (default "weir flink kstreams"), COMPARE_QUERIES, COMPARE_COMMIT (result visibility interval
 # for all three: Weir's epochInterval, Flink's checkpoint interval, Kafka Streams'
 # commit.interval.ms; default 1s), COMPARE_LATENCY_RATE (default: half the slowest system's
 # filter_project rate; 0 skips the latency runs), COMPARE_LATENCY_COMMIT (default "100ms 20ms"),
-# COMPARE_TIMEOUT (seconds a run may take, default 600; a slower one is reported as a timeout).
+# COMPARE_TIMEOUT (seconds a run may take, default 600; a slower one is reported as a timeout),
+# COMPARE_RESULTS (the results' path without .md/.tsv/.png; default bench/results/compare-<date>).
 set -euo pipefail
 source "$(dirname "$0")/../e2e/stack/lib.sh"
 source "$(dirname "$0")/queries.sh"
@@ -19,7 +22,7 @@ BENCH_DIR=$REPO_DIR/bench
 EVENTS=${COMPARE_EVENTS:-1000000}
 CORES=${COMPARE_CORES:-1 2}
 SYSTEMS=${COMPARE_SYSTEMS:-weir flink kstreams}
-QUERIES=${COMPARE_QUERIES:-passthrough filter_project tumbling_1m sliding_5m_1m session_2m join_1to1 enrich fraud_pattern}
+QUERIES=${COMPARE_QUERIES:-passthrough filter_project tumbling_1m sliding_5m_1m session_2m join_1to1 enrich fraud_pattern nexmark_q3 nexmark_q8 nexmark_auction_bids}
 COMMIT=${COMPARE_COMMIT:-1s}
 TIMEOUT=${COMPARE_TIMEOUT:-600}
 case $COMMIT in
@@ -38,7 +41,7 @@ PY=$WEIR_CACHE/venv-bench/bin/python
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/weir-compare.XXXXXX")
 trap 'pkill -P $$ 2>/dev/null || true; rm -rf "$WORK"' EXIT
 STAMP=$(date -u +%Y-%m-%d)
-RESULTS=$BENCH_DIR/results/compare-$STAMP
+RESULTS=${COMPARE_RESULTS:-$BENCH_DIR/results/compare-$STAMP}
 TSV=$RESULTS.tsv
 # COMPARE_QUERIES=" " runs only the latency part, keeping the day's throughput results.
 [[ -z ${QUERIES// /} && -s $TSV ]] ||
@@ -68,9 +71,77 @@ spec:
 YAML
   "$WORKER" run -f "$WORK/load.yaml" 2>/dev/null >/dev/null || { delete_topic "$topic"; die "loading $topic failed"; }
 }
-PAYMENTS_GEN="datagen: {kind: payments, count: $EVENTS, seed: 11, keys: 100000, startTime: 1795564800000, eventRate: 2000}"
+# The data of a run: payments (and, for the join, their captures: the same events again), and
+# Nexmark's persons, auctions and bids (1 : 3 : 46) of one stream of as many events, 1,000 per
+# second of event time, each kind in a topic keyed by its auction or person id.
+declare -A NX_KEY=([persons]=id [auctions]=id [bids]=auction)
+declare -A NX_COUNT=() NEXMARK=()
+NEXMARK_ARGS=()
+# use_data N CORES: names the topics of N events (of each data set) with CORES partitions.
+use_data() {
+  local n=$1 cores=$2 kind nx=$(($1 / 50 * 50))
+  DATA_EVENTS=$n
+  INPUT=compare-payments-$n-p$cores
+  CAPTURES=compare-captures-$n-p$cores
+  NX_COUNT=([persons]=$((nx / 50)) [auctions]=$((nx / 50 * 3)) [bids]=$((nx / 50 * 46)))
+  NEXMARK_ARGS=()
+  for kind in persons auctions bids; do
+    NEXMARK[$kind]=compare-nexmark-$kind-$nx-p$cores
+    NEXMARK_ARGS+=(--"nexmark-$kind" "${NEXMARK[$kind]}")
+  done
+}
+# load_inputs QUERY CORES: loads the topics the query reads (once; kept for later runs), and
+# sets EVENTS_READ, the records the query reads.
+load_inputs() {
+  local kind
+  EVENTS_READ=0
+  for kind in $(query_inputs "$1"); do
+    case $kind in
+      payments | captures)
+        load "$([[ $kind == payments ]] && echo "$INPUT" || echo "$CAPTURES")" "$2" \
+          "datagen: {kind: payments, count: $DATA_EVENTS, seed: 11, keys: 100000, startTime: 1795564800000, eventRate: 2000}" card_id
+        EVENTS_READ=$((EVENTS_READ + DATA_EVENTS)) ;;
+      *)
+        load "${NEXMARK[$kind]}" "$2" \
+          "datagen: {kind: nexmark${kind^}, count: ${NX_COUNT[$kind]}, seed: 11, startTime: 1795564800000, eventRate: 1000}" "${NX_KEY[$kind]}"
+        EVENTS_READ=$((EVENTS_READ + NX_COUNT[$kind])) ;;
+    esac
+  done
+}
 
 SCHEMA='{id: string, card_id: string, merchant_id: string, amount: double, status: string, country: string, ts: timestamp}'
+# weir_sources QUERY KAFKA INPUT -> the sources of a query, for Weir (KAFKA: the common part of
+# each source's kafka map, without its topic).
+weir_sources() {
+  local q=$1 kafka=$2 input=$3 kind topic schema
+  local -A schemas=(
+    [payments]=$SCHEMA
+    [captures]=$SCHEMA
+    [persons]='{id: long, name: string, city: string, state: string, ts: timestamp}'
+    [auctions]='{id: long, seller: long, category: long, ts: timestamp}'
+    [bids]='{auction: long, bidder: long, price: long, ts: timestamp}'
+  )
+  for kind in $(query_inputs "$q"); do
+    case $kind in
+      payments) topic=$input ;;
+      captures) topic=$CAPTURES ;;
+      *) topic=${NEXMARK[$kind]} ;;
+    esac
+    printf '      %s:\n        %s, topic: %s}\n        schema: %s\n        eventTime: {field: ts, maxOutOfOrderness: 5s}\n' \
+      "$kind" "$kafka" "$topic" "${schemas[$kind]}"
+  done
+}
+# query_inputs QUERY -> the inputs a query reads (its records are the events it is timed on).
+query_inputs() {
+  case $1 in
+    join_1to1) echo payments captures ;;
+    nexmark_q3) echo auctions ;;
+    nexmark_q8) echo persons auctions ;;
+    nexmark_auction_bids) echo auctions bids ;;
+    *) echo payments ;;
+  esac
+}
+
 weir_query() { # NAME -> the tables and streams of a query, for Weir
   shared_query "$1" && return
   case $1 in
@@ -105,6 +176,40 @@ Q
           emit: {card_id: card_id, last_probe: probe.id, hit_amount: hit.amount, hit_ts: hit.ts}
 Q
     ;;
+    # Nexmark query 3 (local item suggestion): auctions in category 10 by sellers in Oregon,
+    # Idaho or California, the persons read as a table.
+    nexmark_q3) cat <<Q
+    tables:
+      persons:
+        kafka: {brokers: "$BROKERS", topic: ${NEXMARK[persons]}}
+        key: id
+        schema: {id: long, name: string, city: string, state: string}
+    streams:
+      sellers: {from: auctions, where: "category = 10", enrich: {table: persons, by: seller, fields: [name, city, state], missing: drop}}
+      q: {from: sellers, where: "state IN ('OR', 'ID', 'CA')", select: {name: name, city: city, state: state, id: id}}
+Q
+    ;;
+    # Nexmark query 8 (new users who opened an auction in the same 10 s), one row per auction:
+    # the auctions re-keyed by seller, then a tumbling window join.
+    nexmark_q8) cat <<Q
+    streams:
+      sellers: {from: auctions, select: {person_id: seller, auction_id: id, ts: ts}}
+      by_seller: {from: sellers, keyBy: [person_id], repartition: true}
+      people: {from: persons, select: {person_id: id, name: name, ts: ts}}
+      q:
+        join: {left: people, right: by_seller, by: [person_id], window: {tumbling: 10s}}
+        select: {person_id: person_id, name: name, auction_id: auction_id, window_start: window_start}
+Q
+    ;;
+    # The bids of each auction's first minute (an interval join).
+    nexmark_auction_bids) cat <<Q
+    streams:
+      opened: {from: auctions, select: {auction: id, seller: seller, category: category, ts: ts}}
+      q:
+        join: {left: opened, right: bids, by: [auction], after: 1m}
+        select: {auction: auction, seller: seller, category: category, bidder: bidder, price: price, bid_ts: bids_ts}
+Q
+    ;;
   esac
 }
 
@@ -126,19 +231,11 @@ spec:
   checkpointing: {interval: 10s, storage: "file://$state/checkpoints"}
   pipeline:
     sources:
-      payments:
-        $kafka, topic: $input}
-        schema: $SCHEMA
-        eventTime: {field: ts, maxOutOfOrderness: 5s}
-      captures:
-        $kafka, topic: $CAPTURES}
-        schema: $SCHEMA
-        eventTime: {field: ts, maxOutOfOrderness: 5s}
+$(weir_sources "$q" "$kafka" "$input")
 $(weir_query "$q")
     sinks:
       out: {from: q, kafka: {brokers: "$BROKERS", topic: $output}}
 YAML
-      [[ $q == join_1to1 ]] || sed -i '/^      captures:/,/^        eventTime/d' "$WORK/$q.yaml"
       if ((cores == 1)); then
         cmd=("$WORKER" run -f "$WORK/$q.yaml" --state-dir "$state/rocks")
       else
@@ -149,13 +246,13 @@ YAML
       read -ra cmd <<<"$(java_cmd flink)"
       cmd+=( dev.weir.bench.FlinkBench --query "$q" --brokers "$BROKERS" --input "$input"
            --input2 "$CAPTURES" --table "$MERCHANTS" --output "$output" --parallelism "$cores"
-           --checkpoint-interval "$COMMIT" --state-dir "$state" --events "$EVENTS_READ")
+           --checkpoint-interval "$COMMIT" --state-dir "$state" --events "$EVENTS_READ" "${NEXMARK_ARGS[@]}")
       ;;
     kstreams)
       read -ra cmd <<<"$(java_cmd kstreams)"
       cmd+=( dev.weir.bench.StreamsBench --query "$q" --brokers "$BROKERS" --input "$input"
            --input2 "$CAPTURES" --table "$MERCHANTS" --output "$output" --parallelism "$cores"
-           --commit-interval-ms "$COMMIT_MS" --state-dir "$state" --events "$EVENTS_READ")
+           --commit-interval-ms "$COMMIT_MS" --state-dir "$state" --events "$EVENTS_READ" "${NEXMARK_ARGS[@]}")
       ;;
   esac
   local rc=0
@@ -187,57 +284,74 @@ load "$MERCHANTS" 1 "datagen: {kind: merchants, keys: 1000000, seed: 1, startTim
 KAFKA_PID=$(cat "$WEIR_RUN/kafka.pid" 2>/dev/null || true)
 broker_cores() { [[ -n $KAFKA_PID ]] && taskset -a -p -c "$1" "$KAFKA_PID" >/dev/null 2>&1 || true; }
 trap 'broker_cores 0-$(($(nproc) - 1)); pkill -P $$ 2>/dev/null || true; rm -rf "$WORK"' EXIT
+# measure SYSTEM CORES QUERY: one run, its line in the TSV; checks the output against Weir's
+# (system weir-long: Weir on the long data set, output unchecked).
+measure() {
+  local sys=$1 cores=$2 q=$3 out=compare-out-$1-$3-$2-$RANDOM rc=0 res status equal records secs rate rss cpu
+  local canon=$WORK/canon-$sys-$q-$cores.txt
+  create_topic "$out" "$cores"
+  res=$(run "${sys%-long}" "$cores" "$q" "$INPUT" "$out") || rc=$?
+  if ((rc != 0)); then
+    status=FAILED
+    ((rc == 2)) && status="timeout: not done after $TIMEOUT s (< $((EVENTS_READ / TIMEOUT)) ev/s)"
+    printf '%-9s %-15s %s\n' "$sys" "$q" "$status"
+    printf '%s\t%s\t%s\t\t\t\t\t\t%s\n' "$sys" "$cores" "$q" "$status" >>"$TSV"
+    delete_topic "$out"
+    return
+  fi
+  if [[ $sys == weir-long ]]; then
+    equal="unchecked (Weir alone)"
+    : >"$canon"
+  else
+    $(java_cmd kstreams) dev.weir.bench.Dump "$BROKERS" "$out" 2>/dev/null |
+      "$PY" "$BENCH_DIR/compare/results.py" canon "$q" >"$canon"
+    equal=reference
+    if [[ $sys != weir ]]; then
+      if [[ -s $WORK/canon-weir-$q-$cores.txt ]]; then
+        equal=$("$PY" "$BENCH_DIR/compare/results.py" diff "$WORK/canon-weir-$q-$cores.txt" "$canon")
+      else
+        equal=unchecked
+      fi
+    fi
+  fi
+  delete_topic "$out"
+  read -r records secs rate rss cpu <<<"$res"
+  printf '%-9s %-15s %10s rec %8s s %10s rec/s %6s MiB cpu %7s s  %s (%s)\n' "$sys" "$q" "$records" "$secs" \
+    "$rate" "$rss" "$cpu" "$equal" "$([[ $sys == weir-long ]] && echo "output not read back" || echo "$(wc -l <"$canon") rows")"
+  [[ $sys == weir ]] || rm -f "$canon"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$sys" "$cores" "$q" "$records" "$secs" "$rate" "$rss" "$cpu" "$equal" >>"$TSV"
+}
+
+# Weir alone on LONG events per data set, so its runs last tens of seconds as the others' do on
+# EVENTS (the first record to the last commit either way); its topics are deleted afterwards.
+LONG=${COMPARE_WEIR_EVENTS:-10000000}
 for cores in $CORES; do
   [[ -n ${QUERIES// /} ]] || break
   if ((cores < $(nproc))); then broker_cores "$cores-$(($(nproc) - 1))"; else broker_cores "0-$(($(nproc) - 1))"; fi
-  INPUT=compare-payments-$EVENTS-p$cores
-  CAPTURES=compare-captures-$EVENTS-p$cores
-  load "$INPUT" "$cores" "$PAYMENTS_GEN" card_id
-  printf '== %s events of ~480 bytes, %s partition(s), %s core(s) (taskset), results visible every %s\n' \
+  use_data "$EVENTS" "$cores"
+  printf '== %s events of ~480 bytes per data set, %s partition(s), %s core(s) (taskset), results visible every %s\n' \
     "$EVENTS" "$cores" "$cores" "$COMMIT"
   for q in $QUERIES; do
-    EVENTS_READ=$EVENTS
-    if [[ $q == join_1to1 ]]; then
-      load "$CAPTURES" "$cores" "$PAYMENTS_GEN" card_id
-      EVENTS_READ=$((2 * EVENTS))
-    fi
+    load_inputs "$q" "$cores"
     for sys in $SYSTEMS; do
       if [[ $sys == kstreams && $q == fraud_pattern ]]; then
         printf '%-9s %-15s %s\n' "$sys" "$q" "not expressible in the Kafka Streams DSL (MATCH_RECOGNIZE / CEP)"
         printf '%s\t%s\t%s\t\t\t\t\t\tn/a\n' "$sys" "$cores" "$q" >>"$TSV"
         continue
       fi
-      out=compare-out-$sys-$q-$cores-$RANDOM
-      create_topic "$out" "$cores"
-      rc=0
-      res=$(run "$sys" "$cores" "$q" "$INPUT" "$out") || rc=$?
-      if ((rc != 0)); then
-        status=FAILED
-        ((rc == 2)) && status="timeout: not done after $TIMEOUT s (< $((EVENTS_READ / TIMEOUT)) ev/s)"
-        printf '%-9s %-15s %s\n' "$sys" "$q" "$status"
-        printf '%s\t%s\t%s\t\t\t\t\t\t%s\n' "$sys" "$cores" "$q" "$status" >>"$TSV"
-        delete_topic "$out"
-        continue
-      fi
-      $(java_cmd kstreams) dev.weir.bench.Dump "$BROKERS" "$out" 2>/dev/null |
-        "$PY" "$BENCH_DIR/compare/results.py" canon "$q" >"$WORK/canon-$sys-$q-$cores.txt"
-      delete_topic "$out"
-      equal=reference
-      if [[ $sys != weir ]]; then
-        if [[ -s $WORK/canon-weir-$q-$cores.txt ]]; then
-          equal=$("$PY" "$BENCH_DIR/compare/results.py" diff "$WORK/canon-weir-$q-$cores.txt" "$WORK/canon-$sys-$q-$cores.txt")
-        else
-          equal=unchecked
-        fi
-      fi
-      read -r records secs rate rss cpu <<<"$res"
-      printf '%-9s %-15s %10s rec %8s s %10s rec/s %6s MiB cpu %7s s  %s (%s rows)\n' "$sys" "$q" "$records" "$secs" \
-        "$rate" "$rss" "$cpu" "$equal" "$(wc -l <"$WORK/canon-$sys-$q-$cores.txt")"
-      [[ $sys == weir ]] || rm -f "$WORK/canon-$sys-$q-$cores.txt"
-      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$sys" "$cores" "$q" "$records" "$secs" "$rate" "$rss" "$cpu" "$equal" >>"$TSV"
+      measure "$sys" "$cores" "$q"
     done
     rm -f "$WORK"/canon-*-"$q-$cores".txt
   done
+  if ((LONG > EVENTS)) && [[ " $SYSTEMS " == *" weir "* ]]; then
+    use_data "$LONG" "$cores"
+    printf '== Weir alone: %s events per data set, %s partition(s), %s core(s)\n' "$LONG" "$cores" "$cores"
+    for q in $QUERIES; do
+      load_inputs "$q" "$cores"
+      measure weir-long "$cores" "$q"
+    done
+    for t in "$INPUT" "$CAPTURES" "${NEXMARK[@]}"; do delete_topic "$t"; done
+  fi
 done
 # End-to-end latency with exactly-once, results visible every LAT_COMMIT (100 ms: Weir's and
 # Kafka Streams' default under exactly-once, Flink checkpointing that often; then 20 ms, for

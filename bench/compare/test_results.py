@@ -55,5 +55,27 @@ class Diff(unittest.TestCase):
         self.assertEqual(results.diff(ref, self.write(["a", "b", "x"])), "no: 1 of 3 rows missing or different, 1 extra")
 
 
+class Report(unittest.TestCase):
+    def test_ratios_use_weirs_long_run_where_it_ran(self):
+        d = tempfile.mkdtemp()
+        self.addCleanup(lambda: [os.unlink(os.path.join(d, f)) for f in os.listdir(d)] and os.rmdir(d))
+        tsv = os.path.join(d, "r.tsv")
+        with open(tsv, "w") as f:
+            f.write("system\tcores\tquery\trecords\tseconds\trate\trss_mib\tcpu_s\tequal\n")
+            f.write("weir\t1\tq1\t100\t1\t100\t10\t1\treference\n")
+            f.write("flink\t1\tq1\t100\t10\t10\t10\t1\tyes\n")
+            f.write("weir\t1\tq2\t100\t1\t80\t10\t1\treference\n")
+            f.write("flink\t1\tq2\t100\t10\t10\t10\t1\tno: 1 of 3 rows missing or different, 0 extra\n")
+            f.write("weir-long\t1\tq1\t1000\t5\t200\t10\t5\tunchecked (Weir alone)\n")
+        results.machine = lambda: "test machine"
+        results.report(tsv, os.path.join(d, "r"))
+        with open(os.path.join(d, "r.md")) as f:
+            md = f.read()
+        self.assertIn("| query | weir ev/s/core | weir-long ev/s/core | flink ev/s/core | Weir / Flink |", md)
+        self.assertIn("| q1 | 100 | 200 | 10 | 20.0x |", md)
+        self.assertIn("| q2 | 80 | — | 10 | 8.0x |", md)
+        self.assertIn("no: 1 of 3 rows missing", md)
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -19,7 +19,7 @@ pub use validate::{source_fields, table_fields, topo_order, validate_spec, Field
 
 /// The fields of what a `datagen` kind generates.
 pub fn datagen_schema(kind: DatagenKind) -> BTreeMap<String, FieldType> {
-    use FieldType::{Double, String as Str, Timestamp};
+    use FieldType::{Double, Long, String as Str, Timestamp};
     let fields: &[(&str, FieldType)] = match kind {
         DatagenKind::Payments => &[
             ("id", Str),
@@ -43,6 +43,37 @@ pub fn datagen_schema(kind: DatagenKind) -> BTreeMap<String, FieldType> {
         DatagenKind::Merchants => {
             &[("merchant_id", Str), ("name", Str), ("category", Str), ("country", Str), ("ts", Timestamp)]
         }
+        DatagenKind::NexmarkPersons => &[
+            ("id", Long),
+            ("name", Str),
+            ("email", Str),
+            ("credit_card", Str),
+            ("city", Str),
+            ("state", Str),
+            ("ts", Timestamp),
+            ("extra", Str),
+        ],
+        DatagenKind::NexmarkAuctions => &[
+            ("id", Long),
+            ("item_name", Str),
+            ("description", Str),
+            ("initial_bid", Long),
+            ("reserve", Long),
+            ("ts", Timestamp),
+            ("expires", Timestamp),
+            ("seller", Long),
+            ("category", Long),
+            ("extra", Str),
+        ],
+        DatagenKind::NexmarkBids => &[
+            ("auction", Long),
+            ("bidder", Long),
+            ("price", Long),
+            ("channel", Str),
+            ("url", Str),
+            ("ts", Timestamp),
+            ("extra", Str),
+        ],
     };
     fields.iter().map(|(k, v)| (k.to_string(), *v)).collect()
 }

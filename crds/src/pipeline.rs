@@ -171,6 +171,16 @@ pub enum DatagenKind {
     OrderPayments,
     /// The merchants `m-00000` to `m-<keys - 1>` (a side-input table), once each.
     Merchants,
+    /// Nexmark's people (the online auction benchmark's sellers and bidders): one in 50 events
+    /// of the Nexmark stream; `eventRate` counts all three Nexmark kinds, so the persons,
+    /// auctions and bids of one seed, start time and event rate fit together.
+    NexmarkPersons,
+    /// Nexmark's auctions (three in 50 events), each by a person that exists by then (mostly a
+    /// few hot sellers).
+    NexmarkAuctions,
+    /// Nexmark's bids (46 in 50 events), each on one of the last 100 auctions (half of them on
+    /// a hot auction) by a person that exists by then; 10 % out of order by up to 2 s.
+    NexmarkBids,
 }
 
 /// A side input: every record of a compacted topic (or a file, or generated rows), kept as

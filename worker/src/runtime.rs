@@ -401,6 +401,9 @@ impl Runtime {
         let (mut busy, mut window_start) = (Duration::ZERO, Instant::now());
         let (mut first_record, mut records) = (None, 0u64);
         let mut records_at_window = 0u64;
+        // Whether the epoch after the external sources ended ran: it publishes the last rows
+        // (and the final watermark) of repartition topics, which their readers wait for.
+        let mut upstream_end_flushed = false;
         loop {
             // Table changes first: the stream records read next see them.
             for t in self.tables.iter_mut() {
@@ -443,6 +446,9 @@ impl Runtime {
             let done = self.ended.iter().all(|e| *e);
             let stopping = shutdown.load(Ordering::Relaxed);
             let started = Instant::now();
+            let upstream_ended = self.ended.iter().zip(&self.plan.sources).all(|(e, s)| *e || s.markers);
+            let flush_upstream_end = upstream_ended && !upstream_end_flushed;
+            upstream_end_flushed |= upstream_ended;
             if done
                 || stopping
                 || last_commit.elapsed() >= commit_interval
@@ -454,7 +460,7 @@ impl Runtime {
                 if done || stopping || self.last_checkpoint.elapsed() >= commit_interval {
                     self.checkpoint(done || stopping)?;
                 }
-            } else if last_flush.elapsed() >= epoch {
+            } else if last_flush.elapsed() >= epoch || flush_upstream_end {
                 // Results become visible every epoch; state is committed less often. Epochs start
                 // at a steady cadence: the next one is due an interval after this one started,
                 // not after its commit ended (which would stretch every epoch by the commit).

@@ -1,7 +1,10 @@
 //! Generated events for demos and benchmarks, deterministic per (seed, sequence number) so a
 //! restored task regenerates exactly what it would have read, rate-limited: card payments
 //! (about 500 bytes each, skewed card keys, some out-of-order events and a few late ones), shop
-//! orders, the payments of those orders (to join with them), and merchants (a side input).
+//! orders, the payments of those orders (to join with them), merchants (a side input), and
+//! Nexmark's persons, auctions and bids (`nexmark`).
+
+mod nexmark;
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -83,6 +86,11 @@ impl DatagenSource {
                     out,
                     r#"{{"payment_id":"pay-{i:010}","order_id":"o-{i:010}","amount":{total},"method":"{method}","ts":{ts}}}"#
                 );
+            }
+            kind @ (DatagenKind::NexmarkPersons | DatagenKind::NexmarkAuctions | DatagenKind::NexmarkBids) => {
+                let mut r = self.rng(i, 0x4E58_0000 + kind as u64);
+                let ts = self.base_time(nexmark::position(kind, i)) + nexmark::disorder(kind, &mut r);
+                nexmark::event(kind, i, r, ts, out);
             }
             DatagenKind::Merchants => {
                 let mut r = self.rng(i, 0x3E2C_4A17);
@@ -309,5 +317,55 @@ mod tests {
             assert_eq!(p["amount"], o["total"]);
         }
         assert!(orders.iter().all(|o| o["merchant_id"].as_str().unwrap() < "m-02000"));
+    }
+
+    #[test]
+    fn nexmark_persons_auctions_and_bids_fit_together() {
+        let rows = |kind, count| {
+            let spec = DatagenSpec { kind, count: Some(count), event_rate: Some(1_000), ..spec() };
+            let mut g = DatagenSource::new(spec);
+            let mut all = Vec::new();
+            while !g.finished() {
+                for (_, r) in g.poll(1_000, Duration::ZERO).unwrap().batches {
+                    for i in 0..r.len() {
+                        assert!((490..=510).contains(&r.payload(i).len()), "{} bytes", r.payload(i).len());
+                        all.push(serde_json::from_slice::<serde_json::Value>(r.payload(i)).unwrap());
+                    }
+                }
+            }
+            for f in weir_crds::datagen_schema(kind).keys() {
+                assert!(all.iter().all(|v| v.get(f).is_some()), "{kind:?} has {f}");
+            }
+            all
+        };
+        // 10,000 events of the Nexmark stream: 200 persons, 600 auctions, 9,200 bids.
+        let persons = rows(DatagenKind::NexmarkPersons, 200);
+        let auctions = rows(DatagenKind::NexmarkAuctions, 600);
+        let bids = rows(DatagenKind::NexmarkBids, 9_200);
+        let ts = |v: &serde_json::Value| v["ts"].as_i64().unwrap();
+        let by_id = |rows: &[serde_json::Value]| -> std::collections::BTreeMap<i64, i64> {
+            rows.iter().map(|v| (v["id"].as_i64().unwrap(), ts(v))).collect()
+        };
+        let (person_ts, auction_ts) = (by_id(&persons), by_id(&auctions));
+        assert_eq!(person_ts.keys().next(), Some(&1000));
+        assert!(persons.windows(2).chain(auctions.windows(2)).all(|w| ts(&w[0]) <= ts(&w[1])), "in order");
+        assert_eq!(ts(&bids[9_199]) / 1000 - ts(&persons[0]) / 1000, 9, "10 s of event time in all");
+        for a in &auctions {
+            let seller = person_ts[&a["seller"].as_i64().unwrap()];
+            assert!(seller <= ts(a), "the seller exists before the auction");
+            assert!((10..=14).contains(&a["category"].as_i64().unwrap()));
+            assert!(a["expires"].as_i64().unwrap() > ts(a));
+        }
+        let mut hot = std::collections::BTreeMap::<i64, usize>::new();
+        for b in &bids {
+            let auction = b["auction"].as_i64().unwrap();
+            *hot.entry(auction).or_default() += 1;
+            assert!(auction_ts[&auction] <= ts(b) + 2_000, "the auction exists (up to 2 s of disorder)");
+            assert!(person_ts[&b["bidder"].as_i64().unwrap()] <= ts(b) + 2_000);
+        }
+        let busiest = hot.values().max().copied().unwrap_or(0);
+        assert!(busiest > 500, "half the bids go to a few hot auctions: {busiest}");
+        let out_of_order = bids.windows(2).filter(|w| ts(&w[1]) < ts(&w[0])).count();
+        assert!(out_of_order > 300, "some bids are out of order: {out_of_order}");
     }
 }

@@ -87,13 +87,28 @@ public final class FlinkBench {
 
     /** A payments table: the fields the queries use (+ extra columns), event time from `ts`. */
     private String source(String table, String topic, String extraColumns) {
-      return kafkaTable(table, topic,
+      return eventTable(table, topic,
           " id STRING, card_id STRING, merchant_id STRING, amount DOUBLE, status STRING,"
-              + " country STRING, ts BIGINT," + extraColumns + "\n"
+              + " country STRING," + extraColumns);
+    }
+
+    /** A table of JSON events with these columns and `ts` (epoch ms) as event time, 5 s out of order. */
+    private String eventTable(String table, String topic, String columns) {
+      return kafkaTable(table, topic,
+          columns + " ts BIGINT,\n"
               + " et AS TO_TIMESTAMP_LTZ(ts, 3),\n"
               + " WATERMARK FOR et AS et - INTERVAL '5' SECOND",
           "'scan.watermark.emit.strategy' = 'on-event',\n"
               + " 'format' = 'json', 'json.ignore-parse-errors' = 'true'");
+    }
+
+    private String nexmarkTable(String kind) {
+      String topic = Args.need(args, "nexmark-" + kind);
+      return switch (kind) {
+        case "persons" -> eventTable("persons", topic, " id BIGINT, name STRING, city STRING, state STRING,");
+        case "auctions" -> eventTable("auctions", topic, " id BIGINT, seller BIGINT, category BIGINT,");
+        default -> eventTable("bids", topic, " auction BIGINT, bidder BIGINT, price BIGINT,");
+      };
     }
 
     /** A Kafka table read from the earliest offset (upsert-kafka always is). */
@@ -178,6 +193,30 @@ public final class FlinkBench {
           ddl.add(source("payments", input, ""));
           ddl.add(sink("card_id STRING, last_probe STRING, hit_amount DOUBLE, hit_ts BIGINT"));
         }
+        case "nexmark_q3" -> {
+          ddl.add(nexmarkTable("auctions"));
+          // The persons topic as a versioned table (its key is the id as text); auctions see
+          // it as of their event time.
+          ddl.add(kafkaTable("upsert-kafka", "persons", Args.need(args, "nexmark-persons"),
+              " k_id STRING, name STRING, city STRING, state STRING, ts BIGINT,\n"
+                  + " et AS TO_TIMESTAMP_LTZ(ts, 3),\n"
+                  + " WATERMARK FOR et AS et,\n"
+                  + " PRIMARY KEY (k_id) NOT ENFORCED",
+              "'key.format' = 'raw', 'key.fields-prefix' = 'k_',\n"
+                  + " 'value.format' = 'json', 'value.fields-include' = 'EXCEPT_KEY'"));
+          ddl.add(sink("name STRING, city STRING, state STRING, id BIGINT"));
+        }
+        case "nexmark_q8" -> {
+          ddl.add(nexmarkTable("persons"));
+          ddl.add(nexmarkTable("auctions"));
+          ddl.add(sink("person_id BIGINT, name STRING, auction_id BIGINT, window_start TIMESTAMP(3)"));
+        }
+        case "nexmark_auction_bids" -> {
+          ddl.add(nexmarkTable("auctions"));
+          ddl.add(nexmarkTable("bids"));
+          ddl.add(sink("auction BIGINT, seller BIGINT, category BIGINT, bidder BIGINT, price BIGINT,"
+              + " bid_ts BIGINT"));
+        }
         default -> throw new IllegalArgumentException("unknown query " + query);
       }
       return ddl;
@@ -213,6 +252,22 @@ public final class FlinkBench {
                 + " ONE ROW PER MATCH AFTER MATCH SKIP PAST LAST ROW"
                 + " PATTERN (PROBE{3} HIT) WITHIN INTERVAL '5' MINUTE"
                 + " DEFINE PROBE AS PROBE.amount < 10, HIT AS HIT.amount > 200)";
+        // Nexmark query 3 (local item suggestion), the persons read as a table.
+        case "nexmark_q3" ->
+            "SELECT p.name, p.city, p.state, a.id FROM auctions AS a JOIN persons"
+                + " FOR SYSTEM_TIME AS OF a.et AS p ON CAST(a.seller AS STRING) = p.k_id"
+                + " WHERE a.category = 10 AND p.state IN ('OR', 'ID', 'CA')";
+        // Nexmark query 8 (new users who opened an auction in the same 10 s), one row per
+        // auction, as a window join.
+        case "nexmark_q8" ->
+            "SELECT p.id, p.name, a.id, p.window_start FROM"
+                + " (SELECT * FROM TABLE(TUMBLE(TABLE persons, DESCRIPTOR(et), INTERVAL '10' SECOND))) p"
+                + " JOIN (SELECT * FROM TABLE(TUMBLE(TABLE auctions, DESCRIPTOR(et), INTERVAL '10' SECOND))) a"
+                + " ON p.id = a.seller AND p.window_start = a.window_start AND p.window_end = a.window_end";
+        // The bids of each auction's first minute (an interval join).
+        case "nexmark_auction_bids" ->
+            "SELECT a.id, a.seller, a.category, b.bidder, b.price, b.ts FROM auctions a, bids b"
+                + " WHERE a.id = b.auction AND b.et BETWEEN a.et AND a.et + INTERVAL '1' MINUTE";
         default -> throw new IllegalArgumentException("unknown query " + query);
       };
     }

@@ -9,6 +9,7 @@ import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.Properties;
+import java.util.Set;
 import org.apache.kafka.clients.admin.Admin;
 import org.apache.kafka.clients.admin.OffsetSpec;
 import org.apache.kafka.clients.consumer.ConsumerConfig;
@@ -57,16 +58,43 @@ public final class StreamsBench {
       new ObjectMapper().configure(DeserializationFeature.FAIL_ON_UNKNOWN_PROPERTIES, false);
   private static volatile long firstNanos = 0;
 
+  /** An event with its event time (epoch ms). */
+  public abstract static class Event {
+    public long ts;
+  }
+
   @JsonIgnoreProperties(ignoreUnknown = true)
-  public static final class Payment {
+  public static final class Payment extends Event {
     public String id;
     public String card_id;
     public String merchant_id;
     public double amount;
     public String status;
     public String country;
-    public long ts;
     public Long sent_ms;
+  }
+
+  /** Nexmark's person, auction and bid (the fields the queries use). */
+  @JsonIgnoreProperties(ignoreUnknown = true)
+  public static final class Person extends Event {
+    public long id;
+    public String name;
+    public String city;
+    public String state;
+  }
+
+  @JsonIgnoreProperties(ignoreUnknown = true)
+  public static final class Auction extends Event {
+    public long id;
+    public long seller;
+    public long category;
+  }
+
+  @JsonIgnoreProperties(ignoreUnknown = true)
+  public static final class Bid extends Event {
+    public long auction;
+    public long bidder;
+    public long price;
   }
 
   @JsonIgnoreProperties(ignoreUnknown = true)
@@ -126,7 +154,7 @@ public final class StreamsBench {
       if (firstNanos == 0) {
         firstNanos = System.nanoTime();
       }
-      return record.value() instanceof Payment p ? p.ts : record.timestamp();
+      return record.value() instanceof Event e ? e.ts : record.timestamp();
     }
   }
 
@@ -156,7 +184,7 @@ public final class StreamsBench {
     Serde<Payment> payments = json(Payment.class);
     Serde<String> keys = Serdes.String();
     StreamsBuilder b = new StreamsBuilder();
-    KStream<String, Payment> in = query.equals("passthrough") ? null : b.stream(input,
+    KStream<String, Payment> in = query.equals("passthrough") || query.startsWith("nexmark") ? null : b.stream(input,
         Consumed.with(keys, payments).withTimestampExtractor(new EventTime()))
         .filter((k, p) -> p != null);
     Produced<String, Map<String, Object>> out = Produced.with(keys, mapSerde());
@@ -219,11 +247,57 @@ public final class StreamsBench {
                 "merchant_country", m == null ? null : m.country))
             .to(output, out);
       }
+      case "nexmark_q3" -> {
+        // Nexmark query 3 (local item suggestion): the persons as a global table.
+        GlobalKTable<String, Person> persons = b.globalTable(Args.need(args, "nexmark-persons"),
+            Consumed.with(keys, json(Person.class)));
+        nexmark(b, args, "auctions", Auction.class)
+            .filter((k, a) -> a.category == 10)
+            .join(persons, (k, a) -> Long.toString(a.seller),
+                (a, p) -> row("name", p.name, "city", p.city, "state", p.state, "id", a.id))
+            .filter((k, r) -> Set.of("OR", "ID", "CA").contains(r.get("state")))
+            .to(output, out);
+      }
+      case "nexmark_q8" -> {
+        // Nexmark query 8 (new users who opened an auction in the same 10 s tumbling window):
+        // the auctions re-keyed by seller, joined with the persons within 10 s, and the pairs
+        // of one window kept (the DSL has no tumbling window join).
+        props.put(StreamsConfig.MAX_TASK_IDLE_MS_CONFIG, 5000);
+        long size = 10_000;
+        KStream<String, Auction> bySeller =
+            nexmark(b, args, "auctions", Auction.class).selectKey((k, a) -> Long.toString(a.seller));
+        nexmark(b, args, "persons", Person.class)
+            .join(bySeller, (p, a) -> p.ts / size == a.ts / size
+                    ? row("person_id", p.id, "name", p.name, "auction_id", a.id, "window_start", p.ts / size * size)
+                    : null,
+                JoinWindows.ofTimeDifferenceAndGrace(Duration.ofMillis(size), Duration.ofMinutes(1)),
+                StreamJoined.with(keys, json(Person.class), json(Auction.class)))
+            .filter((k, r) -> r != null)
+            .to(output, out);
+      }
+      case "nexmark_auction_bids" -> {
+        // The bids of each auction's first minute; both topics are keyed by auction id.
+        props.put(StreamsConfig.MAX_TASK_IDLE_MS_CONFIG, 5000);
+        nexmark(b, args, "auctions", Auction.class)
+            .join(nexmark(b, args, "bids", Bid.class),
+                (a, bid) -> row("auction", a.id, "seller", a.seller, "category", a.category,
+                    "bidder", bid.bidder, "price", bid.price, "bid_ts", bid.ts),
+                JoinWindows.ofTimeDifferenceAndGrace(Duration.ofMinutes(1), Duration.ofMinutes(1))
+                    .before(Duration.ZERO),
+                StreamJoined.with(keys, json(Auction.class), json(Bid.class)))
+            .to(output, out);
+      }
       default -> throw new IllegalArgumentException(
           "query " + query + " is not expressible in the Kafka Streams DSL");
     }
 
-    List<String> inputs = query.equals("join_1to1") ? List.of(input, args.get("input2")) : List.of(input);
+    List<String> inputs = switch (query) {
+      case "join_1to1" -> List.of(input, args.get("input2"));
+      case "nexmark_q3" -> List.of(args.get("nexmark-auctions"));
+      case "nexmark_q8" -> List.of(args.get("nexmark-persons"), args.get("nexmark-auctions"));
+      case "nexmark_auction_bids" -> List.of(args.get("nexmark-auctions"), args.get("nexmark-bids"));
+      default -> List.of(input);
+    };
     try (KafkaStreams streams = new KafkaStreams(b.build(), props);
         Admin admin = Admin.create(Map.of("bootstrap.servers", brokers))) {
       streams.setUncaughtExceptionHandler(e -> {
@@ -242,20 +316,11 @@ public final class StreamsBench {
       if (args.containsKey("unbounded")) {
         Thread.currentThread().join();
       }
-      while (true) {
-        Map<TopicPartition, OffsetAndMetadata> committed =
-            admin.listConsumerGroupOffsets(appId).partitionsToOffsetAndMetadata().get();
-        if (end.entrySet().stream().allMatch(e -> {
-          OffsetAndMetadata c = committed.get(e.getKey());
-          return e.getValue() == 0 || (c != null && c.offset() >= e.getValue());
-        })) {
-          break;
-        }
-        if (streams.state() == KafkaStreams.State.ERROR || streams.state() == KafkaStreams.State.NOT_RUNNING) {
-          throw new IllegalStateException("Kafka Streams stopped: " + streams.state());
-        }
-        Thread.sleep(10);
-      }
+      waitCommitted(admin, appId, end, streams);
+      // Rows re-keyed through repartition topics are processed after their input's offsets
+      // were committed: wait for the application's own topics too (they end when the inputs
+      // are done, since rows and offsets are committed together).
+      waitCommitted(admin, appId, repartitionEnds(admin, appId), streams);
       long done = System.nanoTime();
       long first = firstNanos == 0 ? started : firstNanos;
       double secs = (done - first) / 1e9;
@@ -264,6 +329,47 @@ public final class StreamsBench {
       streams.close(Duration.ofSeconds(30));
     }
     System.exit(0);
+  }
+
+  /** Waits until the application's committed offsets reach these ends. */
+  static void waitCommitted(Admin admin, String appId, Map<TopicPartition, Long> end, KafkaStreams streams)
+      throws Exception {
+    while (true) {
+      Map<TopicPartition, OffsetAndMetadata> committed =
+          admin.listConsumerGroupOffsets(appId).partitionsToOffsetAndMetadata().get();
+      if (end.entrySet().stream().allMatch(e -> {
+        OffsetAndMetadata c = committed.get(e.getKey());
+        return e.getValue() == 0 || (c != null && c.offset() >= e.getValue());
+      })) {
+        return;
+      }
+      if (streams.state() == KafkaStreams.State.ERROR || streams.state() == KafkaStreams.State.NOT_RUNNING) {
+        throw new IllegalStateException("Kafka Streams stopped: " + streams.state());
+      }
+      Thread.sleep(10);
+    }
+  }
+
+  /** The end offsets of the application's repartition topics. */
+  static Map<TopicPartition, Long> repartitionEnds(Admin admin, String appId) throws Exception {
+    Map<TopicPartition, OffsetSpec> latest = new HashMap<>();
+    List<String> topics = admin.listTopics().names().get().stream()
+        .filter(t -> t.startsWith(appId + "-") && t.endsWith("-repartition")).toList();
+    if (topics.isEmpty()) {
+      return Map.of();
+    }
+    admin.describeTopics(topics).allTopicNames().get().forEach((t, d) -> d.partitions()
+        .forEach(p -> latest.put(new TopicPartition(t, p.partition()), OffsetSpec.latest())));
+    Map<TopicPartition, Long> end = new HashMap<>();
+    admin.listOffsets(latest).all().get().forEach((tp, info) -> end.put(tp, info.offset()));
+    return end;
+  }
+
+  /** The Nexmark topic of a kind (--nexmark-KIND), decoded, with event time. */
+  static <T extends Event> KStream<String, T> nexmark(StreamsBuilder b, Map<String, String> args, String kind, Class<T> type) {
+    return b.stream(Args.need(args, "nexmark-" + kind),
+            Consumed.with(Serdes.String(), json(type)).withTimestampExtractor(new EventTime()))
+        .filter((k, v) -> v != null);
   }
 
   static Map<String, Object> windowRow(Windowed<String> w, long end, Agg agg, boolean withMax) {
