@@ -185,7 +185,7 @@ def chart(path, by, systems, cores, queries, rate, latency):
     commits = list(dict.fromkeys(r["commit"] for r in latency))
     panels = len(cores) + len(commits)
     fig, axes = plt.subplots(panels, 1, figsize=(11, 4 * panels), squeeze=False)
-    width = 0.8 / len(systems)
+    width = 0.8 / max(len(systems), 1)
     names = ["p50_ms", "p90_ms", "p99_ms"]
     for ax, commit in zip(axes[len(cores):, 0], commits):
         runs = [r for r in latency if r["commit"] == commit]

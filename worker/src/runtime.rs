@@ -32,6 +32,8 @@ use crate::task::{Sinks, Task};
 
 /// Records read per poll across a source's partitions.
 pub(crate) const MAX_POLL: usize = 8_192;
+/// The longest a poll of a Kafka source waits for a record to arrive.
+const MAX_WAIT: Duration = Duration::from_millis(20);
 
 /// Where this worker sits in the job.
 #[derive(Clone, Debug)]
@@ -417,9 +419,12 @@ impl Runtime {
                 if self.ended[i] {
                     continue;
                 }
-                // Local sources never wait; Kafka waits briefly for records to arrive.
-                let wait =
-                    if self.plan.sources[i].spec.kafka.is_some() { Duration::from_millis(20) } else { Duration::ZERO };
+                // Local sources never wait; Kafka waits briefly for records to arrive, never past
+                // the next epoch's start (which would delay its results).
+                let wait = match self.plan.sources[i].spec.kafka {
+                    Some(_) => (last_flush + epoch).saturating_duration_since(Instant::now()).min(MAX_WAIT),
+                    None => Duration::ZERO,
+                };
                 let polled = self.sources[i].poll(MAX_POLL, wait)?;
                 let started = Instant::now();
                 for (p, recs) in polled.batches {

@@ -93,6 +93,14 @@ impl KafkaProducer {
             properties.get("transaction.timeout.ms").cloned().unwrap_or(TRANSACTION_TIMEOUT_MS.to_string());
         if let Some(id) = transactional_id {
             cfg.set("transactional.id", id).set("transaction.timeout.ms", &timeout_ms);
+            // An epoch's transaction begins right after the last one's commit, often before
+            // the coordinator has written its markers: the coordinator then answers
+            // CONCURRENT_TRANSACTIONS and the call is retried after this backoff (doubling up
+            // to retry.backoff.max.ms). librdkafka's 100 ms default stalled such epochs for
+            // 100 ms; Java's producer uses 20 ms for these retries.
+            if !properties.contains_key("retry.backoff.ms") {
+                cfg.set("retry.backoff.ms", "10");
+            }
         }
         let deliveries = Deliveries::default();
         let producer: ThreadedProducer<Deliveries> = cfg
@@ -170,6 +178,17 @@ impl KafkaProducer {
     /// reports are served 1 ms at a time until none is outstanding.
     pub fn flush(&self) -> std::result::Result<(), String> {
         let deadline = Instant::now() + FLUSH_TIMEOUT;
+        if self.producer.in_flight_count() > 0 {
+            // librdkafka's own flush sends what `linger.ms` holds back at once (it overrides
+            // the linger while it runs), so an epoch's last messages do not wait 5 ms for it.
+            // SAFETY: the handle is this producer's, alive for the call.
+            unsafe {
+                rdkafka::bindings::rd_kafka_flush(
+                    self.producer.client().native_ptr(),
+                    FLUSH_TIMEOUT.as_millis() as i32,
+                );
+            }
+        }
         while self.producer.in_flight_count() > 0 {
             if Instant::now() >= deadline {
                 return Err(format!(

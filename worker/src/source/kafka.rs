@@ -290,13 +290,17 @@ impl Source for KafkaSource {
         }
         let fetch = self.fetch.as_mut().expect("started");
         let mut n = 0;
-        let mut timeout = wait;
         while n < max {
-            let got = fetch.consume(timeout, max - n);
+            // What is fetched already, without waiting: librdkafka's batch call waits for all
+            // of `max` until its timeout, which held every record of a quiet topic back for the
+            // whole wait. Only when nothing is there, wait for the first record alone.
+            let mut got = fetch.consume(Duration::ZERO, max - n);
+            if got == 0 && n == 0 && !wait.is_zero() {
+                got = fetch.consume(wait, 1);
+            }
             if got == 0 {
                 break;
             }
-            timeout = Duration::ZERO;
             for m in fetch.messages() {
                 let m = m.map_err(|e| SourceError::Failed {
                     source_name: self.name.clone(),
@@ -412,7 +416,8 @@ impl FetchQueue {
         }
     }
 
-    /// Waits up to `timeout` for messages and takes up to `max`; the count taken.
+    /// Takes up to `max` messages, waiting up to `timeout` for all of them (librdkafka returns
+    /// early only with `max` messages); the count taken.
     fn consume(&mut self, timeout: Duration, max: usize) -> usize {
         self.release();
         self.batch.reserve(max);
