@@ -4,6 +4,7 @@
 //! Kubernetes access comes from `KUBECONFIG` or the in-cluster service account.
 
 mod api;
+mod autoscaler;
 mod build;
 mod lease;
 mod lifecycle;
