@@ -68,6 +68,57 @@ impl Observation {
     }
 }
 
+/// Kafka's view of a job's inputs at one moment: for every input partition (of every input
+/// topic, in one fixed order) its end offset and the group's committed offset.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Offsets {
+    pub at: f64,
+    pub partitions: Vec<PartitionOffsets>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PartitionOffsets {
+    pub end: i64,
+    /// `None` before the group committed anything there (its lag is then unknown, taken as 0:
+    /// the workers' own lag metric covers a job that has not committed yet).
+    pub committed: Option<i64>,
+}
+
+/// One worker's figures, from its metrics (`weir_input_records_per_second`,
+/// `weir_capacity_records_per_second`; the capacity is 0 while the worker has had no input).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct WorkerFigures {
+    pub input_rate: f64,
+    pub capacity: f64,
+}
+
+impl Observation {
+    /// The observation between two offset snapshots of a job running `parallelism` workers:
+    /// each partition's rate is its end offset's growth per second. `None` when no time passed
+    /// or the partitions changed (a topic grew partitions: the next pair of snapshots counts).
+    pub fn from_offsets(prev: &Offsets, now: &Offsets, workers: &[WorkerFigures], parallelism: u32) -> Option<Self> {
+        let secs = now.at - prev.at;
+        if secs <= 0.0 || prev.partitions.len() != now.partitions.len() {
+            return None;
+        }
+        let partition_rates =
+            prev.partitions.iter().zip(&now.partitions).map(|(a, b)| (b.end - a.end).max(0) as f64 / secs).collect();
+        let partition_lag = now.partitions.iter().map(|p| p.committed.map_or(0, |c| (p.end - c).max(0))).collect();
+        // Capacity from the workers that measured one (an idle worker has none), as if every
+        // worker had the same.
+        let known: Vec<f64> = workers.iter().map(|w| w.capacity).filter(|c| c.is_finite() && *c > 0.0).collect();
+        let capacity = (!known.is_empty()).then(|| mean(known.iter().copied()) * parallelism.max(1) as f64);
+        Some(Observation {
+            at: now.at,
+            parallelism,
+            partition_rates,
+            partition_lag,
+            processed_rate: workers.iter().map(|w| w.input_rate.max(0.0)).sum(),
+            capacity,
+        })
+    }
+}
+
 /// What the autoscaler decided, with the figures behind it (for the job's status and Events).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Decision {
@@ -430,5 +481,31 @@ mod tests {
         // Every partition idle for longer than the delay: down to the minimum, once.
         let d = run(&mut Scaler::default(), 4, 60, |_, w| obs(0.0, w, 0.0, 0));
         assert_eq!(scaled_to(&d), vec![1]);
+    }
+
+    #[test]
+    fn observations_from_offset_snapshots_and_worker_figures() {
+        let offsets = |at: f64, parts: &[(i64, Option<i64>)]| Offsets {
+            at,
+            partitions: parts.iter().map(|&(end, committed)| PartitionOffsets { end, committed }).collect(),
+        };
+        let prev = offsets(100.0, &[(1_000, Some(900)), (5_000, None), (0, Some(0))]);
+        let now = offsets(110.0, &[(3_000, Some(2_500)), (5_000, None), (100, Some(100))]);
+        let workers = [
+            WorkerFigures { input_rate: 180.0, capacity: 1_000.0 },
+            WorkerFigures { input_rate: 0.0, capacity: 0.0 },
+            WorkerFigures { input_rate: 30.0, capacity: 3_000.0 },
+        ];
+        let o = Observation::from_offsets(&prev, &now, &workers, 3).unwrap();
+        assert_eq!(o.partition_rates, vec![200.0, 0.0, 10.0]);
+        assert_eq!(o.partition_lag, vec![500, 0, 0], "nothing committed: no lag known");
+        assert_eq!(o.processed_rate, 210.0);
+        assert_eq!(o.capacity, Some(6_000.0), "the idle worker counted at the others' mean");
+        assert_eq!((o.at, o.parallelism), (110.0, 3));
+        let idle = [WorkerFigures { input_rate: 0.0, capacity: 0.0 }];
+        assert_eq!(Observation::from_offsets(&prev, &now, &idle, 1).unwrap().capacity, None);
+        let grown = offsets(120.0, &[(3_000, None); 4]);
+        assert_eq!(Observation::from_offsets(&now, &grown, &workers, 3), None, "partitions changed");
+        assert_eq!(Observation::from_offsets(&now, &now, &workers, 3), None, "no time passed");
     }
 }
