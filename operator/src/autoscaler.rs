@@ -163,7 +163,7 @@ impl Scaler {
     /// rescales).
     pub fn decide(&mut self, s: &Settings) -> Decision {
         let settled = settled(&self.observations);
-        let Some(last) = settled.last().copied().cloned() else {
+        let Some(&last) = settled.last() else {
             return keep("no observation yet");
         };
         let current = last.parallelism.max(1);
@@ -191,7 +191,7 @@ impl Scaler {
                             up.to,
                             up.processed,
                             processed,
-                            hot_partition_note(&last, s, per_worker),
+                            hot_partition_note(last, s, per_worker),
                         ),
                     };
                 }
@@ -207,8 +207,8 @@ impl Scaler {
             self.blocked_at_input = None;
         }
 
-        let now_wanted = needed_workers(&last, s, per_worker);
-        let need = needed_rate(&last, s);
+        let now_wanted = needed_workers(last, s, per_worker);
+        let need = needed_rate(last, s);
         let utilization = need / (per_worker * current as f64);
         if now_wanted > current && utilization > s.target_utilization + TOLERANCE {
             self.pending = Some(ScaleUp { from: current, to: now_wanted, processed, input });
@@ -223,7 +223,7 @@ impl Scaler {
                     utilization * 100.0,
                     per_worker,
                     s.target_utilization * 100.0,
-                    hot_partition_note(&last, s, per_worker),
+                    hot_partition_note(last, s, per_worker),
                 ),
             };
         }

@@ -308,13 +308,7 @@ public final class StreamsBench {
         e.printStackTrace();
         return org.apache.kafka.streams.errors.StreamsUncaughtExceptionHandler.StreamThreadExceptionResponse.SHUTDOWN_APPLICATION;
       });
-      Map<TopicPartition, OffsetSpec> latest = new HashMap<>();
-      for (String t : inputs) {
-        admin.describeTopics(List.of(t)).allTopicNames().get().get(t).partitions()
-            .forEach(p -> latest.put(new TopicPartition(t, p.partition()), OffsetSpec.latest()));
-      }
-      Map<TopicPartition, Long> end = new HashMap<>();
-      admin.listOffsets(latest).all().get().forEach((tp, info) -> end.put(tp, info.offset()));
+      Map<TopicPartition, Long> end = endOffsets(admin, inputs);
       long started = System.nanoTime();
       streams.start();
       if (args.containsKey("unbounded")) {
@@ -356,12 +350,16 @@ public final class StreamsBench {
 
   /** The end offsets of the application's repartition topics. */
   static Map<TopicPartition, Long> repartitionEnds(Admin admin, String appId) throws Exception {
-    Map<TopicPartition, OffsetSpec> latest = new HashMap<>();
-    List<String> topics = admin.listTopics().names().get().stream()
-        .filter(t -> t.startsWith(appId + "-") && t.endsWith("-repartition")).toList();
+    return endOffsets(admin, admin.listTopics().names().get().stream()
+        .filter(t -> t.startsWith(appId + "-") && t.endsWith("-repartition")).toList());
+  }
+
+  /** The end offset of every partition of these topics. */
+  static Map<TopicPartition, Long> endOffsets(Admin admin, List<String> topics) throws Exception {
     if (topics.isEmpty()) {
       return Map.of();
     }
+    Map<TopicPartition, OffsetSpec> latest = new HashMap<>();
     admin.describeTopics(topics).allTopicNames().get().forEach((t, d) -> d.partitions()
         .forEach(p -> latest.put(new TopicPartition(t, p.partition()), OffsetSpec.latest())));
     Map<TopicPartition, Long> end = new HashMap<>();
