@@ -268,6 +268,62 @@ pub struct StreamJobStatus {
     /// When the rollout of the current spec started (RFC 3339), for `spec.rollbackAfter`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout_started: Option<String>,
+    /// What the built-in autoscaler runs the job at and why (`spec.autoscaler.enabled`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaler: Option<AutoscalerStatus>,
+}
+
+/// The built-in autoscaler's state. It never writes the spec: the parallelism it chose lives
+/// here, so a GitOps tool owning the spec does not fight it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalerStatus {
+    /// The workers the job runs with (instead of `spec.parallelism`).
+    pub parallelism: i32,
+    /// `spec.parallelism` when the autoscaler chose `parallelism`: a different spec value (a
+    /// `kubectl scale`, an edit) is a new starting point the autoscaler goes on from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_parallelism: Option<i32>,
+    /// Rescales the autoscaler made.
+    #[serde(default)]
+    pub rescales: i64,
+    /// The last decisions that changed something or found a rescale ineffective, oldest first
+    /// (at most [`SCALING_HISTORY`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub decisions: Vec<ScalingDecision>,
+}
+
+/// One decision of the built-in autoscaler with the figures behind it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingDecision {
+    /// When it was made (RFC 3339).
+    pub time: String,
+    /// `ScaleUp`, `ScaleDown` or `Ineffective` (the last scale-up did not raise throughput).
+    pub kind: String,
+    pub from: i32,
+    pub to: i32,
+    /// Records per second arriving, lag in records, and one worker's capacity (records per
+    /// second when fully busy) when it was made.
+    pub input_rate: f64,
+    pub lag: i64,
+    pub worker_capacity: f64,
+    pub reason: String,
+    /// Seconds from the decision until every worker of the new parallelism was ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rescale_seconds: Option<f64>,
+}
+
+/// Decisions listed in `status.autoscaler.decisions`.
+pub const SCALING_HISTORY: usize = 10;
+
+impl AutoscalerStatus {
+    /// Records a decision (the oldest beyond [`SCALING_HISTORY`] leave the list).
+    pub fn record(&mut self, decision: ScalingDecision) {
+        self.decisions.push(decision);
+        let excess = self.decisions.len().saturating_sub(SCALING_HISTORY);
+        self.decisions.drain(..excess);
+    }
 }
 
 /// A savepoint outside an upgrade, polled until it completes or its deadline passes.

@@ -74,8 +74,13 @@ pub struct Ev {
 }
 
 pub fn events(partitions: i32) -> Vec<(i32, Ev)> {
-    // Deterministic input: 24 cards over `partitions` partitions, ~20 minutes of event time, 10 % out of
-    // order by up to 4 s, every 50th event late by 2 minutes.
+    // ~20 minutes of event time.
+    events_spaced(partitions, 6_000, 200)
+}
+
+/// `n` deterministic events `step_ms` of event time apart: 24 cards over `partitions`
+/// partitions, 10 % out of order by up to 4 s, every 50th event late by 2 minutes.
+pub fn events_spaced(partitions: i32, n: i64, step_ms: i64) -> Vec<(i32, Ev)> {
     let mut out = Vec::new();
     let base = 1_795_564_800_000i64;
     let mut x: u64 = 42;
@@ -85,10 +90,10 @@ pub fn events(partitions: i32) -> Vec<(i32, Ev)> {
         x ^= x << 17;
         x
     };
-    for i in 0..6_000i64 {
+    for i in 0..n {
         let card = format!("card-{:02}", rnd() % 24);
         let p = (card[5..].parse::<i32>().unwrap()) % partitions;
-        let mut ts = base + i * 200;
+        let mut ts = base + i * step_ms;
         if rnd() % 10 == 0 {
             ts -= (rnd() % 4_000) as i64;
         }

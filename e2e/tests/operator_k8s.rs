@@ -11,8 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use weir_e2e::payments::{
-    create_topics, events, produce, producer, read_all, recreate_topics, reference, repartition_job_pipeline,
-    window_job_pipeline, windows_of, Ev,
+    create_topics, events, events_spaced, produce, producer, read_all, recreate_topics, reference,
+    repartition_job_pipeline, window_job_pipeline, windows_of, Ev,
 };
 use weir_e2e::{
     debug_bin, kafka_brokers, kubeconfig, kubectl, kubectl_raw, repo_dir, require_port, run_dir, s3_endpoint, unique,
@@ -61,6 +61,11 @@ fn apply(ns: &str, yaml: &str) {
 /// Installs the CRD, creates a fresh namespace and starts an operator watching it; the
 /// returned guard stops the operator and deletes the namespace.
 fn setup(prefix: &str) -> (Cleanup, PathBuf, u16) {
+    setup_with(prefix, &[])
+}
+
+/// [`setup`] with more arguments for the operator.
+fn setup_with(prefix: &str, operator_args: &[&str]) -> (Cleanup, PathBuf, u16) {
     let crd = repo_dir().join("crds/streamjob.yaml");
     kubectl(&["apply", "--server-side", "--force-conflicts", "-f", crd.to_str().unwrap()]);
     kubectl(&["wait", "--for=condition=established", "crd/streamjobs.weir.dev", "--timeout=60s"]);
@@ -68,7 +73,7 @@ fn setup(prefix: &str) -> (Cleanup, PathBuf, u16) {
     kubectl(&["create", "namespace", &ns]);
     let log = run_dir().join("logs").join(format!("e2e-operator-{ns}.log"));
     std::fs::create_dir_all(log.parent().unwrap()).unwrap();
-    let (operator, api_port) = start_operator(&ns, &log);
+    let (operator, api_port) = start_operator_with(&ns, &log, operator_args);
     (Cleanup { operators: vec![operator], namespace: ns, others: Vec::new() }, log, api_port)
 }
 
@@ -144,6 +149,38 @@ fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) ->
     let (head, body) = out.split_once("\r\n\r\n").unwrap();
     let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
     (code, serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
+}
+
+/// Checkpoints of a test's jobs in the stack's S3 server, with credentials from a Secret.
+struct S3Checkpoints {
+    /// Where in the bucket.
+    prefix: String,
+    /// The value of `spec.checkpointing`.
+    checkpointing: String,
+    /// The `spec.env` lines that give the workers the endpoint and the Secret's credentials.
+    env: String,
+}
+
+/// Creates the Secret `s3` in `ns` and names a fresh prefix for its checkpoints.
+fn s3_checkpoints(ns: &str) -> S3Checkpoints {
+    require_port("S3", 7070);
+    kubectl(&[
+        "-n",
+        ns,
+        "create",
+        "secret",
+        "generic",
+        "s3",
+        "--from-literal=key=weiradmin",
+        "--from-literal=secret=weirsecret",
+    ]);
+    let prefix = format!("e2e-{ns}");
+    let checkpointing = format!("{{interval: 300ms, storage: \"s3://weir/{prefix}\"}}");
+    let env = format!(
+        "  env:\n  - {{name: AWS_ENDPOINT_URL, value: \"{}\"}}\n  - {{name: AWS_ACCESS_KEY_ID, valueFrom: {{secretKeyRef: {{name: s3, key: key}}}}}}\n  - {{name: AWS_SECRET_ACCESS_KEY, valueFrom: {{secretKeyRef: {{name: s3, key: secret}}}}}}\n",
+        s3_endpoint()
+    );
+    S3Checkpoints { prefix, checkpointing, env }
 }
 
 /// The StreamJob `per-card`: the tests' window job on `input`, results to `output`, late events
@@ -342,24 +379,7 @@ fn rescale_through_checkpoints_keeps_exactly_once() {
     let (second, last) = rest.split_at(third);
     let producer = producer();
     produce(&producer, &input, first);
-    // Checkpoints go to the stack's S3 server, with credentials from a Secret.
-    require_port("S3", 7070);
-    kubectl(&[
-        "-n",
-        &ns,
-        "create",
-        "secret",
-        "generic",
-        "s3",
-        "--from-literal=key=weiradmin",
-        "--from-literal=secret=weirsecret",
-    ]);
-    let prefix = format!("e2e-{ns}");
-    let checkpointing = format!("{{interval: 300ms, storage: \"s3://weir/{prefix}\"}}");
-    let env = format!(
-        "  env:\n  - {{name: AWS_ENDPOINT_URL, value: \"{}\"}}\n  - {{name: AWS_ACCESS_KEY_ID, valueFrom: {{secretKeyRef: {{name: s3, key: key}}}}}}\n  - {{name: AWS_SECRET_ACCESS_KEY, valueFrom: {{secretKeyRef: {{name: s3, key: secret}}}}}}\n",
-        s3_endpoint()
-    );
+    let S3Checkpoints { prefix, checkpointing, env } = s3_checkpoints(&ns);
     let job = |parallelism, state: &str| {
         let yaml = window_job(parallelism, &checkpointing, &input, &output, &corrections);
         yaml.replace("  epochInterval: 50ms\n", &format!("  epochInterval: 50ms\n  state: {state}\n{env}"))
@@ -461,6 +481,103 @@ fn rescale_through_checkpoints_keeps_exactly_once() {
     assert!(triggers.starts_with("upgrade") && triggers.ends_with("api"), "status.savepoints triggers: {triggers}");
     let paths = get(&ns, "sj/per-card", "{.status.savepoints[*].path}");
     assert!(paths.contains(&format!("savepoints/{upgrade}")), "{paths}");
+}
+
+/// Events of the autoscaler's burst test: `BURST_EVENTS` 2 ms of event time apart, of which
+/// the first fiftieth arrive before the burst.
+const BURST_EVENTS: i64 = 800_000;
+
+/// The built-in autoscaler: a job at 1 worker gets a burst far above one worker's capacity; the
+/// operator scales it up (in status, not spec) through a savepoint, the lag drains, and once the
+/// input stops it scales down after `scaleDownDelay`: two rescales, each window committed once
+/// and equal to the reference.
+#[test]
+fn the_autoscaler_scales_up_for_a_burst_and_down_after_it() {
+    require_port("kube-apiserver", 6443);
+    require_port("Kafka", 9092);
+    const P: i32 = 4;
+    let (cleanup, log, api) = setup_with("autoscale", &["--autoscaler-period", "2"]);
+    let ns = cleanup.namespace.clone();
+    let (input, output, corrections) = (format!("{ns}-in"), format!("{ns}-out"), format!("{ns}-late"));
+    create_topics(&[(&input, P), (&output, P), (&corrections, 1)]);
+    let evs = events_spaced(P, BURST_EVENTS, 2);
+    let (before, burst) = evs.split_at(evs.len() / 50);
+    let producer = producer();
+    produce(&producer, &input, before);
+    let S3Checkpoints { checkpointing, env, .. } = s3_checkpoints(&ns);
+    let autoscaler = "  autoscaler: {enabled: true, minParallelism: 1, maxParallelism: 4, targetUtilization: 0.7, \
+                      catchUpDuration: 60s, scaleDownDelay: 20s}\n";
+    let yaml = window_job(1, &checkpointing, &input, &output, &corrections)
+        .replace("  epochInterval: 50ms\n", &format!("  epochInterval: 50ms\n{env}{autoscaler}"));
+    apply(&ns, &yaml);
+    let sj = |path: &str| get(&ns, "sj/per-card", path);
+    let running_at = |workers: &str| sj("{.status.phase}") == "Running" && sj("{.status.parallelism}") == workers;
+    wait_until(&format!("1 worker Running (operator log: {})", log.display()), Duration::from_secs(120), || {
+        running_at("1").then_some(())
+    });
+    wait_until("the first results", Duration::from_secs(60), || (!read_all(&output, P).is_empty()).then_some(()));
+    // Observed at low load for a few periods: no rescale.
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(sj("{.status.autoscaler.rescales}"), "0", "no rescale at low load: {}", sj("{.status.autoscaler}"));
+
+    let started = std::time::Instant::now();
+    produce(&producer, &input, burst);
+    eprintln!("burst of {} events produced in {:.1} s", burst.len(), started.elapsed().as_secs_f64());
+    let up = wait_until("a scale-up", Duration::from_secs(90), || {
+        let kinds = sj("{.status.autoscaler.decisions[*].kind}");
+        kinds.contains("ScaleUp").then(|| sj("{.status.autoscaler.parallelism}"))
+    });
+    let up_at = started.elapsed();
+    assert_ne!(up, "1", "{}", sj("{.status.autoscaler}"));
+    assert_eq!(get(&ns, "sj/per-card", "{.spec.parallelism}"), "1", "the spec is left alone");
+    wait_until(&format!("{up} workers Running"), Duration::from_secs(180), || running_at(&up).then_some(()));
+    let rescaled_at = started.elapsed();
+    let group = format!("weir.{ns}.per-card");
+    let drained = wait_until("the lag drained", Duration::from_secs(180), || {
+        let (code, lag) = http(api, "GET", &format!("/consumer-groups/{group}/lag"), Some(TOKEN), "");
+        (code == 200 && lag["lag"] == 0).then(|| started.elapsed())
+    });
+    eprintln!(
+        "scale-up to {up} decided {:.1} s after the burst began, {up} workers ready at {:.1} s, lag drained at {:.1} s; decisions: {}",
+        up_at.as_secs_f64(),
+        rescaled_at.as_secs_f64(),
+        drained.as_secs_f64(),
+        sj("{.status.autoscaler.decisions}")
+    );
+    assert!(drained - rescaled_at < Duration::from_secs(60), "the lag drains within catchUpDuration of the rescale");
+
+    // The input stopped: back to 1 worker once the scale-down delay has passed.
+    let down = wait_until("a scale-down", Duration::from_secs(180), || {
+        let kinds = sj("{.status.autoscaler.decisions[*].kind}");
+        kinds.contains("ScaleDown").then(|| sj("{.status.autoscaler.parallelism}"))
+    });
+    assert_eq!(down, "1", "{}", sj("{.status.autoscaler}"));
+    wait_until("1 worker Running again", Duration::from_secs(180), || running_at("1").then_some(()));
+    let (want, want_late) = reference(&evs, P);
+    let (got, emitted) = windows_of(&output, P, want.len());
+    assert_eq!(got, want, "every window equals the reference");
+    assert_eq!(emitted, want.len(), "each window is committed once across both rescales");
+    assert_eq!(read_all(&corrections, 1).len(), want_late.len(), "each late event is committed once");
+    // Exactly the two rescales it needed, each measured, in Events and metrics too.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(sj("{.status.autoscaler.rescales}"), "2", "{}", sj("{.status.autoscaler}"));
+    let seconds = sj("{.status.autoscaler.decisions[*].rescaleSeconds}");
+    eprintln!("rescale seconds (up, down): {seconds}");
+    assert_eq!(seconds.split_whitespace().count(), 2, "{}", sj("{.status.autoscaler}"));
+    let reasons = event_reasons(&ns, "per-card");
+    assert!(reasons.contains("ScaleUp") && reasons.contains("ScaleDown"), "{reasons}");
+    assert!(!reasons.contains("ScalingIneffective"), "{reasons}");
+    let metrics = http_text(api, "/metrics");
+    assert!(
+        metrics.contains(&format!(
+            "weir_operator_autoscaler_rescales_total{{direction=\"ScaleUp\",name=\"per-card\",namespace=\"{ns}\"}} 1"
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("weir_operator_desired_parallelism{{name=\"per-card\",namespace=\"{ns}\"}} 1")),
+        "{metrics}"
+    );
 }
 
 /// Two operators: one leads (holds the Lease) and reconciles; when it dies the other takes the

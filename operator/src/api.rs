@@ -14,9 +14,7 @@
 //! `/openapi.json` (this API described in OpenAPI 3) needs `Authorization: Bearer <token>`; with
 //! `--api-token-review`, Kubernetes tokens too, each request authorized by RBAC.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -27,14 +25,12 @@ use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, UserInf
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use weir_crds::{Manifest, ManifestError, StreamJob};
 
-use crate::build;
 use crate::workers::{self as w, http_get, parse_metrics, savepoint_progress, total, Progress, TriggerError};
+use crate::{build, kafka};
 
 pub struct ApiState {
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -232,7 +228,7 @@ fn summary(j: &StreamJob) -> Value {
         "namespace": j.namespace(),
         "name": j.name_any(),
         "phase": st.phase,
-        "parallelism": {"desired": build::parallelism(j), "ready": st.parallelism},
+        "parallelism": {"desired": build::parallelism(&crate::scaling::autoscaled(j, &st)), "ready": st.parallelism},
         "observedGeneration": st.observed_generation,
         "generation": j.metadata.generation,
     })
@@ -444,34 +440,13 @@ async fn group_lag(State(s): State<Arc<ApiState>>, headers: HeaderMap, Path(grou
 
 /// Committed offset, end offset and lag of every partition of `topic` for `group`.
 fn topic_lag(brokers: &str, group: &str, topic: &str) -> anyhow::Result<Value> {
-    let timeout = Duration::from_secs(10);
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let md = consumer.fetch_metadata(Some(topic), timeout)?;
-    let count = md.topics().first().map_or(0, |t| t.partitions().len()) as i32;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..count {
-        tpl.add_partition(topic, p);
-    }
-    let committed = consumer.committed_offsets(tpl, timeout)?;
-    let mut partitions = BTreeMap::new();
-    let mut lag = 0;
-    for p in 0..count {
-        let (low, high) = consumer.fetch_watermarks(topic, p, timeout)?;
-        let at = match committed.find_partition(topic, p).map(|e| e.offset()) {
-            Some(Offset::Offset(o)) => Some(o),
-            _ => None,
-        };
-        let l = high - at.unwrap_or(low);
-        lag += l;
-        partitions.insert(p, json!({"partition": p, "committed": at, "end": high, "lag": l}));
-    }
-    Ok(
-        json!({"topic": topic, "brokers": brokers, "lag": lag, "partitions": partitions.into_values().collect::<Vec<_>>()}),
-    )
+    let partitions = kafka::topic_offsets(&kafka::offsets_client(brokers, group)?, topic)?;
+    let lag: i64 = partitions.iter().map(kafka::PartitionOffsets::lag).sum();
+    let partitions: Vec<Value> = partitions
+        .iter()
+        .map(|p| json!({"partition": p.partition, "committed": p.committed, "end": p.end, "lag": p.lag()}))
+        .collect();
+    Ok(json!({"topic": topic, "brokers": brokers, "lag": lag, "partitions": partitions}))
 }
 
 #[cfg(test)]

@@ -10,11 +10,11 @@
 //! of the last `scaleDownDelay` allowed it. A scale-up that did not raise the processed rate (a
 //! hot partition, a slow sink) is reported and not repeated until the input changes.
 //!
-//! The decision is complete and tested on recorded series; the reconciler does not call it yet
-//! (collecting the observations and executing the rescale come next, issue 9).
-#![cfg_attr(not(test), allow(dead_code))]
+//! The reconciler's side (observing, recording, rescaling) is in [`crate::scaling`].
 
 use std::collections::VecDeque;
+
+pub use crate::kafka::PartitionOffsets;
 
 /// The bounds and aims of a job's autoscaler, with their defaults applied.
 #[derive(Clone, Debug, PartialEq)]
@@ -59,11 +59,11 @@ pub struct Observation {
 }
 
 impl Observation {
-    fn input_rate(&self) -> f64 {
+    pub fn input_rate(&self) -> f64 {
         self.partition_rates.iter().sum()
     }
 
-    fn lag(&self) -> i64 {
+    pub fn lag(&self) -> i64 {
         self.partition_lag.iter().map(|l| (*l).max(0)).sum()
     }
 }
@@ -74,14 +74,6 @@ impl Observation {
 pub struct Offsets {
     pub at: f64,
     pub partitions: Vec<PartitionOffsets>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct PartitionOffsets {
-    pub end: i64,
-    /// `None` before the group committed anything there (its lag is then unknown, taken as 0:
-    /// the workers' own lag metric covers a job that has not committed yet).
-    pub committed: Option<i64>,
 }
 
 /// One worker's figures, from its metrics (`weir_input_records_per_second`,
@@ -103,6 +95,8 @@ impl Observation {
         }
         let partition_rates =
             prev.partitions.iter().zip(&now.partitions).map(|(a, b)| (b.end - a.end).max(0) as f64 / secs).collect();
+        // Before the group committed anything in a partition its lag is unknown, taken as 0 (a
+        // job starting from the latest offsets would otherwise seem to lag by all that is stored).
         let partition_lag = now.partitions.iter().map(|p| p.committed.map_or(0, |c| (p.end - c).max(0))).collect();
         // Capacity from the workers that measured one (an idle worker has none), as if every
         // worker had the same.
@@ -147,6 +141,9 @@ pub struct Scaler {
     pending: Option<ScaleUp>,
     /// The input rate at which a scale-up did not help; none is tried again near it.
     blocked_at_input: Option<f64>,
+    /// One worker's capacity as last measured, at any parallelism: idle workers measure none,
+    /// and a job that went idle right after a rescale is still judged by it.
+    capacity: Option<f64>,
 }
 
 impl Scaler {
@@ -157,6 +154,16 @@ impl Scaler {
         while self.observations.front().is_some_and(|f| f.at < horizon) && self.observations.len() > SETTLE {
             self.observations.pop_front();
         }
+    }
+
+    /// The latest observation.
+    pub fn latest(&self) -> Option<&Observation> {
+        self.observations.back()
+    }
+
+    /// One worker's capacity (records per second when fully busy) at the latest parallelism.
+    pub fn worker_capacity(&self) -> Option<f64> {
+        per_worker_capacity(&settled(&self.observations)).or(self.capacity)
     }
 
     /// Decides for the latest observation; a `Scale` is remembered as done (the caller
@@ -170,7 +177,10 @@ impl Scaler {
         if settled.len() < SETTLE {
             return keep(&format!("waiting for {SETTLE} observations at {current} workers"));
         }
-        let Some(per_worker) = per_worker_capacity(&settled) else {
+        if let Some(c) = per_worker_capacity(&settled) {
+            self.capacity = Some(c);
+        }
+        let Some(per_worker) = self.capacity else {
             return keep("the workers have not reported their capacity yet");
         };
         let recent = &settled[settled.len() - SETTLE..];
@@ -182,7 +192,10 @@ impl Scaler {
             if up.to == current {
                 let expected = up.processed * (up.to as f64 / up.from.max(1) as f64 - 1.0) * EFFECTIVE_SHARE;
                 let lag_falling = recent.first().map(|o| o.lag()) > recent.last().map(|o| o.lag());
-                if processed - up.processed < expected && !lag_falling {
+                // Keeping up (less than a second of input behind) is what the scale-up was for,
+                // however little is processed once the backlog is gone.
+                let keeping_up = last.lag() as f64 <= input.max(1.0);
+                if processed - up.processed < expected && !lag_falling && !keeping_up {
                     self.blocked_at_input = Some(up.input);
                     return Decision::Ineffective {
                         reason: format!(
@@ -446,6 +459,22 @@ mod tests {
     }
 
     #[test]
+    fn a_burst_drained_by_the_scale_up_is_not_taken_for_an_ineffective_one() {
+        // 1 worker of 10,000/s; a burst of 25,000/s with 600,000 records behind, then no input:
+        // at 6 workers the backlog is gone before the scale-up is judged, and little is processed.
+        let burst = |i: usize, w: u32| match i {
+            0..3 => obs(0.0, w, 1_000.0, 0),
+            3 => obs(0.0, w, 25_000.0, 600_000),
+            _ => Observation { processed_rate: 0.0, capacity: None, ..obs(0.0, w, 0.0, 0) },
+        };
+        let mut sc = Scaler::default();
+        let d = run(&mut sc, 1, 60, burst);
+        assert!(d.iter().all(|d| !matches!(d, Decision::Ineffective { .. })), "{d:?}");
+        // Up once; down to 1 after the idle delay, judged by the capacity measured at 1 worker.
+        assert_eq!(scaled_to(&d), vec![6, 1], "{d:?}");
+    }
+
+    #[test]
     fn a_hot_partition_is_named() {
         let hot = |_: usize, w: u32| {
             let mut o = obs(0.0, w, 0.0, 0);
@@ -487,7 +516,11 @@ mod tests {
     fn observations_from_offset_snapshots_and_worker_figures() {
         let offsets = |at: f64, parts: &[(i64, Option<i64>)]| Offsets {
             at,
-            partitions: parts.iter().map(|&(end, committed)| PartitionOffsets { end, committed }).collect(),
+            partitions: parts
+                .iter()
+                .enumerate()
+                .map(|(p, &(end, committed))| PartitionOffsets { partition: p as i32, low: 0, end, committed })
+                .collect(),
         };
         let prev = offsets(100.0, &[(1_000, Some(900)), (5_000, None), (0, Some(0))]);
         let now = offsets(110.0, &[(3_000, Some(2_500)), (5_000, None), (100, Some(100))]);

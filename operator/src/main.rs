@@ -6,10 +6,12 @@
 mod api;
 mod autoscaler;
 mod build;
+mod kafka;
 mod lease;
 mod lifecycle;
 mod metrics;
 mod reconcile;
+mod scaling;
 mod workers;
 
 use std::net::SocketAddr;
@@ -46,6 +48,9 @@ struct Cli {
     /// Seconds without renewal after which another replica takes the lead.
     #[arg(long, env = "WEIR_LEASE_SECONDS", default_value_t = 15)]
     lease_seconds: u64,
+    /// Seconds between the autoscaler's observations of a job (`spec.autoscaler.enabled`).
+    #[arg(long, env = "WEIR_AUTOSCALER_PERIOD", default_value_t = 15)]
+    autoscaler_period: u64,
 }
 
 #[tokio::main]
@@ -79,6 +84,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         );
     }
     let metrics = Arc::new(metrics::Metrics::new());
+    let scaling = Arc::new(scaling::Scaling::new(std::time::Duration::from_secs(cli.autoscaler_period)));
     let state = Arc::new(api::ApiState {
         metrics: metrics.clone(),
         client: client.clone(),
@@ -110,7 +116,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let watched = if cli.namespace.is_empty() { "(all)".to_string() } else { cli.namespace.join(",") };
     tracing::info!(namespaces = %watched, "watching StreamJobs");
     let outcome = tokio::select! {
-        () = reconcile::run(client, cli.namespace, metrics) => Ok(()),
+        () = reconcile::run(client, cli.namespace, metrics, scaling) => Ok(()),
         lost = elector.hold() => Err(anyhow::anyhow!("stopping: {lost}")),
     };
     api.abort();

@@ -2,6 +2,13 @@
 
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry};
 
+/// A gauge by namespace and name of a StreamJob.
+fn job_gauge(registry: &Registry, name: &str, help: &str) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), &["namespace", "name"]).expect("valid metric");
+    registry.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
 /// Every phase a StreamJob can be in.
 pub const PHASES: [&str; 8] =
     ["Deploying", "Running", "Upgrading", "Suspending", "Suspended", "RollingBack", "RolledBack", "Failed"];
@@ -13,6 +20,13 @@ pub struct Metrics {
     pub duration: Histogram,
     /// StreamJobs by namespace, name and phase (1 for the current phase).
     pub phase: IntGaugeVec,
+    /// Workers each job should run (its spec's, or its autoscaler's choice) and has ready.
+    pub desired_parallelism: IntGaugeVec,
+    pub ready_parallelism: IntGaugeVec,
+    /// The autoscaler's rescales by job and direction (`ScaleUp`, `ScaleDown`).
+    pub rescales: IntCounterVec,
+    /// Time from an autoscaler's decision until every worker at the new parallelism is ready.
+    pub rescale_duration: Histogram,
 }
 
 impl Metrics {
@@ -34,7 +48,38 @@ impl Metrics {
         registry.register(Box::new(reconciles.clone())).expect("unique metric");
         registry.register(Box::new(duration.clone())).expect("unique metric");
         registry.register(Box::new(phase.clone())).expect("unique metric");
-        Metrics { registry, reconciles, duration, phase }
+        let desired_parallelism = job_gauge(
+            &registry,
+            "weir_operator_desired_parallelism",
+            "Workers each StreamJob should run (spec, or the autoscaler's choice)",
+        );
+        let ready_parallelism =
+            job_gauge(&registry, "weir_operator_ready_parallelism", "Ready workers of each StreamJob");
+        let rescales = IntCounterVec::new(
+            Opts::new("weir_operator_autoscaler_rescales_total", "Rescales the autoscaler made"),
+            &["namespace", "name", "direction"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(rescales.clone())).expect("unique metric");
+        let rescale_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "weir_operator_rescale_duration_seconds",
+                "Time from an autoscaler decision until every worker at the new parallelism is ready",
+            )
+            .buckets(vec![1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0]),
+        )
+        .expect("valid metric");
+        registry.register(Box::new(rescale_duration.clone())).expect("unique metric");
+        Metrics {
+            registry,
+            reconciles,
+            duration,
+            phase,
+            desired_parallelism,
+            ready_parallelism,
+            rescales,
+            rescale_duration,
+        }
     }
 
     /// Records the phase of a job (clearing its other phases).

@@ -20,6 +20,7 @@ use weir_crds::{Condition, JobState, SavepointInfo, StreamJob, StreamJobStatus, 
 use crate::build::{self, Desired};
 use crate::lifecycle::{self, Outcome};
 use crate::metrics::Metrics;
+use crate::scaling::{self, Scaling};
 use crate::workers::{self, TriggerError};
 
 /// The field manager of everything the operator writes.
@@ -36,20 +37,22 @@ pub struct Ctx {
     pub client: Client,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
+    pub scaling: Arc<Scaling>,
 }
 
 /// Runs the controller for StreamJobs in `namespaces` (all when empty): one controller per
 /// namespace, each watching only its own objects (a namespaced Role suffices), until they end.
-pub async fn run(client: Client, namespaces: Vec<String>, metrics: Arc<Metrics>) {
+pub async fn run(client: Client, namespaces: Vec<String>, metrics: Arc<Metrics>, scaling: Arc<Scaling>) {
     if namespaces.is_empty() {
-        return run_in(client, None, metrics).await;
+        return run_in(client, None, metrics, scaling).await;
     }
-    let controllers = namespaces.into_iter().map(|ns| run_in(client.clone(), Some(ns), metrics.clone()));
+    let controllers =
+        namespaces.into_iter().map(|ns| run_in(client.clone(), Some(ns), metrics.clone(), scaling.clone()));
     futures::future::join_all(controllers).await;
 }
 
 /// The controller for StreamJobs in `namespace` (all when `None`).
-async fn run_in(client: Client, namespace: Option<String>, metrics: Arc<Metrics>) {
+async fn run_in(client: Client, namespace: Option<String>, metrics: Arc<Metrics>, scaling: Arc<Scaling>) {
     let api = |c: &Client| -> Api<StreamJob> {
         match &namespace {
             Some(ns) => Api::namespaced(c.clone(), ns),
@@ -72,7 +75,8 @@ async fn run_in(client: Client, namespace: Option<String>, metrics: Arc<Metrics>
         }
     }
     let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
-    let ctx = Arc::new(Ctx { client: client.clone(), recorder: Recorder::new(client.clone(), reporter), metrics });
+    let ctx =
+        Arc::new(Ctx { client: client.clone(), recorder: Recorder::new(client.clone(), reporter), metrics, scaling });
     let cfg = watcher::Config::default();
     Controller::new(api(&client), cfg.clone())
         .owns(owned::<StatefulSet>(&client, &namespace), cfg.clone())
@@ -99,7 +103,7 @@ pub(crate) fn now() -> String {
 }
 
 /// `conditions` with `c` set, keeping the transition time when the status did not change.
-fn with_condition(conditions: &[Condition], mut c: Condition) -> Vec<Condition> {
+pub(crate) fn with_condition(conditions: &[Condition], mut c: Condition) -> Vec<Condition> {
     let mut out: Vec<Condition> = conditions.iter().filter(|x| x.type_ != c.type_).cloned().collect();
     let previous = conditions.iter().find(|x| x.type_ == c.type_);
     c.last_transition_time = match previous {
@@ -183,11 +187,13 @@ pub async fn reconcile(job: Arc<StreamJob>, ctx: Arc<Ctx>) -> Result<Action, Err
 
 async fn reconcile_job(job: &StreamJob, ctx: &Ctx) -> Result<Action, Error> {
     if job.metadata.deletion_timestamp.is_some() {
+        ctx.scaling.forget(job);
         return lifecycle::finalize(ctx, job).await;
     }
     lifecycle::keep_finalizer(ctx, job).await?;
     let ns = job.namespace().unwrap_or_else(|| "default".into());
-    let old = job.status.clone().unwrap_or_default();
+    let mut old = job.status.clone().unwrap_or_default();
+    ctx.scaling.track(job, &mut old);
     let generation = job.metadata.generation;
     if let Err(errs) = weir_crds::validate_spec(&job.spec) {
         let message = errs.to_string();
@@ -205,9 +211,11 @@ async fn reconcile_job(job: &StreamJob, ctx: &Ctx) -> Result<Action, Error> {
         set_status(ctx, job, status).await?;
         return Ok(Action::await_change());
     }
+    // With the autoscaler on, the job runs at the parallelism it chose (in status, not spec).
+    let scaled = scaling::autoscaled(job, &old);
     // A rolled-back spec stays rolled back (the last stable one runs) until the spec changes.
-    let spec_hash = build::deployed_hash(job);
-    let effective = lifecycle::effective(job, &old);
+    let spec_hash = build::deployed_hash(&scaled);
+    let effective = lifecycle::effective(&scaled, &old);
     let job = &effective;
     let target = build::deployed_hash(job);
     let base = match upgrade(job, ctx, &old, &target).await? {
@@ -286,12 +294,18 @@ async fn reconcile_job(job: &StreamJob, ctx: &Ctx) -> Result<Action, Error> {
         conditions: with_condition(&base.conditions, condition("Ready", running && !suspended, reason, message)),
         ..base
     };
+    ctx.metrics.desired_parallelism.with_label_values(&[&ns, &job.name_any()]).set(i64::from(want));
+    ctx.metrics.ready_parallelism.with_label_values(&[&ns, &job.name_any()]).set(i64::from(ready));
     let mut again = Duration::from_secs(if running { 60 } else { 5 });
     if running && !suspended {
         // For `kubectl get sj` (the Lag column); the REST API gives it per partition.
         let pods = workers::pods(&ctx.client, &ns, job).await?;
         if let Some(lag) = workers::consumer_lag(&pods).await {
             status.lag = Some(lag);
+        }
+        if scaling::enabled(job) && !rolled_back {
+            scaling::rescale_done(ctx, &mut status, ready);
+            again = again.min(ctx.scaling.run(ctx, job, &mut status, &pods).await);
         }
         // What runs now is what a rollback returns to.
         status.last_stable_spec = serde_json::to_string(&job.spec).ok();
