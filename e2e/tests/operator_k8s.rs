@@ -488,7 +488,8 @@ fn rescale_through_checkpoints_keeps_exactly_once() {
 const BURST_EVENTS: i64 = 800_000;
 
 /// The built-in autoscaler: a job at 1 worker gets a burst far above one worker's capacity; the
-/// operator scales it up (in status, not spec) through a savepoint, the lag drains, and once the
+/// operator scales it up (in status, not spec; the workers restore their last checkpoints, no
+/// savepoint needed), the lag drains, and once the
 /// input stops it scales down after `scaleDownDelay`: two rescales, each window committed once
 /// and equal to the reference.
 #[test]
@@ -567,6 +568,7 @@ fn the_autoscaler_scales_up_for_a_burst_and_down_after_it() {
     let reasons = event_reasons(&ns, "per-card");
     assert!(reasons.contains("ScaleUp") && reasons.contains("ScaleDown"), "{reasons}");
     assert!(!reasons.contains("ScalingIneffective"), "{reasons}");
+    assert!(!reasons.contains("SavepointForUpgrade"), "a rescale restores the last checkpoints: {reasons}");
     let metrics = http_text(api, "/metrics");
     assert!(
         metrics.contains(&format!(

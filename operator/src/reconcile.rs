@@ -367,7 +367,11 @@ async fn upgrade(job: &StreamJob, ctx: &Ctx, old: &StreamJobStatus, target: &str
         }
         return Ok(Upgrade::Deploy(status));
     };
-    let savepoints = job.spec.upgrade_mode == UpgradeMode::Savepoint && job.spec.checkpoint_storage().is_some();
+    // A rescale by the autoscaler alone needs no savepoint: the stopped workers checkpoint on
+    // their way out and the new owners restore those incremental checkpoints, which is faster.
+    let rescale = scaling::is_rescale_only(job, old);
+    let savepoints =
+        job.spec.upgrade_mode == UpgradeMode::Savepoint && job.spec.checkpoint_storage().is_some() && !rescale;
     let ns = job.namespace().unwrap_or_else(|| "default".into());
     let Some(up) = old.upgrade.clone() else {
         if !savepoints || !lifecycle::all_running(old.phase.as_deref()) {
@@ -382,7 +386,9 @@ async fn upgrade(job: &StreamJob, ctx: &Ctx, old: &StreamJobStatus, target: &str
                      {generation}): the sources start at their startFrom"
                 )
             } else {
-                let why = if !savepoints {
+                let why = if rescale {
+                    "an autoscaler rescale".to_string()
+                } else if !savepoints {
                     format!("upgradeMode {:?} without a savepoint", job.spec.upgrade_mode)
                 } else {
                     let phase = old.phase.as_deref().unwrap_or("-");

@@ -232,6 +232,18 @@ pub fn autoscaled(job: &StreamJob, status: &StreamJobStatus) -> StreamJob {
     out
 }
 
+/// Whether rolling out `job` (as [`autoscaled`]) only changes the worker count to what the
+/// autoscaler's pending decision chose: the job at the decision's `from` is what is deployed.
+pub fn is_rescale_only(job: &StreamJob, status: &StreamJobStatus) -> bool {
+    let Some(d) = status.autoscaler.as_ref().and_then(|a| a.decisions.last()) else { return false };
+    if d.kind == "Ineffective" || d.rescale_seconds.is_some() || job.spec.parallelism != Some(d.to) {
+        return false;
+    }
+    let mut before = job.clone();
+    before.spec.parallelism = Some(d.from);
+    status.deployed.as_deref() == Some(build::deployed_hash(&before).as_str())
+}
+
 /// Once every worker of a rescale is ready: how long it took, into the decision and the
 /// metrics.
 pub fn rescale_done(ctx: &Ctx, status: &mut StreamJobStatus, ready: i32) {
@@ -348,6 +360,20 @@ mod tests {
         scaling.track(&scaled, &mut status);
         assert_eq!(status.autoscaler.as_ref().map(|a| (a.parallelism, a.spec_parallelism)), Some((3, Some(3))));
         assert_eq!(autoscaled(&scaled, &status).spec.parallelism, Some(3));
+        // A pending rescale from 2 to 5 of the deployed job is only a rescale; with another
+        // change too, or once done, it is not.
+        let deployed = autoscaled(&j, &StreamJobStatus { autoscaler: None, ..status.clone() });
+        let mut pending = StreamJobStatus { deployed: Some(build::deployed_hash(&deployed)), ..status.clone() };
+        let a = pending.autoscaler.as_mut().unwrap();
+        (a.parallelism, a.spec_parallelism) = (5, Some(2));
+        a.record(ScalingDecision { kind: "ScaleUp".into(), from: 2, to: 5, ..ScalingDecision::default() });
+        let target = autoscaled(&j, &pending);
+        assert!(is_rescale_only(&target, &pending));
+        let mut changed = target.clone();
+        changed.spec.image = Some("other:1".into());
+        assert!(!is_rescale_only(&changed, &pending), "a changed image needs the savepoint");
+        pending.autoscaler.as_mut().unwrap().decisions[0].rescale_seconds = Some(3.0);
+        assert!(!is_rescale_only(&target, &pending), "the rescale is done");
         // Off: the spec's parallelism, and no autoscaler status.
         let off = job("{enabled: false}", Some(3));
         scaling.track(&off, &mut status);
