@@ -3,9 +3,9 @@
 //! from Kafka, its workers' processed rate and capacity from their metrics) and the [`Scaler`]
 //! decides. A rescale is recorded in `status.autoscaler`, never in the spec (which a GitOps tool
 //! may own); [`autoscaled`] makes it the parallelism the job is deployed with, so it rolls out
-//! through the upgrade path like any change of the worker count (a savepoint, then the workers
-//! restore it). Decisions go to the status (the last ten, with their figures), to Events and to
-//! the operator's metrics. A changed `spec.parallelism` (an edit, `kubectl scale`) is a new
+//! through the upgrade path, without a savepoint ([`is_rescale_only`]: the workers restore their
+//! last incremental checkpoints). Decisions go to the status (the last ten, with their figures),
+//! to Events and to the operator's metrics. A changed `spec.parallelism` (an edit, `kubectl scale`) is a new
 //! starting point the autoscaler goes on from.
 
 use std::collections::HashMap;
