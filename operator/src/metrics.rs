@@ -1,12 +1,17 @@
 //! The operator's Prometheus metrics, served at `/metrics` beside the REST API.
 
+use prometheus::core::Collector;
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry};
 
-/// A gauge by namespace and name of a StreamJob.
+/// `metric`, registered in `registry`.
+fn registered<M: Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
+    registry.register(Box::new(metric.clone())).expect("unique metric");
+    metric
+}
+
+/// A gauge by namespace and name of a StreamJob, registered.
 fn job_gauge(registry: &Registry, name: &str, help: &str) -> IntGaugeVec {
-    let g = IntGaugeVec::new(Opts::new(name, help), &["namespace", "name"]).expect("valid metric");
-    registry.register(Box::new(g.clone())).expect("unique metric");
-    g
+    registered(registry, IntGaugeVec::new(Opts::new(name, help), &["namespace", "name"]).expect("valid metric"))
 }
 
 /// Every phase a StreamJob can be in.
@@ -32,22 +37,27 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
-        let reconciles =
+        let reconciles = registered(
+            &registry,
             IntCounterVec::new(Opts::new("weir_operator_reconciles_total", "Reconciles by outcome"), &["outcome"])
-                .expect("valid metric");
-        let duration = Histogram::with_opts(
-            HistogramOpts::new("weir_operator_reconcile_duration_seconds", "Time of one reconcile")
-                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]),
-        )
-        .expect("valid metric");
-        let phase = IntGaugeVec::new(
-            Opts::new("weir_operator_job_phase", "1 for the current phase of each StreamJob"),
-            &["namespace", "name", "phase"],
-        )
-        .expect("valid metric");
-        registry.register(Box::new(reconciles.clone())).expect("unique metric");
-        registry.register(Box::new(duration.clone())).expect("unique metric");
-        registry.register(Box::new(phase.clone())).expect("unique metric");
+                .expect("valid metric"),
+        );
+        let duration = registered(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new("weir_operator_reconcile_duration_seconds", "Time of one reconcile")
+                    .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]),
+            )
+            .expect("valid metric"),
+        );
+        let phase = registered(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new("weir_operator_job_phase", "1 for the current phase of each StreamJob"),
+                &["namespace", "name", "phase"],
+            )
+            .expect("valid metric"),
+        );
         let desired_parallelism = job_gauge(
             &registry,
             "weir_operator_desired_parallelism",
@@ -55,21 +65,25 @@ impl Metrics {
         );
         let ready_parallelism =
             job_gauge(&registry, "weir_operator_ready_parallelism", "Ready workers of each StreamJob");
-        let rescales = IntCounterVec::new(
-            Opts::new("weir_operator_autoscaler_rescales_total", "Rescales the autoscaler made"),
-            &["namespace", "name", "direction"],
-        )
-        .expect("valid metric");
-        registry.register(Box::new(rescales.clone())).expect("unique metric");
-        let rescale_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "weir_operator_rescale_duration_seconds",
-                "Time from an autoscaler decision until every worker at the new parallelism is ready",
+        let rescales = registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new("weir_operator_autoscaler_rescales_total", "Rescales the autoscaler made"),
+                &["namespace", "name", "direction"],
             )
-            .buckets(vec![1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0]),
-        )
-        .expect("valid metric");
-        registry.register(Box::new(rescale_duration.clone())).expect("unique metric");
+            .expect("valid metric"),
+        );
+        let rescale_duration = registered(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "weir_operator_rescale_duration_seconds",
+                    "Time from an autoscaler decision until every worker at the new parallelism is ready",
+                )
+                .buckets(vec![1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0]),
+            )
+            .expect("valid metric"),
+        );
         Metrics {
             registry,
             reconciles,

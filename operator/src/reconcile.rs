@@ -300,12 +300,13 @@ async fn reconcile_job(job: &StreamJob, ctx: &Ctx) -> Result<Action, Error> {
     if running && !suspended {
         // For `kubectl get sj` (the Lag column); the REST API gives it per partition.
         let pods = workers::pods(&ctx.client, &ns, job).await?;
-        if let Some(lag) = workers::consumer_lag(&pods).await {
+        let scraped = workers::scrape(&pods).await;
+        if let Some(lag) = scraped.as_deref().ok().and_then(workers::consumer_lag) {
             status.lag = Some(lag);
         }
         if scaling::enabled(job) && !rolled_back {
             scaling::rescale_done(ctx, &mut status, ready);
-            again = again.min(ctx.scaling.run(ctx, job, &mut status, &pods).await);
+            again = again.min(ctx.scaling.run(ctx, job, &mut status, &scraped).await);
         }
         // What runs now is what a rollback returns to.
         status.last_stable_spec = serde_json::to_string(&job.spec).ok();

@@ -18,7 +18,7 @@ use weir_crds::{AutoscalerSpec, AutoscalerStatus, Condition, ScalingDecision, St
 
 use crate::autoscaler::{Decision, Observation, Offsets, Scaler, Settings, WorkerFigures};
 use crate::reconcile::{self, Ctx};
-use crate::workers::{http_get, parse_metrics, total};
+use crate::workers::{total, Series};
 use crate::{build, kafka};
 
 /// Defaults of the `spec.autoscaler` fields.
@@ -80,32 +80,28 @@ impl Scaling {
             return;
         }
         let spec = job.spec.parallelism;
-        match &mut status.autoscaler {
-            Some(a) if a.spec_parallelism == spec => {}
-            Some(a) => {
-                self.forget(job);
-                a.parallelism = build::parallelism(job);
-                a.spec_parallelism = spec;
+        if let Some(a) = &status.autoscaler {
+            if a.spec_parallelism == spec {
+                return;
             }
-            None => {
-                status.autoscaler = Some(AutoscalerStatus {
-                    parallelism: build::parallelism(job),
-                    spec_parallelism: spec,
-                    ..AutoscalerStatus::default()
-                })
-            }
+            self.forget(job);
         }
+        // Decisions and rescales stay listed across a new start.
+        let a = status.autoscaler.get_or_insert_with(AutoscalerStatus::default);
+        a.parallelism = build::parallelism(job);
+        a.spec_parallelism = spec;
     }
 
-    /// One period for a running job (every worker of `job`, as [`autoscaled`], ready): observe
-    /// it, decide, and record a rescale or an ineffective one in `status` with an Event. When
-    /// to come back: at once after a rescale (which rolls out next), else at the next period.
+    /// One period for a running job (every worker of `job`, as [`autoscaled`], ready, their
+    /// metrics just `scraped`): observe it, decide, and record a rescale or an ineffective one in
+    /// `status` with an Event. When to come back: at once after a rescale (which rolls out
+    /// next), else at the next period.
     pub async fn run(
         &self,
         ctx: &Ctx,
         job: &StreamJob,
         status: &mut StreamJobStatus,
-        pods: &[(String, Option<String>)],
+        scraped: &anyhow::Result<Vec<Vec<Series>>>,
     ) -> Duration {
         let Some(spec) = job.spec.autoscaler.as_ref().filter(|a| a.enabled) else { return self.period };
         let uid = job.uid().unwrap_or_default();
@@ -134,8 +130,8 @@ impl Scaling {
             }
         };
         let offsets = Offsets { at: self.now(), partitions };
-        let figures = match worker_figures(pods).await {
-            Ok(f) => f,
+        let figures = match scraped {
+            Ok(workers) => workers.iter().map(|rows| worker_figures(rows)).collect::<Vec<_>>(),
             Err(e) => {
                 tracing::debug!(job = %job.name_any(), "autoscaler: {e:#}");
                 return self.period;
@@ -232,11 +228,16 @@ pub fn autoscaled(job: &StreamJob, status: &StreamJobStatus) -> StreamJob {
     out
 }
 
+/// Whether `d` is a rescale that has not completed yet.
+fn pending(d: &ScalingDecision) -> bool {
+    d.kind != "Ineffective" && d.rescale_seconds.is_none()
+}
+
 /// Whether rolling out `job` (as [`autoscaled`]) only changes the worker count to what the
 /// autoscaler's pending decision chose: the job at the decision's `from` is what is deployed.
 pub fn is_rescale_only(job: &StreamJob, status: &StreamJobStatus) -> bool {
     let Some(d) = status.autoscaler.as_ref().and_then(|a| a.decisions.last()) else { return false };
-    if d.kind == "Ineffective" || d.rescale_seconds.is_some() || job.spec.parallelism != Some(d.to) {
+    if !pending(d) || job.spec.parallelism != Some(d.to) {
         return false;
     }
     let mut before = job.clone();
@@ -248,7 +249,7 @@ pub fn is_rescale_only(job: &StreamJob, status: &StreamJobStatus) -> bool {
 /// metrics.
 pub fn rescale_done(ctx: &Ctx, status: &mut StreamJobStatus, ready: i32) {
     let Some(d) = status.autoscaler.as_mut().and_then(|a| a.decisions.last_mut()) else { return };
-    if d.kind == "Ineffective" || d.to != ready || d.rescale_seconds.is_some() {
+    if !pending(d) || d.to != ready {
         return;
     }
     let Ok(then) = d.time.parse::<k8s_openapi::jiff::Timestamp>() else { return };
@@ -297,21 +298,12 @@ fn read_offsets(inputs: &[(String, String)], group: &str) -> anyhow::Result<(Vec
     Ok((partitions, counts))
 }
 
-/// Each worker's processed rate and capacity from its metrics; an error when one cannot be
-/// read (the observation would understate the job).
-async fn worker_figures(pods: &[(String, Option<String>)]) -> anyhow::Result<Vec<WorkerFigures>> {
-    let mut out = Vec::new();
-    for (pod, ip) in pods {
-        let ip = ip.as_deref().ok_or_else(|| anyhow::anyhow!("worker {pod} has no IP yet"))?;
-        let text =
-            http_get(ip, build::ADMIN_PORT, "/metrics").await.map_err(|e| anyhow::anyhow!("worker {pod}: {e}"))?;
-        let rows = parse_metrics(&text);
-        out.push(WorkerFigures {
-            input_rate: total(&rows, "weir_input_records_per_second"),
-            capacity: total(&rows, "weir_capacity_records_per_second"),
-        });
+/// A worker's processed rate and capacity from its metrics.
+fn worker_figures(rows: &[Series]) -> WorkerFigures {
+    WorkerFigures {
+        input_rate: total(rows, "weir_input_records_per_second"),
+        capacity: total(rows, "weir_capacity_records_per_second"),
     }
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -138,15 +138,23 @@ pub fn operator_figures(workers: &[(String, Vec<Series>)]) -> Vec<Value> {
         .collect()
 }
 
-/// The job's consumer lag in records (`weir_consumer_lag` over every worker), or `None` when a
-/// worker cannot be read (a partial sum would understate it).
-pub async fn consumer_lag(pods: &[(String, Option<String>)]) -> Option<i64> {
-    let mut lag = 0.0;
-    for (_, ip) in pods {
-        let text = http_get(ip.as_deref()?, build::ADMIN_PORT, "/metrics").await.ok()?;
-        lag += total(&parse_metrics(&text), "weir_consumer_lag");
+/// Every worker's metrics, in the order of `pods`; an error naming the first worker that
+/// cannot be read (a figure summed over the others would understate the job).
+pub async fn scrape(pods: &[(String, Option<String>)]) -> anyhow::Result<Vec<Vec<Series>>> {
+    let mut out = Vec::new();
+    for (pod, ip) in pods {
+        let ip = ip.as_deref().ok_or_else(|| anyhow::anyhow!("worker {pod} has no IP yet"))?;
+        let text =
+            http_get(ip, build::ADMIN_PORT, "/metrics").await.map_err(|e| anyhow::anyhow!("worker {pod}: {e}"))?;
+        out.push(parse_metrics(&text));
     }
-    (!pods.is_empty()).then_some(lag as i64)
+    Ok(out)
+}
+
+/// The job's consumer lag in records (`weir_consumer_lag` over every worker's metrics), or
+/// `None` without workers.
+pub fn consumer_lag(workers: &[Vec<Series>]) -> Option<i64> {
+    (!workers.is_empty()).then(|| workers.iter().map(|rows| total(rows, "weir_consumer_lag")).sum::<f64>() as i64)
 }
 
 /// Deletes the job's Pods that are not ready (their StatefulSet makes them again from its
