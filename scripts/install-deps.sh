@@ -4,7 +4,7 @@
 set -euo pipefail
 need=()
 for pkg in build-essential cmake pkg-config clang libclang-dev libssl-dev libsasl2-dev zlib1g-dev libzstd-dev \
-           libcurl4-openssl-dev openssl curl time python3 maven openjdk-17-jdk-headless; do
+           libcurl4-openssl-dev openssl curl time python3 maven openjdk-17-jdk-headless lua5.1; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if ((${#need[@]})); then

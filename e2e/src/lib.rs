@@ -1,6 +1,7 @@
 //! Helpers for end-to-end tests against the local stack that `make stack-up` starts. A test
 //! that needs a component fails with the command that starts it; nothing is skipped silently.
 
+pub mod gitops;
 pub mod payments;
 
 use std::path::{Path, PathBuf};

@@ -81,6 +81,14 @@ pub fn events(partitions: i32) -> Vec<(i32, Ev)> {
 /// `n` deterministic events `step_ms` of event time apart: 24 cards over `partitions`
 /// partitions, 10 % out of order by up to 4 s, every 50th event late by 2 minutes.
 pub fn events_spaced(partitions: i32, n: i64, step_ms: i64) -> Vec<(i32, Ev)> {
+    events_of_cards(24, partitions, n, step_ms)
+}
+
+/// [`events_spaced`] over `cards` cards (`card-00`…, three digits from 100 cards on), card `c`
+/// on partition `c % partitions`: with at least as many cards as partitions, every partition
+/// has events.
+pub fn events_of_cards(cards: u64, partitions: i32, n: i64, step_ms: i64) -> Vec<(i32, Ev)> {
+    let width = if cards > 100 { 3 } else { 2 };
     let mut out = Vec::new();
     let base = 1_795_564_800_000i64;
     let mut x: u64 = 42;
@@ -91,7 +99,7 @@ pub fn events_spaced(partitions: i32, n: i64, step_ms: i64) -> Vec<(i32, Ev)> {
         x
     };
     for i in 0..n {
-        let card = format!("card-{:02}", rnd() % 24);
+        let card = format!("card-{:0width$}", rnd() % cards);
         let p = (card[5..].parse::<i32>().unwrap()) % partitions;
         let mut ts = base + i * step_ms;
         if rnd() % 10 == 0 {
@@ -272,7 +280,11 @@ pub fn produce(producer: &BaseProducer, topic: &str, evs: &[(i32, Ev)]) {
             producer.poll(Duration::from_millis(10));
         }
     }
-    producer.flush(Duration::from_secs(30)).unwrap();
+    // A broker busy with a hundred workers' transactions can take longer than one flush.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while let Err(e) = producer.flush(Duration::from_secs(30)) {
+        assert!(Instant::now() < deadline, "producing to {topic}: {e}");
+    }
 }
 
 /// Produces `evs` to `topic` from a thread, in `chunks` parts `pause` apart (input arriving

@@ -18,6 +18,8 @@ S3_SECRET_KEY=${S3_SECRET_KEY:-weirsecret}
 S3_BUCKET=${S3_BUCKET:-weir}
 K8S_VERSION=${K8S_VERSION:-v1.37.2}
 ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
+# Helm, built from its Go module, for the chart's lint, template and install tests.
+HELM_VERSION=${HELM_VERSION:-v3.22.0}
 ETCD_PORT=${ETCD_PORT:-2379}
 APISERVER_PORT=${APISERVER_PORT:-6443}
 REDIS_PORT=${REDIS_PORT:-6379}

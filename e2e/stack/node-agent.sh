@@ -12,7 +12,7 @@ case "${1:-}" in
     [[ -x $TARGET/weir-node-agent ]] || die "$TARGET/weir-node-agent is missing; run make build"
     log "starting node agent (log: $AGENT_LOG)"
     KUBECONFIG=$WEIR_RUN/k8s/admin.kubeconfig start_bg node-agent "$AGENT_LOG" "$TARGET/weir-node-agent" \
-      --node-name weir-node-0 --root "$WEIR_RUN/pods" --image "weir-worker=$TARGET/weir-worker"
+      --node-name weir-node-0 --root "$WEIR_RUN/pods" --image "weir-worker=$TARGET/weir-worker" --image "weir-operator=$TARGET/weir-operator"
     wait_for node-agent 60 "$AGENT_LOG" bash -c \
       "'$STACK_DIR/k8s.sh' kubectl get node weir-node-0 -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}' | grep -q True"
     log "node agent ready: Node weir-node-0" ;;

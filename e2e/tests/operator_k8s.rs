@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use weir_e2e::payments::{
-    create_topics, events, events_spaced, produce, producer, read_all, recreate_topics, reference,
+    create_topics, events, events_of_cards, events_spaced, produce, producer, read_all, recreate_topics, reference,
     repartition_job_pipeline, window_job_pipeline, windows_of, Ev,
 };
 use weir_e2e::{
@@ -661,8 +661,11 @@ fn a_restarted_operator_completes_a_change() {
         r#"{{"status": {{"phase": "Upgrading", "upgrade": {{"savepoint": "{id}", "target": "-", "started": "2026-01-01T00:00:00Z", "deadline": "2100-01-01T00:00:00Z"}}}}}}"#
     );
     kubectl(&["-n", &ns, "patch", "sj/gen", "--subresource=status", "--type=merge", "-p", &upgrade]);
+    // Only the holder of the job's admin token (the operator) may ask a worker for a savepoint.
+    let token = kubectl(&["-n", &ns, "get", "secret", "gen-admin", "-o", "go-template={{.data.token | base64decode}}"]);
     for ip in get(&ns, "pods", "{.items[*].status.podIP}").split_whitespace() {
-        assert!(worker_call(ip, "POST", &format!("/savepoints/{id}")).starts_with("HTTP/1.0 202"));
+        assert!(worker_call(ip, "POST", &format!("/savepoints/{id}"), None).starts_with("HTTP/1.0 401"));
+        assert!(worker_call(ip, "POST", &format!("/savepoints/{id}"), Some(&token)).starts_with("HTTP/1.0 202"));
     }
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(hash(&ns), before, "nothing acts without an operator");
@@ -708,7 +711,7 @@ fn nonce_savepoint_stateless_upgrade_rollback_and_final_savepoint() {
         if ip.is_empty() {
             return 0;
         }
-        let metrics = std::panic::catch_unwind(|| worker_call(&ip, "GET", "/metrics")).unwrap_or_default();
+        let metrics = try_worker_call(&ip, "GET", "/metrics", None).unwrap_or_default();
         metrics
             .lines()
             .find(|l| l.starts_with("weir_source_position{"))
@@ -926,14 +929,21 @@ fn the_kafka_example_runs_as_written() {
     assert!(out.contains("created (server dry run)"), "{out}");
 }
 
-/// `method path` on a worker's admin server; the raw answer.
-fn worker_call(ip: &str, method: &str, path: &str) -> String {
+/// `method path` on a worker's admin server, with the job's admin token when given; the raw
+/// answer.
+fn worker_call(ip: &str, method: &str, path: &str, token: Option<&str>) -> String {
+    try_worker_call(ip, method, path, token).unwrap()
+}
+
+/// [`worker_call`], or the error of a worker that cannot be reached.
+fn try_worker_call(ip: &str, method: &str, path: &str, token: Option<&str>) -> std::io::Result<String> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect((ip, 9249)).unwrap();
-    write!(s, "{method} {path} HTTP/1.0\r\nHost: x\r\nContent-Length: 0\r\n\r\n").unwrap();
+    let mut s = std::net::TcpStream::connect((ip, 9249))?;
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(s, "{method} {path} HTTP/1.0\r\nHost: x\r\n{auth}Content-Length: 0\r\n\r\n")?;
     let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
+    s.read_to_string(&mut out)?;
+    Ok(out)
 }
 
 /// Whether `topic` exists on the local Kafka.
@@ -989,4 +999,120 @@ spec:
     });
     let reasons = event_reasons(&ns, "rekeyed");
     assert!(reasons.contains("TopicsDeleted"), "{reasons}");
+}
+
+/// The operator's process figures: CPU seconds used so far and peak resident memory in MiB
+/// (from /proc).
+fn process_figures(pid: u32) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let hwm_kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    (ticks / 100.0, hwm_kib / 1024.0)
+}
+
+/// Which worker reads each input partition, from every worker's `weir_consumer_lag` and
+/// `weir_source_position` series: partition -> the Pods reading it. `None` while a worker
+/// cannot be read.
+fn partition_owners(ns: &str) -> Option<std::collections::BTreeMap<i32, Vec<String>>> {
+    let mut owners: std::collections::BTreeMap<i32, Vec<String>> = Default::default();
+    let pods = get(ns, "pods", "{range .items[*]}{.metadata.name} {.status.podIP}{\"\\n\"}{end}");
+    for line in pods.lines() {
+        let (pod, ip) = line.split_once(' ')?;
+        let metrics = try_worker_call(ip, "GET", "/metrics", None).ok()?;
+        let mut read = BTreeSet::new();
+        for l in
+            metrics.lines().filter(|l| l.starts_with("weir_consumer_lag{") || l.starts_with("weir_source_position{"))
+        {
+            read.insert(l.split("partition=\"").nth(1)?.split('"').next()?.parse::<i32>().ok()?);
+        }
+        for p in read {
+            owners.entry(p).or_default().push(pod.to_string());
+        }
+    }
+    Some(owners)
+}
+
+/// The control plane at 100 workers (the slow tier: `make test-scale`): one StreamJob of 100
+/// workers over a 300-partition topic at a low event rate and 128 MiB per worker; every
+/// partition is read by exactly one worker, then the job rescales 100 -> 50 -> 100 (through a
+/// savepoint each, every worker restarted at once) with input arriving in between, and every
+/// window is still committed exactly once and equal to the reference. Prints how long each
+/// step took and the operator's CPU time and peak memory.
+#[test]
+#[ignore = "the slow tier, `make test-scale`: 100 workers"]
+fn a_hundred_workers_share_300_partitions_and_rescale_to_50_and_back() {
+    require_port("kube-apiserver", 6443);
+    require_port("Kafka", 9092);
+    const P: i32 = 300;
+    const OUT: i32 = 6;
+    let (cleanup, log, _) = setup("scale");
+    let ns = cleanup.namespace.clone();
+    let operator = cleanup.operators[0].id();
+    let (input, output, corrections) = (format!("{ns}-in"), format!("{ns}-out"), format!("{ns}-late"));
+    create_topics(&[(&input, P), (&output, OUT), (&corrections, 1)]);
+    // 600 cards, two per partition, 120 events per partition a minute of event time apart.
+    let evs = events_of_cards(600, P, 36_000, 200);
+    let third = evs.len() / 3;
+    let (first, rest) = evs.split_at(third);
+    let (second, last) = rest.split_at(third);
+    let producer = producer();
+    produce(&producer, &input, first);
+    let S3Checkpoints { checkpointing, env, .. } = s3_checkpoints(&ns);
+    let checkpointing = checkpointing.replace("interval: 300ms", "interval: 10s");
+    let job = |parallelism| {
+        window_job(parallelism, &checkpointing, &input, &output, &corrections).replace(
+            "  epochInterval: 50ms\n",
+            &format!(
+                "  epochInterval: 1s\n  resources: {{requests: {{cpu: 10m, memory: 64Mi}}, limits: {{memory: 128Mi}}}}\n{env}"
+            ),
+        )
+    };
+    let sj = |path: &str| get(&ns, "sj/per-card", path);
+    let running_at = |workers: &str| sj("{.status.phase}") == "Running" && sj("{.status.parallelism}") == workers;
+    let owned_once = |workers: usize| {
+        wait_until("every partition read by exactly one worker", Duration::from_secs(120), || {
+            let owners = partition_owners(&ns)?;
+            let pods: BTreeSet<&String> = owners.values().flatten().collect();
+            let once = owners.len() == P as usize && owners.values().all(|o| o.len() == 1) && pods.len() == workers;
+            if !once {
+                std::thread::sleep(Duration::from_secs(2));
+            }
+            once.then_some(())
+        })
+    };
+    let mut steps = Vec::new();
+    for (i, workers) in [100, 50, 100].into_iter().enumerate() {
+        let started = std::time::Instant::now();
+        apply(&ns, &job(workers));
+        wait_until(
+            &format!("{workers} workers Running (operator log: {})", log.display()),
+            Duration::from_secs(600),
+            || running_at(&workers.to_string()).then_some(()),
+        );
+        let took = started.elapsed();
+        owned_once(workers as usize);
+        let (cpu, rss) = process_figures(operator);
+        eprintln!(
+            "step {i}: {workers} workers Running after {:.1} s; operator so far: {cpu:.1} s CPU, peak {rss:.0} MiB",
+            took.as_secs_f64()
+        );
+        steps.push((workers, took, cpu, rss));
+        // Input arriving at each parallelism.
+        produce(&producer, &input, [second, last].get(i).copied().unwrap_or_default());
+    }
+    let (want, want_late) = reference(&evs, P);
+    let (got, emitted) = windows_of(&output, OUT, want.len());
+    assert_eq!(got, want, "every window equals the reference");
+    assert_eq!(emitted, want.len(), "each window is committed once across both rescales");
+    assert_eq!(read_all(&corrections, 1).len(), want_late.len(), "each late event is committed once");
+    let reasons = event_reasons(&ns, "per-card");
+    assert!(reasons.contains("SavepointForUpgrade") && reasons.contains("Restarting"), "{reasons}");
+    assert!(steps.iter().all(|s| s.3 < 512.0), "the operator's memory stays small: {steps:?}");
 }

@@ -29,7 +29,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use weir_crds::{Manifest, ManifestError, StreamJob};
 
-use crate::workers::{self as w, http_get, parse_metrics, savepoint_progress, total, Progress, TriggerError};
+use crate::workers::{self as w, savepoint_progress, total, Progress, TriggerError};
 use crate::{build, kafka};
 
 pub struct ApiState {
@@ -309,8 +309,9 @@ async fn trigger_savepoint(
         return Err(ApiError(StatusCode::CONFLICT, "savepoints need spec.checkpointing.storage".into()));
     }
     let pods = workers(&s, &ns, &job).await?;
+    let token = w::admin_token(&s.client, &ns, &job).await?;
     let id = format!("sp-{}", chrono_millis());
-    let answers = w::trigger_savepoint(&pods, &id).await.map_err(|e| match e {
+    let answers = w::trigger_savepoint(&pods, &id, token.as_deref()).await.map_err(|e| match e {
         TriggerError::Refused(m) => ApiError(StatusCode::CONFLICT, m),
         TriggerError::Unreachable(m) => ApiError(StatusCode::BAD_GATEWAY, m),
     })?;
@@ -336,7 +337,8 @@ async fn savepoint_status(
     if pods.is_empty() {
         return Err(ApiError(StatusCode::NOT_FOUND, format!("savepoint {id}: the job has no workers")));
     }
-    let Progress { state, location, workers: states } = savepoint_progress(&pods, &id).await;
+    let token = w::admin_token(&s.client, &ns, &job).await?;
+    let Progress { state, location, workers: states } = savepoint_progress(&pods, &id, token.as_deref()).await;
     if state == "unknown" {
         return Err(ApiError(StatusCode::NOT_FOUND, format!("no worker knows savepoint {id}")));
     }
@@ -363,14 +365,10 @@ async fn job_metrics(
     let mut workers = Vec::new();
     let mut all: Vec<w::Series> = Vec::new();
     let mut per_worker = Vec::new();
-    for (pod, ip) in self::workers(&s, &ns, &job).await? {
-        let Some(ip) = ip else {
-            workers.push(json!({"pod": pod, "error": "no Pod IP yet"}));
-            continue;
-        };
-        match http_get(&ip, build::ADMIN_PORT, "/metrics").await {
-            Ok(text) => {
-                let rows = parse_metrics(&text);
+    let pods = self::workers(&s, &ns, &job).await?;
+    for ((pod, _), read) in pods.iter().zip(w::read_metrics(&pods).await) {
+        match read {
+            Ok(rows) => {
                 workers.push(json!({
                     "pod": pod,
                     "eventsPerSecond": total(&rows, "weir_input_records_per_second"),
@@ -379,9 +377,9 @@ async fn job_metrics(
                     "consumerLag": total(&rows, "weir_consumer_lag"),
                 }));
                 all.extend(rows.iter().cloned());
-                per_worker.push((pod, rows));
+                per_worker.push((pod.clone(), rows));
             }
-            Err(e) => workers.push(json!({"pod": pod, "error": format!("scraping {ip}: {e}")})),
+            Err(e) => workers.push(json!({"pod": pod, "error": format!("{e:#}")})),
         }
     }
     let checkpoints = total(&all, "weir_checkpoint_duration_seconds_count");
@@ -452,6 +450,7 @@ fn topic_lag(brokers: &str, group: &str, topic: &str) -> anyhow::Result<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::workers::parse_metrics;
 
     #[test]
     fn the_openapi_document_describes_every_route() {
@@ -475,7 +474,7 @@ mod tests {
 
     #[test]
     fn prometheus_text_is_read_per_series() {
-        let text = "# HELP x y\n# TYPE weir_consumer_lag gauge\nweir_consumer_lag{partition=\"0\",source=\"p\",job=\"j\"} 5\nweir_consumer_lag{partition=\"1\",source=\"p\",job=\"j\"} 7\nweir_busy_ratio{job=\"j\"} 0.25\nweir_watermark_lag_ms{partition=\"0\"} 120\nweir_watermark_lag_ms{partition=\"1\"} 80\n";
+        let text = "# HELP x y\n# TYPE weir_consumer_lag gauge\nweir_consumer_lag{partition=\"0\",source=\"p\",streamjob=\"j\"} 5\nweir_consumer_lag{partition=\"1\",source=\"p\",streamjob=\"j\"} 7\nweir_busy_ratio{streamjob=\"j\"} 0.25\nweir_watermark_lag_ms{partition=\"0\"} 120\nweir_watermark_lag_ms{partition=\"1\"} 80\n";
         let rows = parse_metrics(text);
         assert_eq!(total(&rows, "weir_consumer_lag"), 12.0);
         assert_eq!(total(&rows, "weir_busy_ratio"), 0.25);

@@ -157,6 +157,12 @@ impl Scaler {
     }
 
     /// The latest observation.
+    /// Whether a scale-up judged ineffective holds the job where it is (until the input rate
+    /// changes).
+    pub fn limited(&self) -> bool {
+        self.blocked_at_input.is_some()
+    }
+
     pub fn latest(&self) -> Option<&Observation> {
         self.observations.back()
     }
@@ -456,6 +462,14 @@ mod tests {
             matches!(&d[1], Decision::Ineffective { reason } if reason.contains("only from 9000 to 9000")),
             "{d:?}"
         );
+        assert!(sc.limited());
+        // The input doubles: the autoscaler decides afresh.
+        let workers = scaled_to(&d)[0];
+        run(&mut sc, workers, 2, |i, w| Observation {
+            partition_rates: vec![40_000.0 / 12.0; 12],
+            ..limited(40 + i, w)
+        });
+        assert!(!sc.limited(), "no longer held once the input changed");
     }
 
     #[test]

@@ -17,6 +17,17 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use weir_crds::{JobState, StreamJob, StreamJobSpec, UpgradeMode, DEFAULT_IMAGE};
 
+/// The Secret holding the job's admin token (key `token`), which the workers' savepoint calls
+/// need: `<job>-admin`, made by the operator with a random token and owned by the job.
+pub fn admin_secret(job: &StreamJob) -> String {
+    format!("{}-admin", job.name_any())
+}
+
+/// The key of the admin token in [`admin_secret`].
+pub const ADMIN_TOKEN_KEY: &str = "token";
+
+/// The name of the worker container in a worker Pod.
+pub const WORKER_CONTAINER: &str = "worker";
 /// The worker's admin port: metrics, health and readiness.
 pub const ADMIN_PORT: i32 = 9249;
 /// Where the job's manifest is mounted in a worker.
@@ -53,18 +64,62 @@ pub fn replicas(job: &StreamJob) -> i32 {
 }
 
 fn user_env(job: &StreamJob) -> impl Iterator<Item = EnvVar> + '_ {
-    job.spec.env.iter().map(|e| EnvVar {
-        name: e.name.clone(),
-        value: e.value.clone(),
-        value_from: e.value_from.as_ref().map(|f| EnvVarSource {
+    job.spec.env.iter().map(|e| match &e.value_from {
+        Some(f) => secret_env(&e.name, &f.secret_key_ref.name, &f.secret_key_ref.key),
+        None => EnvVar { name: e.name.clone(), value: e.value.clone(), ..EnvVar::default() },
+    })
+}
+
+/// Variable `name` from key `key` of Secret `secret`.
+fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
             secret_key_ref: Some(SecretKeySelector {
-                name: f.secret_key_ref.name.clone(),
-                key: f.secret_key_ref.key.clone(),
+                name: secret.into(),
+                key: key.into(),
                 ..SecretKeySelector::default()
             }),
             ..EnvVarSource::default()
         }),
-    })
+        ..EnvVar::default()
+    }
+}
+
+/// The share of a worker's memory given to RocksDB (block cache and memtables), as Flink's
+/// `taskmanager.memory.managed.fraction`; the rest is the worker's buffers, its decoded-key
+/// caches and the Kafka clients.
+const STATE_MEMORY_FRACTION: f64 = 0.4;
+
+/// RocksDB's memory in MiB for the job's workers: [`STATE_MEMORY_FRACTION`] of the memory limit
+/// (or, without one, the request), at least 16; `None` without either, when the worker keeps its
+/// default (512 MiB). Without this a worker limited to 256 MiB would still size its caches for
+/// 512 and be killed for it once its state grew.
+fn state_memory_mib(job: &StreamJob) -> Option<u64> {
+    let r = job.spec.resources.as_ref()?;
+    let memory = r.limits.get("memory").or_else(|| r.requests.get("memory"))?;
+    let bytes = quantity_bytes(memory)?;
+    Some(((bytes * STATE_MEMORY_FRACTION) as u64 >> 20).max(16))
+}
+
+/// A Kubernetes quantity (`512Mi`, `1.5Gi`, `2G`, `1e9`, `1073741824`) in bytes.
+fn quantity_bytes(q: &str) -> Option<f64> {
+    let q = q.trim();
+    let (num, mult) = [
+        ("Ki", 1u64 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+        ("k", 1_000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+        ("T", 1_000_000_000_000),
+    ]
+    .iter()
+    .find_map(|(suffix, mult)| q.strip_suffix(suffix).map(|n| (n, *mult as f64)))
+    .unwrap_or((q, 1.0));
+    let n: f64 = num.parse().ok()?;
+    (n.is_finite() && n >= 0.0).then_some(n * mult)
 }
 
 fn resources(job: &StreamJob) -> Option<ResourceRequirements> {
@@ -119,8 +174,13 @@ pub fn manifest_yaml(job: &StreamJob) -> String {
 }
 
 fn meta(job: &StreamJob) -> ObjectMeta {
+    ObjectMeta { name: Some(job.name_any()), ..owned_meta(job) }
+}
+
+/// The namespace, labels and controlling owner (the job) of an object the operator makes for
+/// `job`, without its name.
+pub fn owned_meta(job: &StreamJob) -> ObjectMeta {
     ObjectMeta {
-        name: Some(job.name_any()),
         namespace: job.namespace(),
         labels: Some(labels(job)),
         owner_references: job.controller_owner_ref(&()).map(|r| vec![r]),
@@ -213,7 +273,7 @@ pub fn desired(job: &StreamJob) -> Desired {
         ..Service::default()
     };
     let worker = Container {
-        name: "worker".into(),
+        name: WORKER_CONTAINER.into(),
         image: Some(job.spec.image.clone().unwrap_or_else(|| DEFAULT_IMAGE.into())),
         args: Some(vec!["pod".into()]),
         env: Some(
@@ -227,6 +287,8 @@ pub fn desired(job: &StreamJob) -> Desired {
                 env("WEIR_STATE_GENERATION", &state_folder(job)),
             ]
             .into_iter()
+            .chain(state_memory_mib(job).map(|mib| env("WEIR_STATE_MEMORY_MIB", &mib.to_string())))
+            .chain(std::iter::once(secret_env("WEIR_ADMIN_TOKEN", &admin_secret(job), ADMIN_TOKEN_KEY)))
             .chain(
                 job.status
                     .as_ref()
@@ -423,8 +485,29 @@ spec:
         let r = c.resources.as_ref().unwrap();
         assert_eq!(r.requests.as_ref().unwrap()["cpu"], Quantity("500m".into()));
         assert_eq!(r.limits.as_ref().unwrap()["memory"], Quantity("2Gi".into()));
+        assert_eq!(env["WEIR_STATE_MEMORY_MIB"].value.as_deref(), Some("819"), "RocksDB gets 40 % of the limit");
         j.spec.state = JobState::Suspended;
         assert_eq!(desired(&j).stateful_set.spec.unwrap().replicas, Some(0), "suspended: no workers");
+    }
+
+    #[test]
+    fn rocksdb_memory_follows_the_memory_limit_or_request() {
+        let mut j = job(FIXTURE);
+        assert_eq!(state_memory_mib(&j), None, "no resources: the worker's default");
+        let with = |r: &str| Some(serde_yaml::from_str(r).unwrap());
+        j.spec.resources = with("{requests: {memory: 512Mi}}");
+        assert_eq!(state_memory_mib(&j), Some(204), "the request without a limit");
+        j.spec.resources = with("{requests: {memory: 512Mi}, limits: {memory: 1.5Gi}}");
+        assert_eq!(state_memory_mib(&j), Some(614), "the limit over the request");
+        j.spec.resources = with("{limits: {memory: 20M}}");
+        assert_eq!(state_memory_mib(&j), Some(16), "at least 16 MiB");
+        j.spec.resources = with("{limits: {cpu: '1'}}");
+        assert_eq!(state_memory_mib(&j), None, "no memory figure");
+        assert_eq!(quantity_bytes("1073741824"), Some(1073741824.0));
+        assert_eq!(quantity_bytes("2G"), Some(2e9));
+        assert_eq!(quantity_bytes("1e9"), Some(1e9));
+        assert_eq!(quantity_bytes("lots"), None);
+        assert_eq!(quantity_bytes("-1Gi"), None);
     }
 
     #[test]

@@ -96,7 +96,8 @@ pub enum Outcome {
 /// 3339) is a failure.
 pub async fn poll(ctx: &Ctx, job: &StreamJob, id: &str, deadline: &str) -> Result<Outcome, Error> {
     let pods = workers::pods(&ctx.client, &namespace(job), job).await?;
-    let progress = workers::savepoint_progress(&pods, id).await;
+    let token = workers::admin_token(&ctx.client, &namespace(job), job).await?;
+    let progress = workers::savepoint_progress(&pods, id, token.as_deref()).await;
     Ok(match progress.state {
         "completed" => Outcome::Completed(progress.location.unwrap_or_default()),
         "in-progress" if !passed(deadline) => Outcome::Waiting,
@@ -118,7 +119,8 @@ async fn trigger(
         Some(PendingSavepoint { id: id.clone(), trigger: why.into(), deadline: deadline_after(SAVEPOINT_DEADLINE) });
     set_status(ctx, job, status.clone()).await?;
     let pods = workers::pods(&ctx.client, &namespace(job), job).await?;
-    match workers::trigger_savepoint(&pods, &id).await {
+    let token = workers::admin_token(&ctx.client, &namespace(job), job).await?;
+    match workers::trigger_savepoint(&pods, &id, token.as_deref()).await {
         Ok(answers) => {
             let note = format!("savepoint {id} ({why}) requested from {} workers", answers.len());
             publish(ctx, job, EventType::Normal, "SavepointRequested", note).await;

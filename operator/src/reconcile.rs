@@ -31,6 +31,8 @@ pub const FIELD_MANAGER: &str = "weir-operator";
 pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    #[error("reading random bytes for the job's admin token: {0}")]
+    Random(#[from] std::io::Error),
 }
 
 pub struct Ctx {
@@ -240,6 +242,7 @@ async fn reconcile_job(job: &StreamJob, ctx: &Ctx) -> Result<Action, Error> {
     // The objects are built with the status that names the savepoint the workers restore.
     let with_status = StreamJob { status: Some(base.clone()), ..job.clone() };
     let Desired { config_map, service, stateful_set, pdb } = build::desired(&with_status);
+    workers::ensure_admin_secret(&ctx.client, &ns, job).await?;
     apply(&ctx.client, &ns, &config_map).await?;
     apply(&ctx.client, &ns, &service).await?;
     apply::<StatefulSet>(&ctx.client, &ns, &stateful_set).await?;
@@ -261,6 +264,13 @@ async fn reconcile_job(job: &StreamJob, ctx: &Ctx) -> Result<Action, Error> {
             && st.and_then(|st| st.updated_replicas).unwrap_or(0) == want
     });
     let running = ready == want && updated;
+    if !running && !suspended {
+        let restarted = workers::restart_rescaled(&ctx.client, &ns, job, want).await?;
+        if restarted > 0 {
+            let note = format!("restarting {restarted} workers at once for the rescale to {want}");
+            publish(ctx, job, EventType::Normal, "Restarting", note).await;
+        }
+    }
     let rolled_back = base.rolled_back.is_some();
     let phase = match (suspended, running) {
         (true, true) => "Suspended",
@@ -414,7 +424,8 @@ async fn upgrade(job: &StreamJob, ctx: &Ctx, old: &StreamJobStatus, target: &str
         status.phase = Some("Upgrading".into());
         set_status(ctx, job, status.clone()).await?;
         let pods = workers::pods(&ctx.client, &ns, job).await?;
-        return Ok(match workers::trigger_savepoint(&pods, &id).await {
+        let token = workers::admin_token(&ctx.client, &ns, job).await?;
+        return Ok(match workers::trigger_savepoint(&pods, &id, token.as_deref()).await {
             Ok(answers) => {
                 let note =
                     format!("savepoint {id} requested from {} workers before rolling out {target}", answers.len());

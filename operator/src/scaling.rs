@@ -48,6 +48,8 @@ struct Found {
     input: f64,
     lag: i64,
     capacity: f64,
+    /// An ineffective scale-up still holds the job (see [`Scaler::limited`]).
+    limited: bool,
 }
 
 impl Scaling {
@@ -154,10 +156,16 @@ impl Scaling {
                     input: latest.map_or(0.0, Observation::input_rate),
                     lag: latest.map_or(0, Observation::lag),
                     capacity: js.scaler.worker_capacity().unwrap_or(0.0),
+                    limited: js.scaler.limited(),
                 }
             })
         };
-        let Some(Found { decision, input, lag, capacity }) = found else { return self.period };
+        let Some(Found { decision, input, lag, capacity, limited: held }) = found else { return self.period };
+        let was_limited = status.conditions.iter().any(|c| c.type_ == "ScalingLimited" && c.status == "True");
+        if was_limited && !held {
+            let why = "the input rate changed since the ineffective scale-up; the autoscaler decides afresh";
+            status.conditions = reconcile::with_condition(&status.conditions, limited(false, "InputChanged", why));
+        }
         let from = parallelism as i32;
         let record = |kind: &str, to: i32, reason: &str| ScalingDecision {
             time: reconcile::now(),
@@ -188,7 +196,8 @@ impl Scaling {
                 reconcile::publish(ctx, job, EventType::Normal, kind, note).await;
                 ctx.metrics.rescales.with_label_values(&[&ns, &name, kind]).inc();
                 if to > from {
-                    status.conditions = reconcile::with_condition(&status.conditions, limited(false, &reason));
+                    status.conditions =
+                        reconcile::with_condition(&status.conditions, limited(false, "ScaledUp", &reason));
                 }
                 Duration::from_secs(1)
             }
@@ -197,20 +206,22 @@ impl Scaling {
                     a.record(record("Ineffective", from, &reason));
                 }
                 reconcile::publish(ctx, job, EventType::Warning, "ScalingIneffective", reason.clone()).await;
-                status.conditions = reconcile::with_condition(&status.conditions, limited(true, &reason));
+                status.conditions =
+                    reconcile::with_condition(&status.conditions, limited(true, "IneffectiveScaleUp", &reason));
                 self.period
             }
         }
     }
 }
 
-/// The `ScalingLimited` condition: true while a scale-up did not raise throughput.
-fn limited(on: bool, reason: &str) -> Condition {
+/// The `ScalingLimited` condition: true while a scale-up that did not raise throughput holds
+/// the job (until the input rate changes or it scales up again).
+fn limited(on: bool, reason: &str, message: &str) -> Condition {
     Condition {
         type_: "ScalingLimited".into(),
         status: if on { "True" } else { "False" }.into(),
-        reason: Some(if on { "IneffectiveScaleUp" } else { "ScaledUp" }.into()),
-        message: Some(reason.into()),
+        reason: Some(reason.into()),
+        message: Some(message.into()),
         last_transition_time: None,
     }
 }

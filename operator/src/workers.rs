@@ -3,20 +3,30 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, ListParams};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use weir_crds::StreamJob;
 
 use crate::build;
+use crate::reconcile::Error;
 
-/// `method path` to `ip:port` over plain HTTP/1.0: the status code and the body.
-pub async fn http_call(ip: &str, port: i32, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
+/// `method path` to `ip:port` over plain HTTP/1.0, with `token` as the bearer token: the
+/// status code and the body.
+pub async fn http_call(
+    ip: &str,
+    port: i32,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
     let fetch = async {
         let mut s = tokio::net::TcpStream::connect(format!("{ip}:{port}")).await?;
-        let req = format!("{method} {path} HTTP/1.0\r\nHost: {ip}\r\nContent-Length: 0\r\n\r\n");
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        let req = format!("{method} {path} HTTP/1.0\r\nHost: {ip}\r\n{auth}Content-Length: 0\r\n\r\n");
         s.write_all(req.as_bytes()).await?;
         let mut out = String::new();
         s.read_to_string(&mut out).await?;
@@ -27,9 +37,9 @@ pub async fn http_call(ip: &str, port: i32, method: &str, path: &str) -> anyhow:
     tokio::time::timeout(Duration::from_secs(3), fetch).await.map_err(|_| anyhow::anyhow!("timed out"))?
 }
 
-/// GET `path` from `ip:port`; the body of a 200 answer.
-pub async fn http_get(ip: &str, port: i32, path: &str) -> anyhow::Result<String> {
-    match http_call(ip, port, "GET", path).await? {
+/// GET `path` from `ip:port` (with `token`); the body of a 200 answer.
+pub async fn http_get(ip: &str, port: i32, path: &str, token: Option<&str>) -> anyhow::Result<String> {
+    match http_call(ip, port, "GET", path, token).await? {
         (200, body) => Ok(body),
         (code, body) => anyhow::bail!("answered {code}: {body}"),
     }
@@ -138,17 +148,54 @@ pub fn operator_figures(workers: &[(String, Vec<Series>)]) -> Vec<Value> {
         .collect()
 }
 
+/// How many workers the operator talks to at once: a job of 100 workers is read in a few round
+/// trips, and one slow worker (each call times out after 3 s) does not hold up the others.
+const FAN_OUT: usize = 32;
+
+/// `call` on every worker of `pods`, up to [`FAN_OUT`] at a time; the answers in the order of
+/// `pods`.
+async fn each_worker<'a, T, F, Fut>(pods: &'a [(String, Option<String>)], call: F) -> Vec<T>
+where
+    F: Fn(&'a str, Option<&'a str>) -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let mut calls = Vec::with_capacity(pods.len());
+    for (pod, ip) in pods {
+        calls.push(call(pod.as_str(), ip.as_deref()));
+    }
+    in_batches(calls).await
+}
+
+/// Runs `futures` [`FAN_OUT`] at a time; their outputs in order.
+async fn in_batches<T, Fut: std::future::Future<Output = T>>(futures: Vec<Fut>) -> Vec<T> {
+    let mut out = Vec::with_capacity(futures.len());
+    let mut rest = futures.into_iter();
+    loop {
+        let batch: Vec<Fut> = rest.by_ref().take(FAN_OUT).collect();
+        if batch.is_empty() {
+            return out;
+        }
+        out.extend(futures::future::join_all(batch).await);
+    }
+}
+
+/// Every worker's metrics, read together, in the order of `pods`: its series, or why they could
+/// not be read.
+pub async fn read_metrics(pods: &[(String, Option<String>)]) -> Vec<anyhow::Result<Vec<Series>>> {
+    each_worker(pods, |pod, ip| async move {
+        let ip = ip.ok_or_else(|| anyhow::anyhow!("worker {pod} has no Pod IP yet"))?;
+        let text = http_get(ip, build::ADMIN_PORT, "/metrics", None)
+            .await
+            .map_err(|e| anyhow::anyhow!("worker {pod}: scraping {ip}: {e}"))?;
+        Ok(parse_metrics(&text))
+    })
+    .await
+}
+
 /// Every worker's metrics, in the order of `pods`; an error naming the first worker that
 /// cannot be read (a figure summed over the others would understate the job).
 pub async fn scrape(pods: &[(String, Option<String>)]) -> anyhow::Result<Vec<Vec<Series>>> {
-    let mut out = Vec::new();
-    for (pod, ip) in pods {
-        let ip = ip.as_deref().ok_or_else(|| anyhow::anyhow!("worker {pod} has no IP yet"))?;
-        let text =
-            http_get(ip, build::ADMIN_PORT, "/metrics").await.map_err(|e| anyhow::anyhow!("worker {pod}: {e}"))?;
-        out.push(parse_metrics(&text));
-    }
-    Ok(out)
+    read_metrics(pods).await.into_iter().collect()
 }
 
 /// The job's consumer lag in records (`weir_consumer_lag` over every worker's metrics), or
@@ -175,6 +222,84 @@ pub async fn delete_unready(client: &Client, ns: &str, job: &StreamJob) -> Resul
     Ok(())
 }
 
+/// The worker count a Pod was started with (its `WEIR_PARALLELISM`).
+fn pod_parallelism(p: &Pod) -> Option<i32> {
+    let worker = p.spec.as_ref()?.containers.iter().find(|c| c.name == build::WORKER_CONTAINER)?;
+    worker.env.as_ref()?.iter().find(|e| e.name == "WEIR_PARALLELISM")?.value.as_deref()?.parse().ok()
+}
+
+/// A rescale restarts every worker at once: deletes, all together, the job's Pods that run at
+/// another worker count than `parallelism` (their StatefulSet, whose Pods are managed in
+/// parallel, makes them again from the new template at once). A StatefulSet's own rolling update
+/// replaces one Pod at a time, waiting for each to be ready: fine when every worker keeps its
+/// partitions, but in a rescale most partitions move, and one by one a partition could wait the
+/// whole rollout (minutes for 100 workers) for its new owner. Each stopping worker commits and
+/// checkpoints on SIGTERM; a new owner that starts first fences it and replays, exactly once.
+/// The number of Pods deleted.
+pub async fn restart_rescaled(
+    client: &Client,
+    ns: &str,
+    job: &StreamJob,
+    parallelism: i32,
+) -> Result<usize, kube::Error> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let stale: Vec<String> = pods
+        .list(&ListParams::default().labels(&build::selector(job)))
+        .await?
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| pod_parallelism(p).is_some_and(|n| n != parallelism))
+        .map(|p| p.name_any())
+        .collect();
+    let mut deletes = Vec::with_capacity(stale.len());
+    for name in &stale {
+        deletes.push(delete_pod(&pods, name));
+    }
+    in_batches(deletes).await.into_iter().collect::<Result<(), _>>()?;
+    Ok(stale.len())
+}
+
+/// Deletes Pod `name`; one already gone is fine.
+async fn delete_pod(pods: &Api<Pod>, name: &str) -> Result<(), kube::Error> {
+    match pods.delete(name, &DeleteParams::default()).await {
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        other => other.map(|_| ()),
+    }
+}
+
+/// The job's admin token, which its workers' savepoint calls need; `None` before the operator
+/// made it (workers started without one take calls without it).
+pub async fn admin_token(client: &Client, ns: &str, job: &StreamJob) -> Result<Option<String>, kube::Error> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let secret = secrets.get_opt(&build::admin_secret(job)).await?;
+    Ok(secret.and_then(|s| s.data?.remove(build::ADMIN_TOKEN_KEY)).map(|b| String::from_utf8_lossy(&b.0).into_owned()))
+}
+
+/// Makes the job's admin Secret with a random token unless it exists (it is kept across
+/// reconciles and upgrades; owned by the job, it goes with it).
+pub async fn ensure_admin_secret(client: &Client, ns: &str, job: &StreamJob) -> Result<(), Error> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let name = build::admin_secret(job);
+    if secrets.get_opt(&name).await?.is_some() {
+        return Ok(());
+    }
+    let mut random = [0u8; 32];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut random)?;
+    let token: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    let secret = Secret {
+        metadata: ObjectMeta { name: Some(name), ..build::owned_meta(job) },
+        string_data: Some([(build::ADMIN_TOKEN_KEY.to_string(), token)].into()),
+        type_: Some("Opaque".into()),
+        ..Secret::default()
+    };
+    match secrets.create(&PostParams::default(), &secret).await {
+        // Another reconcile made it first.
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        other => other.map(|_| ()).map_err(Error::from),
+    }
+}
+
 /// Why a savepoint could not be requested.
 #[derive(Debug)]
 pub enum TriggerError {
@@ -184,23 +309,33 @@ pub enum TriggerError {
     Unreachable(String),
 }
 
-/// Asks every worker in `pods` for savepoint `id`; each worker's answer.
-pub async fn trigger_savepoint(pods: &[(String, Option<String>)], id: &str) -> Result<Vec<Value>, TriggerError> {
+/// Asks every worker in `pods` for savepoint `id` (with the job's admin token); each worker's
+/// answer.
+pub async fn trigger_savepoint(
+    pods: &[(String, Option<String>)],
+    id: &str,
+    token: Option<&str>,
+) -> Result<Vec<Value>, TriggerError> {
     if pods.is_empty() || pods.iter().any(|(_, ip)| ip.is_none()) {
         return Err(TriggerError::Refused("not every worker is running; retry when the job is Running".into()));
     }
-    let mut answers = Vec::new();
-    for (pod, ip) in pods {
-        let ip = ip.as_deref().unwrap_or_default();
-        match http_call(ip, build::ADMIN_PORT, "POST", &format!("/savepoints/{id}")).await {
-            Ok((202, _)) => answers.push(json!({"pod": pod, "state": "requested"})),
-            Ok((code, body)) => {
-                return Err(TriggerError::Refused(format!("worker {pod} refused the savepoint ({code}): {body}")))
+    let path = format!("/savepoints/{id}");
+    each_worker(pods, |pod, ip| {
+        let path = &path;
+        async move {
+            let ip = ip.unwrap_or_default();
+            match http_call(ip, build::ADMIN_PORT, "POST", path, token).await {
+                Ok((202, _)) => Ok(json!({"pod": pod, "state": "requested"})),
+                Ok((code, body)) => {
+                    Err(TriggerError::Refused(format!("worker {pod} refused the savepoint ({code}): {body}")))
+                }
+                Err(e) => Err(TriggerError::Unreachable(format!("worker {pod} ({ip}): {e}"))),
             }
-            Err(e) => return Err(TriggerError::Unreachable(format!("worker {pod} ({ip}): {e}"))),
         }
-    }
-    Ok(answers)
+    })
+    .await
+    .into_iter()
+    .collect()
 }
 
 /// A savepoint's progress over a job's workers.
@@ -214,16 +349,24 @@ pub struct Progress {
     pub workers: Vec<Value>,
 }
 
-/// Asks every worker in `pods` for the state of savepoint `id`.
-pub async fn savepoint_progress(pods: &[(String, Option<String>)], id: &str) -> Progress {
+/// Asks every worker in `pods` for the state of savepoint `id` (with the job's admin token).
+pub async fn savepoint_progress(pods: &[(String, Option<String>)], id: &str, token: Option<&str>) -> Progress {
+    let path = format!("/savepoints/{id}");
+    let answers = each_worker(pods, |pod, ip| {
+        let path = &path;
+        async move {
+            let answer = match ip {
+                Some(ip) => http_get(ip, build::ADMIN_PORT, path, token).await,
+                None => Err(anyhow::anyhow!("no Pod IP")),
+            };
+            (pod, answer.ok().and_then(|b| serde_json::from_str::<Value>(&b).ok()))
+        }
+    })
+    .await;
     let mut workers = Vec::new();
     let mut location = None;
-    for (pod, ip) in pods {
-        let answer = match ip {
-            Some(ip) => http_get(ip, build::ADMIN_PORT, &format!("/savepoints/{id}")).await,
-            None => Err(anyhow::anyhow!("no Pod IP")),
-        };
-        match answer.ok().and_then(|b| serde_json::from_str::<Value>(&b).ok()) {
+    for (pod, answer) in answers {
+        match answer {
             Some(v) => {
                 location = location.or_else(|| v["progress"]["location"].as_str().map(str::to_string));
                 workers.push(json!({"pod": pod, "state": v["state"], "progress": v["progress"]}));
@@ -250,14 +393,14 @@ mod tests {
 
     #[test]
     fn operators_are_reported_with_the_highest_ratio_over_workers() {
-        let w0 = "weir_operator_busy_ratio{job=\"j\",kind=\"step\",operator=\"sums\"} 0.25\n\
-                  weir_operator_backpressure_ratio{job=\"j\",kind=\"step\",operator=\"sums\"} 0.05\n\
-                  weir_operator_busy_ratio{job=\"j\",kind=\"sink\",operator=\"out\"} 0.1\n\
-                  weir_operator_backpressure_ratio{job=\"j\",kind=\"sink\",operator=\"out\"} 0.6\n\
-                  weir_operator_busy_ratio{job=\"j\",kind=\"source\",operator=\"pay\"} 0.3\n";
-        let w1 = "weir_operator_busy_ratio{job=\"j\",kind=\"step\",operator=\"sums\"} 0.5\n\
-                  weir_operator_backpressure_ratio{job=\"j\",kind=\"step\",operator=\"sums\"} 0.2\n\
-                  weir_busy_ratio{job=\"j\"} 0.9\n";
+        let w0 = "weir_operator_busy_ratio{streamjob=\"j\",kind=\"step\",operator=\"sums\"} 0.25\n\
+                  weir_operator_backpressure_ratio{streamjob=\"j\",kind=\"step\",operator=\"sums\"} 0.05\n\
+                  weir_operator_busy_ratio{streamjob=\"j\",kind=\"sink\",operator=\"out\"} 0.1\n\
+                  weir_operator_backpressure_ratio{streamjob=\"j\",kind=\"sink\",operator=\"out\"} 0.6\n\
+                  weir_operator_busy_ratio{streamjob=\"j\",kind=\"source\",operator=\"pay\"} 0.3\n";
+        let w1 = "weir_operator_busy_ratio{streamjob=\"j\",kind=\"step\",operator=\"sums\"} 0.5\n\
+                  weir_operator_backpressure_ratio{streamjob=\"j\",kind=\"step\",operator=\"sums\"} 0.2\n\
+                  weir_busy_ratio{streamjob=\"j\"} 0.9\n";
         let figures = operator_figures(&[("w-0".into(), parse_metrics(w0)), ("w-1".into(), parse_metrics(w1))]);
         let names: Vec<_> = figures.iter().map(|f| f["name"].as_str().unwrap()).collect();
         assert_eq!(names, ["pay", "sums", "out"], "sources, then steps, then sinks");

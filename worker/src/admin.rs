@@ -1,12 +1,16 @@
 //! The worker's admin HTTP server: `/metrics`, `/healthz` (the process is alive) and `/readyz`
-//! (state restored and processing).
+//! (state restored and processing), open to anyone (Prometheus, probes); and the savepoint
+//! calls, which with a token (`WEIR_ADMIN_TOKEN`, from a Secret the operator keeps per job) only
+//! a caller that sends it may make: the operator.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use axum::extract::Path;
-use axum::http::StatusCode;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
@@ -53,13 +57,35 @@ fn savepoint_routes(savepoints: Savepoints, enabled: bool) -> Router {
     )
 }
 
-/// Starts the server on its own thread; returns once it listens.
+/// Lets a request through when it carries `Authorization: Bearer <token>`; 401 otherwise.
+async fn require_token(State(token): State<Arc<String>>, req: Request, next: Next) -> Response {
+    let given =
+        req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(t) if same(t.as_bytes(), token.as_bytes()) => next.run(req).await,
+        Some(_) => (StatusCode::UNAUTHORIZED, Json(json!({"error": "the bearer token is not this job's admin token"})))
+            .into_response(),
+        None => {
+            let error = "savepoint calls need Authorization: Bearer <the job's admin token>";
+            (StatusCode::UNAUTHORIZED, Json(json!({"error": error}))).into_response()
+        }
+    }
+}
+
+/// Byte strings compared in a time that does not depend on where they differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Starts the server on its own thread; returns once it listens. With `token`, the savepoint
+/// calls need it.
 pub fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     savepoints: Savepoints,
     savepoints_enabled: bool,
+    token: Option<String>,
 ) -> anyhow::Result<SocketAddr> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let listener = rt.block_on(tokio::net::TcpListener::bind(addr))?;
@@ -77,7 +103,11 @@ pub fn serve(
                 }
             }),
         )
-        .merge(savepoint_routes(savepoints, savepoints_enabled));
+        .merge(match token {
+            Some(t) => savepoint_routes(savepoints, savepoints_enabled)
+                .route_layer(middleware::from_fn_with_state(Arc::new(t), require_token)),
+            None => savepoint_routes(savepoints, savepoints_enabled),
+        });
     std::thread::Builder::new().name("admin-http".into()).spawn(move || {
         if let Err(e) = rt.block_on(async { axum::serve(listener, app).await }) {
             tracing::error!("admin server stopped: {e}");
@@ -100,8 +130,12 @@ mod tests {
     }
 
     fn post(addr: SocketAddr, path: &str) -> String {
+        post_with(addr, path, "")
+    }
+
+    fn post_with(addr: SocketAddr, path: &str, headers: &str) -> String {
         let mut s = std::net::TcpStream::connect(addr).unwrap();
-        write!(s, "POST {path} HTTP/1.0\r\nHost: x\r\nContent-Length: 0\r\n\r\n").unwrap();
+        write!(s, "POST {path} HTTP/1.0\r\nHost: x\r\n{headers}Content-Length: 0\r\n\r\n").unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
         out
@@ -110,13 +144,25 @@ mod tests {
     #[test]
     fn savepoint_requests_are_checked_and_queued() {
         let sp = Savepoints::default();
-        let off =
-            serve("127.0.0.1:0".parse().unwrap(), Arc::new(Metrics::new("t")), Default::default(), sp.clone(), false)
-                .unwrap();
+        let off = serve(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(Metrics::new("t")),
+            Default::default(),
+            sp.clone(),
+            false,
+            None,
+        )
+        .unwrap();
         assert!(post(off, "/savepoints/a").starts_with("HTTP/1.0 409"), "no storage, no savepoints");
-        let on =
-            serve("127.0.0.1:0".parse().unwrap(), Arc::new(Metrics::new("t")), Default::default(), sp.clone(), true)
-                .unwrap();
+        let on = serve(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(Metrics::new("t")),
+            Default::default(),
+            sp.clone(),
+            true,
+            None,
+        )
+        .unwrap();
         assert!(post(on, "/savepoints/bad%20id").starts_with("HTTP/1.0 400"));
         assert!(post(on, "/savepoints/sp-1").starts_with("HTTP/1.0 202"));
         assert_eq!(sp.lock().unwrap().requested.as_deref(), Some("sp-1"));
@@ -127,17 +173,40 @@ mod tests {
     }
 
     #[test]
+    fn with_a_token_only_its_holder_may_ask_for_savepoints() {
+        let sp = Savepoints::default();
+        let m = Arc::new(Metrics::new("t"));
+        let addr =
+            serve("127.0.0.1:0".parse().unwrap(), m, Default::default(), sp.clone(), true, Some("s3cret".into()))
+                .unwrap();
+        assert!(post(addr, "/savepoints/sp-1").starts_with("HTTP/1.0 401"), "no token");
+        assert!(post_with(addr, "/savepoints/sp-1", "Authorization: Bearer s3crex\r\n").starts_with("HTTP/1.0 401"));
+        assert!(get(addr, "/savepoints/sp-1").starts_with("HTTP/1.0 401"), "progress too");
+        assert_eq!(sp.lock().unwrap().requested, None, "nothing was requested");
+        assert!(post_with(addr, "/savepoints/sp-1", "Authorization: Bearer s3cret\r\n").starts_with("HTTP/1.0 202"));
+        assert!(get(addr, "/metrics").starts_with("HTTP/1.0 200"), "metrics stay open");
+        assert!(!same(b"a", b"ab") && same(b"ab", b"ab"));
+    }
+
+    #[test]
     fn health_readiness_and_metrics() {
         let metrics = Arc::new(Metrics::new("t"));
         let ready = Arc::new(AtomicBool::new(false));
-        let addr = serve("127.0.0.1:0".parse().unwrap(), metrics.clone(), ready.clone(), Savepoints::default(), false)
-            .unwrap();
-        assert!(get(addr, "/healthz").starts_with("HTTP/1.0 200"));
+        let addr = serve(
+            "127.0.0.1:0".parse().unwrap(),
+            metrics.clone(),
+            ready.clone(),
+            Savepoints::default(),
+            false,
+            Some("s".into()),
+        )
+        .unwrap();
+        assert!(get(addr, "/healthz").starts_with("HTTP/1.0 200"), "open without the admin token");
         assert!(get(addr, "/readyz").starts_with("HTTP/1.0 503"), "not ready before state is restored");
         ready.store(true, Ordering::Relaxed);
         assert!(get(addr, "/readyz").starts_with("HTTP/1.0 200"));
         metrics.records_in.with_label_values(&["payments", "3"]).inc_by(7);
         let body = get(addr, "/metrics");
-        assert!(body.contains(r#"weir_records_in_total{partition="3",source="payments",job="t"} 7"#), "{body}");
+        assert!(body.contains(r#"weir_records_in_total{partition="3",source="payments",streamjob="t"} 7"#), "{body}");
     }
 }

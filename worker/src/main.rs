@@ -40,6 +40,9 @@ enum Cmd {
         /// Admin HTTP address (metrics, health), e.g. 127.0.0.1:9249.
         #[arg(long, env = "WEIR_ADMIN_ADDR")]
         admin_addr: Option<SocketAddr>,
+        /// A token the admin server's savepoint calls must carry (`Authorization: Bearer`).
+        #[arg(long, env = "WEIR_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
         /// Memory for the shared RocksDB block cache, in MiB.
         #[arg(long, default_value_t = 256)]
         state_memory_mib: usize,
@@ -66,6 +69,10 @@ enum Cmd {
         state_dir: PathBuf,
         #[arg(long, env = "WEIR_ADMIN_ADDR", default_value = "0.0.0.0:9249")]
         admin_addr: SocketAddr,
+        /// A token the admin server's savepoint calls must carry (the operator sets it from the
+        /// job's Secret `<job>-admin`).
+        #[arg(long, env = "WEIR_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
         #[arg(long, env = "WEIR_STATE_MEMORY_MIB", default_value_t = 512)]
         state_memory_mib: usize,
         #[arg(long, env = "WEIR_MAX_CACHED_KEYS", default_value_t = 100_000)]
@@ -119,7 +126,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             println!("{}: valid", file.display());
             Ok(())
         }
-        Cmd::Run { file, state_dir, admin_addr, state_memory_mib, max_cached_keys, restore_savepoint } => {
+        Cmd::Run { file, state_dir, admin_addr, admin_token, state_memory_mib, max_cached_keys, restore_savepoint } => {
             let (_, mut plan) = load(&file)?;
             plan.max_cached_keys = max_cached_keys.max(1);
             let _temp;
@@ -132,7 +139,8 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 None => std::env::temp_dir().join("weir").join("state").join(&plan.group),
             };
             let identity = WorkerIdentity { ordinal: 0, parallelism: 1 };
-            run(plan, identity, state_dir, admin_addr, state_memory_mib, (restore_savepoint, None))
+            let admin = admin_addr.map(|a| (a, admin_token));
+            run(plan, identity, state_dir, admin, state_memory_mib, (restore_savepoint, None))
         }
         Cmd::Pod {
             config,
@@ -141,6 +149,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             parallelism,
             state_dir,
             admin_addr,
+            admin_token,
             state_memory_mib,
             max_cached_keys,
             restore_savepoint,
@@ -162,7 +171,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             plan.max_cached_keys = max_cached_keys.max(1);
             let identity = WorkerIdentity { ordinal, parallelism };
             let restore = (restore_savepoint, state_generation);
-            run(plan, identity, state_dir, Some(admin_addr), state_memory_mib, restore)
+            run(plan, identity, state_dir, Some((admin_addr, admin_token)), state_memory_mib, restore)
         }
     }
 }
@@ -171,7 +180,7 @@ fn run(
     plan: JobPlan,
     identity: WorkerIdentity,
     state_dir: PathBuf,
-    admin: Option<SocketAddr>,
+    admin: Option<(SocketAddr, Option<String>)>,
     mem_mib: usize,
     (restore_savepoint, state_generation): (Option<String>, Option<String>),
 ) -> anyhow::Result<()> {
@@ -179,9 +188,10 @@ fn run(
     let metrics = Arc::new(Metrics::new(&plan.name));
     let ready = Arc::new(AtomicBool::new(false));
     let savepoints = Savepoints::default();
-    if let Some(addr) = admin {
+    if let Some((addr, token)) = admin {
         let storage = plan.checkpoint_storage.is_some();
-        let bound = weir_worker::admin::serve(addr, metrics.clone(), ready.clone(), savepoints.clone(), storage)?;
+        let bound =
+            weir_worker::admin::serve(addr, metrics.clone(), ready.clone(), savepoints.clone(), storage, token)?;
         tracing::info!("admin server on http://{bound}");
     }
     let shutdown = Arc::new(AtomicBool::new(false));

@@ -1,5 +1,6 @@
-//! Prometheus metrics of a worker. Labels are bounded: job, source/sink/operator names from
-//! the manifest, and partition numbers.
+//! Prometheus metrics of a worker. Labels are bounded: `streamjob` (the job's name; not `job`,
+//! which Prometheus sets to the scrape job's and would rename ours to `exported_job`),
+//! source/sink/operator names from the manifest, and partition numbers.
 
 use prometheus::{
     CounterVec, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
@@ -60,8 +61,8 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new(job: &str) -> Metrics {
-        let registry =
-            Registry::new_custom(None, Some([("job".to_string(), job.to_string())].into())).expect("valid labels");
+        let registry = Registry::new_custom(None, Some([("streamjob".to_string(), job.to_string())].into()))
+            .expect("valid labels");
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
             registry.register(Box::new(c.clone())).expect("unique metric");

@@ -234,10 +234,10 @@ spec:
         prof.publish(&m, Duration::from_secs(1));
         let text = m.render();
         assert!(
-            text.contains(r#"weir_operator_backpressure_ratio{kind="source",operator="pay",job="p"} 0.75"#),
+            text.contains(r#"weir_operator_backpressure_ratio{kind="source",operator="pay",streamjob="p"} 0.75"#),
             "{text}"
         );
-        assert!(text.contains(r#"weir_operator_busy_ratio{kind="step",operator="sums",job="p"} 0.2"#), "{text}");
+        assert!(text.contains(r#"weir_operator_busy_ratio{kind="step",operator="sums",streamjob="p"} 0.2"#), "{text}");
         assert_eq!(prof.shares()[0], (Duration::ZERO, Duration::ZERO), "a new report starts empty");
     }
 }

@@ -2,7 +2,11 @@
 //! Node, keeps its Lease fresh, and runs every Pod scheduled to it as local processes: one per
 //! container, with the container's env (fieldRef, Secret keys and `$(VAR)` expansion included), volume mount
 //! paths rewritten to a folder per Pod, HTTP readiness probes, restarts with backoff, and
-//! graceful termination when the Pod is deleted. Each Pod gets its own loopback IP.
+//! graceful termination when the Pod is deleted. Each Pod gets its own loopback IP. A
+//! container's environment is its own (no variable of the agent's leaks in), and a Pod that
+//! mounts its ServiceAccount token gets, instead of the in-cluster files, a `KUBECONFIG` with a
+//! token of its ServiceAccount from the TokenRequest API: what it may do is what its RBAC allows. Pods stop
+//! concurrently, as on a kubelet: taking 50 workers away waits for the slowest, not the sum.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -68,7 +72,9 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(node = %args.node_name, "registered");
     let pods: Api<Pod> = Api::all(client.clone());
     let mut running: HashMap<String, RunningPod> = HashMap::new();
-    let mut next_ip = 10u8;
+    // Pods being stopped in the background: their IP, and the task stopping them.
+    let mut stopping: HashMap<String, (String, tokio::task::JoinHandle<()>)> = HashMap::new();
+    let mut next_ip = 0u32;
     let mut last_heartbeat = Instant::now() - Duration::from_secs(60);
     loop {
         if last_heartbeat.elapsed() > Duration::from_secs(10) {
@@ -86,6 +92,7 @@ async fn main() -> anyhow::Result<()> {
                 continue;
             }
         };
+        stopping.retain(|_, (_, task)| !task.is_finished());
         let mut seen = Vec::new();
         for pod in list.items {
             let ns = pod.metadata.namespace.clone().unwrap_or_default();
@@ -94,33 +101,38 @@ async fn main() -> anyhow::Result<()> {
             let uid = pod.metadata.uid.clone().unwrap_or_default();
             seen.push(key.clone());
             let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+            let at_once = DeleteParams { grace_period_seconds: Some(0), ..Default::default() };
             if pod.metadata.deletion_timestamp.is_some() {
                 if let Some(rp) = running.remove(&key) {
                     let grace = pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).unwrap_or(30);
-                    stop_pod(rp, Duration::from_secs(grace.max(0) as u64)).await;
+                    let ip = rp.ip.clone();
+                    let task = tokio::spawn(async move {
+                        stop_pod(rp, Duration::from_secs(grace.max(0) as u64)).await;
+                        let _ = api.delete(&name, &at_once).await;
+                    });
+                    stopping.insert(key, (ip, task));
+                } else if !stopping.contains_key(&key) {
+                    let _ = api.delete(&name, &at_once).await;
                 }
-                let _ = api.delete(&name, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await;
                 continue;
             }
             if running.get(&key).is_some_and(|r| r.uid != uid) {
                 let old = running.remove(&key).expect("checked");
-                stop_pod(old, Duration::from_secs(5)).await;
+                in_background(&mut stopping, key.clone(), old, Duration::from_secs(5));
+            }
+            if stopping.contains_key(&key) {
+                // A Pod of this name still stops, in the same folder: start this one after it.
+                continue;
             }
             if !running.contains_key(&key) {
-                next_ip = if next_ip >= 250 { 10 } else { next_ip + 1 };
+                let held = |ip: &str| running.values().any(|r| r.ip == ip) || stopping.values().any(|(i, _)| i == ip);
+                let ip = free_ip(&mut next_ip, held);
                 let dir = args.root.join(&ns).join(&name);
                 match prepare_pod(&client, &pod, &dir).await {
                     Ok(secrets) => {
                         running.insert(
                             key.clone(),
-                            RunningPod {
-                                uid,
-                                ip: format!("127.0.0.{next_ip}"),
-                                dir,
-                                secrets,
-                                procs: BTreeMap::new(),
-                                last_status: json!(null),
-                            },
+                            RunningPod { uid, ip, dir, secrets, procs: BTreeMap::new(), last_status: json!(null) },
                         );
                     }
                     Err(e) => {
@@ -143,11 +155,35 @@ async fn main() -> anyhow::Result<()> {
         let gone: Vec<String> = running.keys().filter(|k| !seen.contains(k)).cloned().collect();
         for k in gone {
             if let Some(rp) = running.remove(&k) {
-                stop_pod(rp, Duration::from_secs(5)).await;
+                in_background(&mut stopping, k, rp, Duration::from_secs(5));
             }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// The next loopback address in 127.1.0.1-127.1.250.254 that `held` says no Pod has (the
+/// stack's servers listen on 127.0.0.1).
+fn free_ip(next: &mut u32, held: impl Fn(&str) -> bool) -> String {
+    loop {
+        *next = *next % (250 << 8) + 1;
+        let (high, low) = (*next >> 8, *next & 255);
+        let ip = format!("127.1.{high}.{low}");
+        if low != 0 && low != 255 && !held(&ip) {
+            return ip;
+        }
+    }
+}
+
+/// Stops `rp` (the Pod `key`) in a task of its own, recorded in `stopping`.
+fn in_background(
+    stopping: &mut HashMap<String, (String, tokio::task::JoinHandle<()>)>,
+    key: String,
+    rp: RunningPod,
+    grace: Duration,
+) {
+    let ip = rp.ip.clone();
+    stopping.insert(key, (ip, tokio::spawn(stop_pod(rp, grace))));
 }
 
 async fn register_node(client: &Client, name: &str) -> anyhow::Result<()> {
@@ -223,7 +259,63 @@ async fn prepare_pod(client: &Client, pod: &Pod, dir: &Path) -> anyhow::Result<B
             secrets.insert((r.name.clone(), r.key.clone()), value);
         }
     }
+    if spec.automount_service_account_token != Some(false) {
+        let account = spec.service_account_name.clone().unwrap_or_else(|| "default".into());
+        write_service_account_kubeconfig(client, pod, &account, &dir.join(SA_KUBECONFIG)).await?;
+    }
     Ok(secrets)
+}
+
+/// Where in a Pod's folder its ServiceAccount's kubeconfig is.
+const SA_KUBECONFIG: &str = "serviceaccount.kubeconfig";
+
+/// A kubeconfig for the local API server that authenticates as ServiceAccount `account` of the
+/// Pod's namespace, with a token bound to the Pod (as the kubelet's projected token).
+async fn write_service_account_kubeconfig(
+    client: &Client,
+    pod: &Pod,
+    account: &str,
+    path: &Path,
+) -> anyhow::Result<()> {
+    use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: Vec::new(),
+            expiration_seconds: Some(24 * 3600),
+            bound_object_ref: Some(BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: pod.metadata.name.clone(),
+                uid: pod.metadata.uid.clone(),
+            }),
+        },
+        ..TokenRequest::default()
+    };
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
+    let answer: TokenRequest = accounts
+        .create_subresource::<_, TokenRequest>("token", account, &PostParams::default(), &request)
+        .await
+        .with_context(|| format!("a token of ServiceAccount {ns}/{account}"))?;
+    let token = answer.status.context("TokenRequest without status")?.token;
+    // The agent's own kubeconfig names the server and its CA.
+    let own = std::env::var_os("KUBECONFIG").context("the node agent runs with KUBECONFIG")?;
+    let own = kube::config::Kubeconfig::read_from(&own)?;
+    let cluster = own.clusters.first().and_then(|c| c.cluster.clone()).context("no cluster in KUBECONFIG")?;
+    let server = cluster.server.context("no server in KUBECONFIG")?;
+    let ca = match (cluster.certificate_authority, cluster.certificate_authority_data) {
+        (Some(file), _) => format!("certificate-authority: {file:?}"),
+        (None, Some(data)) => format!("certificate-authority-data: {data}"),
+        (None, None) => anyhow::bail!("no CA in KUBECONFIG"),
+    };
+    let config = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster: {{server: {server:?}, {ca}}}\n\
+         users:\n- name: {account}\n  user: {{token: {token:?}}}\ncontexts:\n- name: local\n  context: {{cluster: local, user: {account}, namespace: {ns:?}}}\n\
+         current-context: local\n"
+    );
+    std::fs::write(path, config)?;
+    Ok(())
 }
 
 /// Starts containers that are not running (with backoff) and probes readiness.
@@ -336,8 +428,18 @@ fn spawn(
         ),
     };
     let log = std::fs::File::create(dir.join(format!("{}.log", c.name)))?;
+    let sa_kubeconfig = dir.join(SA_KUBECONFIG);
+    if sa_kubeconfig.exists() && !env.iter().any(|(k, _)| k == "KUBECONFIG") {
+        env.push(("KUBECONFIG".into(), sa_kubeconfig.display().to_string()));
+    }
     let mut cmd = Command::new(&program);
+    // Logging and backtrace settings of the agent's caller carry over; nothing else does.
+    let debugging = ["RUST_LOG", "RUST_BACKTRACE"].into_iter().filter_map(|k| Some((k, std::env::var(k).ok()?)));
     cmd.args(&rest)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("HOME", dir)
+        .envs(debugging)
         .envs(env)
         .env("HOSTNAME", pod.metadata.name.clone().unwrap_or_default())
         .current_dir(dir)

@@ -150,6 +150,34 @@ mod tests {
     }
 
     #[test]
+    fn poison_records_are_isolated_each_with_its_reason() {
+        let d = JsonDecoder::new(&fields());
+        let big = format!(r#"{{"card_id":"{}","amount":2,"ts":2}}"#, "x".repeat(10 << 20));
+        let mut recs = Records::default();
+        let payloads: [&[u8]; 9] = [
+            br#"{"card_id":"c0","amount":1,"ts":1}"#,
+            b"{\"card_id\":\"\xff\xfe\",\"amount\":1,\"ts\":1}",
+            big.as_bytes(),
+            b"",
+            b"null",
+            br#"{"card_id":"c5","amount":true,"ts":1}"#,
+            br#"{"card_id":"c6","amount":1,"ts":"yesterday"}"#,
+            br#"{"card_id":"c7","amount":1e999,"ts":1}"#,
+            br#"{"card_id":"c8","amount":8,"ts":8}"#,
+        ];
+        for (i, p) in payloads.iter().enumerate() {
+            recs.push(p, i as i64, 0);
+        }
+        let out = d.decode(&recs);
+        assert_eq!(out.kept, Some(vec![0, 2, 8]), "{:?}", out.errors);
+        let bad: Vec<u32> = out.errors.iter().map(|e| e.0).collect();
+        assert_eq!(bad, vec![1, 3, 4, 5, 6, 7]);
+        assert!(out.errors.iter().all(|(_, why)| !why.is_empty()), "{:?}", out.errors);
+        let ids = out.rows.column_by_name("card_id").unwrap().as_any().downcast_ref::<StringArray>().unwrap().clone();
+        assert_eq!(ids.value(1).len(), 10 << 20, "a 10 MiB record decodes whole");
+    }
+
+    #[test]
     fn large_batches_and_reuse_after_a_bad_batch_decode_every_record() {
         let d = JsonDecoder::new(&fields());
         let n = 20_017;

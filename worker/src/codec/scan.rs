@@ -560,9 +560,13 @@ impl ObjectDecoder {
                     FieldType::Long => {
                         Val::I64(s.trim().parse().map_err(|_| format!("expected an integer, found \"{s}\""))?)
                     }
-                    FieldType::Double => {
-                        Val::F64(s.trim().parse().map_err(|_| format!("expected a number, found \"{s}\""))?)
-                    }
+                    FieldType::Double => Val::F64(
+                        s.trim()
+                            .parse()
+                            .ok()
+                            .filter(|x: &f64| x.is_finite())
+                            .ok_or_else(|| format!("expected a number, found \"{s}\""))?,
+                    ),
                     FieldType::Timestamp => Val::I64(
                         weir_crds::parse_timestamp_millis(s)
                             .ok_or_else(|| format!("expected epoch milliseconds or an RFC 3339 time, found \"{s}\""))?,
@@ -579,7 +583,13 @@ impl ObjectDecoder {
                     FieldType::Long | FieldType::Timestamp => {
                         return Err(format!("expected an integer, found {text}"));
                     }
-                    FieldType::Double => Val::F64(text.parse().map_err(|_| format!("{text} is not a number"))?),
+                    // A double too large for 64 bits would be infinity, and every sum with it.
+                    FieldType::Double => Val::F64(
+                        text.parse()
+                            .ok()
+                            .filter(|x: &f64| x.is_finite())
+                            .ok_or_else(|| format!("{text} is out of a double's range"))?,
+                    ),
                     FieldType::String => return Err(format!("expected a string, found {text}")),
                     FieldType::Boolean => return Err(format!("expected true or false, found {text}")),
                 }
@@ -683,7 +693,9 @@ mod tests {
                     (Some(J::String(s)), FieldType::Long) => Out::I(s.trim().parse().ok()?),
                     (Some(J::String(s)), FieldType::Timestamp) => Out::I(weir_crds::parse_timestamp_millis(s)?),
                     (Some(J::Number(x)), FieldType::Double) => Out::F(x.to_string().parse().ok()?),
-                    (Some(J::String(s)), FieldType::Double) => Out::F(s.trim().parse().ok()?),
+                    (Some(J::String(s)), FieldType::Double) => {
+                        Out::F(s.trim().parse().ok().filter(|x: &f64| x.is_finite())?)
+                    }
                     (Some(J::Bool(b)), FieldType::Boolean) => Out::B(*b),
                     _ => return None,
                 })
