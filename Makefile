@@ -60,7 +60,7 @@ test-images: build
 
 ## The slow tier, not part of `make test`: the operator with 100 workers on a 300-partition
 ## topic, rescaled 100 -> 50 -> 100 (about 10 minutes on 2 cores; see docs/operations.md,
-## "Autoscaling"; it fails today: see there).
+## "Autoscaling").
 test-scale: stack-up
 	cargo test --workspace --locked --test operator_k8s -- --ignored --test-threads=1 --nocapture 2>&1 | tee $(WEIR_CACHE)/test-scale.log | grep -E '^(test |test result|running|error|failures:|---- |step |thread )' ; exit $${PIPESTATUS[0]}
 

@@ -300,8 +300,12 @@ pub fn feed(topic: &str, evs: &[(i32, Ev)], chunks: usize, pause: Duration) -> s
     })
 }
 
+/// An idempotent producer: a batch retried after a timeout (a broker busy with a hundred
+/// workers) keeps its place, so each partition holds the events in the order they were sent,
+/// which is the order the reference assumes. Without it a retried batch could land after the
+/// next one, and its events be late in the partition.
 pub fn producer() -> BaseProducer {
-    ClientConfig::new().set("bootstrap.servers", kafka_brokers()).create().unwrap()
+    ClientConfig::new().set("bootstrap.servers", kafka_brokers()).set("enable.idempotence", "true").create().unwrap()
 }
 
 /// Every committed record of `topic`, read up to the end offsets as they are now.
