@@ -11,8 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use weir_e2e::payments::{
-    create_topics, events, events_of_cards, events_spaced, produce, producer, read_all, recreate_topics, reference,
-    repartition_job_pipeline, window_job_pipeline, windows_of, Ev,
+    create_topics, events, events_of_cards, events_spaced, ordered_producer, produce, producer, read_all,
+    recreate_topics, reference, repartition_job_pipeline, window_job_pipeline, windows_of, Ev,
 };
 use weir_e2e::{
     debug_bin, kafka_brokers, kubeconfig, kubectl, kubectl_raw, repo_dir, require_port, run_dir, s3_endpoint, unique,
@@ -1062,7 +1062,7 @@ fn a_hundred_workers_share_300_partitions_and_rescale_to_50_and_back() {
     let third = evs.len() / 3;
     let (first, rest) = evs.split_at(third);
     let (second, last) = rest.split_at(third);
-    let producer = producer();
+    let producer = ordered_producer();
     produce(&producer, &input, first);
     let S3Checkpoints { checkpointing, env, .. } = s3_checkpoints(&ns);
     let checkpointing = checkpointing.replace("interval: 300ms", "interval: 10s");
