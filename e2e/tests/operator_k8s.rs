@@ -490,7 +490,8 @@ const BURST_EVENTS: i64 = 800_000;
 /// The built-in autoscaler: a job at 1 worker gets a burst far above one worker's capacity; the
 /// operator scales it up (in status, not spec; the workers restore their last checkpoints, no
 /// savepoint needed), the lag drains, and once the input stops it scales down after
-/// `scaleDownDelay`: two rescales, each window committed once and equal to the reference.
+/// `scaleDownDelay` (in one step, or two when the delay's window held the end of the burst): each
+/// window committed once and equal to the reference.
 #[test]
 fn the_autoscaler_scales_up_for_a_burst_and_down_after_it() {
     require_port("kube-apiserver", 6443);
@@ -547,23 +548,27 @@ fn the_autoscaler_scales_up_for_a_burst_and_down_after_it() {
     assert!(drained - rescaled_at < Duration::from_secs(60), "the lag drains within catchUpDuration of the rescale");
 
     // The input stopped: back to 1 worker once the scale-down delay has passed.
-    let down = wait_until("a scale-down", Duration::from_secs(180), || {
+    // In one step, or in two when the scale-down delay's window still held the end of the burst
+    // (the autoscaler goes to the most workers any period of that window needed, as an HPA's
+    // stabilization window does).
+    let kinds = wait_until("back to 1 worker", Duration::from_secs(240), || {
         let kinds = sj("{.status.autoscaler.decisions[*].kind}");
-        kinds.contains("ScaleDown").then(|| sj("{.status.autoscaler.parallelism}"))
+        (kinds.contains("ScaleDown") && sj("{.status.autoscaler.parallelism}") == "1").then_some(kinds)
     });
-    assert_eq!(down, "1", "{}", sj("{.status.autoscaler}"));
+    assert!(kinds == "ScaleUp ScaleDown" || kinds == "ScaleUp ScaleDown ScaleDown", "{}", sj("{.status.autoscaler}"));
+    let rescales = kinds.split_whitespace().count();
     wait_until("1 worker Running again", Duration::from_secs(180), || running_at("1").then_some(()));
     let (want, want_late) = reference(&evs, P);
     let (got, emitted) = windows_of(&output, P, want.len());
     assert_eq!(got, want, "every window equals the reference");
     assert_eq!(emitted, want.len(), "each window is committed once across both rescales");
     assert_eq!(read_all(&corrections, 1).len(), want_late.len(), "each late event is committed once");
-    // Exactly the two rescales it needed, each measured, in Events and metrics too.
+    // The rescales counted, each measured, in Events and metrics too.
     std::thread::sleep(Duration::from_secs(6));
-    assert_eq!(sj("{.status.autoscaler.rescales}"), "2", "{}", sj("{.status.autoscaler}"));
+    assert_eq!(sj("{.status.autoscaler.rescales}"), rescales.to_string(), "{}", sj("{.status.autoscaler}"));
     let seconds = sj("{.status.autoscaler.decisions[*].rescaleSeconds}");
-    eprintln!("rescale seconds (up, down): {seconds}");
-    assert_eq!(seconds.split_whitespace().count(), 2, "{}", sj("{.status.autoscaler}"));
+    eprintln!("rescales {kinds}, seconds: {seconds}");
+    assert_eq!(seconds.split_whitespace().count(), rescales, "{}", sj("{.status.autoscaler}"));
     let reasons = event_reasons(&ns, "per-card");
     assert!(reasons.contains("ScaleUp") && reasons.contains("ScaleDown"), "{reasons}");
     assert!(!reasons.contains("ScalingIneffective"), "{reasons}");
