@@ -5,7 +5,7 @@ export WEIR_CACHE ?= $(HOME)/.cache/weir
 STACK := e2e/stack/stack.sh
 WORKER := $(CARGO_TARGET_DIR)/debug/weir-worker
 
-.PHONY: all deps build release stack-install stack-up stack-down stack-status test test-unit test-images test-e2e test-scale lint images fuzz demo bench bench-compare crds clean
+.PHONY: all deps build release stack-install stack-up stack-down stack-status test test-unit test-images test-e2e test-scale faults lint images fuzz demo bench bench-compare crds clean
 
 all: build
 
@@ -63,6 +63,11 @@ test-images: build
 ## "Autoscaling").
 test-scale: stack-up
 	cargo test --workspace --locked --test operator_k8s -- --ignored --test-threads=1 --nocapture 2>&1 | tee $(WEIR_CACHE)/test-scale.log | grep -E '^(test |test result|running|error|failures:|---- |step |thread )' ; exit $${PIPESTATUS[0]}
+
+## The fault-injection suite in full (e2e/tests/faults.rs; `make test` runs it with 30 s
+## outages): the S3 server and the broker down for 2 minutes, and the cases too slow for CI.
+faults: stack-up
+	WEIR_FAULT_OUTAGE_SECS=120 cargo test --workspace --locked --test faults -- --include-ignored --test-threads=1 --nocapture 2>&1 | tee $(WEIR_CACHE)/faults.log | grep -E '^(test |test result|running|error|failures:|---- |thread )|lost 0' ; exit $${PIPESTATUS[0]}
 
 lint: deps
 	cargo fmt --all -- --check

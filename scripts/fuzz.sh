@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make fuzz`: each fuzz target (fuzz/fuzz_targets/) for FUZZ_SECONDS (default 600) under
 # libFuzzer with AddressSanitizer (cargo-fuzz, nightly toolchain), its corpus seeded with the
-# repository's example manifests. A crash, overflow or hang fails the run; its input is left in
+# repository's example manifests and data. A crash, overflow or hang fails the run; its input is left in
 # fuzz/artifacts/<target>/ to be fixed and kept as a regression test.
 # Env: FUZZ_SECONDS, FUZZ_TARGETS (default: every target).
 set -euo pipefail
@@ -18,6 +18,7 @@ for t in $TARGETS; do
   mkdir -p "$corpus"
   case $t in
     manifest) cp examples/*.yaml operator/fixtures/*.streamjob.yaml "$corpus/" ;;
+    json_decoder) cp examples/data/*.jsonl "$corpus/" ;;
   esac
   echo "[fuzz] $t for ${SECONDS_EACH}s"
   (cd fuzz && PATH=$(dirname "$FUZZ"):$PATH cargo +nightly fuzz run "$t" "corpus/$t" -- \

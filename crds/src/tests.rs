@@ -651,3 +651,73 @@ spec:
     let errs = errors(&file);
     assert!(has(&errs, "spec.pipeline.streams.by_merchant.repartition", "has none"), "{errs:?}");
 }
+
+/// Every `yaml` block of docs/manifest.md validates in a pipeline around it: a block of
+/// pipeline sections (`streams:`, `tables:`) is merged into it, any other block is steps.
+#[test]
+fn the_manifest_reference_examples_validate() {
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/manifest.md")).unwrap();
+    let blocks: Vec<&str> = docs.split("```yaml\n").skip(1).map(|b| b.split("```").next().unwrap()).collect();
+    assert!(blocks.len() >= 4, "the reference's examples: {}", blocks.len());
+    let base = r#"
+apiVersion: weir.dev/v1alpha1
+kind: StreamJob
+metadata: {name: docs}
+spec:
+  pipeline:
+    sources:
+      payments:
+        kafka: {brokers: "127.0.0.1:9092", topic: payments}
+        schema: {id: string, card_id: string, merchant_id: string, order_id: string, amount: double, ts: timestamp}
+        eventTime: {field: ts, maxOutOfOrderness: 5s}
+      orders:
+        kafka: {brokers: "127.0.0.1:9092", topic: orders}
+        schema: {order_id: string, customer: string, total: double, ts: timestamp}
+        eventTime: {field: ts, maxOutOfOrderness: 5s}
+    streams: {}
+    sinks: {}
+"#;
+    for block in blocks {
+        let mut job: serde_yaml::Value = serde_yaml::from_str(base).unwrap();
+        let fragment: serde_yaml::Mapping = serde_yaml::from_str(block).unwrap();
+        let sections = ["sources", "tables", "streams", "sinks"];
+        let whole = fragment.keys().all(|k| sections.contains(&k.as_str().unwrap_or("")));
+        let pipeline = job["spec"]["pipeline"].as_mapping_mut().unwrap();
+        let merge = |pipeline: &mut serde_yaml::Mapping, section: &str, entries: &serde_yaml::Mapping| {
+            let key = serde_yaml::Value::from(section);
+            let into = pipeline.entry(key).or_insert_with(|| serde_yaml::Mapping::new().into());
+            into.as_mapping_mut().unwrap().extend(entries.clone());
+        };
+        if whole {
+            for (section, entries) in &fragment {
+                merge(pipeline, section.as_str().unwrap(), entries.as_mapping().unwrap());
+            }
+        } else {
+            merge(pipeline, "streams", &fragment);
+        }
+        // Each step of the example goes to a sink of its own.
+        let steps: Vec<String> =
+            pipeline["streams"].as_mapping().unwrap().keys().map(|k| k.as_str().unwrap().to_string()).collect();
+        for step in steps {
+            let sink: serde_yaml::Mapping = serde_yaml::from_str(&format!(
+                "{step}_out: {{from: {step}, kafka: {{brokers: \"127.0.0.1:9092\", topic: {step}}}}}"
+            ))
+            .unwrap();
+            merge(pipeline, "sinks", &sink);
+        }
+        if block.contains("lateOutput: late_payments") {
+            let sink =
+                serde_yaml::from_str("late_payments: {kafka: {brokers: \"127.0.0.1:9092\", topic: late}}").unwrap();
+            merge(pipeline, "sinks", &sink);
+        }
+        if block.contains("missing: deadLetter") {
+            let sink = serde_yaml::from_str("dead: {file: {path: dead.jsonl}}").unwrap();
+            merge(pipeline, "sinks", &sink);
+            pipeline.insert("deadLetter".into(), "dead".into());
+        }
+        let text = serde_yaml::to_string(&job).unwrap();
+        if let Err(e) = Manifest::from_yaml(&text, "docs") {
+            panic!("the example\n{block}\nin docs/manifest.md does not validate: {e}");
+        }
+    }
+}

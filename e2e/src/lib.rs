@@ -3,6 +3,7 @@
 
 pub mod gitops;
 pub mod payments;
+pub mod window_job;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -193,5 +194,60 @@ pub fn free_port() -> u16 {
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
+    }
+}
+
+/// One HTTP/1.0 call: `method path` to `addr`, with a bearer `token` and a `body`; the whole
+/// answer (status line, headers, body) as the server closed it.
+pub fn http_raw(
+    addr: impl std::net::ToSocketAddrs,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(s, "{method} {path} HTTP/1.0\r\nHost: x\r\n{auth}Content-Length: {}\r\n\r\n{body}", body.len())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+/// [`http_raw`]'s status code and body.
+pub fn http_call(
+    addr: impl std::net::ToSocketAddrs,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> std::io::Result<(u16, String)> {
+    let out = http_raw(addr, method, path, token, body)?;
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not an HTTP answer: {out:?}"));
+    let (head, body) = out.split_once("\r\n\r\n").ok_or_else(bad)?;
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(bad)?;
+    Ok((code, body.to_string()))
+}
+
+/// Runs a local-stack script (`e2e/stack/<script> <action>`: `s3.sh stop`, `k8s.sh
+/// restart_apiserver`), panicking with its output when it fails.
+pub fn stack(script: &str, action: &str) {
+    let out = Command::new(repo_dir().join("e2e/stack").join(script)).arg(action).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{script} {action}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Starts the server of a stack script (`s3.sh`, `kafka.sh`) again when dropped, however a
+/// test that stopped it ends.
+pub struct StartAgain(pub &'static str);
+
+impl Drop for StartAgain {
+    fn drop(&mut self) {
+        let _ = Command::new(repo_dir().join("e2e/stack").join(self.0)).arg("start").output();
     }
 }

@@ -19,7 +19,8 @@ install() {
 }
 
 install_k8s() {
-  [[ -x $K8S_BIN/kubectl && -x $K8S_BIN/kube-apiserver ]] && return 0
+  # The stamp: binaries built before they carried their version (they reported v0.0.0) relink.
+  [[ -x $K8S_BIN/kubectl && -x $K8S_BIN/kube-apiserver && -f $K8S_BIN/.versioned ]] && return 0
   log "building Kubernetes $K8S_VERSION (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl) from the Go module proxy"
   local mod=$WEIR_CACHE/k8s-$K8S_VERSION/mod
   mkdir -p "$mod" "$K8S_BIN"
@@ -36,8 +37,17 @@ package tools
 GO
     go get "k8s.io/kubernetes/cmd/kube-apiserver@$K8S_VERSION" "k8s.io/kubernetes/cmd/kube-controller-manager@$K8S_VERSION" \
       "k8s.io/kubernetes/cmd/kube-scheduler@$K8S_VERSION" "k8s.io/kubernetes/cmd/kubectl@$K8S_VERSION"
-    go build -trimpath -o "$K8S_BIN/" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-      k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
+    # The version stamps that Kubernetes' own build sets (hack/lib/version.sh), so /version and
+    # `kubectl version` report $K8S_VERSION and charts' kubeVersion constraints can check it.
+    local minor=${K8S_VERSION#v1.}
+    minor=${minor%%.*}
+    local ldflags=""
+    for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+      ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
+    done
+    go build -trimpath -ldflags "$ldflags" -o "$K8S_BIN/" k8s.io/kubernetes/cmd/kube-apiserver \
+      k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
+    touch "$K8S_BIN/.versioned"
   ) || die "building Kubernetes $K8S_VERSION failed"
 }
 

@@ -43,6 +43,18 @@ fn helm(args: &[&str]) -> String {
 /// below the chart's `kubeVersion`).
 const KUBE: &str = "v1.37.2";
 
+/// `kubectl apply --server-side -f deploy/weir.yaml`: the chart's default rendering, cluster-wide,
+/// in namespace weir-system, for users without Helm.
+fn plain_manifest() -> PathBuf {
+    repo_dir().join("deploy/weir.yaml")
+}
+
+const PLAIN_HEADER: &str =
+    "# The Weir operator for `kubectl apply --server-side -f deploy/weir.yaml`: the Helm chart's\n\
+# default values (two replicas, every namespace) rendered into namespace weir-system. Generated\n\
+# by e2e/tests/helm_chart.rs (WEIR_UPDATE_FIXTURES=1); change charts/weir, not this file.\n\
+apiVersion: v1\nkind: Namespace\nmetadata:\n  name: weir-system\n";
+
 /// The cases of the golden files: name and `--set` values.
 const CASES: &[(&str, &[&str])] = &[
     ("default", &[]),
@@ -78,8 +90,15 @@ fn the_chart_lints_and_renders_its_golden_files() {
             std::fs::create_dir_all(golden.parent().unwrap()).unwrap();
             std::fs::write(&golden, &rendered).unwrap();
         } else if std::fs::read_to_string(&golden).ok().as_deref() != Some(rendered.as_str()) {
-            stale.push(case);
+            stale.push(*case);
         }
+    }
+    // The plain-kubectl install (deploy/weir.yaml) is the default case in namespace weir-system.
+    let plain = format!("{PLAIN_HEADER}{}", std::fs::read_to_string(path.join("tests/golden/default.yaml")).unwrap());
+    if update {
+        std::fs::write(plain_manifest(), &plain).unwrap();
+    } else if std::fs::read_to_string(plain_manifest()).ok().as_deref() != Some(plain.as_str()) {
+        stale.push("deploy/weir.yaml");
     }
     assert!(stale.is_empty(), "helm template differs from the golden files of {stale:?}; if intended, rerun with WEIR_UPDATE_FIXTURES=1 and review the diff");
     let crd = std::fs::read_to_string(path.join("crds/streamjob.yaml")).unwrap();
@@ -102,17 +121,14 @@ fn bad_values_fail_with_a_message_that_names_them() {
         assert!(!out.status.success(), "{set} is refused");
         assert!(err.contains(says), "the error for {set} names {says}: {err}");
     }
+    let out = helm_raw(&["template", "weir", chart, "--kube-version", "v1.28.9"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains(">=1.29.0-0"), "a cluster below 1.29 is refused: {err}");
 }
 
-/// The body of `GET path` from `ip:port` with a bearer token: status code and body.
+/// The status code and body of `GET path` from `ip:port` with a bearer token.
 fn get(ip: &str, port: u16, path: &str, token: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect((ip, port)).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").unwrap();
-    (head.split_whitespace().nth(1).unwrap().parse().unwrap(), body.to_string())
+    weir_e2e::http_call((ip, port), "GET", path, Some(token), "").unwrap()
 }
 
 /// Deletes the test's namespaces and uninstalls the release however the test ends.
@@ -130,10 +146,18 @@ impl Drop for Cleanup {
     }
 }
 
+/// The live installs share one API server and port 8080 on its node: one at a time.
+static LIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_live_install() -> std::sync::MutexGuard<'static, ()> {
+    LIVE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 #[test]
 fn helm_installs_the_operator_which_runs_a_job_and_uninstalls() {
     require_port("kube-apiserver", 6443);
     require_port("Kafka", 9092);
+    let _live = one_live_install();
     let (system, jobs) = (unique("weir-system"), unique("jobs"));
     let release = unique("weir");
     for ns in [&system, &jobs] {
@@ -158,11 +182,70 @@ fn helm_installs_the_operator_which_runs_a_job_and_uninstalls() {
         "180s",
     ]);
     assert!(out.contains("STATUS: deployed"), "{out}");
-    let operators = kubectl(&["-n", &system, "get", "pods", "-o", "jsonpath={.items[*].status.podIP}"]);
+    the_installed_operator_runs_a_job(&system, &jobs);
+
+    helm(&["uninstall", &release, "--namespace", &system, "--wait"]);
+    wait_until("the operator's Pods gone", Duration::from_secs(60), || {
+        kubectl(&["-n", &system, "get", "pods", "-o", "name"]).trim().is_empty().then_some(())
+    });
+    let left = kubectl(&["get", "clusterroles", "-o", "name"]);
+    assert!(!left.contains(&release), "the release's ClusterRole is gone: {left}");
+    drop(cleanup);
+}
+
+/// Removes what deploy/weir.yaml made, but its CRD (deleting it would delete every StreamJob
+/// of the API server, other tests' too).
+struct PlainCleanup {
+    jobs: String,
+}
+
+impl Drop for PlainCleanup {
+    fn drop(&mut self) {
+        for what in [
+            ["delete", "namespace", "weir-system", "--wait=false"],
+            ["delete", "clusterrolebinding", "weir-cluster", "--ignore-not-found"],
+            ["delete", "clusterrole", "weir-cluster", "--ignore-not-found"],
+            ["delete", "namespace", &self.jobs, "--wait=false"],
+        ] {
+            let _ = kubectl_raw(&what);
+        }
+    }
+}
+
+#[test]
+fn kubectl_applies_the_plain_install_which_runs_a_job() {
+    require_port("kube-apiserver", 6443);
+    require_port("Kafka", 9092);
+    let _live = one_live_install();
+    let jobs = unique("jobs");
+    wait_until("no namespace weir-system left from an earlier run", Duration::from_secs(120), || {
+        let out = kubectl_raw(&["get", "namespace", "weir-system"]);
+        (!out.status.success()).then_some(())
+    });
+    kubectl(&["create", "namespace", &jobs]);
+    let cleanup = PlainCleanup { jobs: jobs.clone() };
+    // As written, but that the node agent's Pods share the host's network, so each of the two
+    // replicas binds its own Pod IP rather than 0.0.0.0 (the chart's api.bindAddress).
+    let text = std::fs::read_to_string(plain_manifest()).unwrap();
+    let bind = "value: \"0.0.0.0:8080\"";
+    assert_eq!(text.matches(bind).count(), 1, "deploy/weir.yaml sets the API address once");
+    let file = std::env::temp_dir().join(format!("{}.yaml", unique("plain-install")));
+    std::fs::write(&file, text.replace(bind, "value: \"$(POD_IP):8080\"")).unwrap();
+    kubectl(&["apply", "--server-side", "-f", file.to_str().unwrap()]);
+    kubectl(&["-n", "weir-system", "rollout", "status", "deployment/weir", "--timeout=180s"]);
+    the_installed_operator_runs_a_job("weir-system", &jobs);
+    drop(cleanup);
+}
+
+/// With the operator installed in `system` and watching `jobs`: a StreamJob applied with kubectl
+/// runs and commits its windows exactly once, Argo CD's health check calls it Healthy, and the
+/// REST API of each replica answers a ServiceAccount with RBAC on StreamJobs and refuses one
+/// without.
+fn the_installed_operator_runs_a_job(system: &str, jobs: &str) {
+    let operators = kubectl(&["-n", system, "get", "pods", "-o", "jsonpath={.items[*].status.podIP}"]);
     let ips: Vec<&str> = operators.split_whitespace().collect();
     assert_eq!(ips.len(), 2, "two operator replicas: {operators}");
 
-    // A job in the watched namespace runs and commits its windows exactly once.
     let (input, output, late) = (format!("{jobs}-in"), format!("{jobs}-out"), format!("{jobs}-late"));
     create_topics(&[(&input, 2), (&output, 2), (&late, 1)]);
     let evs = events(2);
@@ -172,11 +255,11 @@ fn helm_installs_the_operator_which_runs_a_job_and_uninstalls() {
         pipeline = window_job_pipeline(&input),
         b = kafka_brokers()
     );
-    let file = std::env::temp_dir().join(format!("{}.yaml", unique("helm-job")));
+    let file = std::env::temp_dir().join(format!("{}.yaml", unique("installed-job")));
     std::fs::write(&file, job).unwrap();
-    kubectl(&["-n", &jobs, "apply", "-f", file.to_str().unwrap()]);
+    kubectl(&["-n", jobs, "apply", "-f", file.to_str().unwrap()]);
     wait_until("the job Running under the installed operator", Duration::from_secs(180), || {
-        let phase = kubectl(&["-n", &jobs, "get", "sj/per-card", "-o", "jsonpath={.status.phase}"]);
+        let phase = kubectl(&["-n", jobs, "get", "sj/per-card", "-o", "jsonpath={.status.phase}"]);
         (phase == "Running").then_some(())
     });
     let (want, _) = reference(&evs, 2);
@@ -184,25 +267,23 @@ fn helm_installs_the_operator_which_runs_a_job_and_uninstalls() {
     assert_eq!(got, want, "every window equals the reference");
     // What Argo CD would show for it, with the example's health check.
     let obj: serde_json::Value =
-        serde_json::from_str(&kubectl(&["-n", &jobs, "get", "sj/per-card", "-o", "json"])).unwrap();
+        serde_json::from_str(&kubectl(&["-n", jobs, "get", "sj/per-card", "-o", "json"])).unwrap();
     let (health, message) = argocd_health(&obj);
     assert_eq!((health.as_str(), message.as_str()), ("Healthy", "Running: 2 of 2 workers ready"), "{obj}");
 
-    // The REST API takes Kubernetes tokens: a ServiceAccount allowed to read StreamJobs in the
-    // namespace gets them; one without that right is refused.
-    kubectl(&["-n", &jobs, "create", "serviceaccount", "reader"]);
-    kubectl(&["-n", &jobs, "create", "role", "sj-reader", "--verb=get,list", "--resource=streamjobs.weir.dev"]);
+    kubectl(&["-n", jobs, "create", "serviceaccount", "reader"]);
+    kubectl(&["-n", jobs, "create", "role", "sj-reader", "--verb=get,list", "--resource=streamjobs.weir.dev"]);
     kubectl(&[
         "-n",
-        &jobs,
+        jobs,
         "create",
         "rolebinding",
         "sj-reader",
         "--role=sj-reader",
         &format!("--serviceaccount={jobs}:reader"),
     ]);
-    let reader = kubectl(&["-n", &jobs, "create", "token", "reader"]);
-    let nobody = kubectl(&["-n", &jobs, "create", "token", "default"]);
+    let reader = kubectl(&["-n", jobs, "create", "token", "reader"]);
+    let nobody = kubectl(&["-n", jobs, "create", "token", "default"]);
     let path = format!("/jobs?namespace={jobs}");
     let answered = |token: &str| ips.iter().map(|ip| get(ip, 8080, &path, token.trim())).collect::<Vec<_>>();
     assert!(
@@ -211,12 +292,6 @@ fn helm_installs_the_operator_which_runs_a_job_and_uninstalls() {
         answered(&reader)
     );
     assert!(answered(&nobody).iter().all(|(code, _)| *code == 403), "{:?}", answered(&nobody));
-
-    helm(&["uninstall", &release, "--namespace", &system, "--wait"]);
-    wait_until("the operator's Pods gone", Duration::from_secs(60), || {
-        kubectl(&["-n", &system, "get", "pods", "-o", "name"]).trim().is_empty().then_some(())
-    });
-    let left = kubectl(&["get", "clusterroles", "-o", "name"]);
-    assert!(!left.contains(&release), "the release's ClusterRole is gone: {left}");
-    drop(cleanup);
+    // The job goes with its namespace; wait for it so the operator is not removed under it.
+    kubectl(&["-n", jobs, "delete", "sj/per-card", "--wait=true", "--timeout=120s"]);
 }

@@ -83,11 +83,12 @@ fn start_operator(ns: &str, log: &std::path::Path) -> (Child, u16) {
     start_operator_with(ns, log, &[])
 }
 
-/// [`start_operator`] with more arguments.
+/// [`start_operator`] with more arguments (which may set another `--lease-seconds`).
 fn start_operator_with(ns: &str, log: &std::path::Path, extra: &[&str]) -> (Child, u16) {
     let api_port = weir_e2e::free_port();
     let operator = Command::new(debug_bin("weir-operator"))
-        .args(["--namespace", ns, "--api-addr", &format!("127.0.0.1:{api_port}"), "--lease-seconds", "3"])
+        .args(["--namespace", ns, "--api-addr", &format!("127.0.0.1:{api_port}")])
+        .args(if extra.contains(&"--lease-seconds") { &[][..] } else { &["--lease-seconds", "3"][..] })
         .args(extra)
         .env("KUBECONFIG", kubeconfig())
         .env("WEIR_API_TOKEN", TOKEN)
@@ -128,27 +129,15 @@ fn s3_keys(prefix: &str) -> Vec<String> {
     })
 }
 
-/// The body of a GET without a token (health, metrics).
+/// The answer to a GET without a token (health, metrics).
 fn http_text(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
+    weir_e2e::http_raw(("127.0.0.1", port), "GET", path, None, "").unwrap()
 }
 
 /// One REST call to the operator: the status code and the JSON answer.
 fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, serde_json::Value) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(s, "{method} {path} HTTP/1.0\r\nHost: x\r\n{auth}Content-Length: {}\r\n\r\n{body}", body.len()).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").unwrap();
-    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (code, serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
+    let (code, body) = weir_e2e::http_call(("127.0.0.1", port), method, path, token, body).unwrap();
+    (code, serde_json::from_str(&body).unwrap_or(serde_json::Value::Null))
 }
 
 /// Checkpoints of a test's jobs in the stack's S3 server, with credentials from a Secret.
@@ -942,13 +931,7 @@ fn worker_call(ip: &str, method: &str, path: &str, token: Option<&str>) -> Strin
 
 /// [`worker_call`], or the error of a worker that cannot be reached.
 fn try_worker_call(ip: &str, method: &str, path: &str, token: Option<&str>) -> std::io::Result<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect((ip, 9249))?;
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(s, "{method} {path} HTTP/1.0\r\nHost: x\r\n{auth}Content-Length: 0\r\n\r\n")?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out)
+    weir_e2e::http_raw((ip, 9249), method, path, token, "")
 }
 
 /// Whether `topic` exists on the local Kafka.
@@ -1120,4 +1103,88 @@ fn a_hundred_workers_share_300_partitions_and_rescale_to_50_and_back() {
     let reasons = event_reasons(&ns, "per-card");
     assert!(reasons.contains("SavepointForUpgrade") && reasons.contains("Restarting"), "{reasons}");
     assert!(steps.iter().all(|s| s.3 < 512.0), "the operator's memory stays small: {steps:?}");
+}
+
+/// The fault-injection suite's cases on the cluster (see e2e/tests/faults.rs for the worker's):
+/// a job with S3 checkpoints survives a worker Pod deleted by hand (recreated and restored), a
+/// restart of the kube-apiserver (the workers never need it; the operator reconnects) and the
+/// S3 server down (the `Checkpointing` condition goes False with a Warning Event and back to
+/// True with a Normal one); every window is committed exactly once through all of it.
+#[test]
+fn a_deleted_pod_an_api_server_restart_and_a_storage_outage_lose_and_repeat_nothing() {
+    require_port("kube-apiserver", 6443);
+    require_port("Kafka", 9092);
+    require_port("S3", 7070);
+    let (mut cleanup, log, _) = setup("faults");
+    let ns = cleanup.namespace.clone();
+    let (input, output, corrections) = (format!("{ns}-in"), format!("{ns}-out"), format!("{ns}-late"));
+    create_topics(&[(&input, PARTITIONS), (&output, PARTITIONS), (&corrections, 1)]);
+    let evs = events(PARTITIONS);
+    let quarters: Vec<&[(i32, Ev)]> = evs.chunks(evs.len().div_ceil(4)).collect();
+    let producer = producer();
+    produce(&producer, &input, quarters[0]);
+    let S3Checkpoints { checkpointing, env, .. } = s3_checkpoints(&ns);
+    let job = window_job(PARTITIONS, &checkpointing, &input, &output, &corrections)
+        .replace("  epochInterval: 50ms\n", &format!("  epochInterval: 50ms\n{env}"));
+    apply(&ns, &job);
+    let ready = || get(&ns, "sj/per-card", "{.status.phase}") == "Running" && ready_workers(&ns) == PARTITIONS;
+    wait_until(&format!("Running (operator log: {})", log.display()), Duration::from_secs(120), || {
+        ready().then_some(())
+    });
+    wait_until("first results", Duration::from_secs(60), || (!read_all(&output, PARTITIONS).is_empty()).then_some(()));
+
+    // A Pod deleted by hand: its StatefulSet makes it again; it restores its state.
+    let uid = get(&ns, "pod/per-card-0", "{.metadata.uid}");
+    let deleted = std::time::Instant::now();
+    kubectl(&["-n", &ns, "delete", "pod", "per-card-0", "--wait=false"]);
+    wait_until("the deleted Pod back and ready", Duration::from_secs(120), || {
+        let back = get(&ns, "pod/per-card-0", "{.metadata.uid}");
+        (!back.is_empty() && back != uid && ready_workers(&ns) == PARTITIONS).then_some(())
+    });
+    let pod_back = deleted.elapsed();
+    produce(&producer, &input, quarters[1]);
+
+    // The API server restarted (about 20 s here): the workers go on without it. The operator,
+    // past its lease's renew deadline, exits and is started again, as its Deployment would.
+    let restarted = std::time::Instant::now();
+    weir_e2e::stack("k8s.sh", "restart_apiserver");
+    let api_back = restarted.elapsed();
+    if cleanup.operators[0].try_wait().unwrap().is_some() {
+        let (op, _) = start_operator(&ns, &log.with_extension("after-restart.log"));
+        cleanup.operators.push(op);
+    }
+    produce(&producer, &input, quarters[2]);
+
+    // The checkpoint store down: a condition and an Event, then back.
+    let condition = || get(&ns, "sj/per-card", "{.status.conditions[?(@.type=='Checkpointing')].status}");
+    let start_again = weir_e2e::StartAgain("s3.sh");
+    weir_e2e::stack("s3.sh", "stop");
+    let down = std::time::Instant::now();
+    wait_until("Checkpointing False", Duration::from_secs(180), || (condition() == "False").then_some(()));
+    let noticed = down.elapsed();
+    let message = get(&ns, "sj/per-card", "{.status.conditions[?(@.type=='Checkpointing')].message}");
+    assert!(message.contains("checkpoints are failing on per-card-"), "{message}");
+    assert!(event_reasons(&ns, "per-card").contains("CheckpointsFailing"));
+    assert_eq!(get(&ns, "sj/per-card", "{.status.phase}"), "Running", "processing goes on");
+    weir_e2e::stack("s3.sh", "start");
+    drop(start_again);
+    wait_until("Checkpointing True again", Duration::from_secs(180), || (condition() == "True").then_some(()));
+    assert!(event_reasons(&ns, "per-card").contains("CheckpointsRecovered"));
+    produce(&producer, &input, quarters[3]);
+
+    let (want, _) = reference(&evs, PARTITIONS);
+    let (got, emitted) = windows_of(&output, PARTITIONS, want.len());
+    assert_eq!(got, want, "every window equals the reference");
+    assert_eq!(emitted, want.len(), "each window committed once");
+    println!(
+        "faults on the cluster: the deleted Pod ready again in {:.1} s; the API server back in {:.1} s; the storage outage shown after {:.0} s; lost 0, duplicated 0",
+        pod_back.as_secs_f64(),
+        api_back.as_secs_f64(),
+        noticed.as_secs_f64()
+    );
+}
+
+/// Ready workers of the test's job, as the StatefulSet counts them.
+fn ready_workers(ns: &str) -> i32 {
+    get(ns, "statefulset/per-card", "{.status.readyReplicas}").parse().unwrap_or(0)
 }

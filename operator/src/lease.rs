@@ -1,8 +1,9 @@
 //! Leader election with a `coordination.k8s.io/v1` Lease, so that of several operator replicas
 //! exactly one reconciles. A replica takes the Lease when it is free or its holder stopped
 //! renewing it for `duration`; every write goes through the Lease's resourceVersion, so two
-//! replicas never both win. The leader renews it every `duration / 3`, and exits when it cannot
-//! (another replica may already lead; the Pod restarts and waits its turn).
+//! replicas never both win. The leader renews it every `duration / 3`, retries a failed renewal
+//! until two thirds of `duration` have passed since the last one, and then exits (another
+//! replica may lead soon; the Pod restarts and waits its turn).
 
 use std::time::Duration;
 
@@ -99,23 +100,34 @@ impl Elector {
         }
     }
 
-    /// Renews the Lease until it is lost; returns why.
+    /// Renews the Lease until it is lost; returns why. An API server that cannot be reached
+    /// (restarting, a network blip) is retried every `duration / 6` until the renew deadline,
+    /// two thirds of `duration` after the last renewal (client-go's default ratio): until then
+    /// no other replica can have taken the Lease, so this one keeps leading.
     pub async fn hold(&self) -> String {
-        let mut failures = 0;
+        let mut renewed = tokio::time::Instant::now();
+        let mut failing = false;
         loop {
-            tokio::time::sleep(self.duration / 3).await;
+            tokio::time::sleep(if failing { self.duration / 6 } else { self.duration / 3 }).await;
             match self.attempt().await {
-                Ok(Attempt::Leading) => failures = 0,
+                Ok(Attempt::Leading) => (renewed, failing) = (tokio::time::Instant::now(), false),
                 Ok(Attempt::HeldBy(h)) => return format!("the leader lease is now held by {h}"),
-                // Transient API errors: keep leading while the Lease cannot have expired.
-                Err(e) if failures < 1 => {
-                    failures += 1;
-                    tracing::warn!("renewing the leader lease: {e}");
+                Err(e) if renewed.elapsed() + self.duration / 6 < renew_deadline(self.duration) => {
+                    failing = true;
+                    tracing::warn!("renewing the leader lease (retrying until its renew deadline): {e}");
                 }
-                Err(e) => return format!("cannot renew the leader lease: {e}"),
+                Err(e) => {
+                    let deadline = renew_deadline(self.duration);
+                    return format!("cannot renew the leader lease within {deadline:?} of the last renewal: {e}");
+                }
             }
         }
     }
+}
+
+/// How long a leader keeps leading without renewing.
+fn renew_deadline(duration: Duration) -> Duration {
+    duration * 2 / 3
 }
 
 fn jiff_secs(s: i64) -> k8s_openapi::jiff::SignedDuration {

@@ -314,6 +314,14 @@ async fn reconcile_job(job: &StreamJob, ctx: &Ctx) -> Result<Action, Error> {
         if let Some(lag) = scraped.as_deref().ok().and_then(workers::consumer_lag) {
             status.lag = Some(lag);
         }
+        if let (Some(_), Ok(metrics)) = (job.spec.checkpoint_storage(), scraped.as_deref()) {
+            let failing = workers::failing_checkpoints(&pods, metrics);
+            if !failing.is_empty() {
+                // To see them complete again soon.
+                again = again.min(Duration::from_secs(10));
+            }
+            checkpointing(ctx, job, &mut status, failing).await;
+        }
         if scaling::enabled(job) && !rolled_back {
             scaling::rescale_done(ctx, &mut status, ready);
             again = again.min(ctx.scaling.run(ctx, job, &mut status, &scraped).await);
@@ -340,6 +348,32 @@ async fn reconcile_job(job: &StreamJob, ctx: &Ctx) -> Result<Action, Error> {
     ctx.metrics.reconciles.with_label_values(&["ok"]).inc();
     ctx.metrics.set_phase(&ns, &job.name_any(), &phase);
     Ok(Action::requeue(again))
+}
+
+/// The `Checkpointing` condition: False while some worker's checkpoints fail (the storage is
+/// down or refuses them; processing goes on, but a restart would replay from the last completed
+/// checkpoint and, past the input's retention, lose data), with a Warning Event when they start
+/// failing and a Normal one when they complete again.
+async fn checkpointing(ctx: &Ctx, job: &StreamJob, status: &mut StreamJobStatus, failing: Vec<(String, i64)>) {
+    let was_failing = status.conditions.iter().any(|c| c.type_ == "Checkpointing" && c.status == "False");
+    let c = if failing.is_empty() {
+        if was_failing {
+            let note = "checkpoints complete again on every worker".to_string();
+            publish(ctx, job, EventType::Normal, "CheckpointsRecovered", note).await;
+        }
+        condition("Checkpointing", true, "CheckpointsCompleting", "every worker's last checkpoint completed".into())
+    } else {
+        let workers: Vec<String> = failing.iter().map(|(pod, n)| format!("{pod} ({n} in a row)")).collect();
+        let message = format!(
+            "checkpoints are failing on {}; processing goes on, and a restarted worker replays from its last completed checkpoint (see the worker's log for the storage's error)",
+            workers.join(", ")
+        );
+        if !was_failing {
+            publish(ctx, job, EventType::Warning, "CheckpointsFailing", message.clone()).await;
+        }
+        condition("Checkpointing", false, "CheckpointsFailing", message)
+    };
+    status.conditions = with_condition(&status.conditions, c);
 }
 
 /// How long the workers have to complete a savepoint before an upgrade.

@@ -204,6 +204,13 @@ pub fn consumer_lag(workers: &[Vec<Series>]) -> Option<i64> {
     (!workers.is_empty()).then(|| workers.iter().map(|rows| total(rows, "weir_consumer_lag")).sum::<f64>() as i64)
 }
 
+/// The workers whose checkpoints are failing, with how many failed in a row
+/// (`weir_checkpoint_consecutive_failures`), from metrics in the order of `pods`.
+pub fn failing_checkpoints(pods: &[(String, Option<String>)], workers: &[Vec<Series>]) -> Vec<(String, i64)> {
+    let failures = workers.iter().map(|rows| total(rows, "weir_checkpoint_consecutive_failures") as i64);
+    pods.iter().zip(failures).filter(|(_, n)| *n > 0).map(|((pod, _), n)| (pod.clone(), n)).collect()
+}
+
 /// Deletes the job's Pods that are not ready (their StatefulSet makes them again from its
 /// current template).
 pub async fn delete_unready(client: &Client, ns: &str, job: &StreamJob) -> Result<(), kube::Error> {
@@ -414,5 +421,16 @@ mod tests {
         assert_eq!(figures[0]["backpressureLevel"], "ok");
         assert_eq!(label("a=\"x\",operator=\"p,q\"", "operator"), Some("p,q"));
         assert_eq!(label("a=\"x\"", "b"), None);
+    }
+
+    #[test]
+    fn workers_with_failing_checkpoints_are_named_with_their_count() {
+        let pods = [("j-0".to_string(), None), ("j-1".to_string(), None), ("j-2".to_string(), None)];
+        let metrics = [
+            parse_metrics("weir_checkpoint_consecutive_failures{streamjob=\"j\"} 0\n"),
+            parse_metrics("weir_checkpoint_consecutive_failures{streamjob=\"j\"} 3\n"),
+            parse_metrics("weir_consumer_lag{streamjob=\"j\",partition=\"0\"} 5\n"),
+        ];
+        assert_eq!(failing_checkpoints(&pods, &metrics), [("j-1".to_string(), 3)]);
     }
 }

@@ -8,6 +8,7 @@ pub mod batch;
 pub mod checkpoint;
 pub mod codec;
 pub mod expr;
+pub mod fault;
 pub mod metrics;
 pub mod operators;
 pub mod plan;

@@ -3,7 +3,8 @@
 //! source/sink/operator names from the manifest, and partition numbers.
 
 use prometheus::{
-    CounterVec, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    CounterVec, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 pub struct Metrics {
@@ -45,6 +46,9 @@ pub struct Metrics {
     pub last_checkpoint: IntGaugeVec,
     /// When the last checkpoint completed (Unix seconds): its age is `time() - this`.
     pub last_checkpoint_time: IntGaugeVec,
+    /// Checkpoints that failed since the last one completed (0 when the last one completed):
+    /// the operator's `Checkpointing` condition.
+    pub checkpoints_failing: IntGauge,
     /// Files of file-writing sinks (Parquet) by outcome: `staged` (written, waiting for the
     /// epoch's commit), `published` (visible to readers), `discarded` (an epoch that never
     /// committed, removed at recovery).
@@ -134,7 +138,14 @@ impl Metrics {
         )
         .expect("valid metric");
         registry.register(Box::new(checkpoint_duration.clone())).expect("unique metric");
+        let checkpoints_failing = IntGauge::with_opts(Opts::new(
+            "weir_checkpoint_consecutive_failures",
+            "Checkpoints that failed since the last one completed",
+        ))
+        .expect("valid metric");
+        registry.register(Box::new(checkpoints_failing.clone())).expect("unique metric");
         Metrics {
+            checkpoints_failing,
             checkpoints: counter("weir_checkpoints_total", "Checkpoints by outcome", &["outcome"]),
             transactions: counter(
                 "weir_transactions_total",

@@ -592,6 +592,7 @@ impl Runtime {
             t.prepare_commit()?;
         }
         self.epoch()?;
+        crate::fault::point("epoch-committed");
         let mut upstream: Vec<Vec<(u32, i64)>> = vec![Vec::new(); self.sources.len()];
         for t in self.tasks.values_mut() {
             for (src, pos) in t.commit()? {

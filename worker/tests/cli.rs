@@ -49,6 +49,31 @@ fn file_example_runs_as_written() {
 }
 
 #[test]
+fn local_example_runs_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = copy_example(dir.path(), "payments-local.yaml");
+    let out = worker().args(["run", "-f", manifest.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out_dir = dir.path().join("out");
+    // Every generated payment is in exactly one tumbling window or in the late output.
+    let minutes = lines(&out_dir.join("per_card_minute.jsonl"));
+    let late = lines(&out_dir.join("late_payments.jsonl"));
+    let counted: i64 = minutes.iter().map(|w| w["n"].as_i64().unwrap()).sum();
+    assert!(!late.is_empty() && minutes.len() > 2000, "{} windows, {} late", minutes.len(), late.len());
+    assert_eq!(counted + late.len() as i64, 200_000, "windows count {counted}, {} late", late.len());
+    let large = lines(&out_dir.join("large.jsonl"));
+    assert!(!large.is_empty());
+    assert!(
+        large.iter().all(|p| p["amount"].as_f64().unwrap() > 100.0 && p.get("status").is_none()),
+        "the filter and projection"
+    );
+    for (file, key) in [("per_country_sliding.jsonl", "country"), ("card_sessions.jsonl", "card_id")] {
+        let rows = lines(&out_dir.join(file));
+        assert!(!rows.is_empty() && rows.iter().all(|r| r[key].is_string() && r["n"].as_i64().unwrap() > 0), "{file}");
+    }
+}
+
+#[test]
 fn warehouse_example_writes_the_windows_as_parquet() {
     use datafusion::arrow::array::{AsArray, RecordBatch};
     use datafusion::arrow::datatypes::{Float64Type, Int64Type, TimestampMillisecondType};

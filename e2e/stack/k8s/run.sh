@@ -121,3 +121,9 @@ status() {
   echo "kubernetes api           https://127.0.0.1:$APISERVER_PORT ($K8S_VERSION)  KUBECONFIG=$KUBECONFIG_ADMIN"
   return $rc
 }
+
+# The API server stopped and started again (the fault-injection suite); the rest keeps running.
+restart_apiserver() {
+  stop_bg kube-apiserver
+  start
+}

@@ -291,6 +291,7 @@ impl Checkpointer {
                     match up.upload(job, &m) {
                         Ok(()) => {
                             m.checkpoints.with_label_values(&["completed"]).inc();
+                            m.checkpoints_failing.set(0);
                             m.checkpoint_duration.observe(started.elapsed().as_secs_f64());
                             m.last_checkpoint.with_label_values(&[&partition.to_string()]).set(id as i64);
                             let now = chrono::Utc::now().timestamp();
@@ -299,6 +300,7 @@ impl Checkpointer {
                         }
                         Err(e) => {
                             m.checkpoints.with_label_values(&["failed"]).inc();
+                            m.checkpoints_failing.inc();
                             tracing::warn!(partition, id, "checkpoint failed: {e}");
                         }
                     }
@@ -455,6 +457,7 @@ impl Uploader {
             }
         }
         metrics.checkpoint_bytes.with_label_values(&[&p.to_string()]).inc_by(sent);
+        crate::fault::point("checkpoint-uploading");
         let manifest = CheckpointManifest {
             id: job.id,
             partition: p,

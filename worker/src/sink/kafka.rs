@@ -216,6 +216,7 @@ impl KafkaProducer {
         let Some(open) = &self.txn else { return self.flush() };
         self.begin_if_needed()?;
         self.flush()?;
+        crate::fault::point("epoch-flushed");
         if offsets.count() > 0 {
             self.producer
                 .send_offsets_to_transaction(offsets, group, TXN_CALL_TIMEOUT)

@@ -1,0 +1,2 @@
+//! `datafusion::arrow` for the fuzz targets: Arrow, re-exported.
+pub use arrow;
