@@ -5,7 +5,7 @@ export WEIR_CACHE ?= $(HOME)/.cache/weir
 STACK := e2e/stack/stack.sh
 WORKER := $(CARGO_TARGET_DIR)/debug/weir-worker
 
-.PHONY: all deps build release stack-install stack-up stack-down stack-status test test-unit test-images test-e2e test-scale faults lint images fuzz demo bench bench-compare crds clean
+.PHONY: all deps build release stack-install stack-up stack-down stack-status test test-unit test-images test-e2e test-failover test-scale faults lint images fuzz demo bench bench-compare crds clean
 
 all: build
 
@@ -43,7 +43,13 @@ test-unit: build
 test-e2e: stack-up
 	cargo test --workspace --locked --test '*' -- --test-threads=1 2>&1 | tee $(WEIR_CACHE)/test-e2e.log | grep -E '^(test |test result|running|error|failures:|---- )' ; exit $${PIPESTATUS[0]}
 
-test: lint test-unit test-images test-e2e
+## The broker failover case of the fault suite, on a three-broker cluster started beside the
+## stack's broker (replication factor 3, min.insync.replicas 2) and stopped after.
+test-failover: stack-up
+	e2e/stack/kafka.sh cluster start
+	KAFKA_BROKERS=$$(e2e/stack/kafka.sh cluster brokers) WEIR_E2E_REPLICATION=3 cargo test --workspace --locked --test faults -- --ignored three_broker --test-threads=1 --nocapture 2>&1 | tee $(WEIR_CACHE)/test-failover.log | grep -E '^(test |test result|running|error|failures:|---- )|lost 0' ; status=$${PIPESTATUS[0]}; e2e/stack/kafka.sh cluster stop; exit $$status
+
+test: lint test-unit test-images test-e2e test-failover
 	@echo "make test: all suites passed"
 
 ## Fuzzing (cargo-fuzz on the nightly toolchain), FUZZ_SECONDS per target (default 600).
@@ -64,10 +70,13 @@ test-images: build
 test-scale: stack-up
 	cargo test --workspace --locked --test operator_k8s -- --ignored --test-threads=1 --nocapture 2>&1 | tee $(WEIR_CACHE)/test-scale.log | grep -E '^(test |test result|running|error|failures:|---- |step |thread )' ; exit $${PIPESTATUS[0]}
 
-## The fault-injection suite in full (e2e/tests/faults.rs; `make test` runs it with 30 s
-## outages): the S3 server and the broker down for 2 minutes, and the cases too slow for CI.
+## The fault-injection suite on its own (e2e/tests/faults.rs and the cluster case of
+## operator_k8s.rs; `make test` runs them too, with 30 s outages): S3 and the broker down for
+## 2 minutes, then the three-broker failover.
 faults: stack-up
-	WEIR_FAULT_OUTAGE_SECS=120 cargo test --workspace --locked --test faults -- --include-ignored --test-threads=1 --nocapture 2>&1 | tee $(WEIR_CACHE)/faults.log | grep -E '^(test |test result|running|error|failures:|---- |thread )|lost 0' ; exit $${PIPESTATUS[0]}
+	WEIR_FAULT_OUTAGE_SECS=120 cargo test --workspace --locked --test faults -- --skip three_broker --test-threads=1 --nocapture 2>&1 | tee $(WEIR_CACHE)/faults.log | grep -E '^(test |test result|running|error|failures:|---- |thread )|lost 0' ; exit $${PIPESTATUS[0]}
+	cargo test --workspace --locked --test operator_k8s -- a_deleted_pod --test-threads=1 --nocapture 2>&1 | tee -a $(WEIR_CACHE)/faults.log | grep -E '^(test |test result|running|error|failures:|---- |thread )|lost 0' ; exit $${PIPESTATUS[0]}
+	$(MAKE) test-failover
 
 lint: deps
 	cargo fmt --all -- --check

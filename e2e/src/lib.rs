@@ -21,8 +21,17 @@ pub fn run_dir() -> PathBuf {
     std::env::var_os("WEIR_RUN").map(PathBuf::from).unwrap_or_else(|| cache_dir().join("run"))
 }
 
+/// The brokers the tests use: `KAFKA_BROKERS` (a bootstrap list: the fault suite's three-broker
+/// cluster), or the stack's broker on `KAFKA_PORT`.
 pub fn kafka_brokers() -> String {
-    format!("127.0.0.1:{}", std::env::var("KAFKA_PORT").unwrap_or_else(|_| "9092".into()))
+    std::env::var("KAFKA_BROKERS")
+        .unwrap_or_else(|_| format!("127.0.0.1:{}", std::env::var("KAFKA_PORT").unwrap_or_else(|_| "9092".into())))
+}
+
+/// The replication factor of the topics the tests create: 1, or `WEIR_E2E_REPLICATION` (3 on the
+/// three-broker cluster).
+pub fn replication() -> i32 {
+    std::env::var("WEIR_E2E_REPLICATION").ok().and_then(|r| r.parse().ok()).unwrap_or(1)
 }
 
 pub fn s3_endpoint() -> String {

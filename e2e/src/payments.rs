@@ -21,7 +21,8 @@ pub const WINDOW_MS: i64 = 60_000;
 pub fn create_topics(names: &[(&str, i32)]) {
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", kafka_brokers()).create().unwrap();
-    let topics: Vec<NewTopic> = names.iter().map(|(n, p)| NewTopic::new(n, *p, TopicReplication::Fixed(1))).collect();
+    let topics: Vec<NewTopic> =
+        names.iter().map(|(n, p)| NewTopic::new(n, *p, TopicReplication::Fixed(crate::replication()))).collect();
     let rt = tokio::runtime::Runtime::new().unwrap();
     for r in rt.block_on(admin.create_topics(&topics, &AdminOptions::new())).unwrap() {
         r.unwrap();
@@ -38,7 +39,8 @@ pub fn recreate_topics(names: &[(&str, i32)]) {
     let list: Vec<&str> = names.iter().map(|(n, _)| *n).collect();
     // An unknown topic is the error to ignore here.
     let _ = rt.block_on(admin.delete_topics(&list, &AdminOptions::new()));
-    let topics: Vec<NewTopic> = names.iter().map(|(n, p)| NewTopic::new(n, *p, TopicReplication::Fixed(1))).collect();
+    let topics: Vec<NewTopic> =
+        names.iter().map(|(n, p)| NewTopic::new(n, *p, TopicReplication::Fixed(crate::replication()))).collect();
     // The deletion finishes in the background: creating fails until it has.
     wait_until("the topics deleted and created again", Duration::from_secs(60), || {
         let results = rt.block_on(admin.create_topics(&topics, &AdminOptions::new())).ok()?;
@@ -338,8 +340,8 @@ pub fn read_all(topic: &str, partitions: i32) -> Vec<(Option<String>, serde_json
     };
     while !caught_up(&consumer) {
         assert!(Instant::now() < deadline, "could not read {topic} to its end in 30 s");
-        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
-            let m = m.unwrap();
+        // Errors are librdkafka's notices (a broker of the cluster down); it retries.
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
             let key = m.key().map(|k| String::from_utf8(k.to_vec()).unwrap());
             out.push((key, serde_json::from_slice(m.payload().unwrap()).unwrap()));
         }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Apache Kafka in KRaft mode (combined broker + controller) on 127.0.0.1, from Maven Central jars.
-# Usage: kafka.sh install|start|stop|status
+# Usage: kafka.sh install|start|stop|status, and kafka.sh cluster ... (three brokers, below)
 source "$(dirname "$0")/lib.sh"
 
 KAFKA_HOME=$WEIR_CACHE/kafka-$KAFKA_VERSION
@@ -24,17 +24,29 @@ kafka_java() {
     -Dlog4j2.configurationFile="$STACK_DIR/kafka/log4j2.properties" "$@"
 }
 
+# A second listener for the fault suite's network partition: a worker in its own network
+# namespace reaches the broker at $NETNS_KAFKA_IP (an address of the host's loopback, added when
+# running as root), through a veth pair the test cuts and heals.
+NETNS_KAFKA_IP=${NETNS_KAFKA_IP:-10.213.0.1}
+NETNS_KAFKA_PORT=${NETNS_KAFKA_PORT:-9095}
+
 write_config() {
   mkdir -p "$KAFKA_DATA"
+  local listeners="PLAINTEXT://127.0.0.1:$KAFKA_PORT" advertised="PLAINTEXT://127.0.0.1:$KAFKA_PORT"
+  if [[ $EUID -eq 0 ]] && command -v ip >/dev/null; then
+    ip addr show dev lo | grep -q " $NETNS_KAFKA_IP/" || ip addr add "$NETNS_KAFKA_IP/32" dev lo
+    listeners+=",NETNS://$NETNS_KAFKA_IP:$NETNS_KAFKA_PORT"
+    advertised+=",NETNS://$NETNS_KAFKA_IP:$NETNS_KAFKA_PORT"
+  fi
   cat >"$KAFKA_DATA/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+listeners=$listeners,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=$advertised
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,NETNS:PLAINTEXT
 log.dirs=$KAFKA_DATA/logs
 num.partitions=4
 default.replication.factor=1
@@ -77,6 +89,89 @@ topics() { kafka_java org.apache.kafka.tools.TopicCommand --bootstrap-server "12
 
 stop() { stop_bg kafka; }
 
+# A three-broker cluster beside the single broker, for the fault suite's broker failover: nodes
+# 1-3 (each a broker and a KRaft controller) on 127.0.0.1:$((CLUSTER_PORT + 2 * (n - 1))), their
+# controllers one port up, with the durability settings of a production cluster: replication
+# factor 3 and min.insync.replicas 2 for topics, consumer offsets and transaction state, so
+# losing one broker is a failover, not an outage.
+CLUSTER_PORT=${KAFKA_CLUSTER_PORT:-19092}
+CLUSTER_DATA=$WEIR_RUN/kafka-cluster
+
+cluster_brokers() { echo "127.0.0.1:$CLUSTER_PORT,127.0.0.1:$((CLUSTER_PORT + 2)),127.0.0.1:$((CLUSTER_PORT + 4))"; }
+
+cluster_config() { # N
+  local n=$1 port=$((CLUSTER_PORT + 2 * ($1 - 1)))
+  local voters="1@127.0.0.1:$((CLUSTER_PORT + 1)),2@127.0.0.1:$((CLUSTER_PORT + 3)),3@127.0.0.1:$((CLUSTER_PORT + 5))"
+  mkdir -p "$CLUSTER_DATA/n$n"
+  cat >"$CLUSTER_DATA/n$n/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=$n
+controller.quorum.voters=$voters
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$((port + 1))
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$CLUSTER_DATA/n$n/logs
+num.partitions=3
+default.replication.factor=3
+min.insync.replicas=2
+offsets.topic.replication.factor=3
+offsets.topic.num.partitions=8
+transaction.state.log.replication.factor=3
+transaction.state.log.min.isr=2
+transaction.state.log.num.partitions=8
+transaction.max.timeout.ms=900000
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=false
+unclean.leader.election.enable=false
+PROPS
+}
+
+node_start() { # N
+  local n=$1
+  is_running "kafka-n$n" && return 0
+  cp "$STACK_DIR/kafka/log4j2.properties" "$CLUSTER_DATA/log4j2.properties"
+  start_bg "kafka-n$n" "$WEIR_RUN/logs/kafka-n$n.log" java -Xms256m -Xmx512m -XX:+UseG1GC -cp "$KAFKA_HOME/libs/*" \
+    -Dlog4j2.configurationFile="$CLUSTER_DATA/log4j2.properties" -Dkafka.logs.dir="$WEIR_RUN/logs" \
+    kafka.Kafka "$CLUSTER_DATA/n$n/server.properties"
+}
+
+node_stop() { stop_bg "kafka-n$1"; }
+
+cluster_start() {
+  install
+  local n id
+  if [[ ! -f $CLUSTER_DATA/n1/logs/meta.properties ]]; then
+    id=$(kafka_java kafka.tools.StorageTool random-uuid)
+    for n in 1 2 3; do
+      cluster_config "$n"
+      kafka_java kafka.tools.StorageTool format -t "$id" -c "$CLUSTER_DATA/n$n/server.properties" \
+        >"$WEIR_RUN/kafka-cluster-format.log" 2>&1 || die "formatting node $n failed (log: $WEIR_RUN/kafka-cluster-format.log)"
+    done
+  fi
+  log "starting the three-broker Kafka cluster ($(cluster_brokers))"
+  for n in 1 2 3; do cluster_config "$n"; node_start "$n"; done
+  wait_for kafka-n1 120 "$WEIR_RUN/logs/kafka-n1.log" cluster_ready
+  log "Kafka cluster ready: $(cluster_brokers)"
+}
+
+# Every broker registered and the internal topics' replicas possible.
+cluster_ready() {
+  kafka_java org.apache.kafka.tools.BrokerApiVersionsCommand --bootstrap-server "$(cluster_brokers)" 2>/dev/null \
+    | grep -c '^127.0.0.1:' | grep -qx 3
+}
+
+cluster_stop() { for n in 1 2 3; do node_stop "$n"; done; }
+
+cluster_status() {
+  local n
+  for n in 1 2 3; do
+    if is_running "kafka-n$n"; then echo "kafka-n$n up    127.0.0.1:$((CLUSTER_PORT + 2 * (n - 1)))"
+    else echo "kafka-n$n down"; fi
+  done
+}
+
 status() {
   if is_running kafka && port_open "$KAFKA_PORT"; then echo "kafka    up    127.0.0.1:$KAFKA_PORT (KRaft, $KAFKA_VERSION)  log: $KAFKA_LOG"
   else echo "kafka    down  log: $KAFKA_LOG"; return 1; fi
@@ -84,7 +179,14 @@ status() {
 
 case "${1:-}" in
   install|start|stop|status) "$1" ;;
+  cluster) case "${2:-}" in
+      start|stop|status) "cluster_$2" ;;
+      brokers) cluster_brokers ;;
+      stop-node) node_stop "${3:?node 1-3}" ;;
+      start-node) install; cluster_config "${3:?node 1-3}"; node_start "$3" ;;
+      *) die "usage: kafka.sh cluster start|stop|status|brokers|stop-node N|start-node N" ;;
+    esac ;;
   topics) shift; topics "$@" ;;
   consume) shift; kafka_java org.apache.kafka.tools.consumer.ConsoleConsumer --bootstrap-server "127.0.0.1:$KAFKA_PORT" "$@" ;;
-  *) die "usage: kafka.sh install|start|stop|status|topics ARGS|consume ARGS" ;;
+  *) die "usage: kafka.sh install|start|stop|status|cluster ...|topics ARGS|consume ARGS" ;;
 esac

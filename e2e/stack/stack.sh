@@ -14,6 +14,7 @@ case "${1:-}" in
     "$0" status ;;
   down)
     for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do "$STACK_DIR/${COMPONENTS[i]}.sh" stop; done
+    "$STACK_DIR/kafka.sh" cluster stop
     if [[ ${2:-} == --purge ]]; then rm -rf "$WEIR_RUN"; log "removed $WEIR_RUN"; fi ;;
   status)
     rc=0

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use rdkafka::bindings as rd;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use weir_crds::{KafkaSourceSpec, StartFrom};
@@ -42,6 +43,8 @@ pub struct KafkaSource {
     exactly_once: bool,
     /// The mean size of the records last polled, to size the next batch's buffers.
     record_bytes: usize,
+    /// When a transient consumer error was last logged (they repeat while a broker is away).
+    warned: Option<Instant>,
 }
 
 impl KafkaSource {
@@ -106,6 +109,7 @@ impl KafkaSource {
             committed_epochs: Vec::new(),
             exactly_once: false,
             record_bytes: 512,
+            warned: None,
         })
     }
 
@@ -117,6 +121,23 @@ impl KafkaSource {
 
     fn err(&self, message: String) -> SourceError {
         SourceError::Failed { source_name: self.name.clone(), message }
+    }
+
+    /// A consumer error: librdkafka recovers from most by itself (a broker down, a partition's
+    /// leader moving, a coordinator changing: a failover in a replicated cluster), so those are
+    /// logged, at most every 10 s, and polling goes on. The source stops on a fatal error and on
+    /// those that need someone to act: the topic gone, access refused, an offset out of range.
+    fn consumer_error(&mut self, code: Option<RDKafkaErrorCode>, text: &str) -> Result<()> {
+        let fatal = self.consumer.client().fatal_error();
+        if fatal.is_some() || code.is_none_or(needs_action) {
+            let detail = fatal.map(|(_, why)| format!(" (fatal: {why})")).unwrap_or_default();
+            return Err(self.err(format!("polling {}: {text}{detail}", self.spec.topic)));
+        }
+        if self.warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            self.warned = Some(Instant::now());
+            tracing::warn!(source = %self.name, topic = %self.spec.topic, "consumer error, retrying: {text}");
+        }
+        Ok(())
     }
 
     /// Starting offsets: restored state, else the group's committed offset, else `startFrom`.
@@ -278,7 +299,7 @@ impl Source for KafkaSource {
         // The consumer's own queue has only events now (commit results, errors); serve them.
         match self.consumer.poll(Duration::ZERO) {
             None => {}
-            Some(Err(e)) => return Err(self.err(format!("polling {}: {e}", self.spec.topic))),
+            Some(Err(e)) => self.consumer_error(e.rdkafka_error_code(), &e.to_string())?,
             Some(Ok(m)) => {
                 let ts = m.timestamp().to_millis().unwrap_or(0);
                 by_partition.entry(m.partition() as u32).or_default().push(
@@ -290,6 +311,8 @@ impl Source for KafkaSource {
         }
         let fetch = self.fetch.as_mut().expect("started");
         let mut n = 0;
+        // The first message carrying an error instead of a record (it is skipped).
+        let mut error = None;
         while n < max {
             // What is fetched already, without waiting: librdkafka's batch call waits for all
             // of `max` until its timeout, which held every record of a quiet topic back for the
@@ -302,10 +325,13 @@ impl Source for KafkaSource {
                 break;
             }
             for m in fetch.messages() {
-                let m = m.map_err(|e| SourceError::Failed {
-                    source_name: self.name.clone(),
-                    message: format!("polling {}: {e}", self.spec.topic),
-                })?;
+                let m = match m {
+                    Ok(m) => m,
+                    Err(e) => {
+                        error.get_or_insert(e);
+                        continue;
+                    }
+                };
                 let recs = match by_partition.last_entry() {
                     Some(e) if *e.key() == m.partition => e.into_mut(),
                     // Sized for the rest of the batch, so that it never grows by copying.
@@ -319,6 +345,12 @@ impl Source for KafkaSource {
                 }
             }
             n += got;
+            if error.is_some() {
+                break;
+            }
+        }
+        if let Some((code, text)) = error {
+            self.consumer_error(Some(code), &text)?;
         }
         let (count, bytes) = by_partition.values().fold((0, 0), |(c, b), r| (c + r.len(), b + r.data.len()));
         if count > 0 {
@@ -393,6 +425,23 @@ struct Fetched<'a> {
     tombstone_key: Option<&'a [u8]>,
 }
 
+/// Consumer errors that retrying cannot mend.
+fn needs_action(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        code,
+        UnknownTopic
+            | UnknownTopicOrPartition
+            | TopicAuthorizationFailed
+            | GroupAuthorizationFailed
+            | ClusterAuthorizationFailed
+            | SaslAuthenticationFailed
+            | Authentication
+            | OffsetOutOfRange
+            | Fatal
+    )
+}
+
 impl FetchQueue {
     fn new(consumer: &BaseConsumer, topic: &str, partitions: &[u32]) -> Option<FetchQueue> {
         let rk = consumer.client().native_ptr();
@@ -431,14 +480,15 @@ impl FetchQueue {
     }
 
     /// The messages of the last batch, in order; a message carrying an error yields it.
-    fn messages(&self) -> impl Iterator<Item = std::result::Result<Fetched<'_>, String>> {
+    fn messages(&self) -> impl Iterator<Item = std::result::Result<Fetched<'_>, (RDKafkaErrorCode, String)>> {
         self.batch.iter().map(|&m| {
             // SAFETY: the batch's messages stay valid until `release`, which needs `&mut self`.
             unsafe {
                 let msg = &*m;
                 if msg.err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
                     let text = std::ffi::CStr::from_ptr(rd::rd_kafka_err2str(msg.err)).to_string_lossy();
-                    return Err(format!("{text} (partition {}, offset {})", msg.partition, msg.offset));
+                    let text = format!("{text} (partition {}, offset {})", msg.partition, msg.offset);
+                    return Err((RDKafkaErrorCode::from(msg.err), text));
                 }
                 let (payload, tombstone_key) = if msg.payload.is_null() {
                     let key = match msg.key.is_null() {
