@@ -76,6 +76,76 @@ impl From<kube::Error> for ApiError {
 
 type Res = Result<Json<Value>, ApiError>;
 
+fn bad_request(message: String) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, message)
+}
+
+/// `text` for an error message: at most 80 characters, control characters escaped.
+fn shown(text: &str) -> String {
+    let cut: String = text.chars().take(80).collect();
+    let escaped = cut.escape_debug().to_string();
+    if text.chars().count() > 80 {
+        format!("{escaped}...")
+    } else {
+        escaped
+    }
+}
+
+/// A DNS-1123 label (a namespace): lowercase letters, digits and `-`, at most 63, starting and
+/// ending with a letter or digit.
+fn is_dns_label(s: &str) -> bool {
+    let ok = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|c| ok(c) || c == b'-')
+        && s.bytes().next().is_some_and(ok)
+        && s.bytes().last().is_some_and(ok)
+}
+
+/// A DNS-1123 subdomain (a StreamJob's name): dot-separated labels, at most 253 characters.
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+/// A StreamJob name from a path, or a 400 that says what is wrong with it.
+fn job_name(name: &str) -> Result<&str, ApiError> {
+    match is_dns_subdomain(name) {
+        true => Ok(name),
+        false => Err(bad_request(format!(
+            "`{}` is not a StreamJob name (lowercase letters, digits, `-` and `.`, at most 253)",
+            shown(name)
+        ))),
+    }
+}
+
+/// Every error answer in JSON, including those axum makes itself (a body that is not UTF-8, an
+/// unknown route, a wrong method): a plain-text one becomes `{"error": text}`.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes).trim().to_string();
+    let text = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_lowercase() } else { text };
+    let mut out = (status, Json(json!({"error": text}))).into_response();
+    if let Some(allow) = parts.headers.get(axum::http::header::ALLOW) {
+        out.headers_mut().insert(axum::http::header::ALLOW, allow.clone());
+    }
+    out
+}
+
 #[derive(Deserialize)]
 pub struct NsQuery {
     namespace: Option<String>,
@@ -84,6 +154,12 @@ pub struct NsQuery {
 impl ApiState {
     fn ns(&self, q: &NsQuery) -> Result<String, ApiError> {
         let ns = q.namespace.clone().unwrap_or_else(|| self.namespace.clone());
+        if !is_dns_label(&ns) {
+            return Err(bad_request(format!(
+                "namespace `{}` is not a Kubernetes namespace name (a DNS label)",
+                shown(&ns)
+            )));
+        }
         if !self.watched.is_empty() && !self.watched.contains(&ns) {
             return Err(ApiError(
                 StatusCode::FORBIDDEN,
@@ -179,14 +255,19 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/jobs/{name}/savepoints", axum::routing::post(trigger_savepoint))
         .route("/jobs/{name}/savepoints/{id}", get(savepoint_status))
         .route("/consumer-groups/{group}/lag", get(group_lag))
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
 }
 
 /// The API's OpenAPI 3 description (served at `/openapi.json`).
 pub fn openapi() -> Value {
-    let ns = json!({"name": "namespace", "in": "query", "required": false, "schema": {"type": "string"},
+    let ns = json!({"name": "namespace", "in": "query", "required": false,
+        "schema": {"type": "string", "maxLength": 63, "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
         "description": "namespace (default: the watched one, else default)"});
-    let name = json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string"}});
+    let name = json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string", "maxLength": 253,
+        "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"}});
+    let id = json!({"name": "id", "in": "path", "required": true,
+        "schema": {"type": "string", "maxLength": 128, "pattern": "^[A-Za-z0-9._-]+$"}});
     let error = json!({"description": "what is wrong", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
     let ok = |what: &str| json!({"description": what, "content": {"application/json": {"schema": {"type": "object"}}}});
     json!({
@@ -201,21 +282,21 @@ pub fn openapi() -> Value {
         "paths": {
             "/jobs": {
                 "get": {"summary": "List StreamJobs with their phase", "parameters": [ns],
-                    "responses": {"200": ok("the jobs"), "401": error, "403": error}},
+                    "responses": {"200": ok("the jobs"), "400": error, "401": error, "403": error, "502": error}},
                 "post": {"summary": "Create a StreamJob from a manifest (YAML or JSON)", "parameters": [ns],
                     "requestBody": {"required": true, "content": {"application/yaml": {"schema": {"type": "string"}}, "application/json": {"schema": {"type": "object"}}}},
-                    "responses": {"201": ok("the created job"), "400": error, "401": error, "403": error, "409": error}}
+                    "responses": {"201": ok("the created job"), "400": error, "401": error, "403": error, "409": error, "422": error, "502": error}}
             },
             "/jobs/{name}": {"get": {"summary": "One StreamJob: summary, spec, status", "parameters": [name, ns],
-                "responses": {"200": ok("the job"), "401": error, "404": error}}},
+                "responses": {"200": ok("the job"), "400": error, "401": error, "403": error, "404": error, "502": error}}},
             "/jobs/{name}/metrics": {"get": {"summary": "Events/s, capacity, lag, processing lag, checkpoints, per worker; busy and backpressure per operator", "parameters": [name, ns],
-                "responses": {"200": ok("the job's figures"), "401": error, "404": error}}},
+                "responses": {"200": ok("the job's figures"), "400": error, "401": error, "403": error, "404": error, "502": error}}},
             "/jobs/{name}/savepoints": {"post": {"summary": "Take a savepoint on every worker", "parameters": [name, ns],
-                "responses": {"202": ok("the savepoint id"), "401": error, "404": error, "409": error}}},
-            "/jobs/{name}/savepoints/{id}": {"get": {"summary": "Progress of a savepoint", "parameters": [name, {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}, ns],
-                "responses": {"200": ok("in-progress, failed or completed"), "401": error, "404": error}}},
+                "responses": {"202": ok("the savepoint id"), "400": error, "401": error, "403": error, "404": error, "409": error, "502": error}}},
+            "/jobs/{name}/savepoints/{id}": {"get": {"summary": "Progress of a savepoint", "parameters": [name, id, ns],
+                "responses": {"200": ok("in-progress, failed or completed"), "400": error, "401": error, "403": error, "404": error, "502": error}}},
             "/consumer-groups/{group}/lag": {"get": {"summary": "Committed and end offsets and lag per partition", "parameters": [{"name": "group", "in": "path", "required": true, "schema": {"type": "string"}}],
-                "responses": {"200": ok("the lag"), "401": error, "404": error, "502": error}}},
+                "responses": {"200": ok("the lag"), "401": error, "403": error, "404": error, "502": error}}},
             "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "ok"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics of the operator", "security": [], "responses": {"200": {"description": "text exposition format"}}}}
         }
@@ -244,11 +325,12 @@ async fn create_job(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
     Query(q): Query<NsQuery>,
-    body: String,
+    body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let caller = s.authenticate(&headers).await?;
+    let body = std::str::from_utf8(&body).map_err(|e| bad_request(format!("the manifest is not UTF-8 text: {e}")))?;
     // YAML is a superset of JSON: one parser for both, with the path of every error.
-    let m = Manifest::from_yaml(&body, "").map_err(|e| match e {
+    let m = Manifest::from_yaml(body, "").map_err(|e| match e {
         ManifestError::Invalid(errs) => ApiError(StatusCode::BAD_REQUEST, format!("invalid StreamJob: {errs}")),
         e => ApiError(StatusCode::BAD_REQUEST, e.to_string()),
     })?;
@@ -278,6 +360,7 @@ async fn get_job(
     Path(name): Path<String>,
     Query(q): Query<NsQuery>,
 ) -> Res {
+    job_name(&name)?;
     let ns = s.authorized_ns(&headers, &q, "get").await?;
     let job = s.jobs(&ns).get(&name).await?;
     let mut v = summary(&job);
@@ -303,6 +386,7 @@ async fn trigger_savepoint(
     Path(name): Path<String>,
     Query(q): Query<NsQuery>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    job_name(&name)?;
     let ns = s.authorized_ns(&headers, &q, "update").await?;
     let job = s.jobs(&ns).get(&name).await?;
     if job.spec.checkpoint_storage().is_none() {
@@ -330,6 +414,10 @@ async fn savepoint_status(
     Path((name, id)): Path<(String, String)>,
     Query(q): Query<NsQuery>,
 ) -> Res {
+    job_name(&name)?;
+    if id.is_empty() || id.len() > 128 || !id.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c)) {
+        return Err(bad_request(format!("`{}` is not a savepoint id (letters, digits, `-`, `_`, `.`)", shown(&id))));
+    }
     let ns = s.authorized_ns(&headers, &q, "get").await?;
     let jobs = s.jobs(&ns);
     let job = jobs.get(&name).await?;
@@ -360,6 +448,7 @@ async fn job_metrics(
     Path(name): Path<String>,
     Query(q): Query<NsQuery>,
 ) -> Res {
+    job_name(&name)?;
     let ns = s.authorized_ns(&headers, &q, "get").await?;
     let job = s.jobs(&ns).get(&name).await?;
     let mut workers = Vec::new();
