@@ -81,6 +81,7 @@ faults: stack-up
 lint: deps
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
+	scripts/deny.sh
 
 crds:
 	cargo run -q --locked --bin crdgen > crds/streamjob.yaml

@@ -118,6 +118,48 @@ pub fn internal_topics(
     (!topics.is_empty()).then(|| (kafka.brokers.clone(), kafka.properties.clone(), topics))
 }
 
+/// librdkafka properties that hold secrets: in a manifest (a ConfigMap, a Git repository) only as
+/// `${env:NAME}`, the worker's environment variable, which `spec.env` takes from a Secret.
+pub const SECRET_PROPERTIES: &[&str] = &[
+    "sasl.password",
+    "sasl.oauthbearer.client.secret",
+    "sasl.oauthbearer.config",
+    "ssl.key.password",
+    "ssl.key.pem",
+    "ssl.keystore.password",
+    "ssl.truststore.password",
+];
+
+/// The variable `NAME` of a property value `${env:NAME}`, or `None` for a literal value.
+pub fn env_reference(value: &str) -> Option<&str> {
+    value.strip_prefix("${env:")?.strip_suffix('}')
+}
+
+/// Whether `name` can be an environment variable's name (letters, digits, `_`; not a digit
+/// first).
+pub fn is_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Client properties with every `${env:NAME}` value replaced by `lookup(NAME)`; an error naming
+/// the property and the variable when one is not set.
+pub fn resolve_properties(
+    properties: &BTreeMap<String, String>,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<BTreeMap<String, String>, String> {
+    properties
+        .iter()
+        .map(|(k, v)| match env_reference(v) {
+            None => Ok((k.clone(), v.clone())),
+            Some(name) => lookup(name).map(|value| (k.clone(), value)).ok_or_else(|| {
+                format!("property {k} is ${{env:{name}}}, and the environment variable {name} is not set (spec.env, from a Secret)")
+            }),
+        })
+        .collect()
+}
+
 /// The StreamJob CRD as YAML, as `crdgen` writes it to `crds/streamjob.yaml`.
 pub fn crd_yaml() -> String {
     use kube::CustomResourceExt;

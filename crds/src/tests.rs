@@ -695,9 +695,12 @@ spec:
         } else {
             merge(pipeline, "streams", &fragment);
         }
-        // Each step of the example goes to a sink of its own.
-        let steps: Vec<String> =
+        // Each step of the example goes to a sink of its own (a source, when it has no steps).
+        let mut steps: Vec<String> =
             pipeline["streams"].as_mapping().unwrap().keys().map(|k| k.as_str().unwrap().to_string()).collect();
+        if steps.is_empty() {
+            steps.push("payments".into());
+        }
         for step in steps {
             let sink: serde_yaml::Mapping = serde_yaml::from_str(&format!(
                 "{step}_out: {{from: {step}, kafka: {{brokers: \"127.0.0.1:9092\", topic: {step}}}}}"
@@ -720,4 +723,52 @@ spec:
             panic!("the example\n{block}\nin docs/manifest.md does not validate: {e}");
         }
     }
+}
+
+#[test]
+fn secret_client_properties_come_only_from_the_environment() {
+    let job = |password: &str| {
+        format!(
+            r#"
+apiVersion: weir.dev/v1alpha1
+kind: StreamJob
+metadata: {{name: secure}}
+spec:
+  pipeline:
+    sources:
+      payments:
+        kafka:
+          brokers: "127.0.0.1:9096"
+          topic: payments
+          properties: {{security.protocol: SASL_SSL, sasl.mechanism: PLAIN, sasl.username: weir, sasl.password: "{password}"}}
+        schema: {{id: string, ts: timestamp}}
+    sinks:
+      out: {{from: payments, kafka: {{brokers: "127.0.0.1:9096", topic: out, properties: {{ssl.key.password: "{password}"}}}}}}
+"#
+        )
+    };
+    assert!(Manifest::from_yaml(&job("${env:KAFKA_PASSWORD}"), "x").is_ok());
+    let errs = errors(&job("weir-secret"));
+    assert!(
+        has(
+            &errs,
+            "spec.pipeline.sources.payments.kafka.properties.sasl.password",
+            "must not be written in the manifest"
+        ),
+        "{errs:?}"
+    );
+    assert!(has(&errs, "spec.pipeline.sinks.out.kafka.properties.ssl.key.password", "Secret in spec.env"), "{errs:?}");
+    let errs = errors(&job("${env:1-bad}"));
+    assert!(
+        has(&errs, "spec.pipeline.sources.payments.kafka.properties.sasl.password", "not an environment variable name"),
+        "{errs:?}"
+    );
+
+    let props: BTreeMap<String, String> =
+        [("sasl.password", "${env:PW}"), ("sasl.username", "weir")].map(|(k, v)| (k.to_string(), v.to_string())).into();
+    let resolved = resolve_properties(&props, |n| (n == "PW").then(|| "s3cret".to_string())).unwrap();
+    assert_eq!(resolved["sasl.password"], "s3cret");
+    assert_eq!(resolved["sasl.username"], "weir");
+    let err = resolve_properties(&props, |_| None).unwrap_err();
+    assert!(err.contains("sasl.password") && err.contains("PW") && !err.contains("s3cret"), "{err}");
 }

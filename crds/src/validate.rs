@@ -200,6 +200,9 @@ fn validate_pipeline(p: &PipelineSpec, errs: &mut ValidationErrors) {
         if kinds != 1 {
             errs.push(path.clone(), format!("a table needs exactly one of kafka, file, datagen, redis; found {kinds}"));
         }
+        if let Some(k) = &t.kafka {
+            check_properties(errs, &format!("{path}.kafka.properties"), &k.properties);
+        }
         if let Some(r) = &t.redis {
             if !r.url.starts_with("redis://") || r.url.len() <= "redis://".len() {
                 errs.push(format!("{path}.redis.url"), format!("`{}` is not a redis://host[:port][/db] URL", r.url));
@@ -280,6 +283,7 @@ fn check_source(errs: &mut ValidationErrors, path: &str, s: &SourceSpec) {
         if k.topic.trim().is_empty() {
             errs.push(format!("{path}.kafka.topic"), "must not be empty");
         }
+        check_properties(errs, &format!("{path}.kafka.properties"), &k.properties);
         match (k.start_from, &k.start_timestamp) {
             (crate::StartFrom::Timestamp, None) => errs.push(
                 format!("{path}.kafka.startTimestamp"),
@@ -1015,6 +1019,26 @@ fn check_sink(errs: &mut ValidationErrors, p: &PipelineSpec, name: &str, sink: &
         }
         if k.brokers.trim().is_empty() {
             errs.push(format!("{path}.kafka.brokers"), "must list at least one host:port");
+        }
+        check_properties(errs, &format!("{path}.kafka.properties"), &k.properties);
+    }
+}
+
+/// Client properties: a secret only as `${env:NAME}` (a literal one would sit in the job's
+/// ConfigMap and in Git), and every `${env:NAME}` a valid variable name.
+fn check_properties(errs: &mut ValidationErrors, path: &str, properties: &BTreeMap<String, String>) {
+    for (k, v) in properties {
+        match crate::env_reference(v) {
+            Some(name) if !crate::is_env_name(name) => {
+                errs.push(format!("{path}.{k}"), format!("`{name}` is not an environment variable name"))
+            }
+            Some(_) => {}
+            None if crate::SECRET_PROPERTIES.contains(&k.as_str()) => errs.push(
+                format!("{path}.{k}"),
+                "a secret must not be written in the manifest (it would be in the job's ConfigMap): \
+                 write `${env:NAME}` and give the workers NAME from a Secret in spec.env",
+            ),
+            None => {}
         }
     }
 }

@@ -30,9 +30,30 @@ kafka_java() {
 NETNS_KAFKA_IP=${NETNS_KAFKA_IP:-10.213.0.1}
 NETNS_KAFKA_PORT=${NETNS_KAFKA_PORT:-9095}
 
+# A third listener with TLS and SASL/PLAIN (user weir, password weir-secret), for the tests of
+# Kafka security settings: a CA and the broker's certificate for 127.0.0.1, made with openssl.
+KAFKA_SECURE_PORT=${KAFKA_SECURE_PORT:-9096}
+KAFKA_TLS=$WEIR_RUN/kafka-tls
+
+kafka_tls() {
+  [[ -f $KAFKA_TLS/broker.pem ]] && return 0
+  mkdir -p "$KAFKA_TLS"
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout "$KAFKA_TLS/ca.key" -out "$KAFKA_TLS/ca.crt" -days 3650 \
+    -subj "/CN=weir-local-kafka-ca" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -keyout "$KAFKA_TLS/broker.key" -out "$KAFKA_TLS/broker.csr" \
+    -subj "/CN=127.0.0.1" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >"$KAFKA_TLS/broker.ext"
+  openssl x509 -req -in "$KAFKA_TLS/broker.csr" -CA "$KAFKA_TLS/ca.crt" -CAkey "$KAFKA_TLS/ca.key" -CAcreateserial \
+    -days 3650 -sha256 -extfile "$KAFKA_TLS/broker.ext" -out "$KAFKA_TLS/broker.crt" 2>/dev/null
+  # Kafka's PEM key store: the PKCS#8 key, then the certificate chain.
+  { openssl pkcs8 -topk8 -nocrypt -in "$KAFKA_TLS/broker.key"; cat "$KAFKA_TLS/broker.crt" "$KAFKA_TLS/ca.crt"; } >"$KAFKA_TLS/broker.pem"
+}
+
 write_config() {
   mkdir -p "$KAFKA_DATA"
-  local listeners="PLAINTEXT://127.0.0.1:$KAFKA_PORT" advertised="PLAINTEXT://127.0.0.1:$KAFKA_PORT"
+  kafka_tls
+  local listeners="PLAINTEXT://127.0.0.1:$KAFKA_PORT,SECURE://127.0.0.1:$KAFKA_SECURE_PORT"
+  local advertised="PLAINTEXT://127.0.0.1:$KAFKA_PORT,SECURE://127.0.0.1:$KAFKA_SECURE_PORT"
   if [[ $EUID -eq 0 ]] && command -v ip >/dev/null; then
     ip addr show dev lo | grep -q " $NETNS_KAFKA_IP/" || ip addr add "$NETNS_KAFKA_IP/32" dev lo
     listeners+=",NETNS://$NETNS_KAFKA_IP:$NETNS_KAFKA_PORT"
@@ -46,7 +67,12 @@ listeners=$listeners,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
 advertised.listeners=$advertised
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,NETNS:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,NETNS:PLAINTEXT,SECURE:SASL_SSL
+listener.name.secure.sasl.enabled.mechanisms=PLAIN
+listener.name.secure.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_weir="weir-secret";
+listener.name.secure.ssl.keystore.type=PEM
+listener.name.secure.ssl.keystore.location=$KAFKA_TLS/broker.pem
+sasl.enabled.mechanisms=PLAIN
 log.dirs=$KAFKA_DATA/logs
 num.partitions=4
 default.replication.factor=1

@@ -13,7 +13,9 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use rdkafka::producer::{BaseRecord, Producer};
-use weir_e2e::payments::{create_topics, events, feed, produce, producer, read_all, reference, windows_of, Ev};
+use weir_e2e::payments::{
+    create_topics, events, feed, produce, producer, read_all, reference, window_job_pipeline, windows_of, Ev,
+};
 use weir_e2e::window_job::{alerts_of, check_alerts, check_results, write_job, write_manifest, PARTITIONS};
 use weir_e2e::{free_port, kafka_brokers, require_port, start_pod, unique, wait_until, worker_bin};
 
@@ -780,4 +782,51 @@ spec:
             && err.contains("repartition: true"),
         "{err}"
     );
+}
+
+/// Kafka over TLS with SASL/PLAIN (the stack broker's SECURE listener, 127.0.0.1:9096): the
+/// source and the exactly-once sink connect with `security.protocol: SASL_SSL`, the stack's CA,
+/// and the password as `${env:KAFKA_PASSWORD}`, read from the worker's environment (on
+/// Kubernetes, `spec.env` from a Secret), never written in the manifest nor logged. Every window
+/// equals the reference; a wrong password stops the worker with an authentication error.
+#[test]
+fn a_job_uses_kafka_over_tls_with_sasl_and_its_password_from_the_environment() {
+    require_port("Kafka's SASL_SSL listener", 9096);
+    let name = unique("sasl");
+    let (input, output, corrections) = (format!("{name}-in"), format!("{name}-out"), format!("{name}-late"));
+    create_topics(&[(&input, PARTITIONS), (&output, PARTITIONS), (&corrections, 1)]);
+    let evs = events(PARTITIONS);
+    produce(&producer(), &input, &evs);
+    let ca = weir_e2e::run_dir().join("kafka-tls/ca.crt");
+    let secure = format!(
+        "brokers: \"127.0.0.1:9096\", properties: {{security.protocol: SASL_SSL, sasl.mechanism: PLAIN, sasl.username: weir, sasl.password: \"${{env:KAFKA_PASSWORD}}\", ssl.ca.location: \"{}\"}}",
+        ca.display()
+    );
+    let plain = format!("brokers: \"{}\"", kafka_brokers());
+    let dir = tempfile::tempdir().unwrap();
+    let job = format!(
+        "metadata: {{name: {name}}}\nspec:\n  epochInterval: 50ms\n  pipeline:\n{}    sinks:\n      results: {{from: per_card_minute, kafka: {{brokers: \"{b}\", topic: {output}}}}}\n      corrections: {{kafka: {{brokers: \"{b}\", topic: {corrections}}}}}\n",
+        window_job_pipeline(&input),
+        b = kafka_brokers()
+    )
+    .replace(&plain, &secure);
+    assert_eq!(job.matches("SASL_SSL").count(), 3, "the source and both sinks: {job}");
+    let manifest = write_manifest(dir.path(), job);
+    let log = weir_e2e::run_dir().join("logs").join(format!("e2e-{name}.log"));
+    let state = dir.path().join("state");
+
+    let wrong = weir_e2e::start_worker(&manifest, &state, &log, &[("KAFKA_PASSWORD", "not-it".to_string())]);
+    let out = wrong.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("Authentication failed") || text.contains("SASL authentication error"), "{text}");
+
+    let mut w = weir_e2e::start_worker(&manifest, &state, &log, &[("KAFKA_PASSWORD", "weir-secret".to_string())]);
+    let (want, _) = reference(&evs, PARTITIONS);
+    let (got, emitted) = windows_of(&output, PARTITIONS, want.len());
+    assert_eq!(got, want, "every window equals the reference");
+    assert_eq!(emitted, want.len(), "each once");
+    w.kill().unwrap();
+    w.wait().unwrap();
+    assert!(!std::fs::read_to_string(&log).unwrap().contains("weir-secret"), "the password is never logged");
 }

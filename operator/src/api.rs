@@ -502,13 +502,16 @@ async fn group_lag(State(s): State<Arc<ApiState>>, headers: HeaderMap, Path(grou
             all.extend(s.jobs(ns).list(&ListParams::default()).await?.items);
         }
     }
-    let mut sources: Vec<(String, String)> = Vec::new();
+    let mut sources = Vec::new();
     for j in all {
         if weir_crds::consumer_group(&j.spec.pipeline, &j.name_any(), j.namespace().as_deref()) == group {
-            sources.extend(j.spec.pipeline.sources.values().filter_map(|src| {
-                let k = src.kafka.as_ref()?;
-                Some((k.brokers.clone(), k.topic.clone()))
-            }));
+            let ns = j.namespace().unwrap_or_default();
+            for k in j.spec.pipeline.sources.values().filter_map(|src| src.kafka.as_ref()) {
+                let properties = kafka::resolve(&s.client, &ns, &j, &k.properties)
+                    .await
+                    .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, e))?;
+                sources.push((k.brokers.clone(), k.topic.clone(), properties));
+            }
         }
     }
     if sources.is_empty() {
@@ -516,7 +519,7 @@ async fn group_lag(State(s): State<Arc<ApiState>>, headers: HeaderMap, Path(grou
     }
     let g = group.clone();
     let topics = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Value>> {
-        sources.iter().map(|(brokers, topic)| topic_lag(brokers, &g, topic)).collect()
+        sources.iter().map(|(brokers, topic, properties)| topic_lag(brokers, &g, topic, properties)).collect()
     })
     .await
     .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
@@ -526,8 +529,13 @@ async fn group_lag(State(s): State<Arc<ApiState>>, headers: HeaderMap, Path(grou
 }
 
 /// Committed offset, end offset and lag of every partition of `topic` for `group`.
-fn topic_lag(brokers: &str, group: &str, topic: &str) -> anyhow::Result<Value> {
-    let partitions = kafka::topic_offsets(&kafka::offsets_client(brokers, group)?, topic)?;
+fn topic_lag(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    properties: &std::collections::BTreeMap<String, String>,
+) -> anyhow::Result<Value> {
+    let partitions = kafka::topic_offsets(&kafka::offsets_client(brokers, group, properties)?, topic)?;
     let lag: i64 = partitions.iter().map(kafka::PartitionOffsets::lag).sum();
     let partitions: Vec<Value> = partitions
         .iter()

@@ -2,10 +2,14 @@
 //! consumer group's committed offset. Used by the REST API (`/consumer-groups/{group}/lag`) and
 //! by the autoscaler. Blocking (librdkafka's admin calls); call it from `spawn_blocking`.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, Client};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use weir_crds::StreamJob;
 
 /// One partition's offsets.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -27,13 +31,50 @@ impl PartitionOffsets {
     }
 }
 
-/// A consumer of `brokers` in `group` that never joins it: only reads offsets.
-pub fn offsets_client(brokers: &str, group: &str) -> anyhow::Result<BaseConsumer> {
-    Ok(ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()?)
+/// A consumer of `brokers` in `group` that never joins it: only reads offsets. `properties`:
+/// the source's client properties, resolved ([`resolve`]).
+pub fn offsets_client(
+    brokers: &str,
+    group: &str,
+    properties: &BTreeMap<String, String>,
+) -> anyhow::Result<BaseConsumer> {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", brokers).set("group.id", group).set("enable.auto.commit", "false");
+    for (k, v) in properties {
+        cfg.set(k, v);
+    }
+    Ok(cfg.create()?)
+}
+
+/// A job's client properties as its workers resolve them: each `${env:NAME}` (a secret) from
+/// the job's `spec.env`, a value or a key of a Secret in its namespace. The values stay in
+/// memory: never logged, never written to a status.
+pub async fn resolve(
+    client: &Client,
+    ns: &str,
+    job: &StreamJob,
+    properties: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, String> {
+    let mut values = BTreeMap::new();
+    for name in properties.values().filter_map(|v| weir_crds::env_reference(v)) {
+        let Some(env) = job.spec.env.iter().find(|e| e.name == name) else { continue };
+        let value = match (&env.value, &env.value_from) {
+            (Some(v), _) => v.clone(),
+            (None, Some(from)) => {
+                let r = &from.secret_key_ref;
+                let secret = Api::<Secret>::namespaced(client.clone(), ns)
+                    .get(&r.name)
+                    .await
+                    .map_err(|e| format!("reading Secret {ns}/{} for {name}: {e}", r.name))?;
+                let bytes = secret.data.and_then(|mut d| d.remove(&r.key)).map(|b| b.0);
+                let bytes = bytes.ok_or_else(|| format!("Secret {ns}/{} has no key {} (for {name})", r.name, r.key))?;
+                String::from_utf8(bytes).map_err(|_| format!("Secret {ns}/{} key {} is not text", r.name, r.key))?
+            }
+            (None, None) => continue,
+        };
+        values.insert(name.to_string(), value);
+    }
+    weir_crds::resolve_properties(properties, |n| values.get(n).cloned())
 }
 
 /// The offsets of every partition of `topic` for the consumer's group, by partition.

@@ -217,7 +217,8 @@ async fn delete_internal_topics(ctx: &Ctx, job: &StreamJob) -> Result<Action, Er
         return Ok(Action::requeue(Duration::from_secs(2)));
     }
     if let Some((brokers, properties, topics)) = internal_topics(job) {
-        match delete_topics(&brokers, &properties, &topics).await {
+        let resolved = crate::kafka::resolve(&ctx.client, &ns, job, &properties).await;
+        match async { delete_topics(&brokers, &resolved?, &topics).await }.await {
             Ok(()) => {
                 let note = format!("deleted the internal topics {}", topics.join(", "));
                 publish(ctx, job, EventType::Normal, "TopicsDeleted", note).await;

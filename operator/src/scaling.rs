@@ -114,10 +114,14 @@ impl Scaling {
                 return Duration::from_secs_f64(wait);
             }
         }
-        let inputs = inputs(job);
-        if inputs.is_empty() {
-            return self.period;
-        }
+        let inputs = match inputs(ctx, job).await {
+            Ok(inputs) if !inputs.is_empty() => inputs,
+            Ok(_) => return self.period,
+            Err(e) => {
+                tracing::warn!(job = %job.name_any(), "autoscaler: {e}");
+                return self.period;
+            }
+        };
         let group = weir_crds::consumer_group(&job.spec.pipeline, &job.name_any(), job.namespace().as_deref());
         let read = tokio::task::spawn_blocking(move || read_offsets(&inputs, &group)).await;
         let (partitions, counts) = match read {
@@ -288,21 +292,25 @@ pub fn settings(spec: &AutoscalerSpec, partitions: u32) -> Settings {
 
 /// The job's partitioned Kafka inputs: brokers and topic of each source (tables are read whole
 /// by every worker and do not count).
-fn inputs(job: &StreamJob) -> Vec<(String, String)> {
-    job.spec
-        .pipeline
-        .sources
-        .values()
-        .filter_map(|s| s.kafka.as_ref().map(|k| (k.brokers.clone(), k.topic.clone())))
-        .collect()
+async fn inputs(ctx: &Ctx, job: &StreamJob) -> Result<Vec<Input>, String> {
+    let ns = job.namespace().unwrap_or_default();
+    let mut inputs = Vec::new();
+    for k in job.spec.pipeline.sources.values().filter_map(|s| s.kafka.as_ref()) {
+        let properties = kafka::resolve(&ctx.client, &ns, job, &k.properties).await?;
+        inputs.push((k.brokers.clone(), k.topic.clone(), properties));
+    }
+    Ok(inputs)
 }
 
+/// A Kafka input: brokers, topic, resolved client properties.
+type Input = (String, String, std::collections::BTreeMap<String, String>);
+
 /// Every input partition's offsets (the sources in order) and each source's partition count.
-fn read_offsets(inputs: &[(String, String)], group: &str) -> anyhow::Result<(Vec<kafka::PartitionOffsets>, Vec<u32>)> {
+fn read_offsets(inputs: &[Input], group: &str) -> anyhow::Result<(Vec<kafka::PartitionOffsets>, Vec<u32>)> {
     let mut partitions = Vec::new();
     let mut counts = Vec::new();
-    for (brokers, topic) in inputs {
-        let found = kafka::topic_offsets(&kafka::offsets_client(brokers, group)?, topic)?;
+    for (brokers, topic, properties) in inputs {
+        let found = kafka::topic_offsets(&kafka::offsets_client(brokers, group, properties)?, topic)?;
         counts.push(found.len() as u32);
         partitions.extend(found);
     }

@@ -84,7 +84,7 @@ impl KafkaProducer {
             .set("partitioner", "murmur2_random")
             .set("compression.type", "lz4")
             .set("queue.buffering.max.kbytes", "262144");
-        for (k, v) in properties {
+        for (k, v) in crate::source::kafka::client_properties(properties)? {
             cfg.set(k, v);
         }
         // A timeout set in the sink's properties wins; the broker refuses one above its

@@ -66,7 +66,7 @@ impl KafkaSource {
             // leaves it idle (1 M events: 6.3 s at the default, 2.3 s at 10 ms).
             .set("fetch.queue.backoff.ms", "10")
             .set("enable.partition.eof", "false");
-        for (k, v) in &spec.properties {
+        for (k, v) in client_properties(&spec.properties).map_err(err)? {
             cfg.set(k, v);
         }
         let consumer: BaseConsumer = cfg.create().map_err(|e| err(format!("creating the Kafka consumer: {e}")))?;
@@ -425,6 +425,14 @@ struct Fetched<'a> {
     tombstone_key: Option<&'a [u8]>,
 }
 
+/// A source's or sink's client properties, each `${env:NAME}` (a secret) read from the
+/// worker's environment.
+pub fn client_properties(
+    properties: &BTreeMap<String, String>,
+) -> std::result::Result<BTreeMap<String, String>, String> {
+    weir_crds::resolve_properties(properties, |name| std::env::var(name).ok())
+}
+
 /// Consumer errors that retrying cannot mend.
 fn needs_action(code: RDKafkaErrorCode) -> bool {
     use RDKafkaErrorCode::*;
@@ -550,7 +558,7 @@ pub fn ensure_repartition_topic(
 
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", brokers);
-    for (k, v) in properties {
+    for (k, v) in client_properties(properties)? {
         cfg.set(k, v);
     }
     let admin: AdminClient<DefaultClientContext> =
