@@ -5,7 +5,7 @@ export WEIR_CACHE ?= $(HOME)/.cache/weir
 STACK := e2e/stack/stack.sh
 WORKER := $(CARGO_TARGET_DIR)/debug/weir-worker
 
-.PHONY: all deps build release stack-install stack-up stack-down stack-status test test-unit test-images test-e2e test-failover test-scale faults lint images fuzz demo bench bench-compare crds clean
+.PHONY: all deps build release stack-install stack-up stack-down stack-status test test-unit test-images test-e2e test-failover test-scale faults soak lint images fuzz demo bench bench-compare crds clean
 
 all: build
 
@@ -69,6 +69,11 @@ test-images: build
 ## "Autoscaling").
 test-scale: stack-up
 	cargo test --workspace --locked --test operator_k8s -- --ignored --test-threads=1 --nocapture 2>&1 | tee $(WEIR_CACHE)/test-scale.log | grep -E '^(test |test result|running|error|failures:|---- |step |thread )' ; exit $${PIPESTATUS[0]}
+
+## A soak run, not in CI: SOAK_MINUTES (60) at 70 % of capacity with checkpoints and a rescale;
+## memory, open files, state and latency over time (bench/soak.sh, docs/benchmarks.md).
+soak: release stack-up
+	bench/soak.sh
 
 ## The fault-injection suite on its own (e2e/tests/faults.rs and the cluster case of
 ## operator_k8s.rs; `make test` runs them too, with 30 s outages): S3 and the broker down for
