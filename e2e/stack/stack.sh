@@ -6,7 +6,7 @@ COMPONENTS=(kafka s3 redis opensearch cassandra k8s node-agent)
 
 case "${1:-}" in
   install)
-    for c in kafka s3 redis opensearch cassandra k8s helm gitops schemathesis; do "$STACK_DIR/$c.sh" install; done ;;
+    for c in kafka s3 redis opensearch cassandra k8s helm gitops schemathesis promtool; do "$STACK_DIR/$c.sh" install; done ;;
   up)
     started=$SECONDS
     for c in "${COMPONENTS[@]}"; do "$STACK_DIR/$c.sh" start; done

@@ -295,3 +295,62 @@ fn the_installed_operator_runs_a_job(system: &str, jobs: &str) {
     // The job goes with its namespace; wait for it so the operator is not removed under it.
     kubectl(&["-n", jobs, "delete", "sj/per-card", "--wait=true", "--timeout=120s"]);
 }
+
+/// The stack's promtool (built from Prometheus' Go module: `e2e/stack/promtool.sh install`).
+fn promtool(args: &[&str]) -> Output {
+    Command::new(repo_dir().join("e2e/stack/promtool.sh")).arg("run").args(args).output().expect("running promtool.sh")
+}
+
+/// `files/alerts.yaml` is a valid rule file (`promtool check rules`) and its alerts fire as
+/// `tests/alerts_test.yaml` says, with their labels and annotations (`promtool test rules`).
+#[test]
+fn the_alert_rules_pass_promtool_and_their_unit_tests() {
+    let rules = chart().join("files/alerts.yaml");
+    let out = promtool(&["check", "rules", rules.to_str().unwrap()]);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("SUCCESS: 10 rules found"), "{text}");
+    let tests = chart().join("tests/alerts_test.yaml");
+    let out = promtool(&["test", "rules", tests.to_str().unwrap()]);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("SUCCESS"), "{text}");
+}
+
+/// Every metric the alerts and the Grafana dashboard query is one the worker or the operator
+/// exports (a histogram by its `_bucket`, `_sum` or `_count` series).
+#[test]
+fn the_alerts_and_the_dashboard_query_only_metrics_weir_exports() {
+    fn read_rust(dir: &std::path::Path, into: &mut String) {
+        for entry in std::fs::read_dir(dir).unwrap().map(Result::unwrap) {
+            let path = entry.path();
+            if path.is_dir() {
+                read_rust(&path, into);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                into.push_str(&std::fs::read_to_string(&path).unwrap());
+            }
+        }
+    }
+    let mut exported = String::new();
+    for dir in ["worker/src", "operator/src"] {
+        read_rust(&repo_dir().join(dir), &mut exported);
+    }
+    let mut queried = std::collections::BTreeSet::new();
+    for file in ["files/alerts.yaml", "files/dashboard.json"] {
+        let text = std::fs::read_to_string(chart().join(file)).unwrap();
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find("weir_") {
+            let name: String =
+                rest[i..].chars().take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_').collect();
+            rest = &rest[i + name.len()..];
+            queried.insert((file, name));
+        }
+    }
+    assert!(queried.len() > 20, "{queried:?}");
+    let unknown: Vec<_> = queried
+        .iter()
+        .filter(|(_, name)| {
+            let base = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name);
+            !exported.contains(&format!("\"{base}\"")) && !exported.contains(&format!("\"{name}\""))
+        })
+        .collect();
+    assert!(unknown.is_empty(), "queried but not exported: {unknown:?}");
+}
