@@ -772,3 +772,43 @@ spec:
     let err = resolve_properties(&props, |_| None).unwrap_err();
     assert!(err.contains("sasl.password") && err.contains("PW") && !err.contains("s3cret"), "{err}");
 }
+
+/// The manifest reference covers the schema: every field of `spec` in the CRD (generated from
+/// the types) is named in docs/manifest.md, so a new field cannot go undocumented.
+#[test]
+fn every_field_of_the_schema_is_in_the_manifest_reference() {
+    use std::collections::BTreeSet;
+    fn fields(schema: &serde_json::Value, into: &mut BTreeSet<String>) {
+        if let Some(props) = schema.get("properties").and_then(|p| p.as_object()) {
+            for (name, sub) in props {
+                into.insert(name.clone());
+                fields(sub, into);
+            }
+        }
+        for key in ["items", "additionalProperties"] {
+            if let Some(sub) = schema.get(key).filter(|s| s.is_object()) {
+                fields(sub, into);
+            }
+        }
+        for key in ["anyOf", "oneOf", "allOf"] {
+            for sub in schema.get(key).and_then(|s| s.as_array()).into_iter().flatten() {
+                fields(sub, into);
+            }
+        }
+    }
+    let crd: serde_json::Value = serde_yaml::from_str(&crd_yaml()).unwrap();
+    let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    let mut names = BTreeSet::new();
+    fields(spec, &mut names);
+    assert!(names.len() > 100, "{names:?}");
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/manifest.md")).unwrap();
+    let named = |name: &str| {
+        docs.match_indices(name).any(|(i, _)| {
+            let before = docs[..i].chars().next_back().is_none_or(|c| !c.is_alphanumeric());
+            let after = docs[i + name.len()..].chars().next().is_none_or(|c| !c.is_alphanumeric());
+            before && after
+        })
+    };
+    let missing: Vec<&String> = names.iter().filter(|n| !named(n)).collect();
+    assert!(missing.is_empty(), "fields of the schema not in docs/manifest.md: {missing:?}");
+}
