@@ -109,6 +109,9 @@ fn main() -> anyhow::Result<()> {
             }
         }
     };
+    // The broker gone (its queue full for this long): give up rather than spin.
+    const STUCK: Duration = Duration::from_secs(60);
+    let mut last_sent = Instant::now();
     while sent < total {
         // Send what the rate allows by now, in small bursts.
         let due = (start.elapsed().as_secs_f64() * args.rate as f64) as u64;
@@ -116,10 +119,12 @@ fn main() -> anyhow::Result<()> {
             let payload = event(&format!("e{sent}"), sent, now_ms());
             let key = format!("card-{:04}", sent % 1000);
             if producer.send(BaseRecord::to(&args.input).key(&key).payload(&payload)).is_err() {
+                anyhow::ensure!(last_sent.elapsed() < STUCK, "could not send to {} for {STUCK:?}", args.input);
                 producer.poll(Duration::from_millis(1));
                 continue;
             }
             sent += 1;
+            last_sent = Instant::now();
         }
         producer.poll(Duration::ZERO);
         drain(&consumer, &mut latencies, Duration::from_millis(1));
