@@ -239,24 +239,24 @@ pub fn http_call(
     Ok((code, body.to_string()))
 }
 
-/// Runs a local-stack script (`e2e/stack/<script> <action>`: `s3.sh stop`, `k8s.sh
-/// restart_apiserver`), panicking with its output when it fails.
-pub fn stack(script: &str, action: &str) {
-    let out = Command::new(repo_dir().join("e2e/stack").join(script)).arg(action).output().unwrap();
+/// Runs a local-stack script (`e2e/stack/<script> ARGS`: `s3.sh stop`, `k8s.sh
+/// restart_apiserver`, `kafka.sh cluster stop-node 1`), panicking with its output when it fails.
+pub fn stack(script: &str, args: &[&str]) {
+    let out = Command::new(repo_dir().join("e2e/stack").join(script)).args(args).output().unwrap();
     assert!(
         out.status.success(),
-        "{script} {action}: {}{}",
+        "{script} {args:?}: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
 }
 
-/// Starts the server of a stack script (`s3.sh`, `kafka.sh`) again when dropped, however a
-/// test that stopped it ends.
-pub struct StartAgain(pub &'static str);
+/// Runs a stack script's start command when dropped (`s3.sh start`, `kafka.sh cluster
+/// start-node 1`), so a server a test stopped runs again however the test ends.
+pub struct StartAgain(pub &'static str, pub &'static [&'static str]);
 
 impl Drop for StartAgain {
     fn drop(&mut self) {
-        let _ = Command::new(repo_dir().join("e2e/stack").join(self.0)).arg("start").output();
+        let _ = Command::new(repo_dir().join("e2e/stack").join(self.0)).args(self.1).output();
     }
 }

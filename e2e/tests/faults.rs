@@ -297,8 +297,8 @@ fn the_checkpoint_store_down_fails_checkpoints_visibly_and_processing_goes_on() 
     let failed = || counter(port, "weir_checkpoints_total", "outcome=\"failed\"").unwrap_or(0.0);
     wait_until("a completed checkpoint", Duration::from_secs(90), || (completed() >= 1.0).then_some(()));
 
-    let restart = StartAgain("s3.sh");
-    stack("s3.sh", "stop");
+    let restart = StartAgain("s3.sh", &["start"]);
+    stack("s3.sh", &["stop"]);
     let down = Instant::now();
     let before = read_all(&case.output, PARTITIONS).len();
     case.produce(thirds[1]);
@@ -310,7 +310,7 @@ fn the_checkpoint_store_down_fails_checkpoints_visibly_and_processing_goes_on() 
     std::thread::sleep(outage().saturating_sub(down.elapsed()));
     assert!(w.0.try_wait().unwrap().is_none(), "the worker runs through the outage: {}", case.log_text());
     let back = Instant::now();
-    stack("s3.sh", "start");
+    stack("s3.sh", &["start"]);
     drop(restart);
     wait_until("a checkpoint completed after the outage", Duration::from_secs(120), || {
         (completed() > completed_before).then_some(())
@@ -377,14 +377,14 @@ fn a_broker_outage_and_restart_loses_and_repeats_nothing() {
     let mut w = Supervised { child: None, restarts: 0 };
     w.tend(&case);
     case.wait_for_results();
-    let restart = StartAgain("kafka.sh");
-    stack("kafka.sh", "stop");
+    let restart = StartAgain("kafka.sh", &["start"]);
+    stack("kafka.sh", &["stop"]);
     let down = Instant::now();
     while down.elapsed() < outage() {
         std::thread::sleep(Duration::from_millis(500));
         w.tend(&case);
     }
-    stack("kafka.sh", "start");
+    stack("kafka.sh", &["start"]);
     drop(restart);
     let back = Instant::now();
     case.produce(second);
@@ -427,8 +427,8 @@ fn a_broker_lost_in_a_three_broker_cluster_is_a_failover() {
     case.wait_for_results();
     // The broker of the first bootstrap address, which leads some partitions and may be a
     // coordinator.
-    let restart = StartNode(1);
-    stack_args(&["cluster", "stop-node", "1"]);
+    let restart = StartAgain("kafka.sh", &["cluster", "start-node", "1"]);
+    stack("kafka.sh", &["cluster", "stop-node", "1"]);
     let down = Instant::now();
     let before = read_all(&case.output, PARTITIONS).len();
     case.produce(thirds[1]);
@@ -437,7 +437,7 @@ fn a_broker_lost_in_a_three_broker_cluster_is_a_failover() {
     });
     std::thread::sleep(Duration::from_secs(60).saturating_sub(down.elapsed()));
     assert!(w.0.try_wait().unwrap().is_none(), "the worker runs through the failover: {}", case.log_text());
-    stack_args(&["cluster", "start-node", "1"]);
+    stack("kafka.sh", &["cluster", "start-node", "1"]);
     drop(restart);
     case.produce(thirds[2]);
     case.check();
@@ -447,23 +447,6 @@ fn a_broker_lost_in_a_three_broker_cluster_is_a_failover() {
         case.name,
         failed_over.as_secs_f64()
     );
-}
-
-/// `e2e/stack/kafka.sh ARGS`, panicking with its output when it fails.
-fn stack_args(args: &[&str]) {
-    let out = Command::new(weir_e2e::repo_dir().join("e2e/stack/kafka.sh")).args(args).output().unwrap();
-    assert!(out.status.success(), "kafka.sh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// Starts cluster node N again however the case ends.
-struct StartNode(u32);
-
-impl Drop for StartNode {
-    fn drop(&mut self) {
-        let n = self.0.to_string();
-        let _ =
-            Command::new(weir_e2e::repo_dir().join("e2e/stack/kafka.sh")).args(["cluster", "start-node", &n]).output();
-    }
 }
 
 /// A network namespace with a veth pair to the host (needs root and iproute2): a process in it

@@ -1147,7 +1147,7 @@ fn a_deleted_pod_an_api_server_restart_and_a_storage_outage_lose_and_repeat_noth
     // The API server restarted (about 20 s here): the workers go on without it. The operator,
     // past its lease's renew deadline, exits and is started again, as its Deployment would.
     let restarted = std::time::Instant::now();
-    weir_e2e::stack("k8s.sh", "restart_apiserver");
+    weir_e2e::stack("k8s.sh", &["restart_apiserver"]);
     let api_back = restarted.elapsed();
     if cleanup.operators[0].try_wait().unwrap().is_some() {
         let (op, _) = start_operator(&ns, &log.with_extension("after-restart.log"));
@@ -1157,8 +1157,8 @@ fn a_deleted_pod_an_api_server_restart_and_a_storage_outage_lose_and_repeat_noth
 
     // The checkpoint store down: a condition and an Event, then back.
     let condition = || get(&ns, "sj/per-card", "{.status.conditions[?(@.type=='Checkpointing')].status}");
-    let start_again = weir_e2e::StartAgain("s3.sh");
-    weir_e2e::stack("s3.sh", "stop");
+    let start_again = weir_e2e::StartAgain("s3.sh", &["start"]);
+    weir_e2e::stack("s3.sh", &["stop"]);
     let down = std::time::Instant::now();
     wait_until("Checkpointing False", Duration::from_secs(180), || (condition() == "False").then_some(()));
     let noticed = down.elapsed();
@@ -1166,7 +1166,7 @@ fn a_deleted_pod_an_api_server_restart_and_a_storage_outage_lose_and_repeat_noth
     assert!(message.contains("checkpoints are failing on per-card-"), "{message}");
     assert!(event_reasons(&ns, "per-card").contains("CheckpointsFailing"));
     assert_eq!(get(&ns, "sj/per-card", "{.status.phase}"), "Running", "processing goes on");
-    weir_e2e::stack("s3.sh", "start");
+    weir_e2e::stack("s3.sh", &["start"]);
     drop(start_again);
     wait_until("Checkpointing True again", Duration::from_secs(180), || (condition() == "True").then_some(()));
     assert!(event_reasons(&ns, "per-card").contains("CheckpointsRecovered"));
