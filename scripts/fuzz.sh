@@ -19,6 +19,7 @@ for t in $TARGETS; do
   case $t in
     manifest) cp examples/*.yaml operator/fixtures/*.streamjob.yaml "$corpus/" ;;
     json_decoder) cp examples/data/*.jsonl "$corpus/" ;;
+    checkpoint_manifest) cp fuzz/seeds/checkpoint_manifest/* "$corpus/" ;;
   esac
   echo "[fuzz] $t for ${SECONDS_EACH}s"
   (cd fuzz && PATH=$(dirname "$FUZZ"):$PATH cargo +nightly fuzz run "$t" "corpus/$t" -- \

@@ -251,6 +251,12 @@ pub fn stack(script: &str, args: &[&str]) {
     );
 }
 
+/// Runs iproute2's `ip ARGS` (the network cases need root), panicking with its error when it fails.
+pub fn ip(args: &str) {
+    let out = Command::new("ip").args(args.split_whitespace()).output().expect("iproute2's ip");
+    assert!(out.status.success(), "ip {args} (the network cases need root): {}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// Runs a stack script's start command when dropped (`s3.sh start`, `kafka.sh cluster
 /// start-node 1`), so a server a test stopped runs again however the test ends.
 pub struct StartAgain(pub &'static str, pub &'static [&'static str]);

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use weir_e2e::payments::{create_topics, events, feed, produce, producer, read_all, Ev};
 use weir_e2e::window_job::{alerts_of, check_alerts, check_results, write_job, PARTITIONS};
-use weir_e2e::{free_port, require_port, run_dir, stack, start_worker, unique, wait_until, StartAgain};
+use weir_e2e::{free_port, ip, require_port, run_dir, stack, start_worker, unique, wait_until, StartAgain};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -173,9 +173,17 @@ fn a_corrupt_newest_checkpoint_falls_back_to_the_one_before() {
     });
     w.0.kill().unwrap();
     w.0.wait().unwrap();
+    // Partition 0's newest manifest is garbage; the others' name a file outside the state folder.
+    let escaped = case.dir.path().join("escaped");
     for p in 0..PARTITIONS {
         let newest = manifests(&checkpoints, p).pop().unwrap();
-        std::fs::write(&newest, b"{\"id\": 1, trailing garbage").unwrap();
+        if p == 0 {
+            std::fs::write(&newest, b"{\"id\": 1, trailing garbage").unwrap();
+        } else {
+            let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&newest).unwrap()).unwrap();
+            m["files"].as_array_mut().unwrap().push(escaped.to_str().unwrap().into());
+            std::fs::write(&newest, serde_json::to_vec(&m).unwrap()).unwrap();
+        }
     }
     std::fs::remove_dir_all(&case.state).unwrap();
     case.produce(second);
@@ -183,6 +191,8 @@ fn a_corrupt_newest_checkpoint_falls_back_to_the_one_before() {
     case.check();
     let log = case.log_text();
     assert!(log.contains("unreadable manifest") && log.contains("trying the one before"), "{log}");
+    assert!(log.contains("which is not a plain file name"), "{log}");
+    assert!(!escaped.exists(), "nothing is written outside the state folder");
 }
 
 /// The completed checkpoints' manifests of partition `p`, oldest first.
@@ -495,15 +505,6 @@ impl Drop for Netns {
     fn drop(&mut self) {
         self.remove();
     }
-}
-
-fn ip(args: &str) {
-    let out = Command::new("ip").args(args.split_whitespace()).output().expect("iproute2's ip");
-    assert!(
-        out.status.success(),
-        "ip {args} (the partition case needs root): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// A network partition between a worker and the broker: worker A runs in its own network

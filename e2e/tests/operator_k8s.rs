@@ -66,6 +66,14 @@ fn setup(prefix: &str) -> (Cleanup, PathBuf, u16) {
 
 /// [`setup`] with more arguments for the operator.
 fn setup_with(prefix: &str, operator_args: &[&str]) -> (Cleanup, PathBuf, u16) {
+    let (mut cleanup, log) = setup_without_operator(prefix);
+    let (operator, api_port) = start_operator_with(&cleanup.namespace, &log, operator_args);
+    cleanup.operators.push(operator);
+    (cleanup, log, api_port)
+}
+
+/// [`setup`] but for the operator: the namespace, its guard and the operator's log path.
+fn setup_without_operator(prefix: &str) -> (Cleanup, PathBuf) {
     let crd = repo_dir().join("crds/streamjob.yaml");
     kubectl(&["apply", "--server-side", "--force-conflicts", "-f", crd.to_str().unwrap()]);
     kubectl(&["wait", "--for=condition=established", "crd/streamjobs.weir.dev", "--timeout=60s"]);
@@ -73,8 +81,7 @@ fn setup_with(prefix: &str, operator_args: &[&str]) -> (Cleanup, PathBuf, u16) {
     kubectl(&["create", "namespace", &ns]);
     let log = run_dir().join("logs").join(format!("e2e-operator-{ns}.log"));
     std::fs::create_dir_all(log.parent().unwrap()).unwrap();
-    let (operator, api_port) = start_operator_with(&ns, &log, operator_args);
-    (Cleanup { operators: vec![operator], namespace: ns, others: Vec::new() }, log, api_port)
+    (Cleanup { operators: Vec::new(), namespace: ns, others: Vec::new() }, log)
 }
 
 /// An operator watching `ns` (comma-separated namespaces; leader lease of 3 s), logging to
@@ -85,12 +92,42 @@ fn start_operator(ns: &str, log: &std::path::Path) -> (Child, u16) {
 
 /// [`start_operator`] with more arguments (which may set another `--lease-seconds`).
 fn start_operator_with(ns: &str, log: &std::path::Path, extra: &[&str]) -> (Child, u16) {
+    spawn_operator(Command::new(debug_bin("weir-operator")), &kubeconfig(), ns, log, extra)
+}
+
+/// An operator as [`start_operator`] makes it, but running as user `uid` (so that traffic can be
+/// told apart by its owner) from a copy of its binary and a self-contained kubeconfig in `dir`.
+fn start_operator_as(uid: u32, dir: &std::path::Path, ns: &str, log: &std::path::Path) -> (Child, u16) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let program = dir.join("weir-operator");
+    if std::fs::hard_link(debug_bin("weir-operator"), &program).is_err() {
+        std::fs::copy(debug_bin("weir-operator"), &program).unwrap();
+    }
+    let config = dir.join("kubeconfig");
+    std::fs::write(&config, kubectl(&["config", "view", "--raw", "--flatten"])).unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut command = Command::new("setpriv");
+    command.args(["--reuid", &uid.to_string(), "--regid", &uid.to_string(), "--clear-groups"]).arg(&program);
+    command.env("HOME", dir);
+    spawn_operator(command, &config, ns, log, &[])
+}
+
+/// Starts `command` (the operator's binary, or a launcher of it) with the tests' arguments.
+fn spawn_operator(
+    mut command: Command,
+    kubeconfig: &std::path::Path,
+    ns: &str,
+    log: &std::path::Path,
+    extra: &[&str],
+) -> (Child, u16) {
     let api_port = weir_e2e::free_port();
-    let operator = Command::new(debug_bin("weir-operator"))
+    let operator = command
         .args(["--namespace", ns, "--api-addr", &format!("127.0.0.1:{api_port}")])
         .args(if extra.contains(&"--lease-seconds") { &[][..] } else { &["--lease-seconds", "3"][..] })
         .args(extra)
-        .env("KUBECONFIG", kubeconfig())
+        .env("KUBECONFIG", kubeconfig)
         .env("WEIR_API_TOKEN", TOKEN)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
@@ -1117,21 +1154,12 @@ fn a_deleted_pod_an_api_server_restart_and_a_storage_outage_lose_and_repeat_noth
     require_port("S3", 7070);
     let (mut cleanup, log, _) = setup("faults");
     let ns = cleanup.namespace.clone();
-    let (input, output, corrections) = (format!("{ns}-in"), format!("{ns}-out"), format!("{ns}-late"));
-    create_topics(&[(&input, PARTITIONS), (&output, PARTITIONS), (&corrections, 1)]);
-    let evs = events(PARTITIONS);
-    let quarters: Vec<&[(i32, Ev)]> = evs.chunks(evs.len().div_ceil(4)).collect();
-    let producer = producer();
-    produce(&producer, &input, quarters[0]);
-    let S3Checkpoints { checkpointing, env, .. } = s3_checkpoints(&ns);
-    let job = window_job(PARTITIONS, &checkpointing, &input, &output, &corrections)
-        .replace("  epochInterval: 50ms\n", &format!("  epochInterval: 50ms\n{env}"));
-    apply(&ns, &job);
+    let case = QuarteredJob::apply(&ns);
     let ready = || get(&ns, "sj/per-card", "{.status.phase}") == "Running" && ready_workers(&ns) == PARTITIONS;
     wait_until(&format!("Running (operator log: {})", log.display()), Duration::from_secs(120), || {
         ready().then_some(())
     });
-    wait_until("first results", Duration::from_secs(60), || (!read_all(&output, PARTITIONS).is_empty()).then_some(()));
+    case.wait_for_results();
 
     // A Pod deleted by hand: its StatefulSet makes it again; it restores its state.
     let uid = get(&ns, "pod/per-card-0", "{.metadata.uid}");
@@ -1142,7 +1170,7 @@ fn a_deleted_pod_an_api_server_restart_and_a_storage_outage_lose_and_repeat_noth
         (!back.is_empty() && back != uid && ready_workers(&ns) == PARTITIONS).then_some(())
     });
     let pod_back = deleted.elapsed();
-    produce(&producer, &input, quarters[1]);
+    case.produce(1);
 
     // The API server restarted (about 20 s here): the workers go on without it. The operator,
     // past its lease's renew deadline, exits and is started again, as its Deployment would.
@@ -1153,7 +1181,7 @@ fn a_deleted_pod_an_api_server_restart_and_a_storage_outage_lose_and_repeat_noth
         let (op, _) = start_operator(&ns, &log.with_extension("after-restart.log"));
         cleanup.operators.push(op);
     }
-    produce(&producer, &input, quarters[2]);
+    case.produce(2);
 
     // The checkpoint store down: a condition and an Event, then back.
     let condition = || get(&ns, "sj/per-card", "{.status.conditions[?(@.type=='Checkpointing')].status}");
@@ -1170,18 +1198,60 @@ fn a_deleted_pod_an_api_server_restart_and_a_storage_outage_lose_and_repeat_noth
     drop(start_again);
     wait_until("Checkpointing True again", Duration::from_secs(180), || (condition() == "True").then_some(()));
     assert!(event_reasons(&ns, "per-card").contains("CheckpointsRecovered"));
-    produce(&producer, &input, quarters[3]);
+    case.produce(3);
 
-    let (want, _) = reference(&evs, PARTITIONS);
-    let (got, emitted) = windows_of(&output, PARTITIONS, want.len());
-    assert_eq!(got, want, "every window equals the reference");
-    assert_eq!(emitted, want.len(), "each window committed once");
+    case.check();
     println!(
         "faults on the cluster: the deleted Pod ready again in {:.1} s; the API server back in {:.1} s; the storage outage shown after {:.0} s; lost 0, duplicated 0",
         pod_back.as_secs_f64(),
         api_back.as_secs_f64(),
         noticed.as_secs_f64()
     );
+}
+
+/// The window job on S3 checkpoints as the cluster fault cases run it, its input in quarters
+/// produced one at a time between the faults: applied with the first quarter produced.
+struct QuarteredJob {
+    input: String,
+    output: String,
+    events: Vec<(i32, Ev)>,
+    producer: rdkafka::producer::BaseProducer,
+    /// The StreamJob as applied.
+    yaml: String,
+}
+
+impl QuarteredJob {
+    fn apply(ns: &str) -> QuarteredJob {
+        let (input, output, corrections) = (format!("{ns}-in"), format!("{ns}-out"), format!("{ns}-late"));
+        create_topics(&[(&input, PARTITIONS), (&output, PARTITIONS), (&corrections, 1)]);
+        let S3Checkpoints { checkpointing, env, .. } = s3_checkpoints(ns);
+        let yaml = window_job(PARTITIONS, &checkpointing, &input, &output, &corrections)
+            .replace("  epochInterval: 50ms\n", &format!("  epochInterval: 50ms\n{env}"));
+        let case = QuarteredJob { input, output, events: events(PARTITIONS), producer: producer(), yaml };
+        case.produce(0);
+        apply(ns, &case.yaml);
+        case
+    }
+
+    /// Produces quarter `q` (0-3) of the events.
+    fn produce(&self, q: usize) {
+        let quarter = self.events.chunks(self.events.len().div_ceil(4)).nth(q).unwrap();
+        produce(&self.producer, &self.input, quarter);
+    }
+
+    fn wait_for_results(&self) {
+        wait_until("first results", Duration::from_secs(60), || {
+            (!read_all(&self.output, PARTITIONS).is_empty()).then_some(())
+        });
+    }
+
+    /// Every window equal to the reference and committed once.
+    fn check(&self) {
+        let (want, _) = reference(&self.events, PARTITIONS);
+        let (got, emitted) = windows_of(&self.output, PARTITIONS, want.len());
+        assert_eq!(got, want, "every window equals the reference");
+        assert_eq!(emitted, want.len(), "each window committed once");
+    }
 }
 
 /// Ready workers of the test's job, as the StatefulSet counts them.
@@ -1269,4 +1339,129 @@ fn a_restarted_operator_completes_a_rescale() {
     assert_eq!(got, want, "every window equals the reference");
     assert_eq!(emitted, want.len(), "each window committed once");
     println!("a restarted operator completed the rescale 2 -> 3 in {:.1} s; lost 0, duplicated 0", took.as_secs_f64());
+}
+
+/// The user the partition case runs its operator as (`nobody`): the cut matches its traffic alone.
+const CUT_UID: u32 = 65534;
+
+/// A network partition between the operator and every worker, leaving everything else whole. The
+/// node agent gives each Pod a loopback address in 127.1.0.0/16, so the cut is a policy-routing
+/// rule for the operator's user alone ([`CUT_UID`]): its packets to Pods go to a gateway behind a
+/// veth whose peer is down, where they vanish, and its connections time out as across a real
+/// partition; the kubelet's probes, the workers' Kafka and S3 traffic and the operator's API
+/// server calls go on. Needs root and iproute2. Undone on drop.
+struct OperatorCut;
+
+impl OperatorCut {
+    fn create() -> OperatorCut {
+        OperatorCut::remove();
+        // The kernel consults the local table first (rule 0), which would deliver to 127.1.x.y
+        // before any rule of ours is read: it moves to 10, after the cut's 5.
+        weir_e2e::ip("rule add pref 10 lookup local");
+        weir_e2e::ip("rule del pref 0");
+        for cmd in [
+            "link add weircut-a type veth peer name weircut-b",
+            "link set weircut-a up",
+            "neigh replace 10.213.3.2 lladdr 02:00:00:00:00:01 dev weircut-a nud permanent",
+            "route replace 127.1.0.0/16 via 10.213.3.2 dev weircut-a onlink table 213",
+        ] {
+            weir_e2e::ip(cmd);
+        }
+        OperatorCut
+    }
+
+    fn cut(&self) {
+        weir_e2e::ip(&format!("rule add pref 5 uidrange {CUT_UID}-{CUT_UID} to 127.1.0.0/16 lookup 213"));
+    }
+
+    fn heal(&self) {
+        weir_e2e::ip("rule del pref 5");
+    }
+
+    /// Back to the host's own routing, whatever state a previous run left.
+    fn remove() {
+        let ip =
+            |args: &str| Command::new("ip").args(args.split_whitespace()).output().is_ok_and(|o| o.status.success());
+        while ip("rule del pref 5") {}
+        let _ = ip("link del weircut-a");
+        let rules = Command::new("ip").args(["rule", "list"]).output().map(|o| o.stdout).unwrap_or_default();
+        if !String::from_utf8_lossy(&rules).lines().any(|l| l.starts_with("0:") && l.ends_with("lookup local")) {
+            let _ = ip("rule add pref 0 lookup local");
+        }
+        while ip("rule del pref 10 lookup local") {}
+    }
+}
+
+impl Drop for OperatorCut {
+    fn drop(&mut self) {
+        OperatorCut::remove();
+    }
+}
+
+/// The operator cut off from its workers (see [`OperatorCut`]) while a job runs: the workers go on
+/// processing and committing without it; the job shows `Reachable=False` and a Warning
+/// `WorkersUnreachable`; a spec change made meanwhile cannot take its savepoint, so the running
+/// workers keep the previous spec (Warning `SavepointFailed`, retried) and nothing is restarted;
+/// once the network heals the upgrade completes from a savepoint, the job is `Reachable` again,
+/// and every window is committed exactly once.
+#[test]
+fn an_operator_cut_off_from_its_workers_holds_an_upgrade_until_it_reaches_them() {
+    require_port("kube-apiserver", 6443);
+    require_port("Kafka", 9092);
+    require_port("S3", 7070);
+    let net = OperatorCut::create();
+    // Outside root's home, which the operator's user cannot enter; removed after the operator.
+    let home = tempfile::tempdir().unwrap();
+    let (mut cleanup, log) = setup_without_operator("cut");
+    let ns = cleanup.namespace.clone();
+    let (operator, _) = start_operator_as(CUT_UID, home.path(), &ns, &log);
+    cleanup.operators.push(operator);
+    let case = QuarteredJob::apply(&ns);
+    let reachable = || get(&ns, "sj/per-card", "{.status.conditions[?(@.type=='Reachable')].status}");
+    wait_until(&format!("Running and Reachable (operator log: {})", log.display()), Duration::from_secs(120), || {
+        (get(&ns, "sj/per-card", "{.status.phase}") == "Running" && reachable() == "True").then_some(())
+    });
+    case.wait_for_results();
+    let hash = || get(&ns, "statefulset/per-card", "{.spec.template.metadata.annotations.weir\\.dev/config-hash}");
+    let (hash_before, pods_before) = (hash(), get(&ns, "pods", "{.items[*].metadata.uid}"));
+
+    net.cut();
+    let cut = std::time::Instant::now();
+    case.produce(1);
+    wait_until("Reachable False", Duration::from_secs(120), || (reachable() == "False").then_some(()));
+    let noticed = cut.elapsed();
+    let message = get(&ns, "sj/per-card", "{.status.conditions[?(@.type=='Reachable')].message}");
+    assert!(message.contains("worker per-card-") && message.contains("timed out"), "{message}");
+    assert!(event_reasons(&ns, "per-card").contains("WorkersUnreachable"));
+    // A change of the job meanwhile: its savepoint cannot be asked for, so nothing rolls.
+    apply(&ns, &case.yaml.replace("epochInterval: 50ms", "epochInterval: 60ms"));
+    wait_until("a failed savepoint", Duration::from_secs(60), || {
+        event_reasons(&ns, "per-card").contains("SavepointFailed").then_some(())
+    });
+    case.produce(2);
+    std::thread::sleep(Duration::from_secs(15));
+    assert_eq!(hash(), hash_before, "the running workers keep the previous spec");
+    assert_eq!(get(&ns, "pods", "{.items[*].metadata.uid}"), pods_before, "no worker restarted");
+    assert_eq!(get(&ns, "sts/per-card", "{.status.readyReplicas}"), PARTITIONS.to_string());
+
+    net.heal();
+    let healed = std::time::Instant::now();
+    wait_until("the upgrade done from a savepoint", Duration::from_secs(180), || {
+        let generation = get(&ns, "sj/per-card", "{.metadata.generation}");
+        let observed = get(&ns, "sj/per-card", "{.status.observedGeneration}");
+        let running = get(&ns, "sj/per-card", "{.status.phase}") == "Running";
+        (running && generation == observed && hash() != hash_before).then_some(())
+    });
+    let upgraded = healed.elapsed();
+    assert!(get(&ns, "sj/per-card", "{.status.restoredFrom}").starts_with("upgrade-"));
+    wait_until("Reachable True", Duration::from_secs(90), || (reachable() == "True").then_some(()));
+    assert!(event_reasons(&ns, "per-card").contains("WorkersReachable"));
+    case.produce(3);
+    case.check();
+    drop(net);
+    println!(
+        "operator cut off from its workers: Reachable=False {:.0} s after the cut, the upgrade held; done {:.1} s after the heal from a savepoint; lost 0, duplicated 0",
+        noticed.as_secs_f64(),
+        upgraded.as_secs_f64()
+    );
 }

@@ -311,6 +311,11 @@ async fn reconcile_job(job: &StreamJob, ctx: &Ctx) -> Result<Action, Error> {
         // For `kubectl get sj` (the Lag column); the REST API gives it per partition.
         let pods = workers::pods(&ctx.client, &ns, job).await?;
         let scraped = workers::scrape(&pods).await;
+        if scraped.is_err() {
+            // To see them again soon.
+            again = again.min(Duration::from_secs(10));
+        }
+        reachable(ctx, job, &mut status, scraped.as_ref().err()).await;
         if let Some(lag) = scraped.as_deref().ok().and_then(workers::consumer_lag) {
             status.lag = Some(lag);
         }
@@ -372,6 +377,35 @@ async fn checkpointing(ctx: &Ctx, job: &StreamJob, status: &mut StreamJobStatus,
             publish(ctx, job, EventType::Warning, "CheckpointsFailing", message.clone()).await;
         }
         condition("Checkpointing", false, "CheckpointsFailing", message)
+    };
+    status.conditions = with_condition(&status.conditions, c);
+}
+
+/// The `Reachable` condition: False while the operator cannot read some worker's admin port (a
+/// network partition, a NetworkPolicy, a hung worker). The workers go on processing and
+/// committing without the operator, but what needs it waits: savepoints, upgrades (the running
+/// workers keep the previous spec until a savepoint completes), the autoscaler's decisions and
+/// the `Checkpointing` condition. A Warning Event when it starts, a Normal one when it ends.
+async fn reachable(ctx: &Ctx, job: &StreamJob, status: &mut StreamJobStatus, error: Option<&anyhow::Error>) {
+    let was = status.conditions.iter().find(|c| c.type_ == "Reachable").map(|c| c.status == "True");
+    let c = match error {
+        None => {
+            if was == Some(false) {
+                let note = "the operator reaches every worker again".to_string();
+                publish(ctx, job, EventType::Normal, "WorkersReachable", note).await;
+            }
+            condition("Reachable", true, "WorkersReachable", "the operator reads every worker's admin port".into())
+        }
+        Some(e) => {
+            let message = format!(
+                "the operator cannot reach a worker ({e:#}); the workers go on processing, but savepoints, upgrades and \
+                 autoscaling wait until it can"
+            );
+            if was != Some(false) {
+                publish(ctx, job, EventType::Warning, "WorkersUnreachable", message.clone()).await;
+            }
+            condition("Reachable", false, "WorkersUnreachable", message)
+        }
     };
     status.conditions = with_condition(&status.conditions, c);
 }

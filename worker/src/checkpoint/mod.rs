@@ -15,6 +15,7 @@
 //! A task whose local state folder is empty (a new node, a lost volume) restores the newest
 //! checkpoint before it opens.
 
+pub mod manifest;
 pub mod storage;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,30 +24,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
-
+pub use self::manifest::CheckpointManifest;
 use self::storage::{Storage, StorageError};
 use crate::metrics::Metrics;
-
-/// What a completed checkpoint holds.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct CheckpointManifest {
-    pub id: u64,
-    pub partition: u32,
-    /// Wall clock when the local snapshot was taken, epoch ms.
-    pub created_ms: i64,
-    /// SST files, under `p<partition>/sst/`.
-    pub sst: Vec<String>,
-    /// The database's other files, under `p<partition>/chk-<id>/`.
-    pub files: Vec<String>,
-    /// Bytes of every file the checkpoint references.
-    pub bytes: u64,
-    /// Hash of the pipeline the state belongs to.
-    pub fingerprint: String,
-    /// Each file's size, checked after a download (absent in checkpoints of earlier versions).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub sizes: BTreeMap<String, u64>,
-}
+use serde::Serialize;
 
 const MANIFEST: &str = "_manifest.json";
 
@@ -71,8 +52,8 @@ fn completed(storage: &dyn Storage, partition: u32) -> Result<Vec<u64>, StorageE
 fn read_manifest(storage: &dyn Storage, partition: u32, id: u64) -> Result<CheckpointManifest, StorageError> {
     let key = format!("{}{MANIFEST}", chk_prefix(partition, id));
     let bytes = storage.get_bytes(&key)?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| StorageError { location: storage.describe(&key), message: format!("unreadable manifest: {e}") })
+    CheckpointManifest::parse(&bytes, partition, Some(id))
+        .map_err(|message| StorageError { location: storage.describe(&key), message })
 }
 
 /// Downloads the newest completed checkpoint of `partition` into the empty folder `dir`;
@@ -168,10 +149,8 @@ pub fn restore_savepoint(
         return Ok(None);
     }
     let bytes = savepoint.get_bytes(&key)?;
-    let m: CheckpointManifest = serde_json::from_slice(&bytes).map_err(|e| StorageError {
-        location: savepoint.describe(&key),
-        message: format!("unreadable manifest: {e}"),
-    })?;
+    let m = CheckpointManifest::parse(&bytes, partition, None)
+        .map_err(|message| StorageError { location: savepoint.describe(&key), message })?;
     if let Some(&newest) = completed(checkpoints, partition)?.last() {
         if read_manifest(checkpoints, partition, newest)?.created_ms > m.created_ms {
             return Ok(None);
