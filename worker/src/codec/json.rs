@@ -31,6 +31,7 @@ pub struct JsonDecoder {
 }
 
 /// The rows that decoded, which record each came from, and the records that did not.
+#[derive(Debug)]
 pub struct Decoded {
     pub rows: RecordBatch,
     /// Index into the input records of each row; `None` when every record decoded.

@@ -21,8 +21,8 @@ pub struct HttpClient {
     conn: Option<(BufReader<TcpStream>, TcpStream)>,
 }
 
-/// Standard base64 of `bytes` (for basic authentication).
-fn base64(bytes: &[u8]) -> String {
+/// Standard base64 of `bytes` (basic authentication, binary records in dead letters).
+pub fn base64(bytes: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
@@ -178,7 +178,7 @@ impl HttpClient {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::net::TcpListener;
 
@@ -198,7 +198,7 @@ mod tests {
     }
 
     /// A server that answers each request on one connection with the next canned response.
-    fn serve(responses: Vec<&'static str>) -> String {
+    pub(crate) fn serve(responses: Vec<&'static str>) -> String {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap().to_string();
         std::thread::spawn(move || {

@@ -282,16 +282,21 @@ pub fn append_key(cols: &[Col], row: usize, out: &mut Vec<u8>) {
     }
 }
 
-/// A dead-letter record: what failed, where it came from, and the record as read.
+/// A dead-letter record: what failed, where it came from, and the record as read. A record that
+/// is not UTF-8 text (binary, or broken) is also given exactly, in base64 (`record_base64`), as
+/// `record` can only show it with replacement characters.
 pub fn dead_letter(source: &str, partition: u32, position: i64, error: &str, record: &[u8]) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
+    let mut letter = serde_json::json!({
         "source": source,
         "partition": partition,
         "position": position,
         "error": error,
         "record": String::from_utf8_lossy(record),
-    }))
-    .expect("JSON values serialize")
+    });
+    if std::str::from_utf8(record).is_err() {
+        letter["record_base64"] = http::base64(record).into();
+    }
+    serde_json::to_vec(&letter).expect("JSON values serialize")
 }
 
 #[cfg(test)]
@@ -337,5 +342,16 @@ mod tests {
         assert_eq!(message_key(std::slice::from_ref(&a), 0), Some(b"card-1".to_vec()));
         assert_eq!(message_key(&[a, b], 0), Some(br#"["card-1",60000]"#.to_vec()));
         assert_eq!(message_key(&[], 0), None);
+    }
+
+    #[test]
+    fn a_dead_letter_keeps_the_exact_bytes_of_a_record_that_is_not_text() {
+        let letter: serde_json::Value = serde_json::from_slice(&dead_letter("p", 2, 41, "bad", b"{\"a\": 1")).unwrap();
+        assert_eq!(letter["record"], "{\"a\": 1");
+        assert!(letter.get("record_base64").is_none());
+        let binary = [0u8, 0, 0, 0, 7, 0xff, b'x'];
+        let letter: serde_json::Value = serde_json::from_slice(&dead_letter("p", 2, 42, "bad", &binary)).unwrap();
+        assert_eq!(letter["record_base64"], "AAAAAAf/eA==");
+        assert_eq!((letter["partition"].as_u64(), letter["position"].as_i64()), (Some(2), Some(42)));
     }
 }
