@@ -75,12 +75,13 @@ test-scale: stack-up
 soak: release stack-up
 	bench/soak.sh
 
-## The fault-injection suite on its own (e2e/tests/faults.rs and the cluster case of
-## operator_k8s.rs; `make test` runs them too, with 30 s outages): S3 and the broker down for
-## 2 minutes, then the three-broker failover.
+## The fault-injection suite on its own (e2e/tests/faults.rs and the cluster cases of
+## operator_k8s.rs: a deleted Pod, an API server restart and S3 down; the operator cut off from
+## its workers; the operator killed mid-upgrade and mid-rescale; `make test` runs them too, with
+## 30 s outages): S3 and the broker down for 2 minutes, then the three-broker failover.
 faults: stack-up
 	WEIR_FAULT_OUTAGE_SECS=120 cargo test --workspace --locked --test faults -- --skip three_broker --test-threads=1 --nocapture 2>&1 | tee $(WEIR_CACHE)/faults.log | grep -E '^(test |test result|running|error|failures:|---- |thread )|lost 0' ; exit $${PIPESTATUS[0]}
-	cargo test --workspace --locked --test operator_k8s -- a_deleted_pod --test-threads=1 --nocapture 2>&1 | tee -a $(WEIR_CACHE)/faults.log | grep -E '^(test |test result|running|error|failures:|---- |thread )|lost 0' ; exit $${PIPESTATUS[0]}
+	cargo test --workspace --locked --test operator_k8s -- a_deleted_pod an_operator_cut_off a_restarted_operator --test-threads=1 --nocapture 2>&1 | tee -a $(WEIR_CACHE)/faults.log | grep -E '^(test |test result|running|error|failures:|---- |thread )|lost 0' ; exit $${PIPESTATUS[0]}
 	$(MAKE) test-failover
 
 lint: deps

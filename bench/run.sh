@@ -8,7 +8,8 @@
 # the Redis-table run, BENCH_PARQUET=0 to skip the Parquet sink runs, BENCH_OPENSEARCH=0 the OpenSearch one, BENCH_CASSANDRA=0 the Cassandra one, BENCH_QUERIES to
 # run only some queries (e.g. "tumbling_1m session_2m", or " " for none), BENCH_PERF=1 to record
 # a perf profile of each run (perf.data files next to the data set), BENCH_LATENCY_RATE=0 to skip
-# the latency run, BENCH_OVERHEAD_EVENTS=0 to skip the checkpoint-overhead runs.
+# the latency run, BENCH_OVERHEAD_EVENTS=0 to skip the checkpoint-overhead runs, BENCH_DECODE=0 to skip
+# the decoders' figure.
 set -euo pipefail
 source "$(dirname "$0")/../e2e/stack/lib.sh"
 source "$(dirname "$0")/queries.sh"
@@ -33,6 +34,12 @@ spec:
     sinks: {out: {from: gen, file: {path: $DATA}}}
 YAML
   "$WORKER" run -f "$WORK/gen.yaml" 2>/dev/null
+fi
+
+# Decoding alone, on one core: JSON and Avro (the Schema Registry's wire format) on the same
+# payment events (weir-decode-bench). BENCH_DECODE=0 skips it.
+if [[ ${BENCH_DECODE:-1} != 0 ]]; then
+  "$(dirname "$WORKER")/weir-decode-bench"
 fi
 
 query() { # NAME -> the tables and streams of a query

@@ -1,4 +1,4 @@
-//! `make bench`'s decode figure: records per second, on one core, of the JSON decoder and the
+//! `make bench`'s decode figure (bench/run.sh runs it first): records per second, on one core, of the JSON decoder and the
 //! Avro decoder on the same payment events (datagen's: 15 fields, about 480 bytes as JSON), into
 //! the 7 columns of the engine benchmark's schema (bench/run.sh). The Avro records are those
 //! events in the Schema Registry's wire format, written with a schema of all 15 fields (an array
