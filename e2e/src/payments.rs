@@ -324,9 +324,19 @@ pub fn read_all(topic: &str, partitions: i32) -> Vec<(Option<String>, serde_json
         .unwrap();
     let mut tpl = TopicPartitionList::new();
     let mut ends = Vec::new();
+    // A broker just restarted answers "not leader" until it has taken its partitions back.
+    let deadline = Instant::now() + Duration::from_secs(60);
     for p in 0..partitions {
         tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
-        ends.push(consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap().1);
+        ends.push(loop {
+            match consumer.fetch_watermarks(topic, p, Duration::from_secs(10)) {
+                Ok((_, end)) => break end,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "the end offset of {topic} [{p}]: {e}");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+        });
     }
     consumer.assign(&tpl).unwrap();
     let mut out = Vec::new();
