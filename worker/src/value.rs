@@ -14,6 +14,29 @@ pub enum Value {
     Bool(bool),
 }
 
+/// A value borrowed from where it was read (a record being decoded), to build columns from
+/// without allocating.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ValueRef<'a> {
+    Null,
+    Str(&'a str),
+    I64(i64),
+    F64(f64),
+    Bool(bool),
+}
+
+impl<'a> From<&'a Value> for ValueRef<'a> {
+    fn from(v: &'a Value) -> ValueRef<'a> {
+        match v {
+            Value::Null => ValueRef::Null,
+            Value::Str(s) => ValueRef::Str(s),
+            Value::I64(x) => ValueRef::I64(*x),
+            Value::F64(x) => ValueRef::F64(*x),
+            Value::Bool(b) => ValueRef::Bool(*b),
+        }
+    }
+}
+
 /// A column borrowed with its concrete type, downcast once per batch.
 #[derive(Clone, Copy)]
 pub enum Col<'a> {
@@ -184,12 +207,17 @@ impl ColumnBuilder {
 
     /// Appends `v`; a value of another type appends null.
     pub fn push(&mut self, v: &Value) {
+        self.push_ref(&ValueRef::from(v))
+    }
+
+    /// [`ColumnBuilder::push`] of a borrowed value.
+    pub fn push_ref(&mut self, v: &ValueRef) {
         match (self, v) {
-            (ColumnBuilder::Str(b), Value::Str(s)) => b.append_value(s),
-            (ColumnBuilder::I64(b), Value::I64(x)) => b.append_value(*x),
-            (ColumnBuilder::F64(b), Value::F64(x)) => b.append_value(*x),
-            (ColumnBuilder::F64(b), Value::I64(x)) => b.append_value(*x as f64),
-            (ColumnBuilder::Bool(b), Value::Bool(x)) => b.append_value(*x),
+            (ColumnBuilder::Str(b), ValueRef::Str(s)) => b.append_value(s),
+            (ColumnBuilder::I64(b), ValueRef::I64(x)) => b.append_value(*x),
+            (ColumnBuilder::F64(b), ValueRef::F64(x)) => b.append_value(*x),
+            (ColumnBuilder::F64(b), ValueRef::I64(x)) => b.append_value(*x as f64),
+            (ColumnBuilder::Bool(b), ValueRef::Bool(x)) => b.append_value(*x),
             (ColumnBuilder::Str(b), _) => b.append_null(),
             (ColumnBuilder::I64(b), _) => b.append_null(),
             (ColumnBuilder::F64(b), _) => b.append_null(),

@@ -14,16 +14,14 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use datafusion::arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, RecordBatch, RecordBatchOptions, StringBuilder,
-};
+use datafusion::arrow::array::{RecordBatch, RecordBatchOptions};
 use datafusion::arrow::datatypes::{Field as ArrowField, Schema as ArrowSchema, SchemaRef};
 use serde_json::Value as Json;
 use weir_crds::FieldType;
 
 use super::json::{engine_type, Decoded};
 use crate::source::Records;
-use crate::value::{Col, Value};
+use crate::value::{Col, ColumnBuilder, Value, ValueRef};
 
 /// A parsed Avro schema. Its types live in an arena so that named types can be referred to
 /// (and recursive ones skipped).
@@ -229,16 +227,6 @@ impl Parser {
     }
 }
 
-/// A value decoded for one column of one record.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Scalar<'a> {
-    Null,
-    Str(&'a str),
-    I64(i64),
-    F64(f64),
-    Bool(bool),
-}
-
 impl AvroSchema {
     /// Parses a schema from its JSON text (as the registry holds it).
     pub fn parse(text: &str) -> Result<AvroSchema, String> {
@@ -372,18 +360,6 @@ fn default_value(j: &Json, t: FieldType) -> Option<Value> {
         (FieldType::Boolean, Json::Bool(b)) => Value::Bool(*b),
         _ => return None,
     })
-}
-
-impl<'a> From<&'a Value> for Scalar<'a> {
-    fn from(v: &'a Value) -> Scalar<'a> {
-        match v {
-            Value::Null => Scalar::Null,
-            Value::Str(s) => Scalar::Str(s),
-            Value::I64(x) => Scalar::I64(*x),
-            Value::F64(x) => Scalar::F64(*x),
-            Value::Bool(b) => Scalar::Bool(*b),
-        }
-    }
 }
 
 /// What a reader field the writer lacks gets.
@@ -587,21 +563,21 @@ impl<'a> Cursor<'a> {
         usize::try_from(i).ok().filter(|&i| i < n).ok_or_else(|| format!("union branch {i} of {n}"))
     }
 
-    fn read(&mut self, r: &'a Read) -> Result<Scalar<'a>, String> {
+    fn read(&mut self, r: &'a Read) -> Result<ValueRef<'a>, String> {
         Ok(match r {
-            Read::Null => Scalar::Null,
-            Read::Bool => Scalar::Bool(self.bool()?),
-            Read::Long => Scalar::I64(self.long()?),
-            Read::Scaled(scale) => Scalar::I64(self.long()?.div_euclid(*scale)),
-            Read::Date => Scalar::I64(self.int()? * 86_400_000),
-            Read::LongAsDouble => Scalar::F64(self.long()? as f64),
-            Read::Float => Scalar::F64(f64::from(self.f32()?)),
-            Read::Double => Scalar::F64(self.f64()?),
-            Read::Str => Scalar::Str(self.str()?),
+            Read::Null => ValueRef::Null,
+            Read::Bool => ValueRef::Bool(self.bool()?),
+            Read::Long => ValueRef::I64(self.long()?),
+            Read::Scaled(scale) => ValueRef::I64(self.long()?.div_euclid(*scale)),
+            Read::Date => ValueRef::I64(self.int()? * 86_400_000),
+            Read::LongAsDouble => ValueRef::F64(self.long()? as f64),
+            Read::Float => ValueRef::F64(f64::from(self.f32()?)),
+            Read::Double => ValueRef::F64(self.f64()?),
+            Read::Str => ValueRef::Str(self.str()?),
             Read::Enum(symbols) => {
                 let i = self.int()?;
                 let s = usize::try_from(i).ok().and_then(|i| symbols.get(i));
-                Scalar::Str(s.ok_or_else(|| format!("enum symbol {i} of {}", symbols.len()))?)
+                ValueRef::Str(s.ok_or_else(|| format!("enum symbol {i} of {}", symbols.len()))?)
             }
             Read::Union(branches) => match &branches[self.branch(branches.len())?] {
                 Ok(r) => self.read(r)?,
@@ -709,9 +685,9 @@ pub fn schema_id(record: &[u8]) -> Result<u32, String> {
 
 impl Plan {
     /// Decodes `body` (a record without its header) into `out`, one value per reader field.
-    pub fn decode<'a>(&'a self, body: &'a [u8], out: &mut Vec<Scalar<'a>>) -> Result<(), String> {
+    pub fn decode<'a>(&'a self, body: &'a [u8], out: &mut Vec<ValueRef<'a>>) -> Result<(), String> {
         out.clear();
-        out.extend(self.defaults.iter().map(Scalar::from));
+        out.extend(self.defaults.iter().map(ValueRef::from));
         let mut c = Cursor { b: body, pos: 0 };
         for step in &self.steps {
             match step {
@@ -740,48 +716,6 @@ pub struct AvroDecoder {
     source: Box<dyn SchemaSource>,
     /// Each writer schema seen, resolved against the reader (or why it cannot be).
     plans: Mutex<HashMap<u32, Arc<Result<Plan, String>>>>,
-}
-
-/// A column being filled.
-enum Column {
-    Str(StringBuilder),
-    I64(Int64Builder),
-    F64(Float64Builder),
-    Bool(BooleanBuilder),
-}
-
-impl Column {
-    fn new(t: FieldType, rows: usize) -> Column {
-        match t {
-            FieldType::String => Column::Str(StringBuilder::with_capacity(rows, rows * 16)),
-            FieldType::Long | FieldType::Timestamp => Column::I64(Int64Builder::with_capacity(rows)),
-            FieldType::Double => Column::F64(Float64Builder::with_capacity(rows)),
-            FieldType::Boolean => Column::Bool(BooleanBuilder::with_capacity(rows)),
-        }
-    }
-
-    /// Appends `v`, which the plan made of the column's type (or null).
-    fn push(&mut self, v: &Scalar) {
-        match (self, v) {
-            (Column::Str(b), Scalar::Str(s)) => b.append_value(s),
-            (Column::I64(b), Scalar::I64(x)) => b.append_value(*x),
-            (Column::F64(b), Scalar::F64(x)) => b.append_value(*x),
-            (Column::Bool(b), Scalar::Bool(x)) => b.append_value(*x),
-            (Column::Str(b), _) => b.append_null(),
-            (Column::I64(b), _) => b.append_null(),
-            (Column::F64(b), _) => b.append_null(),
-            (Column::Bool(b), _) => b.append_null(),
-        }
-    }
-
-    fn finish(&mut self) -> ArrayRef {
-        match self {
-            Column::Str(b) => Arc::new(b.finish()),
-            Column::I64(b) => Arc::new(b.finish()),
-            Column::F64(b) => Arc::new(b.finish()),
-            Column::Bool(b) => Arc::new(b.finish()),
-        }
-    }
 }
 
 impl AvroDecoder {
@@ -820,12 +754,13 @@ impl AvroDecoder {
     /// only when the registry cannot be asked for a schema (nothing is decoded then).
     pub fn decode(&self, recs: &Records) -> Result<Decoded, String> {
         let n = recs.len();
-        let mut columns: Vec<Column> = self.reader.fields.iter().map(|f| Column::new(f.ty, n)).collect();
+        let mut columns: Vec<ColumnBuilder> =
+            self.reader.fields.iter().map(|f| ColumnBuilder::new(&engine_type(f.ty))).collect();
         let (mut errors, mut kept) = (Vec::new(), Vec::new());
         // The plans of this batch's schemas; the last one used.
         let mut plans: Vec<(u32, Arc<Result<Plan, String>>)> = Vec::new();
         let mut last = usize::MAX;
-        let mut scratch: Vec<Scalar<'static>> = Vec::with_capacity(columns.len());
+        let mut scratch: Vec<ValueRef<'static>> = Vec::with_capacity(columns.len());
         for i in 0..n {
             let record = recs.payload(i);
             let id = schema_id(record);
@@ -848,7 +783,7 @@ impl AvroDecoder {
             match decoded {
                 Ok(()) => {
                     for (c, v) in columns.iter_mut().zip(&values) {
-                        c.push(v);
+                        c.push_ref(v);
                     }
                     if !errors.is_empty() {
                         kept.push(i as u32);
@@ -863,7 +798,7 @@ impl AvroDecoder {
             }
             scratch = recycle(values);
         }
-        let cols = columns.iter_mut().map(Column::finish).collect();
+        let cols = columns.iter_mut().map(ColumnBuilder::finish).collect();
         let rows = RecordBatch::try_new_with_options(
             self.schema.clone(),
             cols,
@@ -877,9 +812,9 @@ impl AvroDecoder {
 /// The scratch vector of one record's values, emptied and lent to the next record (whose values
 /// borrow from another record): collecting an empty vector into one of the same layout keeps
 /// its allocation, so no record allocates.
-fn recycle<'b>(mut v: Vec<Scalar<'_>>) -> Vec<Scalar<'b>> {
+fn recycle<'b>(mut v: Vec<ValueRef<'_>>) -> Vec<ValueRef<'b>> {
     v.clear();
-    v.into_iter().map(|_| Scalar::Null).collect()
+    v.into_iter().map(|_| ValueRef::Null).collect()
 }
 
 /// Appends `v` in Avro's encoding of int and long: a zig-zag varint.
@@ -1066,11 +1001,11 @@ pub(crate) mod tests {
         assert_eq!(
             out,
             [
-                Scalar::Str("card-1"),
-                Scalar::F64(12.5),
-                Scalar::I64(1_764_201_600_000),
-                Scalar::Null,
-                Scalar::Str("WEB")
+                ValueRef::Str("card-1"),
+                ValueRef::F64(12.5),
+                ValueRef::I64(1_764_201_600_000),
+                ValueRef::Null,
+                ValueRef::Str("WEB")
             ]
         );
         let rec = v2("card-2", 2.25, 1_764_201_600_123_456, Some("m-9"), 1);
@@ -1078,11 +1013,11 @@ pub(crate) mod tests {
         assert_eq!(
             out,
             [
-                Scalar::Str("card-2"),
-                Scalar::F64(2.25),
-                Scalar::I64(1_764_201_600_123),
-                Scalar::Str("m-9"),
-                Scalar::Str("POS")
+                ValueRef::Str("card-2"),
+                ValueRef::F64(2.25),
+                ValueRef::I64(1_764_201_600_123),
+                ValueRef::Str("m-9"),
+                ValueRef::Str("POS")
             ]
         );
     }
@@ -1094,7 +1029,7 @@ pub(crate) mod tests {
         let mut out = Vec::new();
         let rec = v1("c", 1.0, 5);
         plan.decode(&rec, &mut out).unwrap();
-        assert_eq!(out, [Scalar::Str("c"), Scalar::Null]);
+        assert_eq!(out, [ValueRef::Str("c"), ValueRef::Null]);
     }
 
     #[test]
@@ -1133,7 +1068,7 @@ pub(crate) mod tests {
         long(1, &mut b);
         long(-42, &mut b);
         plan.decode(&b, &mut out).unwrap();
-        assert_eq!(out, [Scalar::I64(-42)]);
+        assert_eq!(out, [ValueRef::I64(-42)]);
         let mut b = Vec::new();
         long(2, &mut b);
         string("x", &mut b);
@@ -1300,9 +1235,9 @@ pub(crate) mod tests {
 
     #[test]
     fn the_scratch_vector_is_lent_without_allocating() {
-        let v: Vec<Scalar<'static>> = Vec::with_capacity(8);
+        let v: Vec<ValueRef<'static>> = Vec::with_capacity(8);
         let at = v.as_ptr() as usize;
-        let lent: Vec<Scalar<'_>> = recycle(v);
+        let lent: Vec<ValueRef<'_>> = recycle(v);
         assert_eq!((lent.as_ptr() as usize, lent.capacity()), (at, 8));
     }
 
