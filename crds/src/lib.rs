@@ -2,10 +2,12 @@
 //! tools; validation with field paths; no Kubernetes runtime code.
 
 mod aggregate;
+pub mod avro;
 mod duration;
 mod job;
 mod manifest;
 mod pipeline;
+pub mod registry;
 mod validate;
 
 use std::collections::BTreeMap;

@@ -4,6 +4,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::registry::{apply_registry_schemas, SchemaLookup, SubjectSchema};
 use crate::{validate_spec, StreamJobSpec, ValidationErrors};
 
 /// A StreamJob manifest as a file holds it.
@@ -36,6 +37,9 @@ pub struct ManifestMeta {
     pub namespace: Option<String>,
 }
 
+/// How a registry subject's schema is read.
+type Fetch<'a> = dyn FnMut(&SchemaLookup) -> Result<Option<SubjectSchema>, String> + 'a;
+
 /// Why a manifest was rejected.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -47,7 +51,22 @@ pub enum ManifestError {
 
 impl Manifest {
     /// Parses and validates a manifest; `default_name` is used when metadata.name is absent.
+    /// `format: avro` inputs must declare their schemas: nothing asks a registry.
     pub fn from_yaml(text: &str, default_name: &str) -> Result<Manifest, ManifestError> {
+        Self::read(text, default_name, None)
+    }
+
+    /// Parses a manifest, takes the schemas of its `format: avro` inputs from their registry
+    /// subjects through `fetch` (see [`crate::registry`]), and validates it.
+    pub fn from_yaml_with_registry(
+        text: &str,
+        default_name: &str,
+        mut fetch: impl FnMut(&SchemaLookup) -> Result<Option<SubjectSchema>, String>,
+    ) -> Result<Manifest, ManifestError> {
+        Self::read(text, default_name, Some(&mut fetch))
+    }
+
+    fn read(text: &str, default_name: &str, fetch: Option<&mut Fetch>) -> Result<Manifest, ManifestError> {
         let de = serde_yaml::Deserializer::from_str(text);
         let mut m: Manifest = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
@@ -63,6 +82,11 @@ impl Manifest {
         }
         if m.metadata.name.is_empty() {
             m.metadata.name = default_name.to_string();
+        }
+        if let Some(fetch) = fetch {
+            if let Err(e) = apply_registry_schemas(&mut m.spec.pipeline, fetch) {
+                errs.0.extend(e.0);
+            }
         }
         if let Err(e) = validate_spec(&m.spec) {
             errs.0.extend(e.0);

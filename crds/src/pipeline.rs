@@ -42,7 +42,11 @@ pub struct SourceSpec {
     pub datagen: Option<DatagenSpec>,
     #[serde(default)]
     pub format: Format,
-    /// Field name to type. Optional for `datagen`, whose kind implies it.
+    /// The Schema Registry that `format: avro` records name their schemas in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<RegistrySpec>,
+    /// Field name to type. Optional for `datagen`, whose kind implies it, and for
+    /// `format: avro`, which takes it from the registry subject's schema.
     #[serde(default)]
     pub schema: BTreeMap<String, FieldType>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -53,8 +57,54 @@ pub struct SourceSpec {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
+    /// One JSON object per record.
     #[default]
     Json,
+    /// Avro in the Schema Registry's wire format: a zero byte, the schema's id (4 bytes, big
+    /// endian), the record in Avro's binary encoding. Needs `registry`.
+    Avro,
+}
+
+/// A Schema Registry (its Confluent-compatible API: Confluent's registry, Apicurio Registry's
+/// `/apis/ccompat/v7`, Karapace, Redpanda).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegistrySpec {
+    /// `http://host:port[/path]`, e.g. `http://registry:8080/apis/ccompat/v7`.
+    pub url: String,
+    /// The subject: a source's or table's schema (when `schema` is omitted, its fields; else
+    /// checked to hold them), a Kafka sink's place to register its schema. Default
+    /// `<topic>-value`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// The subject's version a source or table reads with; default the latest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    /// Basic authentication's user name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Basic authentication's password: only as `${env:NAME}`, from a Secret through spec.env.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+impl RegistrySpec {
+    /// The subject, `<topic>-value` unless one is named.
+    pub fn subject_for(&self, topic: &str) -> String {
+        self.subject.clone().unwrap_or_else(|| format!("{topic}-value"))
+    }
+}
+
+/// How a Kafka sink writes message keys.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyFormat {
+    /// One key field as its text, several as a JSON array.
+    #[default]
+    String,
+    /// An Avro record of the key fields in the wire format, its schema registered under
+    /// `<topic>-key`. Needs `format: avro`'s `registry`.
+    Avro,
 }
 
 /// Field types a schema can declare.
@@ -81,6 +131,14 @@ pub struct EventTimeSpec {
     pub max_out_of_orderness: Duration,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<Duration>,
+}
+
+fn is_json(f: &Format) -> bool {
+    *f == Format::Json
+}
+
+fn is_string_key(f: &KeyFormat) -> bool {
+    *f == KeyFormat::String
 }
 
 fn zero() -> Duration {
@@ -208,6 +266,9 @@ pub struct TableSpec {
     pub versions: Option<TableVersionsSpec>,
     #[serde(default)]
     pub format: Format,
+    /// The Schema Registry that `format: avro` records name their schemas in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<RegistrySpec>,
     #[serde(default)]
     pub schema: BTreeMap<String, FieldType>,
 }
@@ -652,6 +713,14 @@ pub struct RedisSinkSpec {
 pub struct KafkaSinkSpec {
     pub brokers: String,
     pub topic: String,
+    /// `avro`: values in the registry's wire format, with a schema derived from the stream and
+    /// registered under `registry.subject` (default `<topic>-value`).
+    #[serde(default, skip_serializing_if = "is_json")]
+    pub format: Format,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<RegistrySpec>,
+    #[serde(default, skip_serializing_if = "is_string_key")]
+    pub key_format: KeyFormat,
     /// Extra librdkafka properties.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub properties: BTreeMap<String, String>,

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use crate::{
-    datagen_schema, parse_aggregate, CheckpointingSpec, Duration, FieldType, JoinSpec, PipelineSpec, SinkSpec,
-    SourceSpec, StreamJobSpec, StreamSpec, TableSpec,
+    datagen_schema, parse_aggregate, CheckpointingSpec, Duration, FieldType, Format, JoinSpec, KeyFormat, PipelineSpec,
+    RegistrySpec, SinkSpec, SourceSpec, StreamJobSpec, StreamSpec, TableSpec,
 };
 
 /// One problem in a manifest.
@@ -212,9 +212,10 @@ fn validate_pipeline(p: &PipelineSpec, errs: &mut ValidationErrors) {
                 errs.push(format!("{path}.versions"), "a Redis table holds one value per key: no versions");
             }
         }
+        check_format(errs, &path, t.format, t.registry.as_ref(), t.kafka.is_some());
         let schema = table_fields(t);
         if schema.is_empty() {
-            errs.push(format!("{path}.schema"), "a table needs a schema");
+            errs.push(format!("{path}.schema"), schema_needed("a table", t.format, t.registry.as_ref()));
         } else if !schema.contains_key(&t.key) {
             errs.push(format!("{path}.key"), format!("`{}` is not a field of the table's schema", t.key));
         }
@@ -299,8 +300,9 @@ fn check_source(errs: &mut ValidationErrors, path: &str, s: &SourceSpec) {
             _ => {}
         }
     }
+    check_format(errs, path, s.format, s.registry.as_ref(), s.kafka.is_some());
     if s.datagen.is_none() && s.schema.is_empty() {
-        errs.push(format!("{path}.schema"), "a source needs a schema (field: type)");
+        errs.push(format!("{path}.schema"), schema_needed("a source", s.format, s.registry.as_ref()));
     }
     if let Some(d) = &s.datagen {
         if d.rate == Some(0) {
@@ -1021,6 +1023,89 @@ fn check_sink(errs: &mut ValidationErrors, p: &PipelineSpec, name: &str, sink: &
             errs.push(format!("{path}.kafka.brokers"), "must list at least one host:port");
         }
         check_properties(errs, &format!("{path}.kafka.properties"), &k.properties);
+        let at = format!("{path}.kafka");
+        match (k.format, &k.registry) {
+            (Format::Avro, None) => {
+                errs.push(format!("{at}.registry"), "format: avro needs the registry to register its schema in")
+            }
+            (Format::Json, Some(_)) => errs.push(format!("{at}.registry"), "a registry is only used with format: avro"),
+            (_, Some(r)) => check_registry(errs, &format!("{at}.registry"), r),
+            _ => {}
+        }
+        if k.registry.as_ref().is_some_and(|r| r.version.is_some()) {
+            errs.push(format!("{at}.registry.version"), "a sink registers its own schema; version is for sources");
+        }
+        if k.key_format == KeyFormat::Avro && k.format != Format::Avro {
+            errs.push(format!("{at}.keyFormat"), "keyFormat: avro needs format: avro (and its registry)");
+        }
+        let raw = late.contains(name) || p.dead_letter.as_deref() == Some(name);
+        if raw && k.format == Format::Avro {
+            errs.push(
+                format!("{at}.format"),
+                "late records are written as read and dead letters as JSON: a lateOutput or deadLetter sink cannot \
+                 be format: avro",
+            );
+        }
+    }
+}
+
+/// `format` and `registry` of a source or table: Avro records come from Kafka in the
+/// registry's wire format, so they need a Kafka topic and a registry.
+fn check_format(errs: &mut ValidationErrors, path: &str, format: Format, registry: Option<&RegistrySpec>, kafka: bool) {
+    match (format, registry) {
+        (Format::Avro, None) => errs
+            .push(format!("{path}.registry"), "format: avro needs the registry that the records' schema ids refer to"),
+        (Format::Json, Some(_)) => errs.push(format!("{path}.registry"), "a registry is only used with format: avro"),
+        (_, Some(r)) => check_registry(errs, &format!("{path}.registry"), r),
+        _ => {}
+    }
+    if format == Format::Avro && !kafka {
+        errs.push(
+            format!("{path}.format"),
+            "format: avro reads records in the Schema Registry's wire format from Kafka; only a kafka input can be avro",
+        );
+    }
+}
+
+fn check_registry(errs: &mut ValidationErrors, path: &str, r: &RegistrySpec) {
+    let rest = r.url.strip_prefix("http://").unwrap_or("");
+    let host = rest.split('/').next().unwrap_or("");
+    if host.is_empty() || host.contains('@') {
+        errs.push(
+            format!("{path}.url"),
+            format!("`{}` is not an http://host:port[/path] URL (credentials go in username and password)", r.url),
+        );
+    }
+    if r.subject.as_deref().is_some_and(|s| s.trim().is_empty()) {
+        errs.push(format!("{path}.subject"), "must not be empty (omit it for <topic>-value)");
+    }
+    if r.version == Some(0) {
+        errs.push(format!("{path}.version"), "versions start at 1 (omit it for the latest)");
+    }
+    match r.password.as_deref().map(crate::env_reference) {
+        Some(Some(name)) if !crate::is_env_name(name) => {
+            errs.push(format!("{path}.password"), format!("`{name}` is not an environment variable name"))
+        }
+        Some(None) => errs.push(
+            format!("{path}.password"),
+            "a secret must not be written in the manifest (it would be in the job's ConfigMap): write `${env:NAME}` \
+             and give the workers NAME from a Secret in spec.env",
+        ),
+        _ => {}
+    }
+    if r.password.is_some() != r.username.is_some() {
+        errs.push(path, "username and password go together");
+    }
+}
+
+/// Why an empty schema is an error.
+fn schema_needed(what: &str, format: Format, registry: Option<&RegistrySpec>) -> String {
+    match (format, registry) {
+        (Format::Avro, Some(_)) => format!(
+            "{what} needs a schema (field: type); with format: avro it is taken from the registry subject when \
+             omitted, and that subject's schema has no field a column can hold"
+        ),
+        _ => format!("{what} needs a schema (field: type)"),
     }
 }
 

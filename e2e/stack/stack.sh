@@ -2,11 +2,11 @@
 # The whole local stack: up|down|status|install. `down --purge` also deletes its data.
 source "$(dirname "$0")/lib.sh"
 
-COMPONENTS=(kafka s3 redis opensearch cassandra k8s node-agent)
+COMPONENTS=(kafka s3 registry redis opensearch cassandra k8s node-agent)
 
 case "${1:-}" in
   install)
-    for c in kafka s3 redis opensearch cassandra k8s helm gitops schemathesis promtool; do "$STACK_DIR/$c.sh" install; done ;;
+    for c in kafka s3 registry redis opensearch cassandra k8s helm gitops schemathesis avro-client promtool; do "$STACK_DIR/$c.sh" install; done ;;
   up)
     started=$SECONDS
     for c in "${COMPONENTS[@]}"; do "$STACK_DIR/$c.sh" start; done
@@ -19,7 +19,7 @@ case "${1:-}" in
   status)
     rc=0
     for c in "${COMPONENTS[@]}"; do "$STACK_DIR/$c.sh" status || rc=1; done
-    echo "env: export KUBECONFIG=$WEIR_RUN/k8s/admin.kubeconfig KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT S3_ENDPOINT=http://127.0.0.1:$S3_PORT REDIS_URL=redis://127.0.0.1:$REDIS_PORT OPENSEARCH_URL=http://127.0.0.1:$OPENSEARCH_PORT CASSANDRA=127.0.0.1:$CASSANDRA_PORT"
+    echo "env: export KUBECONFIG=$WEIR_RUN/k8s/admin.kubeconfig KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT S3_ENDPOINT=http://127.0.0.1:$S3_PORT REDIS_URL=redis://127.0.0.1:$REDIS_PORT OPENSEARCH_URL=http://127.0.0.1:$OPENSEARCH_PORT CASSANDRA=127.0.0.1:$CASSANDRA_PORT SCHEMA_REGISTRY_URL=http://127.0.0.1:$REGISTRY_PORT/apis/ccompat/v7"
     exit $rc ;;
   *) die "usage: stack.sh install|up|down [--purge]|status" ;;
 esac

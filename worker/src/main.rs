@@ -11,6 +11,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use weir_crds::{Manifest, ManifestError};
 use weir_worker::checkpoint::Savepoints;
+use weir_worker::codec::registry::Registry;
 use weir_worker::metrics::Metrics;
 use weir_worker::plan::JobPlan;
 use weir_worker::runtime::{Runtime, RuntimeConfig, WorkerIdentity};
@@ -109,7 +110,12 @@ fn main() -> ExitCode {
 fn load(file: &Path) -> anyhow::Result<(Manifest, JobPlan)> {
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("job").to_string();
-    let manifest = Manifest::from_yaml(&text, &stem).map_err(|e| match e {
+    // `format: avro` inputs take (or check) their schemas from their registry subjects.
+    let fetch = |l: &weir_crds::registry::SchemaLookup| {
+        let v = Registry::for_spec(&l.registry)?.version(&l.subject, l.version)?;
+        Ok(v.map(|v| weir_crds::registry::SubjectSchema { version: v.version, schema: v.schema }))
+    };
+    let manifest = Manifest::from_yaml_with_registry(&text, &stem, fetch).map_err(|e| match e {
         ManifestError::Invalid(errs) => anyhow::anyhow!("{}: {errs}", file.display()),
         e => anyhow::anyhow!("{}: {e}", file.display()),
     })?;

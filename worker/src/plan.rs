@@ -13,6 +13,7 @@ use weir_crds::{
 };
 
 use crate::codec::json::{engine_type, JsonDecoder};
+use crate::codec::Decoder;
 use crate::expr::{CompiledExpr, ExprCompiler};
 use crate::operators::enrich::{EnrichOp, EnrichPlan};
 use crate::operators::join::JoinOp;
@@ -35,7 +36,7 @@ pub struct SourcePlan {
     pub name: String,
     pub spec: SourceSpec,
     pub fields: BTreeMap<String, FieldType>,
-    pub decoder: Arc<JsonDecoder>,
+    pub decoder: Arc<Decoder>,
     /// Column of the event time, or `None` to use the record's source timestamp.
     pub event_time_col: Option<usize>,
     pub max_out_of_orderness: i64,
@@ -126,6 +127,63 @@ pub struct SinkPlan {
     pub timestamps: Vec<String>,
     /// An internal sink: the writing half of a repartition step.
     pub repartition: Option<RepartitionPlan>,
+    /// A `format: avro` Kafka sink's schemas.
+    pub avro: Option<AvroSinkPlan>,
+}
+
+/// The Avro schemas (JSON text) a Kafka sink registers and writes with: its rows' (every
+/// field nullable with default null, timestamps as `timestamp-millis`), and with
+/// `keyFormat: avro` its key fields'.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AvroSinkPlan {
+    pub value_subject: String,
+    pub value_schema: String,
+    /// `<topic>-key` and the key record's schema.
+    pub key: Option<(String, String)>,
+}
+
+/// The Avro schemas of Kafka sink `sink` writing rows of `schema` keyed by `key_cols`.
+fn avro_sink(
+    sink: &str,
+    k: &weir_crds::KafkaSinkSpec,
+    schema: &SchemaRef,
+    key_cols: &[usize],
+    timestamps: &[String],
+) -> Result<AvroSinkPlan, String> {
+    let fields = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let t = match f.data_type() {
+                DataType::Int64 if timestamps.contains(f.name()) => FieldType::Timestamp,
+                other => field_type(other)
+                    .ok_or_else(|| format!("field `{}` has type {other}, which Avro output cannot hold", f.name()))?,
+            };
+            Ok((f.name().clone(), t))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let record = format!("weir.{}", sink.replace('-', "_"));
+    let value_schema = crate::codec::avro::schema_for(&format!("{record}.Row"), &fields)?;
+    let key = match (k.key_format, key_cols.is_empty()) {
+        (weir_crds::KeyFormat::Avro, false) => {
+            let key_fields: Vec<_> = key_cols.iter().map(|&c| fields[c].clone()).collect();
+            Some((format!("{}-key", k.topic), crate::codec::avro::schema_for(&format!("{record}.Key"), &key_fields)?))
+        }
+        _ => None,
+    };
+    let value_subject = k.registry.as_ref().map_or_else(|| format!("{}-value", k.topic), |r| r.subject_for(&k.topic));
+    Ok(AvroSinkPlan { value_subject, value_schema, key })
+}
+
+/// The manifest's type of an engine column type, if it is one.
+fn field_type(t: &DataType) -> Option<FieldType> {
+    Some(match t {
+        DataType::Utf8 => FieldType::String,
+        DataType::Int64 => FieldType::Long,
+        DataType::Float64 => FieldType::Double,
+        DataType::Boolean => FieldType::Boolean,
+        _ => return None,
+    })
 }
 
 /// A Parquet sink's timestamp fields (`timestamps`, else `window_start`, `window_end` and the
@@ -235,7 +293,13 @@ impl JobPlan {
             .iter()
             .map(|(name, s)| {
                 let fields = source_fields(s);
-                let decoder = Arc::new(JsonDecoder::new(&fields));
+                let subject = s.registry.as_ref().map(|r| r.subject_for(s.kafka.as_ref().map_or("", |k| &k.topic)));
+                let decoder = Decoder::new(s.format, s.registry.as_ref(), subject.as_deref().unwrap_or(""), &fields)
+                    .unwrap_or_else(|e| {
+                        errs.push(format!("spec.pipeline.sources.{name}.registry"), e);
+                        Decoder::Json(JsonDecoder::new(&fields))
+                    });
+                let decoder = Arc::new(decoder);
                 let (event_time_col, ooo) = match &s.event_time {
                     Some(et) => (
                         decoder.schema().index_of(&et.field).ok(),
@@ -260,7 +324,17 @@ impl JobPlan {
                 }
             })
             .collect();
-        let tables: Vec<Arc<TablePlan>> = p.tables.iter().map(|(n, t)| Arc::new(TablePlan::new(n, t))).collect();
+        let tables: Vec<Arc<TablePlan>> = p
+            .tables
+            .iter()
+            .map(|(n, t)| {
+                Arc::new(TablePlan::new(n, t).unwrap_or_else(|e| {
+                    errs.push(format!("spec.pipeline.tables.{n}.registry"), e);
+                    TablePlan::new(n, &TableSpec { format: weir_crds::Format::Json, ..t.clone() })
+                        .expect("a JSON table plans")
+                }))
+            })
+            .collect();
         let order = topo_order(p).map_err(|cycle| {
             let mut e = ValidationErrors::default();
             e.push("spec.pipeline.streams", format!("the steps form a cycle: {}", cycle.join(" -> ")));
@@ -370,15 +444,32 @@ impl JobPlan {
                     schema = Some(nodes[n].out_schema.clone());
                 }
             }
+            let avro = sink.kafka.as_ref().filter(|k| k.format == weir_crds::Format::Avro);
             let timestamps = match (&sink.parquet, &sink.cassandra, &schema) {
                 (Some(pq), _, Some(schema)) => parquet_timestamps(&mut errs, name, pq, schema, &sources),
-                // Cassandra: the default timestamp fields become `timestamp` columns.
+                // Cassandra and Avro: the default timestamp fields become timestamps.
                 (None, Some(_), Some(schema)) => {
+                    parquet_timestamps(&mut errs, name, &Default::default(), schema, &sources)
+                }
+                (None, None, Some(schema)) if avro.is_some() => {
                     parquet_timestamps(&mut errs, name, &Default::default(), schema, &sources)
                 }
                 _ => Vec::new(),
             };
-            sinks.push(SinkPlan { name: name.clone(), spec: sink.clone(), key_cols, timestamps, repartition: None });
+            let avro = match (avro, &schema) {
+                (Some(k), Some(schema)) => avro_sink(name, k, schema, &key_cols, &timestamps)
+                    .map_err(|e| errs.push(format!("spec.pipeline.sinks.{name}.kafka.format"), e))
+                    .ok(),
+                _ => None,
+            };
+            sinks.push(SinkPlan {
+                name: name.clone(),
+                spec: sink.clone(),
+                key_cols,
+                timestamps,
+                repartition: None,
+                avro,
+            });
         }
         sinks.extend(internal_sinks);
         if nodes.len() != order.len() {
@@ -566,18 +657,12 @@ fn plan_repartition(
     }
     let mut fields = BTreeMap::new();
     for f in input.fields() {
-        let t = match f.data_type() {
-            DataType::Utf8 => FieldType::String,
-            DataType::Int64 => FieldType::Long,
-            DataType::Float64 => FieldType::Double,
-            DataType::Boolean => FieldType::Boolean,
-            other => {
-                errs.push(
-                    path.to_string(),
-                    format!("field `{}` has type {other}, which a topic cannot carry", f.name()),
-                );
-                return None;
-            }
+        let Some(t) = field_type(f.data_type()) else {
+            errs.push(
+                path.to_string(),
+                format!("field `{}` has type {}, which a topic cannot carry", f.name(), f.data_type()),
+            );
+            return None;
         };
         fields.insert(f.name().clone(), t);
     }
@@ -593,7 +678,7 @@ fn plan_repartition(
         schema: fields.clone(),
         ..Default::default()
     };
-    let decoder = Arc::new(JsonDecoder::new(&fields));
+    let decoder = Arc::new(Decoder::Json(JsonDecoder::new(&fields)));
     let source = sources.len();
     let sink = SinkPlan {
         name: name.to_string(),
@@ -602,12 +687,14 @@ fn plan_repartition(
                 brokers: kafka.brokers.clone(),
                 topic: topic.clone(),
                 properties: kafka.properties.clone(),
+                ..Default::default()
             }),
             ..Default::default()
         },
         key_cols,
         timestamps: Vec::new(),
         repartition: Some(RepartitionPlan { topic, input: from, roots: roots.to_vec(), source }),
+        avro: None,
     };
     sources.push(SourcePlan {
         name: format!("{name}.repartition"),

@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::plan::JobPlan;
 use crate::profile::Profile;
 use crate::sink::cassandra::CassandraSink;
-use crate::sink::kafka::{KafkaProducer, KafkaSink};
+use crate::sink::kafka::{register_avro, AvroIds, KafkaProducer, KafkaSink};
 use crate::sink::opensearch::OpenSearchSink;
 use crate::sink::parquet::{ParquetContext, ParquetSink};
 use crate::sink::repartition::RepartitionSink;
@@ -196,13 +196,20 @@ impl Runtime {
             };
             tables_out.insert(i, Arc::from(storage::open(&url).with_context(|| format!("sink {}", s.name))?));
         }
-        for s in &plan.sinks {
+        // Avro sinks' schemas, registered once for all tasks.
+        let mut avro_ids: BTreeMap<usize, AvroIds> = BTreeMap::new();
+        for (i, s) in plan.sinks.iter().enumerate() {
+            if let (Some(k), Some(a)) = (&s.spec.kafka, &s.avro) {
+                avro_ids.insert(i, register_avro(&s.name, k, a)?);
+            }
+        }
+        for (i, s) in plan.sinks.iter().enumerate() {
             let sink: Box<dyn Sink> = if let Some(k) = &s.spec.kafka {
                 if transactional || s.repartition.is_some() {
                     shared.push(None); // one per task, below
                     continue;
                 }
-                Box::new(KafkaSink::new(&s.name, k)?)
+                Box::new(KafkaSink::new(&s.name, k, avro_ids.get(&i).copied())?)
             } else if let Some(f) = &s.spec.file {
                 let path = match (id.parallelism, plan.resolve(&f.path)) {
                     (1, p) => p,
@@ -240,7 +247,7 @@ impl Runtime {
                 }
             }
             let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
-            for (k, (s, sh)) in plan.sinks.iter().zip(&shared).enumerate() {
+            for (sink_index, (s, sh)) in plan.sinks.iter().zip(&shared).enumerate() {
                 match (sh, &s.spec.kafka, &txn, &s.spec.parquet) {
                     (Some(sh), _, _, _) => sinks.push(Box::new(Shared(sh.clone()))),
                     (None, Some(k), txn, _) if s.repartition.is_some() => {
@@ -262,9 +269,12 @@ impl Runtime {
                         let partitions = sources[rp.source].partition_count();
                         sinks.push(Box::new(RepartitionSink::new(&s.name, &rp.topic, partitions, p, producer)))
                     }
-                    (None, Some(k), Some(txn), _) => {
-                        sinks.push(Box::new(KafkaSink::with_producer(&s.name, k, txn.clone())))
-                    }
+                    (None, Some(k), Some(txn), _) => sinks.push(Box::new(KafkaSink::with_producer(
+                        &s.name,
+                        k,
+                        txn.clone(),
+                        avro_ids.get(&sink_index).copied(),
+                    ))),
                     (None, _, _, Some(pq)) => {
                         let ctx = ParquetContext {
                             group: plan.group.clone(),
@@ -274,7 +284,7 @@ impl Runtime {
                             scratch: cfg.state_dir.join("sinks").join(&s.name).join(format!("p{p}")),
                             metrics: metrics.clone(),
                         };
-                        sinks.push(Box::new(ParquetSink::new(&s.name, pq, tables_out[&k].clone(), ctx)?))
+                        sinks.push(Box::new(ParquetSink::new(&s.name, pq, tables_out[&sink_index].clone(), ctx)?))
                     }
                     _ => bail!("sink {} has no writer", s.name),
                 }

@@ -26,7 +26,7 @@ use datafusion::arrow::datatypes::DataType;
 use rustc_hash::FxHashMap;
 use weir_crds::{FieldType, KafkaSourceSpec, TableSpec};
 
-use crate::codec::json::JsonDecoder;
+use crate::codec::Decoder;
 use crate::plan::JobPlan;
 use crate::sink::redis::{Connection, Reply};
 use crate::source::datagen::DatagenSource;
@@ -41,7 +41,7 @@ pub struct TablePlan {
     pub name: String,
     pub spec: TableSpec,
     pub fields: BTreeMap<String, FieldType>,
-    pub decoder: Arc<JsonDecoder>,
+    pub decoder: Arc<Decoder>,
     /// Column of the key in decoded rows, and its type.
     pub key_col: usize,
     pub key_type: DataType,
@@ -51,14 +51,17 @@ pub struct TablePlan {
 }
 
 impl TablePlan {
-    pub fn new(name: &str, spec: &TableSpec) -> TablePlan {
+    /// The plan of table `name`; `Err` when its Avro schema cannot be read from the registry.
+    pub fn new(name: &str, spec: &TableSpec) -> Result<TablePlan, String> {
         let fields = weir_crds::table_fields(spec);
-        let decoder = Arc::new(JsonDecoder::new(&fields));
+        let subject = spec.registry.as_ref().map(|r| r.subject_for(spec.kafka.as_ref().map_or("", |k| &k.topic)));
+        let decoder =
+            Arc::new(Decoder::new(spec.format, spec.registry.as_ref(), subject.as_deref().unwrap_or(""), &fields)?);
         let key_col = decoder.schema().index_of(&spec.key).unwrap_or(0);
         let key_type = decoder.schema().field(key_col).data_type().clone();
         let time_col = spec.versions.as_ref().and_then(|v| decoder.schema().index_of(&v.field).ok());
         let retention = spec.versions.as_ref().map(|v| v.retention.millis().unwrap_or(0) as i64);
-        TablePlan {
+        Ok(TablePlan {
             name: name.to_string(),
             spec: spec.clone(),
             fields,
@@ -67,7 +70,7 @@ impl TablePlan {
             key_type,
             time_col,
             retention,
-        }
+        })
     }
 
     /// Column of field `name` in the stored rows (every field, in schema order).
@@ -99,7 +102,7 @@ struct RedisLookup {
     conn: Mutex<Connection>,
     prefix: String,
     ttl: Duration,
-    decoder: Arc<JsonDecoder>,
+    decoder: Arc<Decoder>,
     table: String,
 }
 
@@ -185,7 +188,7 @@ impl TableStore {
                     other => return Err(format!("Redis answered GET with {other:?}")),
                 }
             }
-            let decoded = r.decoder.decode(&recs);
+            let decoded = r.decoder.decode(&recs)?;
             if let Some((i, e)) = decoded.errors.first() {
                 tracing::warn!(table = %r.table, key = %names[found[*i as usize]],
                     "{} Redis value(s) are not JSON objects of the table's schema (taken as missing); first: {e}",
@@ -401,7 +404,7 @@ impl Table {
     }
 
     fn apply(&mut self, recs: &Records) -> anyhow::Result<()> {
-        let decoded = self.plan.decoder.decode(recs);
+        let decoded = self.plan.decoder.decode(recs).map_err(|e| anyhow::anyhow!("table {}: {e}", self.plan.name))?;
         // A tombstone is an empty record, which does not decode: its key says what to delete.
         let tombstones: FxHashMap<u32, &[u8]> = recs.tombstones.iter().map(|(i, k)| (*i, k.as_slice())).collect();
         let errors: Vec<&(u32, String)> = decoded.errors.iter().filter(|(i, _)| !tombstones.contains_key(i)).collect();

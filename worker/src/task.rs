@@ -35,6 +35,9 @@ pub enum TaskError {
     State { partition: u32, source: StateError },
     #[error("partition {partition}: the state does not fit this pipeline: {message}")]
     Incompatible { partition: u32, message: String },
+    /// The source's records cannot be judged (their schemas' registry cannot be reached).
+    #[error("source {input}: {message}")]
+    Decode { input: String, message: String },
 }
 
 /// The sinks a task writes to: shared with the worker's other tasks, except that with
@@ -486,7 +489,7 @@ impl Task {
             true => take_markers(&mut recs),
             false => Vec::new(),
         };
-        let decoded = sp.decoder.decode(&recs);
+        let decoded = sp.decoder.decode(&recs).map_err(|e| TaskError::Decode { input: sp.name.clone(), message: e })?;
         let mut bad: Vec<(u32, String)> = decoded.errors;
         let mut kept: Vec<u32> = decoded.kept.unwrap_or_else(|| (0..recs.len() as u32).collect());
         let mut rows = decoded.rows;
@@ -538,18 +541,21 @@ impl Task {
             }
             self.sources[src].max_ts = max_ts;
         }
-        let raw = if kept.len() == recs.len() {
+        // Only JSON records can go on as read (to a JSON sink, a late output); others are
+        // written from their rows.
+        let raw = if !sp.decoder.is_json() {
+            None
+        } else if kept.len() == recs.len() {
             // The records' buffer becomes the raw column as it is, without a copy.
             let offsets: Vec<i32> = std::iter::once(0).chain(recs.ends.iter().map(|&e| e as i32)).collect();
             let data = std::mem::take(&mut recs.data);
-            BinaryArray::new(OffsetBuffer::new(ScalarBuffer::from(offsets)), Buffer::from_vec(data), None)
+            Some(BinaryArray::new(OffsetBuffer::new(ScalarBuffer::from(offsets)), Buffer::from_vec(data), None))
         } else {
-            BinaryArray::from_iter_values(kept.iter().map(|&i| recs.payload(i as usize)))
+            Some(BinaryArray::from_iter_values(kept.iter().map(|&i| recs.payload(i as usize))))
         };
         self.charge(Op::Source(src), started);
         if rows.num_rows() > 0 {
-            let batch =
-                Batch { rows, event_time: Int64Array::from(times), watermark: Int64Array::from(wms), raw: Some(raw) };
+            let batch = Batch { rows, event_time: Int64Array::from(times), watermark: Int64Array::from(wms), raw };
             for t in sp.children.clone() {
                 self.dispatch(t, batch.clone(), sinks)?;
             }

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use serde_json::Value as Json;
 use weir_crds::{DatagenKind, DatagenSpec, FieldType};
-use weir_worker::codec::avro::{self, AvroDecoder, AvroSchema, SchemaSource};
+use weir_worker::codec::avro::{self, AvroDecoder, AvroSchema, ReaderOf, SchemaSource};
 use weir_worker::codec::JsonDecoder;
 use weir_worker::source::datagen::DatagenSource;
 use weir_worker::source::Records;

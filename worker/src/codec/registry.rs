@@ -38,6 +38,22 @@ impl Registry {
         Ok(Registry { url: url.to_string(), base, client: Mutex::new(client), by_id: Mutex::new(HashMap::new()) })
     }
 
+    /// The registry of a manifest's `registry`, its password taken from the worker's
+    /// environment (`${env:NAME}`).
+    pub fn for_spec(spec: &weir_crds::RegistrySpec) -> Result<Registry, String> {
+        let registry = Registry::new(&spec.url)?;
+        if let (Some(user), Some(password)) = (&spec.username, &spec.password) {
+            let password = match weir_crds::env_reference(password) {
+                Some(name) => std::env::var(name).map_err(|_| {
+                    format!("the registry password is ${{env:{name}}}, and the environment variable {name} is not set (spec.env, from a Secret)")
+                })?,
+                None => password.clone(),
+            };
+            registry.client.lock().expect("registry client").set_basic_auth(user, &password);
+        }
+        Ok(registry)
+    }
+
     /// `method path` with a JSON body: the status and the answer as JSON; `Err` when the
     /// registry cannot be reached or answers with a server error.
     fn call(&self, method: &str, path: &str, body: &[u8]) -> Result<(u16, Json), String> {

@@ -71,7 +71,7 @@ impl Output {
 }
 
 /// Row `row` of `batch` as it goes to a late output: the record as read, or the row as JSON
-/// once rows are derived.
+/// once rows are derived (or when the records were not JSON).
 pub fn late_record(operator: &str, batch: &Batch, row: usize) -> Result<Vec<u8>, OpError> {
     if let Some(raw) = &batch.raw {
         return Ok(raw.value(row).to_vec());

@@ -55,6 +55,12 @@ impl HttpClient {
         Ok(HttpClient { addr, auth, conn: None })
     }
 
+    /// Sends HTTP basic authentication with `user` and `password` (which may hold any
+    /// character, unlike credentials in the URL).
+    pub fn set_basic_auth(&mut self, user: &str, password: &str) {
+        self.auth = Some(format!("Basic {}", base64(format!("{user}:{password}").as_bytes())));
+    }
+
     /// Where requests go, for messages.
     pub fn addr(&self) -> &str {
         &self.addr

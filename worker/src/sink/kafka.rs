@@ -17,6 +17,7 @@ use rdkafka::{ClientContext, TopicPartitionList};
 use weir_crds::KafkaSinkSpec;
 
 use super::{message_key, Result, Sink, SinkError};
+use crate::codec::avro::encode_rows;
 use crate::codec::encode_json_lines;
 
 /// Remembers the first delivery failure so that `flush` can report it.
@@ -257,20 +258,91 @@ pub struct KafkaSink {
     producer: Arc<KafkaProducer>,
     /// Time waiting for room in the producer's queue since the last `take_waited`.
     waited: Duration,
+    avro: Option<AvroIds>,
+    /// Encoded records and where each ends (reused).
+    buf: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+/// The registry ids of a `format: avro` sink's schemas: its rows', and with `keyFormat: avro`
+/// its keys'.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AvroIds {
+    pub value: u32,
+    pub key: Option<u32>,
+}
+
+/// Registers the schemas of an Avro sink's `plan` with the registry of `spec` (or finds them
+/// there): their ids. The registry's refusal (an incompatible change) is the error.
+pub fn register_avro(sink: &str, spec: &KafkaSinkSpec, plan: &crate::plan::AvroSinkPlan) -> Result<AvroIds> {
+    let failed = |message: String| SinkError::Failed { sink: sink.to_string(), message };
+    let r = spec.registry.as_ref().ok_or_else(|| failed("format: avro needs a registry".into()))?;
+    let registry = crate::codec::registry::Registry::for_spec(r).map_err(failed)?;
+    let value = registry.register(&plan.value_subject, &plan.value_schema).map_err(failed)?;
+    let key = match &plan.key {
+        Some((subject, schema)) => Some(registry.register(subject, schema).map_err(failed)?),
+        None => None,
+    };
+    Ok(AvroIds { value, key })
 }
 
 impl KafkaSink {
     /// A sink with its own idempotent (not transactional) producer; checks that its topic exists.
-    pub fn new(name: &str, spec: &KafkaSinkSpec) -> Result<KafkaSink> {
+    pub fn new(name: &str, spec: &KafkaSinkSpec, avro: Option<AvroIds>) -> Result<KafkaSink> {
         let failed = |message| SinkError::Failed { sink: name.to_string(), message };
         let producer = KafkaProducer::new(&spec.brokers, &spec.properties, None).map_err(failed)?;
         producer.check_topic(&spec.topic).map_err(failed)?;
-        Ok(KafkaSink::with_producer(name, spec, Arc::new(producer)))
+        Ok(KafkaSink::with_producer(name, spec, Arc::new(producer), avro))
     }
 
-    /// A sink writing through `producer` (a task's transactional producer).
-    pub fn with_producer(name: &str, spec: &KafkaSinkSpec, producer: Arc<KafkaProducer>) -> KafkaSink {
-        KafkaSink { name: name.to_string(), topic: spec.topic.clone(), producer, waited: Duration::ZERO }
+    /// A sink writing through `producer` (a task's transactional producer); Avro with the
+    /// schemas of `avro` (registered by [`register_avro`]), else JSON.
+    pub fn with_producer(
+        name: &str,
+        spec: &KafkaSinkSpec,
+        producer: Arc<KafkaProducer>,
+        avro: Option<AvroIds>,
+    ) -> KafkaSink {
+        KafkaSink {
+            name: name.to_string(),
+            topic: spec.topic.clone(),
+            producer,
+            waited: Duration::ZERO,
+            avro,
+            buf: Vec::new(),
+            ends: Vec::new(),
+        }
+    }
+
+    /// Writes `rows` in Avro: each row's record, keyed by its key fields' record (Avro keys)
+    /// or text.
+    fn write_avro(&mut self, ids: AvroIds, rows: &RecordBatch, keys: &[usize]) -> Result<()> {
+        let (mut buf, mut ends) = (std::mem::take(&mut self.buf), std::mem::take(&mut self.ends));
+        buf.clear();
+        ends.clear();
+        encode_rows(ids.value, rows, &mut buf, &mut ends).map_err(|e| self.err(e))?;
+        let values = ends.len();
+        if let (Some(key_id), false) = (ids.key, keys.is_empty()) {
+            let key_rows = rows.project(keys).map_err(|e| self.err(e))?;
+            encode_rows(key_id, &key_rows, &mut buf, &mut ends).map_err(|e| self.err(e))?;
+        }
+        let key_cols: Vec<_> = keys.iter().map(|&i| rows.column(i).clone()).collect();
+        let mut start = 0;
+        let mut result = Ok(());
+        for row in 0..values {
+            let value = &buf[start..ends[row]];
+            start = ends[row];
+            let key = match ends.get(values + row) {
+                Some(&end) => Some(buf[ends[values + row - 1]..end].to_vec()),
+                None => message_key(&key_cols, row),
+            };
+            if let Err(e) = self.send(value, key.as_deref()) {
+                result = Err(e);
+                break;
+            }
+        }
+        (self.buf, self.ends) = (buf, ends);
+        result
     }
 
     fn err(&self, e: impl std::fmt::Display) -> SinkError {
@@ -285,6 +357,9 @@ impl KafkaSink {
 
 impl Sink for KafkaSink {
     fn write_rows(&mut self, rows: &RecordBatch, keys: &[usize], raw: Option<&BinaryArray>) -> Result<()> {
+        if let Some(ids) = self.avro {
+            return self.write_avro(ids, rows, keys);
+        }
         let key_cols: Vec<_> = keys.iter().map(|&i| rows.column(i).clone()).collect();
         if let Some(raw) = raw {
             for row in 0..raw.len() {

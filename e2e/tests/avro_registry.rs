@@ -1,0 +1,335 @@
+//! `format: avro` end to end with a real Schema Registry (Apicurio Registry, its Confluent-
+//! compatible API, from e2e/stack/registry.sh) and Confluent's own client on the other side
+//! (e2e/avro/avro_client.py, through e2e/stack/avro-client.sh): payments written with two
+//! versions of their schema, windowed exactly-once through a SIGKILL into an Avro topic whose
+//! schema the worker registered, read back by the registry's client and compared with the
+//! reference; records of an incompatible schema and corrupt records go to the dead letter
+//! with their reasons.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use weir_e2e::payments::{create_topics, events_spaced, reference, Ev, Windows};
+use weir_e2e::{kafka_brokers, repo_dir, require_port, run_dir, start_worker, unique, wait_until};
+
+const PARTITIONS: i32 = 3;
+
+/// The registry's Confluent-compatible API.
+fn registry_url() -> String {
+    std::env::var("SCHEMA_REGISTRY_URL").unwrap_or_else(|_| "http://127.0.0.1:8081/apis/ccompat/v7".into())
+}
+
+/// `curl` to the registry: the status and the answer.
+fn registry(method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "-X",
+        method,
+        "-w",
+        "\n%{http_code}",
+        "-H",
+        "Content-Type: application/vnd.schemaregistry.v1+json",
+    ]);
+    if let Some(b) = body {
+        cmd.args(["--data-binary", &b.to_string()]);
+    }
+    let out = cmd.arg(format!("{}{path}", registry_url())).output().expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (answer, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), serde_json::from_str(answer).unwrap_or(Value::Null))
+}
+
+/// Registers `schema` under `subject`: its id.
+fn register(subject: &str, schema: &Value) -> u32 {
+    let (code, answer) =
+        registry("POST", &format!("/subjects/{subject}/versions"), Some(&json!({"schema": schema.to_string()})));
+    assert_eq!(code, 200, "registering under {subject}: {answer}");
+    answer["id"].as_u64().unwrap() as u32
+}
+
+/// Confluent's client (`avro_client.py ARGS`): its standard output.
+fn client(args: &[&str]) -> String {
+    let out = Command::new(repo_dir().join("e2e/stack/avro-client.sh"))
+        .arg("run")
+        .args(args)
+        .output()
+        .expect("e2e/stack/avro-client.sh");
+    assert!(out.status.success(), "avro_client.py {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Every committed record of `topic` as Confluent's deserializer reads it.
+fn consume(topic: &str) -> Vec<Value> {
+    let text = client(&["consume", &kafka_brokers(), &registry_url(), topic, &PARTITIONS.to_string()]);
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn v1() -> Value {
+    json!({"type": "record", "name": "Payment", "namespace": "weir.e2e", "fields": [
+        {"name": "id", "type": "string"},
+        {"name": "card_id", "type": "string"},
+        {"name": "amount", "type": "long"},
+        {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+        {"name": "note", "type": ["null", "string"], "default": null}]})
+}
+
+/// v1 with `note` removed and `currency` (default EUR) and `merchant` (optional) added: a
+/// backward-compatible change, which the registry's BACKWARD rule lets in.
+fn v2() -> Value {
+    json!({"type": "record", "name": "Payment", "namespace": "weir.e2e", "fields": [
+        {"name": "id", "type": "string"},
+        {"name": "card_id", "type": "string"},
+        {"name": "amount", "type": "long"},
+        {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+        {"name": "currency", "type": "string", "default": "EUR"},
+        {"name": "merchant", "type": ["null", "string"], "default": null}]})
+}
+
+/// `amount` as text: no reader of v2 can take it, and the BACKWARD rule refuses it.
+fn v3_incompatible() -> Value {
+    json!({"type": "record", "name": "Payment", "namespace": "weir.e2e", "fields": [
+        {"name": "id", "type": "string"},
+        {"name": "card_id", "type": "string"},
+        {"name": "amount", "type": "string"},
+        {"name": "ts", "type": "long"}]})
+}
+
+/// The first event of each 5 goes as v1, the others as v2; every seventh v2 payment is in USD.
+fn is_v1(i: usize) -> bool {
+    i.is_multiple_of(5)
+}
+
+fn is_usd(i: usize) -> bool {
+    !is_v1(i) && i % 7 == 3
+}
+
+/// Avro's zig-zag varint.
+fn long(v: i64, out: &mut Vec<u8>) {
+    let mut n = ((v << 1) ^ (v >> 63)) as u64;
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+fn string(s: &str, out: &mut Vec<u8>) {
+    long(s.len() as i64, out);
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// A record in the wire format by hand: schema `id`, then `body`.
+fn wire(id: u32, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![0];
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+fn b64(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in bytes.chunks(3) {
+        let n = c.iter().enumerate().fold(0u32, |n, (i, b)| n | (*b as u32) << (16 - 8 * i));
+        for i in 0..4 {
+            out.push(if i <= c.len() { A[(n >> (18 - 6 * i)) as usize & 63] as char } else { '=' });
+        }
+    }
+    out
+}
+
+/// Writes `lines` (events for avro_client.py) to a file and produces them to `topic`.
+fn produce(dir: &Path, topic: &str, lines: &[Value]) {
+    let path = dir.join(format!("events-{}.jsonl", unique("p")));
+    std::fs::write(&path, lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    client(&["produce", &kafka_brokers(), &registry_url(), topic, path.to_str().unwrap()]);
+}
+
+fn event_line(i: usize, p: i32, e: &Ev) -> Value {
+    let (schema, value) = if is_v1(i) {
+        let note = if i.is_multiple_of(2) { json!("first") } else { Value::Null };
+        (v1(), json!({"id": e.id, "card_id": e.card, "amount": e.amount, "ts": e.ts, "note": note}))
+    } else {
+        let currency = if is_usd(i) { "USD" } else { "EUR" };
+        let merchant = if i.is_multiple_of(3) { json!(format!("m{}", i % 11)) } else { Value::Null };
+        let v = json!({"id": e.id, "card_id": e.card, "amount": e.amount, "ts": e.ts, "currency": currency, "merchant": merchant});
+        (v2(), v)
+    };
+    json!({"partition": p, "key": e.card, "schema": schema.to_string(), "value": value})
+}
+
+#[test]
+fn avro_in_two_schema_versions_is_windowed_exactly_once_into_avro_and_bad_records_are_dead_letters() {
+    require_port("Kafka", 9092);
+    require_port("the schema registry", 8081);
+    let name = unique("avro");
+    let (input, output, late) = (format!("{name}-in"), format!("{name}-out"), format!("{name}-late"));
+    create_topics(&[(&input, PARTITIONS), (&output, PARTITIONS), (&late, 1)]);
+    let subject = format!("{input}-value");
+    let (code, answer) = registry("PUT", &format!("/config/{subject}"), Some(&json!({"compatibility": "BACKWARD"})));
+    assert_eq!(code, 200, "{answer}");
+    let v1_id = register(&subject, &v1());
+    let v2_id = register(&subject, &v2());
+    assert_ne!(v1_id, v2_id);
+    // The registry keeps malformed schemas out of the subject...
+    let (code, answer) = registry(
+        "POST",
+        &format!("/subjects/{subject}/versions"),
+        Some(&json!({"schema": v3_incompatible().to_string()})),
+    );
+    assert_eq!(code, 409, "the BACKWARD rule refuses `amount` as text: {answer}");
+    // ...but a producer can still use a schema of another subject on the topic.
+    let v3_id = register(&format!("{input}-legacy"), &v3_incompatible());
+
+    let evs = events_spaced(PARTITIONS, 3_000, 400);
+    // USD payments count a hundred times their amount (the projection's CASE): v1 payments,
+    // written without a currency, take v2's default, EUR.
+    let priced: Vec<(i32, Ev)> = evs
+        .iter()
+        .enumerate()
+        .map(|(i, (p, e))| (*p, Ev { amount: if is_usd(i) { e.amount * 100 } else { e.amount }, ..e.clone() }))
+        .collect();
+    let (want, want_late): (Windows, BTreeSet<String>) = reference(&priced, PARTITIONS);
+    let lines: Vec<Value> = evs.iter().enumerate().map(|(i, (p, e))| event_line(i, *p, e)).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = lines.split_at(lines.len() / 2);
+    produce(dir.path(), &input, first);
+    // Bad records, all in partition 0 at offsets after the first half, where they hold nothing up.
+    let mut incompatible = Vec::new();
+    string("bad-1", &mut incompatible);
+    string("card-00", &mut incompatible);
+    string("twelve", &mut incompatible);
+    long(1_795_564_800_000, &mut incompatible);
+    let mut truncated = Vec::new();
+    string("bad-2", &mut truncated);
+    string("card-00", &mut truncated);
+    let bad = [
+        (wire(v3_id, &incompatible), "cannot be read as the pipeline's fields"),
+        (wire(v2_id, &truncated), "does not follow its schema"),
+        (wire(987_654, &incompatible), "schema id 987654 is not in the registry"),
+        (b"{\"id\": \"json\"}".to_vec(), "not in the Schema Registry's wire format"),
+        (vec![0, 0, 1], "too short for the Schema Registry's header"),
+    ];
+    let bad_lines: Vec<Value> =
+        bad.iter().map(|(b, _)| json!({"partition": 0, "key": "bad", "raw_base64": b64(b)})).collect();
+    produce(dir.path(), &input, &bad_lines);
+
+    let manifest = dir.path().join("job.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"
+metadata: {{name: {name}}}
+spec:
+  epochInterval: 200ms
+  checkpointing: {{interval: 500ms, storage: "file://{checkpoints}"}}
+  pipeline:
+    sources:
+      payments:
+        kafka: {{brokers: "{b}", topic: {input}, startFrom: earliest}}
+        format: avro
+        registry: {{url: "{r}"}}
+        eventTime: {{field: ts, maxOutOfOrderness: 5s}}
+    streams:
+      priced:
+        from: payments
+        select: {{card_id: card_id, ts: ts, amount: "CASE WHEN currency = 'EUR' THEN amount ELSE amount * 100 END"}}
+      per_card_minute:
+        from: priced
+        keyBy: [card_id]
+        window: {{tumbling: 1m}}
+        aggregate: {{"n": "count(*)", total: "sum(amount)"}}
+        lateOutput: corrections
+    sinks:
+      results:
+        from: per_card_minute
+        kafka: {{brokers: "{b}", topic: {output}, format: avro, registry: {{url: "{r}"}}, keyFormat: avro}}
+      corrections: {{kafka: {{brokers: "{b}", topic: {late}}}}}
+      dead: {{file: {{path: dead.jsonl}}}}
+    deadLetter: dead
+"#,
+            checkpoints = dir.path().join("checkpoints").display(),
+            b = kafka_brokers(),
+            r = registry_url(),
+        ),
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let log = run_dir().join("logs").join(format!("e2e-{name}.log"));
+    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+
+    // First run: killed hard as soon as some results are out.
+    let mut w = start_worker(&manifest, &state, &log, &[]);
+    wait_until(&format!("first Avro results (log {})", log.display()), Duration::from_secs(90), || {
+        (!consume(&output).is_empty()).then_some(())
+    });
+    w.kill().unwrap();
+    w.wait().unwrap();
+    produce(dir.path(), &input, second);
+    let mut w = start_worker(&manifest, &state, &log, &[]);
+
+    // The registry holds the schema the worker derived for its output, and the keys'.
+    let out_schema = wait_until("the output's schema in the registry", Duration::from_secs(30), || {
+        let (code, v) = registry("GET", &format!("/subjects/{output}-value/versions/latest"), None);
+        (code == 200).then_some(v)
+    });
+    let (code, key_schema) = registry("GET", &format!("/subjects/{output}-key/versions/latest"), None);
+    assert_eq!(code, 200, "{key_schema}");
+    let got =
+        wait_until(&format!("every window in {output} (log {})", log.display()), Duration::from_secs(180), || {
+            let all = consume(&output);
+            let windows: BTreeSet<(String, i64)> = all
+                .iter()
+                .map(|r| {
+                    (r["value"]["card_id"].as_str().unwrap().to_string(), r["value"]["window_start"].as_i64().unwrap())
+                })
+                .collect();
+            (windows.len() >= want.len()).then_some(all)
+        });
+    // Late payments go on as the rows the window read (Avro records are not copied as read).
+    let want_late: BTreeSet<(String, i64)> =
+        priced.iter().filter(|(_, e)| want_late.contains(&e.id)).map(|(_, e)| (e.card.clone(), e.ts)).collect();
+    let got_late = wait_until("every late payment in the late output", Duration::from_secs(60), || {
+        let rows = weir_e2e::payments::read_all(&late, 1);
+        (rows.len() >= want_late.len()).then_some(rows)
+    });
+    Command::new("kill").args(["-TERM", &w.id().to_string()]).status().unwrap();
+    assert!(w.wait().unwrap().success(), "SIGTERM exits 0; log {}", log.display());
+
+    let mut windows = Windows::new();
+    for r in &got {
+        let v = &r["value"];
+        let key = (v["card_id"].as_str().unwrap().to_string(), v["window_start"].as_i64().unwrap());
+        assert_eq!(r["key"], json!({"card_id": key.0}), "the key is the Avro record of the key fields");
+        assert_eq!(r["schema_id"], out_schema["id"], "written with the registered schema");
+        assert!(
+            windows.insert(key.clone(), (v["n"].as_i64().unwrap(), v["total"].as_i64().unwrap())).is_none(),
+            "{key:?} twice: exactly once"
+        );
+    }
+    assert_eq!(windows, want, "every window once, with the reference's count and sum");
+    let late_rows: BTreeSet<(String, i64)> =
+        got_late.iter().map(|(_, v)| (v["card_id"].as_str().unwrap().to_string(), v["ts"].as_i64().unwrap())).collect();
+    assert_eq!((late_rows, got_late.len()), (want_late.clone(), want_late.len()), "the late payments, each once");
+    let schema = out_schema["schema"].as_str().unwrap();
+    assert!(schema.contains("timestamp-millis") && schema.contains("\"window_start\""), "{schema}");
+
+    let dead = std::fs::read_to_string(dir.path().join("dead.jsonl")).unwrap();
+    let letters: Vec<Value> = dead.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for (bytes, reason) in &bad {
+        let letter = letters
+            .iter()
+            .find(|l| {
+                l["record_base64"].as_str() == Some(&b64(bytes))
+                    || l["record"].as_str().map(str::as_bytes) == Some(bytes)
+            })
+            .unwrap_or_else(|| panic!("{bytes:?} is not in the dead letter: {dead}"));
+        let error = letter["error"].as_str().unwrap();
+        assert!(error.contains(reason), "{reason:?} in {error}");
+    }
+    assert_eq!(letters.len(), bad.len(), "only the bad records are dead letters: {dead}");
+}
