@@ -66,7 +66,9 @@ impl Manifest {
         Self::read(text, default_name, Some(&mut fetch))
     }
 
-    fn read(text: &str, default_name: &str, fetch: Option<&mut Fetch>) -> Result<Manifest, ManifestError> {
+    /// Parses a manifest without validating its spec: the manifest, and the errors of its
+    /// `kind` and `apiVersion` (for a caller that validates the spec itself, all at once).
+    pub fn parse(text: &str, default_name: &str) -> Result<(Manifest, ValidationErrors), ManifestError> {
         let de = serde_yaml::Deserializer::from_str(text);
         let mut m: Manifest = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
@@ -83,6 +85,11 @@ impl Manifest {
         if m.metadata.name.is_empty() {
             m.metadata.name = default_name.to_string();
         }
+        Ok((m, errs))
+    }
+
+    fn read(text: &str, default_name: &str, fetch: Option<&mut Fetch>) -> Result<Manifest, ManifestError> {
+        let (mut m, mut errs) = Self::parse(text, default_name)?;
         if let Some(fetch) = fetch {
             if let Err(e) = apply_registry_schemas(&mut m.spec.pipeline, fetch) {
                 errs.0.extend(e.0);

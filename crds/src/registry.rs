@@ -115,6 +115,18 @@ pub fn apply_registry_schemas(
     errs.into_result()
 }
 
+/// A subject as a URL path segment (percent-encoded but for unreserved characters).
+pub fn subject_path(subject: &str) -> String {
+    let mut out = String::with_capacity(subject.len());
+    for b in subject.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
 /// The schema and the registry of the source or table at `path` (one [`schema_lookups`] gave).
 fn input_mut<'a>(p: &'a mut PipelineSpec, path: &str) -> (&'a mut BTreeMap<String, FieldType>, &'a mut RegistrySpec) {
     let missing = "a lookup's path names an Avro input with a registry";

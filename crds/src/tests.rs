@@ -719,7 +719,14 @@ spec:
             pipeline.insert("deadLetter".into(), "dead".into());
         }
         let text = serde_yaml::to_string(&job).unwrap();
-        if let Err(e) = Manifest::from_yaml(&text, "docs") {
+        // Avro examples read their subject's schema: here, the payments of the examples.
+        let subject = |_: &crate::registry::SchemaLookup| {
+            let schema = r#"{"type": "record", "name": "Payment", "fields": [{"name": "id", "type": "string"},
+                {"name": "card_id", "type": "string"}, {"name": "amount", "type": "double"},
+                {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}}]}"#;
+            Ok(Some(crate::registry::SubjectSchema { version: 1, schema: schema.into() }))
+        };
+        if let Err(e) = Manifest::from_yaml_with_registry(&text, "docs", subject) {
             panic!("the example\n{block}\nin docs/manifest.md does not validate: {e}");
         }
     }
@@ -811,4 +818,82 @@ fn every_field_of_the_schema_is_in_the_manifest_reference() {
     };
     let missing: Vec<&String> = names.iter().filter(|n| !named(n)).collect();
     assert!(missing.is_empty(), "fields of the schema not in docs/manifest.md: {missing:?}");
+}
+
+#[test]
+fn avro_inputs_and_sinks_are_checked_all_at_once() {
+    let errs = errors(
+        r#"
+spec:
+  pipeline:
+    sources:
+      a: {kafka: {brokers: "k:9092", topic: a}, format: avro}
+      b: {file: {path: b.avro}, format: avro, registry: {url: "http://r:8081"}, schema: {id: string}}
+      c: {kafka: {brokers: "k:9092", topic: c}, registry: {url: "http://r:8081"}, schema: {id: string}}
+      d:
+        kafka: {brokers: "k:9092", topic: d}
+        format: avro
+        registry: {url: "http://u:p@r:8081", subject: "", version: 0, username: u, password: secret}
+        schema: {id: string}
+      e: {kafka: {brokers: "k:9092", topic: e}, format: avro, registry: {url: "http://r:8081"}}
+    streams:
+      late_ones: {from: a, keyBy: [id], window: {tumbling: 1m}, aggregate: {n: "count(*)"}, lateOutput: late}
+    sinks:
+      out:
+        from: a
+        kafka: {brokers: "k:9092", topic: o, keyFormat: avro, registry: {url: "http://r:8081", version: 2}}
+      late: {kafka: {brokers: "k:9092", topic: l, format: avro, registry: {url: "http://r:8081"}}}
+      plain: {from: a, kafka: {brokers: "k:9092", topic: p, format: avro}}
+"#,
+    );
+    let src = "spec.pipeline.sources";
+    assert!(has(&errs, &format!("{src}.a.registry"), "format: avro needs the registry"), "{errs:?}");
+    assert!(has(&errs, &format!("{src}.b.format"), "only a kafka input can be avro"), "{errs:?}");
+    assert!(has(&errs, &format!("{src}.c.registry"), "only used with format: avro"), "{errs:?}");
+    assert!(has(&errs, &format!("{src}.d.registry.url"), "credentials go in username and password"), "{errs:?}");
+    assert!(has(&errs, &format!("{src}.d.registry.subject"), "must not be empty"), "{errs:?}");
+    assert!(has(&errs, &format!("{src}.d.registry.version"), "versions start at 1"), "{errs:?}");
+    assert!(has(&errs, &format!("{src}.d.registry.password"), "a secret must not be written"), "{errs:?}");
+    assert!(has(&errs, &format!("{src}.e.schema"), "taken from the registry subject when omitted"), "{errs:?}");
+    let sink = "spec.pipeline.sinks";
+    assert!(has(&errs, &format!("{sink}.out.kafka.registry"), "only used with format: avro"), "{errs:?}");
+    assert!(has(&errs, &format!("{sink}.out.kafka.registry.version"), "version is for sources"), "{errs:?}");
+    assert!(has(&errs, &format!("{sink}.out.kafka.keyFormat"), "needs format: avro"), "{errs:?}");
+    assert!(has(&errs, &format!("{sink}.late.kafka.format"), "cannot be format: avro"), "{errs:?}");
+    assert!(has(&errs, &format!("{sink}.plain.kafka.registry"), "needs the registry to register"), "{errs:?}");
+}
+
+#[test]
+fn an_avro_source_takes_its_schema_from_the_subject() {
+    let yaml = r#"
+spec:
+  pipeline:
+    sources:
+      p:
+        kafka: {brokers: "k:9092", topic: pay}
+        format: avro
+        registry: {url: "http://r:8081/apis/ccompat/v7", username: weir, password: "${env:REGISTRY_PASSWORD}"}
+        eventTime: {field: ts}
+    streams:
+      big: {from: p, where: "amount > 100"}
+    sinks:
+      out:
+        from: big
+        kafka: {brokers: "k:9092", topic: o, format: avro, registry: {url: "http://r:8081/apis/ccompat/v7"}, keyFormat: avro}
+"#;
+    let mut asked = Vec::new();
+    let m = Manifest::from_yaml_with_registry(yaml, "t", |l| {
+        asked.push((l.subject.clone(), l.version));
+        let schema = r#"{"type": "record", "name": "P", "fields": [{"name": "amount", "type": "long"},
+            {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}}]}"#;
+        Ok(Some(crate::registry::SubjectSchema { version: 4, schema: schema.into() }))
+    })
+    .unwrap();
+    assert_eq!(asked, [("pay-value".to_string(), None)]);
+    let p = &m.spec.pipeline.sources["p"];
+    assert_eq!(p.schema.get("amount"), Some(&FieldType::Long));
+    assert_eq!(p.registry.as_ref().unwrap().version, Some(4), "the version read is pinned");
+    // Without the registry the schema is unknown, and the steps' fields with it.
+    let errs = errors(yaml);
+    assert!(has(&errs, "spec.pipeline.sources.p.schema", "taken from the registry subject"), "{errs:?}");
 }

@@ -312,6 +312,19 @@ fn streamjob_runs_exactly_once_reports_and_cleans_up() {
     );
     assert_eq!(code, 400, "{err}");
     assert!(err["error"].as_str().unwrap().contains("spec.pipeline.streams.w.from"), "{err}");
+    // An Avro source is checked against its registry subject (here one that does not exist),
+    // with the spec's other errors.
+    let subject = unique("no-such-topic");
+    let avro = format!(
+        "metadata: {{name: avro}}\nspec: {{pipeline: {{sources: {{p: {{kafka: {{brokers: \"{b}\", topic: {subject}}}, \
+         format: avro, registry: {{url: \"http://127.0.0.1:8081/apis/ccompat/v7\"}}}}}}, sinks: {{o: {{from: q, file: {{path: o}}}}}}}}}}",
+        b = kafka_brokers()
+    );
+    let (code, err) = http(api, "POST", "/jobs", Some(TOKEN), &avro);
+    let err = err["error"].as_str().unwrap_or_default().to_string();
+    assert_eq!(code, 400, "{err}");
+    assert!(err.contains(&format!("spec.pipeline.sources.p.registry.subject: the registry at http://127.0.0.1:8081/apis/ccompat/v7 has no subject `{subject}-value`")), "{err}");
+    assert!(err.contains("spec.pipeline.sinks.o.from"), "{err}");
     let (code, dup) =
         http(api, "POST", "/jobs", Some(TOKEN), &window_job(1, "{interval: 1s}", &input, &output, &corrections));
     assert_eq!(code, 409, "the job exists: {dup}");

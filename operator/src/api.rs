@@ -27,7 +27,7 @@ use kube::api::{ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use weir_crds::{Manifest, ManifestError, StreamJob};
+use weir_crds::{Manifest, StreamJob};
 
 use crate::workers::{self as w, savepoint_progress, total, Progress, TriggerError};
 use crate::{build, kafka};
@@ -285,7 +285,7 @@ pub fn openapi() -> Value {
                     "responses": {"200": ok("the jobs"), "400": error, "401": error, "403": error, "502": error}},
                 "post": {"summary": "Create a StreamJob from a manifest (YAML or JSON)", "parameters": [ns],
                     "requestBody": {"required": true, "content": {"application/yaml": {"schema": {"type": "string"}}, "application/json": {"schema": {"type": "object"}}}},
-                    "responses": {"201": ok("the created job"), "400": error, "401": error, "403": error, "409": error, "422": error, "502": error}}
+                    "responses": {"201": ok("the created job"), "400": error, "401": error, "403": error, "409": error, "422": error, "502": error, "503": error}}
             },
             "/jobs/{name}": {"get": {"summary": "One StreamJob: summary, spec, status", "parameters": [name, ns],
                 "responses": {"200": ok("the job"), "400": error, "401": error, "403": error, "404": error, "502": error}}},
@@ -330,10 +330,7 @@ async fn create_job(
     let caller = s.authenticate(&headers).await?;
     let body = std::str::from_utf8(&body).map_err(|e| bad_request(format!("the manifest is not UTF-8 text: {e}")))?;
     // YAML is a superset of JSON: one parser for both, with the path of every error.
-    let m = Manifest::from_yaml(body, "").map_err(|e| match e {
-        ManifestError::Invalid(errs) => ApiError(StatusCode::BAD_REQUEST, format!("invalid StreamJob: {errs}")),
-        e => ApiError(StatusCode::BAD_REQUEST, e.to_string()),
-    })?;
+    let (m, header) = Manifest::parse(body, "").map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
     if m.metadata.name.is_empty() {
         return Err(ApiError(StatusCode::BAD_REQUEST, "metadata.name: a StreamJob needs a name".into()));
     }
@@ -350,6 +347,16 @@ async fn create_job(
     s.permit(&caller, "create", Some(&ns)).await?;
     let mut job = StreamJob::new(&m.metadata.name, m.spec);
     job.metadata.namespace = Some(ns.clone());
+    // The spec as the operator and its workers will validate it (Avro inputs against their
+    // registry subjects), every error at once.
+    let valid = crate::registry::validate(&s.client, &ns, &job).await.map_err(|crate::registry::Unreachable(e)| {
+        ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("the job's schema registry cannot be asked: {e}"))
+    })?;
+    let mut errs = header;
+    errs.0.extend(valid.err().map(|e| e.0).unwrap_or_default());
+    if !errs.0.is_empty() {
+        return Err(ApiError(StatusCode::BAD_REQUEST, format!("invalid StreamJob: {errs}")));
+    }
     let created = s.jobs(&ns).create(&PostParams::default(), &job).await?;
     Ok((StatusCode::CREATED, Json(summary(&created))))
 }

@@ -11,6 +11,7 @@ mod lease;
 mod lifecycle;
 mod metrics;
 mod reconcile;
+mod registry;
 mod scaling;
 mod workers;
 

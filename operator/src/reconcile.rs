@@ -197,7 +197,21 @@ async fn reconcile_job(job: &StreamJob, ctx: &Ctx) -> Result<Action, Error> {
     let mut old = job.status.clone().unwrap_or_default();
     ctx.scaling.track(job, &mut old);
     let generation = job.metadata.generation;
-    if let Err(errs) = weir_crds::validate_spec(&job.spec) {
+    // A spec with Avro inputs is checked against its registry subjects once per generation
+    // (the registry is not asked at every pass, nor does its outage stop the job's management).
+    let avro = !weir_crds::registry::schema_lookups(&job.spec.pipeline).is_empty();
+    let accepted = old.observed_generation == generation && old.phase.as_deref() != Some("Failed");
+    let valid = match avro && accepted {
+        true => Ok(()),
+        false => match crate::registry::validate(&ctx.client, &ns, job).await {
+            Ok(valid) => valid,
+            Err(crate::registry::Unreachable(e)) => {
+                publish(ctx, job, EventType::Warning, "SchemaRegistryUnreachable", e).await;
+                return Ok(Action::requeue(Duration::from_secs(30)));
+            }
+        },
+    };
+    if let Err(errs) = valid {
         let message = errs.to_string();
         if old.observed_generation != generation || old.phase.as_deref() != Some("Failed") {
             publish(ctx, job, EventType::Warning, "InvalidSpec", message.clone()).await;
@@ -211,7 +225,8 @@ async fn reconcile_job(job: &StreamJob, ctx: &Ctx) -> Result<Action, Error> {
             ..old.clone()
         };
         set_status(ctx, job, status).await?;
-        return Ok(Action::await_change());
+        // A subject registered later, or changed, may make the spec valid.
+        return Ok(if avro { Action::requeue(Duration::from_secs(60)) } else { Action::await_change() });
     }
     // With the autoscaler on, the job runs at the parallelism it chose (in status, not spec).
     let scaled = scaling::autoscaled(job, &old);

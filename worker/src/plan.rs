@@ -1151,6 +1151,36 @@ spec:
         assert!(e.contains("they have card_id, window_start"), "{e}");
         assert!(e.contains("sinks.out.parquet.timestamps") && e.contains("`total` is not an integer field"), "{e}");
     }
+
+    #[test]
+    fn an_avro_sink_derives_its_schemas_from_the_rows() {
+        let kafka = |extra: &str| {
+            format!("{{from: w, kafka: {{brokers: \"k:9092\", topic: t, format: avro, registry: {{url: \"http://r:1\"{extra}}}}}}}")
+        };
+        let p = plan(&kafka("}, keyFormat: avro, properties: {a: b")).unwrap();
+        let a = p.sinks[0].avro.as_ref().unwrap();
+        assert_eq!(a.value_subject, "t-value");
+        let value: serde_json::Value = serde_json::from_str(&a.value_schema).unwrap();
+        assert_eq!(value["name"], "weir.out.Row");
+        let ts = serde_json::json!(["null", {"type": "long", "logicalType": "timestamp-millis"}]);
+        let fields: Vec<(&str, &serde_json::Value)> =
+            value["fields"].as_array().unwrap().iter().map(|f| (f["name"].as_str().unwrap(), &f["type"])).collect();
+        assert_eq!(
+            fields,
+            [
+                ("card_id", &serde_json::json!(["null", "string"])),
+                ("window_start", &ts),
+                ("window_end", &ts),
+                ("total", &serde_json::json!(["null", "double"])),
+            ]
+        );
+        let (key_subject, key) = a.key.as_ref().unwrap();
+        assert_eq!(key_subject, "t-key");
+        assert!(key.contains("\"weir.out.Key\"") && key.contains("card_id") && !key.contains("total"), "{key}");
+        let p = plan(&kafka(", subject: totals")).unwrap();
+        let a = p.sinks[0].avro.as_ref().unwrap();
+        assert_eq!((a.value_subject.as_str(), a.key.is_none()), ("totals", true), "string keys by default");
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@ use std::sync::Mutex;
 
 use serde_json::Value as Json;
 
+use weir_crds::registry::subject_path;
+
 use super::avro::SchemaSource;
 use crate::sink::http::HttpClient;
 
@@ -80,7 +82,7 @@ impl Registry {
     /// such subject or version.
     pub fn version(&self, subject: &str, version: Option<u32>) -> Result<Option<Version>, String> {
         let v = version.map_or("latest".to_string(), |v| v.to_string());
-        let (status, json) = self.call("GET", &format!("/subjects/{}/versions/{v}", encode(subject)), b"")?;
+        let (status, json) = self.call("GET", &format!("/subjects/{}/versions/{v}", subject_path(subject)), b"")?;
         match status {
             200 => {
                 let field = |name: &str| json.get(name).and_then(Json::as_u64).and_then(|n| u32::try_from(n).ok());
@@ -105,7 +107,8 @@ impl Registry {
     /// error gives its reason.
     pub fn register(&self, subject: &str, schema: &str) -> Result<u32, String> {
         let body = serde_json::json!({"schema": schema, "schemaType": "AVRO"}).to_string();
-        let (status, json) = self.call("POST", &format!("/subjects/{}/versions", encode(subject)), body.as_bytes())?;
+        let (status, json) =
+            self.call("POST", &format!("/subjects/{}/versions", subject_path(subject)), body.as_bytes())?;
         match (status, json.get("id").and_then(Json::as_u64)) {
             (200, Some(id)) => u32::try_from(id).map_err(|_| format!("schema id {id} is out of range")),
             (409, _) => Err(format!(
@@ -143,18 +146,6 @@ impl SchemaSource for Registry {
     }
 }
 
-/// A subject as a URL path segment.
-fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,7 +179,7 @@ mod tests {
         assert!(e.contains("incompatible with its earlier versions: Incompatible schema: field `a` removed"), "{e}");
         let e = r.version("p-value", None).unwrap_err();
         assert!(e.contains("answered GET /apis/ccompat/v7/subjects/p-value/versions/latest with 503: busy"), "{e}");
-        assert_eq!(encode("a b/c-value"), "a%20b%2Fc-value");
+        assert_eq!(subject_path("a b/c-value"), "a%20b%2Fc-value");
     }
 
     #[test]
