@@ -51,9 +51,12 @@ fn register(subject: &str, schema: &Value) -> u32 {
     answer["id"].as_u64().unwrap() as u32
 }
 
-/// Confluent's client (`avro_client.py ARGS`): its standard output.
+/// Confluent's client (`avro_client.py ARGS`, at most 2 minutes): its standard output.
 fn client(args: &[&str]) -> String {
-    let out = Command::new(repo_dir().join("e2e/stack/avro-client.sh"))
+    // Bounded, so that a client that hangs fails the test instead of holding it.
+    let out = Command::new("timeout")
+        .arg("120")
+        .arg(repo_dir().join("e2e/stack/avro-client.sh"))
         .arg("run")
         .args(args)
         .output()
@@ -361,4 +364,131 @@ fn the_avro_examples_run_as_written() {
         assert_eq!(r["key"]["card_id"], v["card_id"], "{r}");
         assert!(v["n"].as_i64().unwrap() >= 1 && v["total"].as_f64().unwrap() > 0.0, "{r}");
     }
+}
+
+/// An Avro sink whose derived schema breaks its subject's compatibility rule stops the start
+/// with the registry's reason; nothing is written.
+#[test]
+fn an_avro_sink_schema_the_registry_refuses_stops_the_start_with_its_reason() {
+    require_port("Kafka", 9092);
+    require_port("the schema registry", 8081);
+    let name = unique("avro-refused");
+    let (input, output) = (format!("{name}-in"), format!("{name}-out"));
+    create_topics(&[(&input, 1), (&output, 1)]);
+    let subject = format!("{output}-value");
+    let (code, answer) = registry("PUT", &format!("/config/{subject}"), Some(&json!({"compatibility": "BACKWARD"})));
+    assert_eq!(code, 200, "{answer}");
+    let earlier = json!({"type": "record", "name": "Row", "namespace": "weir.results", "fields": [
+        {"name": "card_id", "type": "long"}]});
+    register(&subject, &earlier);
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("job.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"
+metadata: {{name: {name}}}
+spec:
+  pipeline:
+    sources: {{p: {{kafka: {{brokers: "{b}", topic: {input}, bounded: true}}, schema: {{card_id: string}}}}}}
+    sinks:
+      results: {{from: p, kafka: {{brokers: "{b}", topic: {output}, format: avro, registry: {{url: "{r}"}}}}}}
+"#,
+            b = kafka_brokers(),
+            r = registry_url(),
+        ),
+    )
+    .unwrap();
+    let out = Command::new(weir_e2e::worker_bin()).args(["run", "-f", manifest.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("sink results: the schema registry refused the schema for subject {subject} as incompatible with its earlier versions")),
+        "{err}"
+    );
+    // Apicurio names the field by its place in the schema.
+    assert!(err.contains("at /fields/0/type"), "the registry's reason names the field: {err}");
+}
+
+/// A Kafka table in Avro: merchants written with two versions of their schema (the second adds
+/// `risk` with a default) enrich JSON payments; the table's schema comes from its subject.
+#[test]
+fn an_avro_table_enriches_a_stream() {
+    require_port("Kafka", 9092);
+    require_port("the schema registry", 8081);
+    let name = unique("avro-table");
+    let (payments, merchants) = (format!("{name}-pay"), format!("{name}-merchants"));
+    create_topics(&[(&payments, 1), (&merchants, 1)]);
+    let subject = format!("{merchants}-value");
+    let m1 = json!({"type": "record", "name": "Merchant", "fields": [
+        {"name": "merchant_id", "type": "string"}, {"name": "category", "type": "string"}]});
+    let m2 = json!({"type": "record", "name": "Merchant", "fields": [
+        {"name": "merchant_id", "type": "string"}, {"name": "category", "type": "string"},
+        {"name": "risk", "type": "long", "default": 5}]});
+    register(&subject, &m1);
+    register(&subject, &m2);
+    let dir = tempfile::tempdir().unwrap();
+    let rows: Vec<Value> = (0..6)
+        .map(|i| {
+            let (schema, value) = match i % 2 {
+                0 => (&m1, json!({"merchant_id": format!("m{i}"), "category": format!("c{i}")})),
+                _ => (&m2, json!({"merchant_id": format!("m{i}"), "category": format!("c{i}"), "risk": i * 10})),
+            };
+            json!({"partition": 0, "key": format!("m{i}"), "schema": schema.to_string(), "value": value})
+        })
+        .collect();
+    produce(dir.path(), &merchants, &rows);
+    let producer = weir_e2e::payments::producer();
+    for i in 0..6 {
+        let payload = json!({"id": format!("p{i}"), "merchant_id": format!("m{i}"), "ts": 1_000 + i}).to_string();
+        producer.send(rdkafka::producer::BaseRecord::<(), _>::to(&payments).payload(&payload)).unwrap();
+    }
+    rdkafka::producer::Producer::flush(&producer, Duration::from_secs(30)).unwrap();
+    let manifest = dir.path().join("job.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"
+metadata: {{name: {name}}}
+spec:
+  pipeline:
+    sources:
+      payments:
+        kafka: {{brokers: "{b}", topic: {payments}, startFrom: earliest, bounded: true}}
+        schema: {{id: string, merchant_id: string, ts: timestamp}}
+    tables:
+      merchants:
+        kafka: {{brokers: "{b}", topic: {merchants}}}
+        key: merchant_id
+        format: avro
+        registry: {{url: "{r}"}}
+    streams:
+      enriched: {{from: payments, enrich: {{table: merchants, by: merchant_id}}}}
+    sinks:
+      out: {{from: enriched, file: {{path: out.jsonl}}}}
+"#,
+            b = kafka_brokers(),
+            r = registry_url(),
+        ),
+    )
+    .unwrap();
+    let log = run_dir().join("logs").join(format!("e2e-{name}.log"));
+    let mut w = start_worker(&manifest, &dir.path().join("state"), &log, &[]);
+    let status =
+        wait_until(&format!("the bounded job to finish (log {})", log.display()), Duration::from_secs(60), || {
+            w.try_wait().unwrap()
+        });
+    assert!(status.success(), "log {}", log.display());
+    let text = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
+    let got: BTreeSet<(String, String, i64)> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .map(|v| {
+            (v["id"].as_str().unwrap().into(), v["category"].as_str().unwrap().into(), v["risk"].as_i64().unwrap())
+        })
+        .collect();
+    // v1 merchants take v2's default risk.
+    let want: BTreeSet<(String, String, i64)> =
+        (0..6).map(|i| (format!("p{i}"), format!("c{i}"), if i % 2 == 0 { 5 } else { i * 10 })).collect();
+    assert_eq!(got, want, "{text}");
 }
