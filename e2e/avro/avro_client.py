@@ -14,6 +14,7 @@ with the schemas their ids name in the registry (keys that are not in the wire f
 
 import base64
 import datetime
+import faulthandler
 import json
 import struct
 import sys
@@ -24,8 +25,14 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerialize
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 
+def registry_client(url):
+    """The registry's client; a request without an answer in 10 s is sent again (the client
+    has no timeout of its own)."""
+    return SchemaRegistryClient({"url": url, "timeout": 10})
+
+
 def produce(brokers, registry_url, topic, events_path):
-    registry = SchemaRegistryClient({"url": registry_url})
+    registry = registry_client(registry_url)
     serializers = {}
     producer = Producer({"bootstrap.servers": brokers, "enable.idempotence": True, "linger.ms": 5})
     errors = []
@@ -66,7 +73,7 @@ def plain(v):
 
 
 def consume(brokers, registry_url, topic, partitions):
-    registry = SchemaRegistryClient({"url": registry_url})
+    registry = registry_client(registry_url)
     values = AvroDeserializer(registry)
     keys = AvroDeserializer(registry)
     consumer = Consumer(
@@ -122,6 +129,8 @@ def consume(brokers, registry_url, topic, partitions):
 
 
 if __name__ == "__main__":
+    # A client that hangs says where, and ends, before the test's own bound.
+    faulthandler.dump_traceback_later(100, exit=True)
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "produce" and len(args) == 4:
         produce(*args)

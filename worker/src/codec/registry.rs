@@ -34,7 +34,9 @@ pub struct Version {
 
 impl Registry {
     pub fn new(url: &str) -> Result<Registry, String> {
-        let client = HttpClient::new(url)?;
+        let mut client = HttpClient::new(url)?;
+        // A registry answers in milliseconds; one that does not is asked again (see `request`).
+        client.set_timeout(std::time::Duration::from_secs(10));
         let rest = url.strip_prefix("http://").unwrap_or(url);
         let base = rest.find('/').map_or("", |i| &rest[i..]).trim_end_matches('/').to_string();
         Ok(Registry { url: url.to_string(), base, client: Mutex::new(client), by_id: Mutex::new(HashMap::new()) })

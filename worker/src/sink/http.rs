@@ -19,6 +19,8 @@ pub struct HttpClient {
     /// `Authorization` header value, from the URL's user and password.
     auth: Option<String>,
     conn: Option<(BufReader<TcpStream>, TcpStream)>,
+    /// How long an answer may take (60 s unless set).
+    timeout: Duration,
 }
 
 pub use weir_crds::base64;
@@ -36,7 +38,14 @@ impl HttpClient {
             return Err(format!("`{url}` has no host"));
         }
         let addr = if hostport.contains(':') { hostport.to_string() } else { format!("{hostport}:80") };
-        Ok(HttpClient { addr, auth, conn: None })
+        Ok(HttpClient { addr, auth, conn: None, timeout: Duration::from_secs(60) })
+    }
+
+    /// Gives up on an answer after `timeout` (a request on a reused connection is then sent
+    /// once more on a new one).
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+        self.conn = None;
     }
 
     /// Sends HTTP basic authentication with `user` and `password` (which may hold any
@@ -68,7 +77,7 @@ impl HttpClient {
         if self.conn.is_none() {
             let stream = TcpStream::connect(&self.addr).map_err(|e| format!("connecting to {}: {e}", self.addr))?;
             stream.set_nodelay(true).ok();
-            stream.set_read_timeout(Some(Duration::from_secs(60))).ok();
+            stream.set_read_timeout(Some(self.timeout)).ok();
             let reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
             self.conn = Some((reader, stream));
         }
