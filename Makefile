@@ -91,6 +91,7 @@ lint: deps
 
 crds:
 	cargo run -q --locked --bin crdgen > crds/streamjob.yaml
+	cp crds/streamjob.yaml charts/weir/crds/streamjob.yaml
 
 demo: stack-up
 	e2e/demo.sh

@@ -5,6 +5,7 @@ mod aggregate;
 pub mod avro;
 mod duration;
 mod job;
+pub mod jsonschema;
 mod manifest;
 mod pipeline;
 pub mod registry;

@@ -63,6 +63,26 @@ pub enum Format {
     /// Avro in the Schema Registry's wire format: a zero byte, the schema's id (4 bytes, big
     /// endian), the record in Avro's binary encoding. Needs `registry`.
     Avro,
+    /// A JSON object in the Schema Registry's wire format (a zero byte, the JSON Schema's id,
+    /// then the object), as Confluent's JSON Schema serializer writes it. Needs `registry`.
+    #[serde(rename = "json-schema")]
+    JsonSchema,
+}
+
+impl Format {
+    /// Whether records name their schema in a Schema Registry.
+    pub fn uses_registry(self) -> bool {
+        self != Format::Json
+    }
+
+    /// As the manifest spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Avro => "avro",
+            Format::JsonSchema => "json-schema",
+        }
+    }
 }
 
 /// A Schema Registry (its Confluent-compatible API: Confluent's registry, Apicurio Registry's
@@ -713,8 +733,8 @@ pub struct RedisSinkSpec {
 pub struct KafkaSinkSpec {
     pub brokers: String,
     pub topic: String,
-    /// `avro`: values in the registry's wire format, with a schema derived from the stream and
-    /// registered under `registry.subject` (default `<topic>-value`).
+    /// `avro` or `json-schema`: values in the registry's wire format, with a schema derived from
+    /// the stream and registered under `registry.subject` (default `<topic>-value`).
     #[serde(default, skip_serializing_if = "is_json")]
     pub format: Format,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,6 +1,6 @@
-//! The schemas a pipeline takes from a Schema Registry: each `format: avro` source and table
-//! reads its subject's schema (a pinned version, else the latest) before the manifest is
-//! validated. An omitted `schema` becomes the subject's fields; a declared one is checked to be
+//! The schemas a pipeline takes from a Schema Registry: each `format: avro` (or
+//! `json-schema`) source and table reads its subject's schema (a pinned version, else the
+//! latest) before the manifest is validated. An omitted `schema` becomes the subject's fields; a declared one is checked to be
 //! in the subject's schema with the same types, every mismatch reported with its path. The
 //! version found is pinned in the spec, so that every worker, and a restart, reads with the
 //! same schema until the manifest is applied again.
@@ -22,6 +22,8 @@ pub struct SchemaLookup {
     pub subject: String,
     /// `None`: the latest.
     pub version: Option<u32>,
+    /// Avro or JSON Schema: how the subject's schema is read.
+    pub format: Format,
 }
 
 /// A subject's version as the registry gave it.
@@ -45,8 +47,14 @@ pub fn schema_lookups(p: &PipelineSpec) -> Vec<SchemaLookup> {
         );
     inputs
         .filter_map(|(path, format, registry, kafka)| {
-            let (Format::Avro, Some(r), Some(k)) = (format, registry, kafka) else { return None };
-            Some(SchemaLookup { path, registry: r.clone(), subject: r.subject_for(&k.topic), version: r.version })
+            let (true, Some(r), Some(k)) = (format.uses_registry(), registry, kafka) else { return None };
+            Some(SchemaLookup {
+                path,
+                registry: r.clone(),
+                subject: r.subject_for(&k.topic),
+                version: r.version,
+                format,
+            })
         })
         .collect()
 }
@@ -77,7 +85,7 @@ pub fn apply_registry_schemas(
             }
         };
         let which = format!("subject `{}` version {}", l.subject, found.version);
-        let fields = match AvroSchema::parse(&found.schema).and_then(|s| s.engine_fields()) {
+        let fields = match schema_fields(l.format, &found.schema) {
             Ok(f) => f,
             Err(e) => {
                 errs.push(at("registry.subject"), format!("{which}: {e}"));
@@ -113,6 +121,14 @@ pub fn apply_registry_schemas(
         registry.version = Some(found.version);
     }
     errs.into_result()
+}
+
+/// The fields a column can hold of a subject's schema (Avro or JSON Schema, by `format`).
+pub fn schema_fields(format: Format, text: &str) -> Result<Vec<(String, FieldType)>, String> {
+    match format {
+        Format::JsonSchema => crate::jsonschema::json_schema_fields(text),
+        _ => AvroSchema::parse(text).and_then(|s| s.engine_fields()),
+    }
 }
 
 /// A subject as a URL path segment (percent-encoded but for unreserved characters).
@@ -215,6 +231,33 @@ sinks:
         assert!(errs.contains("spec.pipeline.sources.refunds.schema.gone: `gone` is not a field of subject `money` version 2 that a column can hold; it has id: string, amount: double, when: timestamp"), "{errs}");
         assert!(errs.contains("spec.pipeline.tables.cards.registry.subject: the registry at http://r:8081 has no subject `cards-value`"), "{errs}");
         assert!(!errs.contains("refunds.schema.id"), "{errs}");
+    }
+
+    #[test]
+    fn a_json_schema_source_takes_its_fields_from_a_json_schema() {
+        let mut p: PipelineSpec = serde_yaml::from_str(
+            r#"
+sources:
+  p: {kafka: {brokers: "k:9092", topic: p}, format: json-schema, registry: {url: "http://r:8081"}}
+sinks:
+  out: {from: p, file: {path: out.jsonl}}
+"#,
+        )
+        .unwrap();
+        let lookups = schema_lookups(&p);
+        assert_eq!(lookups[0].format, Format::JsonSchema);
+        let schema = r#"{"type": "object", "properties": {"id": {"type": "string"}, "n": {"type": "integer"}}}"#;
+        apply_registry_schemas(&mut p, |_| Ok(Some(SubjectSchema { version: 3, schema: schema.into() }))).unwrap();
+        let want: BTreeMap<String, FieldType> =
+            [("id".to_string(), FieldType::String), ("n".to_string(), FieldType::Long)].into();
+        assert_eq!(p.sources["p"].schema, want);
+        // An Avro schema under a JSON Schema source's subject is not an object's schema.
+        let mut p2 = p.clone();
+        p2.sources.get_mut("p").unwrap().schema.clear();
+        let e = apply_registry_schemas(&mut p2, |_| Ok(Some(SubjectSchema { version: 1, schema: r#""long""#.into() })))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("subject `p-value` version 1: the JSON Schema is not of an object"), "{e}");
     }
 
     #[test]

@@ -1024,11 +1024,12 @@ fn check_sink(errs: &mut ValidationErrors, p: &PipelineSpec, name: &str, sink: &
         }
         check_properties(errs, &format!("{path}.kafka.properties"), &k.properties);
         let at = format!("{path}.kafka");
-        match (k.format, &k.registry) {
-            (Format::Avro, None) => {
-                errs.push(format!("{at}.registry"), "format: avro needs the registry to register its schema in")
-            }
-            (Format::Json, Some(_)) => errs.push(format!("{at}.registry"), "a registry is only used with format: avro"),
+        match (k.format.uses_registry(), &k.registry) {
+            (true, None) => errs.push(
+                format!("{at}.registry"),
+                format!("format: {} needs the registry to register its schema in", k.format.name()),
+            ),
+            (false, Some(_)) => errs.push(format!("{at}.registry"), REGISTRY_UNUSED),
             (_, Some(r)) => check_registry(errs, &format!("{at}.registry"), r),
             _ => {}
         }
@@ -1039,30 +1040,40 @@ fn check_sink(errs: &mut ValidationErrors, p: &PipelineSpec, name: &str, sink: &
             errs.push(format!("{at}.keyFormat"), "keyFormat: avro needs format: avro (and its registry)");
         }
         let raw = late.contains(name) || p.dead_letter.as_deref() == Some(name);
-        if raw && k.format == Format::Avro {
+        if raw && k.format.uses_registry() {
             errs.push(
                 format!("{at}.format"),
-                "late records are written as read and dead letters as JSON: a lateOutput or deadLetter sink cannot \
-                 be format: avro",
+                format!(
+                    "late records and dead letters are written as plain JSON: a lateOutput or deadLetter sink cannot \
+                     be format: {}",
+                    k.format.name()
+                ),
             );
         }
     }
 }
 
-/// `format` and `registry` of a source or table: Avro records come from Kafka in the
-/// registry's wire format, so they need a Kafka topic and a registry.
+const REGISTRY_UNUSED: &str = "a registry is only used with format: avro or json-schema";
+
+/// `format` and `registry` of a source or table: Avro and JSON Schema records come from Kafka
+/// in the registry's wire format, so they need a Kafka topic and a registry.
 fn check_format(errs: &mut ValidationErrors, path: &str, format: Format, registry: Option<&RegistrySpec>, kafka: bool) {
-    match (format, registry) {
-        (Format::Avro, None) => errs
-            .push(format!("{path}.registry"), "format: avro needs the registry that the records' schema ids refer to"),
-        (Format::Json, Some(_)) => errs.push(format!("{path}.registry"), "a registry is only used with format: avro"),
+    match (format.uses_registry(), registry) {
+        (true, None) => errs.push(
+            format!("{path}.registry"),
+            format!("format: {} needs the registry that the records' schema ids refer to", format.name()),
+        ),
+        (false, Some(_)) => errs.push(format!("{path}.registry"), REGISTRY_UNUSED),
         (_, Some(r)) => check_registry(errs, &format!("{path}.registry"), r),
         _ => {}
     }
-    if format == Format::Avro && !kafka {
+    if format.uses_registry() && !kafka {
         errs.push(
             format!("{path}.format"),
-            "format: avro reads records in the Schema Registry's wire format from Kafka; only a kafka input can be avro",
+            format!(
+                "format: {0} reads records in the Schema Registry's wire format from Kafka; only a kafka input can be {0}",
+                format.name()
+            ),
         );
     }
 }
@@ -1100,10 +1111,11 @@ fn check_registry(errs: &mut ValidationErrors, path: &str, r: &RegistrySpec) {
 
 /// Why an empty schema is an error.
 fn schema_needed(what: &str, format: Format, registry: Option<&RegistrySpec>) -> String {
-    match (format, registry) {
-        (Format::Avro, Some(_)) => format!(
-            "{what} needs a schema (field: type); with format: avro it is taken from the registry subject when \
-             omitted, and that subject's schema has no field a column can hold"
+    match (format.uses_registry(), registry) {
+        (true, Some(_)) => format!(
+            "{what} needs a schema (field: type); with format: {} it is taken from the registry subject when \
+             omitted, and that subject's schema has no field a column can hold",
+            format.name()
         ),
         _ => format!("{what} needs a schema (field: type)"),
     }

@@ -1,12 +1,15 @@
-"""Confluent's own Kafka client with its Schema Registry serializers, for the Avro end-to-end
-tests: records are written and read back by an implementation independent of Weir's.
+"""Confluent's own Kafka client with its Schema Registry serializers, for the Avro and JSON
+Schema end-to-end tests: records are written and read back by an implementation independent of
+Weir's.
 
     avro_client.py produce BROKERS REGISTRY TOPIC EVENTS   # EVENTS: JSON lines, see below
     avro_client.py consume BROKERS REGISTRY TOPIC PARTITIONS  # JSON lines on stdout
 
 Each line of EVENTS is {"partition": P, "key": K, "schema": S, "value": V} to write V with the
 Avro schema S (JSON text, looked up in the registry under TOPIC-value: it must be registered
-already), or {"partition": P, "key": K, "raw_base64": B} to write bytes B as they are.
+already), {"partition": P, "key": K, "json_schema": S, "value": V} to write it with the JSON
+Schema S (likewise), or {"partition": P, "key": K, "raw_base64": B} to write bytes B as they
+are. `consume` reads values in either format (by the type of the schema their id names).
 `consume` reads every committed record (read_committed) up to the end offsets found at start and
 prints {"partition", "offset", "key", "value", "schema_id"} per record, keys and values decoded
 with the schemas their ids name in the registry (keys that are not in the wire format as text).
@@ -22,6 +25,7 @@ import sys
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+from confluent_kafka.schema_registry.json_schema import JSONDeserializer, JSONSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 
@@ -46,6 +50,13 @@ def produce(brokers, registry_url, topic, events_path):
             e = json.loads(line)
             if "raw_base64" in e:
                 value = base64.b64decode(e["raw_base64"])
+            elif "json_schema" in e:
+                schema = e["json_schema"]
+                if schema not in serializers:
+                    serializers[schema] = JSONSerializer(
+                        schema, registry, conf={"auto.register.schemas": False, "use.latest.version": False}
+                    )
+                value = serializers[schema](e["value"], SerializationContext(topic, MessageField.VALUE))
             else:
                 schema = e["schema"]
                 if schema not in serializers:
@@ -74,8 +85,14 @@ def plain(v):
 
 def consume(brokers, registry_url, topic, partitions):
     registry = registry_client(registry_url)
-    values = AvroDeserializer(registry)
+    avro_values = AvroDeserializer(registry)
+    json_values = JSONDeserializer(None, schema_registry_client=registry)
     keys = AvroDeserializer(registry)
+
+    def values(payload, ctx):
+        schema_type = registry.get_schema(struct.unpack(">I", payload[1:5])[0]).schema_type
+        return (json_values if schema_type == "JSON" else avro_values)(payload, ctx)
+
     consumer = Consumer(
         {
             "bootstrap.servers": brokers,

@@ -140,6 +140,41 @@ fn produce(dir: &Path, topic: &str, lines: &[Value]) {
     client(&["produce", &kafka_brokers(), &registry_url(), topic, path.to_str().unwrap()]);
 }
 
+/// Writes `manifest` as `dir`/job.yaml and starts a worker on it (state in `dir`/state): the
+/// worker and its log, named after `name`.
+fn start_job(dir: &Path, name: &str, manifest: String) -> (std::process::Child, std::path::PathBuf) {
+    let path = dir.join("job.yaml");
+    std::fs::write(&path, manifest).unwrap();
+    let log = run_dir().join("logs").join(format!("e2e-{name}.log"));
+    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    (start_worker(&path, &dir.join("state"), &log, &[]), log)
+}
+
+/// Produces each of `bad`'s records to partition 0 of `topic` as its bytes are.
+fn produce_raw(dir: &Path, topic: &str, bad: &[(Vec<u8>, &str)]) {
+    let lines: Vec<Value> =
+        bad.iter().map(|(b, _)| json!({"partition": 0, "key": "bad", "raw_base64": weir_crds::base64(b)})).collect();
+    produce(dir, topic, &lines);
+}
+
+/// The dead letters in `file` are `bad`'s records, each with an error holding its reason.
+fn assert_dead_letters(file: &Path, bad: &[(Vec<u8>, &str)]) {
+    let dead = std::fs::read_to_string(file).unwrap();
+    let letters: Vec<Value> = dead.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for (bytes, reason) in bad {
+        let letter = letters
+            .iter()
+            .find(|l| {
+                l["record_base64"].as_str() == Some(&weir_crds::base64(bytes))
+                    || l["record"].as_str().map(str::as_bytes) == Some(bytes.as_slice())
+            })
+            .unwrap_or_else(|| panic!("{bytes:?} is not in the dead letter: {dead}"));
+        let error = letter["error"].as_str().unwrap();
+        assert!(error.contains(reason), "{reason:?} in {error}");
+    }
+    assert_eq!(letters.len(), bad.len(), "only the bad records are dead letters: {dead}");
+}
+
 fn event_line(i: usize, p: i32, e: &Ev) -> Value {
     let (schema, value) = if is_v1(i) {
         let note = if i.is_multiple_of(2) { json!("first") } else { Value::Null };
@@ -205,9 +240,7 @@ fn avro_in_two_schema_versions_is_windowed_exactly_once_into_avro_and_bad_record
         (b"{\"id\": \"json\"}".to_vec(), "not in the Schema Registry's wire format"),
         (vec![0, 0, 1], "too short for the Schema Registry's header"),
     ];
-    let bad_lines: Vec<Value> =
-        bad.iter().map(|(b, _)| json!({"partition": 0, "key": "bad", "raw_base64": weir_crds::base64(b)})).collect();
-    produce(dir.path(), &input, &bad_lines);
+    produce_raw(dir.path(), &input, &bad);
 
     let manifest = dir.path().join("job.yaml");
     std::fs::write(
@@ -309,20 +342,7 @@ spec:
     let schema = out_schema["schema"].as_str().unwrap();
     assert!(schema.contains("timestamp-millis") && schema.contains("\"window_start\""), "{schema}");
 
-    let dead = std::fs::read_to_string(dir.path().join("dead.jsonl")).unwrap();
-    let letters: Vec<Value> = dead.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    for (bytes, reason) in &bad {
-        let letter = letters
-            .iter()
-            .find(|l| {
-                l["record_base64"].as_str() == Some(&weir_crds::base64(bytes))
-                    || l["record"].as_str().map(str::as_bytes) == Some(bytes)
-            })
-            .unwrap_or_else(|| panic!("{bytes:?} is not in the dead letter: {dead}"));
-        let error = letter["error"].as_str().unwrap();
-        assert!(error.contains(reason), "{reason:?} in {error}");
-    }
-    assert_eq!(letters.len(), bad.len(), "only the bad records are dead letters: {dead}");
+    assert_dead_letters(&dir.path().join("dead.jsonl"), &bad);
 }
 
 /// `examples/payments-avro-loader.yaml` and `examples/payments-avro.yaml` as written: datagen
@@ -444,9 +464,9 @@ fn an_avro_table_enriches_a_stream() {
         producer.send(rdkafka::producer::BaseRecord::<(), _>::to(&payments).payload(&payload)).unwrap();
     }
     rdkafka::producer::Producer::flush(&producer, Duration::from_secs(30)).unwrap();
-    let manifest = dir.path().join("job.yaml");
-    std::fs::write(
-        &manifest,
+    let (mut w, log) = start_job(
+        dir.path(),
+        &name,
         format!(
             r#"
 metadata: {{name: {name}}}
@@ -470,10 +490,7 @@ spec:
             b = kafka_brokers(),
             r = registry_url(),
         ),
-    )
-    .unwrap();
-    let log = run_dir().join("logs").join(format!("e2e-{name}.log"));
-    let mut w = start_worker(&manifest, &dir.path().join("state"), &log, &[]);
+    );
     let status =
         wait_until(&format!("the bounded job to finish (log {})", log.display()), Duration::from_secs(60), || {
             w.try_wait().unwrap()
@@ -491,4 +508,99 @@ spec:
     let want: BTreeSet<(String, String, i64)> =
         (0..6).map(|i| (format!("p{i}"), format!("c{i}"), if i % 2 == 0 { 5 } else { i * 10 })).collect();
     assert_eq!(got, want, "{text}");
+}
+
+/// `format: json-schema`: JSON objects in the registry's wire format, as Confluent's JSON Schema
+/// serializer writes them, in two versions of their schema (the second adds `currency`),
+/// windowed into a `json-schema` topic that Confluent's deserializer reads; records not in the
+/// wire format, or naming a schema the registry lacks, are dead letters.
+#[test]
+fn json_schema_in_and_out_through_the_registry() {
+    require_port("Kafka", 9092);
+    require_port("the schema registry", 8081);
+    let name = unique("jsonsr");
+    let (input, output) = (format!("{name}-in"), format!("{name}-out"));
+    create_topics(&[(&input, PARTITIONS), (&output, PARTITIONS)]);
+    let subject = format!("{input}-value");
+    let v1 = json!({"type": "object", "properties": {
+        "id": {"type": "string"}, "card_id": {"type": "string"}, "amount": {"type": "integer"},
+        "ts": {"type": "integer"}}, "required": ["id", "card_id", "amount", "ts"]});
+    let mut v2 = v1.clone();
+    v2["properties"]["currency"] = json!({"type": "string"});
+    for v in [&v1, &v2] {
+        let body = json!({"schema": v.to_string(), "schemaType": "JSON"});
+        let (code, answer) = registry("POST", &format!("/subjects/{subject}/versions"), Some(&body));
+        assert_eq!(code, 200, "{answer}");
+    }
+    let evs = events_spaced(PARTITIONS, 900, 400);
+    let (want, _) = reference(&evs, PARTITIONS);
+    let lines: Vec<Value> = evs
+        .iter()
+        .enumerate()
+        .map(|(i, (p, e))| {
+            let mut value = json!({"id": e.id, "card_id": e.card, "amount": e.amount, "ts": e.ts});
+            let schema = if i % 2 == 0 {
+                &v1
+            } else {
+                value["currency"] = json!("EUR");
+                &v2
+            };
+            json!({"partition": p, "key": e.card, "json_schema": schema.to_string(), "value": value})
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    produce(dir.path(), &input, &lines);
+    let plain = br#"{"id": "plain", "card_id": "card-00", "amount": 1, "ts": 1}"#.to_vec();
+    let unknown = wire(987_655, br#"{"id": "unknown", "card_id": "card-00", "amount": 1, "ts": 1}"#);
+    let bad =
+        [(plain, "not in the Schema Registry's wire format"), (unknown, "schema id 987655 is not in the registry")];
+    produce_raw(dir.path(), &input, &bad);
+    let (mut w, log) = start_job(
+        dir.path(),
+        &name,
+        format!(
+            r#"
+metadata: {{name: {name}}}
+spec:
+  epochInterval: 200ms
+  pipeline:
+    sources:
+      payments:
+        kafka: {{brokers: "{b}", topic: {input}, startFrom: earliest}}
+        format: json-schema
+        registry: {{url: "{r}"}}
+        eventTime: {{field: ts, maxOutOfOrderness: 5s}}
+    streams:
+      per_card_minute:
+        from: payments
+        keyBy: [card_id]
+        window: {{tumbling: 1m}}
+        aggregate: {{"n": "count(*)", total: "sum(amount)"}}
+    sinks:
+      results: {{from: per_card_minute, kafka: {{brokers: "{b}", topic: {output}, format: json-schema, registry: {{url: "{r}"}}}}}}
+      dead: {{file: {{path: dead.jsonl}}}}
+    deadLetter: dead
+"#,
+            b = kafka_brokers(),
+            r = registry_url(),
+        ),
+    );
+    let got =
+        wait_until(&format!("every window in {output} (log {})", log.display()), Duration::from_secs(120), || {
+            let all = consume(&output);
+            (all.len() >= want.len()).then_some(all)
+        });
+    Command::new("kill").args(["-TERM", &w.id().to_string()]).status().unwrap();
+    assert!(w.wait().unwrap().success(), "SIGTERM exits 0; log {}", log.display());
+    let (code, out_schema) = registry("GET", &format!("/subjects/{output}-value/versions/latest"), None);
+    assert_eq!((code, out_schema["schemaType"].as_str()), (200, Some("JSON")), "{out_schema}");
+    let mut windows = Windows::new();
+    for r in &got {
+        let v = &r["value"];
+        assert_eq!(r["schema_id"], out_schema["id"], "{r}");
+        let key = (v["card_id"].as_str().unwrap().to_string(), v["window_start"].as_i64().unwrap());
+        assert!(windows.insert(key, (v["n"].as_i64().unwrap(), v["total"].as_i64().unwrap())).is_none(), "{r}");
+    }
+    assert_eq!(windows, want);
+    assert_dead_letters(&dir.path().join("dead.jsonl"), &bad);
 }

@@ -127,43 +127,48 @@ pub struct SinkPlan {
     pub timestamps: Vec<String>,
     /// An internal sink: the writing half of a repartition step.
     pub repartition: Option<RepartitionPlan>,
-    /// A `format: avro` Kafka sink's schemas.
-    pub avro: Option<AvroSinkPlan>,
+    /// A `format: avro` or `json-schema` Kafka sink's schemas.
+    pub registered: Option<RegisteredSinkPlan>,
 }
 
-/// The Avro schemas (JSON text) a Kafka sink registers and writes with: its rows' (every
-/// field nullable with default null, timestamps as `timestamp-millis`), and with
-/// `keyFormat: avro` its key fields'.
+/// The schemas (text) a Kafka sink registers and writes with: its rows' (Avro: every field
+/// nullable with default null, timestamps as `timestamp-millis`; JSON Schema: every property
+/// optional and nullable), and with `keyFormat: avro` its key fields' Avro record.
 #[derive(Clone, Debug, PartialEq)]
-pub struct AvroSinkPlan {
+pub struct RegisteredSinkPlan {
+    pub format: weir_crds::Format,
     pub value_subject: String,
     pub value_schema: String,
     /// `<topic>-key` and the key record's schema.
     pub key: Option<(String, String)>,
 }
 
-/// The Avro schemas of Kafka sink `sink` writing rows of `schema` keyed by `key_cols`.
-fn avro_sink(
+/// The schemas of Kafka sink `sink` writing rows of `schema` keyed by `key_cols`.
+fn registered_sink(
     sink: &str,
     k: &weir_crds::KafkaSinkSpec,
     schema: &SchemaRef,
     key_cols: &[usize],
     timestamps: &[String],
-) -> Result<AvroSinkPlan, String> {
+) -> Result<RegisteredSinkPlan, String> {
     let fields = schema
         .fields()
         .iter()
         .map(|f| {
             let t = match f.data_type() {
                 DataType::Int64 if timestamps.contains(f.name()) => FieldType::Timestamp,
-                other => field_type(other)
-                    .ok_or_else(|| format!("field `{}` has type {other}, which Avro output cannot hold", f.name()))?,
+                other => field_type(other).ok_or_else(|| {
+                    format!("field `{}` has type {other}, which {} output cannot hold", f.name(), k.format.name())
+                })?,
             };
             Ok((f.name().clone(), t))
         })
         .collect::<Result<Vec<_>, String>>()?;
     let record = format!("weir.{}", sink.replace('-', "_"));
-    let value_schema = crate::codec::avro::schema_for(&format!("{record}.Row"), &fields)?;
+    let value_schema = match k.format {
+        weir_crds::Format::JsonSchema => weir_crds::jsonschema::json_schema_for(&format!("{record}.Row"), &fields),
+        _ => crate::codec::avro::schema_for(&format!("{record}.Row"), &fields)?,
+    };
     let key = match (k.key_format, key_cols.is_empty()) {
         (weir_crds::KeyFormat::Avro, false) => {
             let key_fields: Vec<_> = key_cols.iter().map(|&c| fields[c].clone()).collect();
@@ -172,7 +177,7 @@ fn avro_sink(
         _ => None,
     };
     let value_subject = k.registry.as_ref().map_or_else(|| format!("{}-value", k.topic), |r| r.subject_for(&k.topic));
-    Ok(AvroSinkPlan { value_subject, value_schema, key })
+    Ok(RegisteredSinkPlan { format: k.format, value_subject, value_schema, key })
 }
 
 /// The manifest's type of an engine column type, if it is one.
@@ -444,20 +449,21 @@ impl JobPlan {
                     schema = Some(nodes[n].out_schema.clone());
                 }
             }
-            let avro = sink.kafka.as_ref().filter(|k| k.format == weir_crds::Format::Avro);
+            let registered = sink.kafka.as_ref().filter(|k| k.format.uses_registry());
             let timestamps = match (&sink.parquet, &sink.cassandra, &schema) {
                 (Some(pq), _, Some(schema)) => parquet_timestamps(&mut errs, name, pq, schema, &sources),
-                // Cassandra and Avro: the default timestamp fields become timestamps.
+                // Cassandra and Avro: the default timestamp fields become timestamps (in JSON
+                // Schema they stay integers).
                 (None, Some(_), Some(schema)) => {
                     parquet_timestamps(&mut errs, name, &Default::default(), schema, &sources)
                 }
-                (None, None, Some(schema)) if avro.is_some() => {
+                (None, None, Some(schema)) if registered.is_some() => {
                     parquet_timestamps(&mut errs, name, &Default::default(), schema, &sources)
                 }
                 _ => Vec::new(),
             };
-            let avro = match (avro, &schema) {
-                (Some(k), Some(schema)) => avro_sink(name, k, schema, &key_cols, &timestamps)
+            let registered = match (registered, &schema) {
+                (Some(k), Some(schema)) => registered_sink(name, k, schema, &key_cols, &timestamps)
                     .map_err(|e| errs.push(format!("spec.pipeline.sinks.{name}.kafka.format"), e))
                     .ok(),
                 _ => None,
@@ -468,7 +474,7 @@ impl JobPlan {
                 key_cols,
                 timestamps,
                 repartition: None,
-                avro,
+                registered,
             });
         }
         sinks.extend(internal_sinks);
@@ -694,7 +700,7 @@ fn plan_repartition(
         key_cols,
         timestamps: Vec::new(),
         repartition: Some(RepartitionPlan { topic, input: from, roots: roots.to_vec(), source }),
-        avro: None,
+        registered: None,
     };
     sources.push(SourcePlan {
         name: format!("{name}.repartition"),
@@ -1158,7 +1164,7 @@ spec:
             format!("{{from: w, kafka: {{brokers: \"k:9092\", topic: t, format: avro, registry: {{url: \"http://r:1\"{extra}}}}}}}")
         };
         let p = plan(&kafka("}, keyFormat: avro, properties: {a: b")).unwrap();
-        let a = p.sinks[0].avro.as_ref().unwrap();
+        let a = p.sinks[0].registered.as_ref().unwrap();
         assert_eq!(a.value_subject, "t-value");
         let value: serde_json::Value = serde_json::from_str(&a.value_schema).unwrap();
         assert_eq!(value["name"], "weir.out.Row");
@@ -1178,7 +1184,7 @@ spec:
         assert_eq!(key_subject, "t-key");
         assert!(key.contains("\"weir.out.Key\"") && key.contains("card_id") && !key.contains("total"), "{key}");
         let p = plan(&kafka(", subject: totals")).unwrap();
-        let a = p.sinks[0].avro.as_ref().unwrap();
+        let a = p.sinks[0].registered.as_ref().unwrap();
         assert_eq!((a.value_subject.as_str(), a.key.is_none()), ("totals", true), "string keys by default");
     }
 }

@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::plan::JobPlan;
 use crate::profile::Profile;
 use crate::sink::cassandra::CassandraSink;
-use crate::sink::kafka::{register_avro, AvroIds, KafkaProducer, KafkaSink};
+use crate::sink::kafka::{register_schemas, KafkaProducer, KafkaSink, SchemaIds};
 use crate::sink::opensearch::OpenSearchSink;
 use crate::sink::parquet::{ParquetContext, ParquetSink};
 use crate::sink::repartition::RepartitionSink;
@@ -196,11 +196,11 @@ impl Runtime {
             };
             tables_out.insert(i, Arc::from(storage::open(&url).with_context(|| format!("sink {}", s.name))?));
         }
-        // Avro sinks' schemas, registered once for all tasks.
-        let mut avro_ids: BTreeMap<usize, AvroIds> = BTreeMap::new();
+        // Avro and JSON Schema sinks' schemas, registered once for all tasks.
+        let mut registered: BTreeMap<usize, SchemaIds> = BTreeMap::new();
         for (i, s) in plan.sinks.iter().enumerate() {
-            if let (Some(k), Some(a)) = (&s.spec.kafka, &s.avro) {
-                avro_ids.insert(i, register_avro(&s.name, k, a)?);
+            if let (Some(k), Some(a)) = (&s.spec.kafka, &s.registered) {
+                registered.insert(i, register_schemas(&s.name, k, a)?);
             }
         }
         for (i, s) in plan.sinks.iter().enumerate() {
@@ -209,7 +209,7 @@ impl Runtime {
                     shared.push(None); // one per task, below
                     continue;
                 }
-                Box::new(KafkaSink::new(&s.name, k, avro_ids.get(&i).copied())?)
+                Box::new(KafkaSink::new(&s.name, k, registered.get(&i).copied())?)
             } else if let Some(f) = &s.spec.file {
                 let path = match (id.parallelism, plan.resolve(&f.path)) {
                     (1, p) => p,
@@ -273,7 +273,7 @@ impl Runtime {
                         &s.name,
                         k,
                         txn.clone(),
-                        avro_ids.get(&sink_index).copied(),
+                        registered.get(&sink_index).copied(),
                     ))),
                     (None, _, _, Some(pq)) => {
                         let ctx = ParquetContext {

@@ -1,5 +1,5 @@
-//! Record encodings: JSON and Avro (Schema Registry wire format) in, against the pipeline's
-//! fields; JSON and Avro out.
+//! Record encodings: JSON, and Avro and JSON in the Schema Registry's wire format, in (against
+//! the pipeline's fields); the same out.
 
 pub mod avro;
 pub mod json;
@@ -20,6 +20,56 @@ use registry::Registry;
 pub enum Decoder {
     Json(JsonDecoder),
     Avro(AvroDecoder),
+    JsonSchema(RegistryJsonDecoder),
+}
+
+/// JSON objects in the registry's wire format (`format: json-schema`): each record's header
+/// names a schema the registry must hold; the object after it is decoded against the pipeline's
+/// fields as plain JSON is.
+pub struct RegistryJsonDecoder {
+    json: JsonDecoder,
+    source: Box<dyn avro::SchemaSource>,
+}
+
+impl RegistryJsonDecoder {
+    pub fn new(json: JsonDecoder, source: Box<dyn avro::SchemaSource>) -> RegistryJsonDecoder {
+        RegistryJsonDecoder { json, source }
+    }
+
+    /// Decodes `recs`; a record not in the wire format, or naming a schema the registry does
+    /// not hold, is set aside with the reason, as one whose object does not decode. `Err` when
+    /// the registry cannot be asked.
+    pub fn decode(&self, recs: &Records) -> Result<Decoded, String> {
+        let mut bodies = Records::with_capacity(recs.len(), recs.data.len());
+        // The record each body came from.
+        let mut from: Vec<u32> = Vec::with_capacity(recs.len());
+        let mut errors = Vec::new();
+        for i in 0..recs.len() {
+            let record = recs.payload(i);
+            let id = match avro::schema_id(record) {
+                Ok(id) => id,
+                Err(e) => {
+                    errors.push((i as u32, e));
+                    continue;
+                }
+            };
+            match self.source.schema(id)? {
+                Some(_) => {
+                    bodies.push(&record[5..], recs.positions[i], recs.timestamps[i]);
+                    from.push(i as u32);
+                }
+                None => errors.push((i as u32, format!("schema id {id} is not in the registry"))),
+            }
+        }
+        let d = self.json.decode(&bodies);
+        errors.extend(d.errors.into_iter().map(|(b, e)| (from[b as usize], e)));
+        let kept: Vec<u32> = match d.kept {
+            Some(k) => k.iter().map(|&b| from[b as usize]).collect(),
+            None => from,
+        };
+        errors.sort_by_key(|(i, _)| *i);
+        Ok(Decoded { rows: d.rows, kept: (!errors.is_empty()).then_some(kept), errors })
+    }
 }
 
 impl Decoder {
@@ -34,10 +84,14 @@ impl Decoder {
     ) -> Result<Decoder, String> {
         let registry = match (format, registry) {
             (Format::Json, _) => return Ok(Decoder::Json(JsonDecoder::new(fields))),
-            (Format::Avro, Some(r)) => r,
-            (Format::Avro, None) => return Err("format: avro needs a registry".into()),
+            (_, Some(r)) => r,
+            (_, None) => return Err(format!("format: {} needs a registry", format.name())),
         };
         let client = Registry::for_spec(registry)?;
+        if format == Format::JsonSchema {
+            // The subject's schema gave (or checked) the fields; records are JSON objects.
+            return Ok(Decoder::JsonSchema(RegistryJsonDecoder::new(JsonDecoder::new(fields), Box::new(client))));
+        }
         let v = client.version(subject, registry.version)?.ok_or_else(|| {
             let which = registry.version.map_or("any version".to_string(), |v| format!("version {v}"));
             format!("the registry at {} has no {which} of subject `{subject}`", registry.url)
@@ -56,6 +110,7 @@ impl Decoder {
         match self {
             Decoder::Json(d) => d.schema(),
             Decoder::Avro(d) => d.schema(),
+            Decoder::JsonSchema(d) => d.json.schema(),
         }
     }
 
@@ -65,6 +120,7 @@ impl Decoder {
         match self {
             Decoder::Json(d) => Ok(d.decode(recs)),
             Decoder::Avro(d) => d.decode(recs),
+            Decoder::JsonSchema(d) => d.decode(recs),
         }
     }
 

@@ -104,11 +104,11 @@ impl Registry {
         }
     }
 
-    /// Registers `schema` (Avro, JSON text) under `subject`, or finds it there: its id. The
-    /// registry refuses a schema its compatibility rule for the subject does not allow; the
-    /// error gives its reason.
-    pub fn register(&self, subject: &str, schema: &str) -> Result<u32, String> {
-        let body = serde_json::json!({"schema": schema, "schemaType": "AVRO"}).to_string();
+    /// Registers `schema` (of `kind` `AVRO` or `JSON`, as text) under `subject`, or finds it
+    /// there: its id. The registry refuses a schema its compatibility rule for the subject does
+    /// not allow; the error gives its reason.
+    pub fn register(&self, subject: &str, schema: &str, kind: &str) -> Result<u32, String> {
+        let body = serde_json::json!({"schema": schema, "schemaType": kind}).to_string();
         let (status, json) =
             self.call("POST", &format!("/subjects/{}/versions", subject_path(subject)), body.as_bytes())?;
         match (status, json.get("id").and_then(Json::as_u64)) {
@@ -176,8 +176,8 @@ mod tests {
         assert_eq!(r.schema(12).unwrap().as_deref(), Some("\"string\""));
         assert_eq!(r.schema(12).unwrap().as_deref(), Some("\"string\""), "cached: no second request");
         assert_eq!(r.schema(99).unwrap(), None);
-        assert_eq!(r.register("p-value", "\"long\"").unwrap(), 13);
-        let e = r.register("p-value", "\"long\"").unwrap_err();
+        assert_eq!(r.register("p-value", "\"long\"", "AVRO").unwrap(), 13);
+        let e = r.register("p-value", "\"long\"", "AVRO").unwrap_err();
         assert!(e.contains("incompatible with its earlier versions: Incompatible schema: field `a` removed"), "{e}");
         let e = r.version("p-value", None).unwrap_err();
         assert!(e.contains("answered GET /apis/ccompat/v7/subjects/p-value/versions/latest with 503: busy"), "{e}");

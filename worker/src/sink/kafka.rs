@@ -258,69 +258,85 @@ pub struct KafkaSink {
     producer: Arc<KafkaProducer>,
     /// Time waiting for room in the producer's queue since the last `take_waited`.
     waited: Duration,
-    avro: Option<AvroIds>,
+    registered: Option<SchemaIds>,
     /// Encoded records and where each ends (reused).
     buf: Vec<u8>,
     ends: Vec<usize>,
 }
 
-/// The registry ids of a `format: avro` sink's schemas: its rows', and with `keyFormat: avro`
-/// its keys'.
+/// The registry ids of a `format: avro` or `json-schema` sink's schemas: its rows', and with
+/// `keyFormat: avro` its keys'.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AvroIds {
+pub struct SchemaIds {
+    pub format: weir_crds::Format,
     pub value: u32,
     pub key: Option<u32>,
 }
 
-/// Registers the schemas of an Avro sink's `plan` with the registry of `spec` (or finds them
-/// there): their ids. The registry's refusal (an incompatible change) is the error.
-pub fn register_avro(sink: &str, spec: &KafkaSinkSpec, plan: &crate::plan::AvroSinkPlan) -> Result<AvroIds> {
+/// Registers the schemas of a sink's `plan` with the registry of `spec` (or finds them there):
+/// their ids. The registry's refusal (an incompatible change) is the error.
+pub fn register_schemas(sink: &str, spec: &KafkaSinkSpec, plan: &crate::plan::RegisteredSinkPlan) -> Result<SchemaIds> {
     let failed = |message: String| SinkError::Failed { sink: sink.to_string(), message };
-    let r = spec.registry.as_ref().ok_or_else(|| failed("format: avro needs a registry".into()))?;
+    let r = spec.registry.as_ref().ok_or_else(|| failed(format!("format: {} needs a registry", spec.format.name())))?;
     let registry = crate::codec::registry::Registry::for_spec(r).map_err(failed)?;
-    let value = registry.register(&plan.value_subject, &plan.value_schema).map_err(failed)?;
+    let kind = match plan.format {
+        weir_crds::Format::JsonSchema => "JSON",
+        _ => "AVRO",
+    };
+    let value = registry.register(&plan.value_subject, &plan.value_schema, kind).map_err(failed)?;
     let key = match &plan.key {
-        Some((subject, schema)) => Some(registry.register(subject, schema).map_err(failed)?),
+        Some((subject, schema)) => Some(registry.register(subject, schema, "AVRO").map_err(failed)?),
         None => None,
     };
-    Ok(AvroIds { value, key })
+    Ok(SchemaIds { format: plan.format, value, key })
 }
 
 impl KafkaSink {
     /// A sink with its own idempotent (not transactional) producer; checks that its topic exists.
-    pub fn new(name: &str, spec: &KafkaSinkSpec, avro: Option<AvroIds>) -> Result<KafkaSink> {
+    pub fn new(name: &str, spec: &KafkaSinkSpec, registered: Option<SchemaIds>) -> Result<KafkaSink> {
         let failed = |message| SinkError::Failed { sink: name.to_string(), message };
         let producer = KafkaProducer::new(&spec.brokers, &spec.properties, None).map_err(failed)?;
         producer.check_topic(&spec.topic).map_err(failed)?;
-        Ok(KafkaSink::with_producer(name, spec, Arc::new(producer), avro))
+        Ok(KafkaSink::with_producer(name, spec, Arc::new(producer), registered))
     }
 
-    /// A sink writing through `producer` (a task's transactional producer); Avro with the
-    /// schemas of `avro` (registered by [`register_avro`]), else JSON.
+    /// A sink writing through `producer` (a task's transactional producer); in the registry's
+    /// wire format with the schemas of `registered` (by [`register_schemas`]), else JSON.
     pub fn with_producer(
         name: &str,
         spec: &KafkaSinkSpec,
         producer: Arc<KafkaProducer>,
-        avro: Option<AvroIds>,
+        registered: Option<SchemaIds>,
     ) -> KafkaSink {
         KafkaSink {
             name: name.to_string(),
             topic: spec.topic.clone(),
             producer,
             waited: Duration::ZERO,
-            avro,
+            registered,
             buf: Vec::new(),
             ends: Vec::new(),
         }
     }
 
-    /// Writes `rows` in Avro: each row's record, keyed by its key fields' record (Avro keys)
-    /// or text.
-    fn write_avro(&mut self, ids: AvroIds, rows: &RecordBatch, keys: &[usize]) -> Result<()> {
+    /// Writes `rows` in the registry's wire format: each row's Avro record or JSON object,
+    /// keyed by its key fields' Avro record (Avro keys) or text.
+    fn write_registered(&mut self, ids: SchemaIds, rows: &RecordBatch, keys: &[usize]) -> Result<()> {
         let (mut buf, mut ends) = (std::mem::take(&mut self.buf), std::mem::take(&mut self.ends));
         buf.clear();
         ends.clear();
-        encode_rows(ids.value, rows, &mut buf, &mut ends).map_err(|e| self.err(e))?;
+        match ids.format {
+            weir_crds::Format::JsonSchema => {
+                let lines = encode_json_lines(rows).map_err(|e| self.err(e))?;
+                for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                    buf.push(0);
+                    buf.extend_from_slice(&ids.value.to_be_bytes());
+                    buf.extend_from_slice(line);
+                    ends.push(buf.len());
+                }
+            }
+            _ => encode_rows(ids.value, rows, &mut buf, &mut ends).map_err(|e| self.err(e))?,
+        }
         let values = ends.len();
         if let (Some(key_id), false) = (ids.key, keys.is_empty()) {
             let key_rows = rows.project(keys).map_err(|e| self.err(e))?;
@@ -357,8 +373,8 @@ impl KafkaSink {
 
 impl Sink for KafkaSink {
     fn write_rows(&mut self, rows: &RecordBatch, keys: &[usize], raw: Option<&BinaryArray>) -> Result<()> {
-        if let Some(ids) = self.avro {
-            return self.write_avro(ids, rows, keys);
+        if let Some(ids) = self.registered {
+            return self.write_registered(ids, rows, keys);
         }
         let key_cols: Vec<_> = keys.iter().map(|&i| rows.column(i).clone()).collect();
         if let Some(raw) = raw {
