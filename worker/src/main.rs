@@ -110,7 +110,7 @@ fn main() -> ExitCode {
 fn load(file: &Path) -> anyhow::Result<(Manifest, JobPlan)> {
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("job").to_string();
-    // `format: avro` inputs take (or check) their schemas from their registry subjects.
+    // Avro and JSON Schema inputs take (or check) their schemas from their registry subjects.
     let fetch = |l: &weir_crds::registry::SchemaLookup| {
         let v = Registry::for_spec(&l.registry)?.version(&l.subject, l.version)?;
         Ok(v.map(|v| weir_crds::registry::SubjectSchema { version: v.version, schema: v.schema }))

@@ -51,7 +51,7 @@ pub struct TablePlan {
 }
 
 impl TablePlan {
-    /// The plan of table `name`; `Err` when its Avro schema cannot be read from the registry.
+    /// The plan of table `name`; `Err` when its schema cannot be read from its registry.
     pub fn new(name: &str, spec: &TableSpec) -> Result<TablePlan, String> {
         let fields = weir_crds::table_fields(spec);
         let subject = spec.registry.as_ref().map(|r| r.subject_for(spec.kafka.as_ref().map_or("", |k| &k.topic)));
