@@ -1024,15 +1024,7 @@ fn check_sink(errs: &mut ValidationErrors, p: &PipelineSpec, name: &str, sink: &
         }
         check_properties(errs, &format!("{path}.kafka.properties"), &k.properties);
         let at = format!("{path}.kafka");
-        match (k.format.uses_registry(), &k.registry) {
-            (true, None) => errs.push(
-                format!("{at}.registry"),
-                format!("format: {} needs the registry to register its schema in", k.format.name()),
-            ),
-            (false, Some(_)) => errs.push(format!("{at}.registry"), REGISTRY_UNUSED),
-            (_, Some(r)) => check_registry(errs, &format!("{at}.registry"), r),
-            _ => {}
-        }
+        check_registry_use(errs, &at, k.format, k.registry.as_ref(), "to register its schema in");
         if k.registry.as_ref().is_some_and(|r| r.version.is_some()) {
             errs.push(format!("{at}.registry.version"), "a sink registers its own schema; version is for sources");
         }
@@ -1058,15 +1050,7 @@ const REGISTRY_UNUSED: &str = "a registry is only used with format: avro or json
 /// `format` and `registry` of a source or table: Avro and JSON Schema records come from Kafka
 /// in the registry's wire format, so they need a Kafka topic and a registry.
 fn check_format(errs: &mut ValidationErrors, path: &str, format: Format, registry: Option<&RegistrySpec>, kafka: bool) {
-    match (format.uses_registry(), registry) {
-        (true, None) => errs.push(
-            format!("{path}.registry"),
-            format!("format: {} needs the registry that the records' schema ids refer to", format.name()),
-        ),
-        (false, Some(_)) => errs.push(format!("{path}.registry"), REGISTRY_UNUSED),
-        (_, Some(r)) => check_registry(errs, &format!("{path}.registry"), r),
-        _ => {}
-    }
+    check_registry_use(errs, path, format, registry, "that the records' schema ids refer to");
     if format.uses_registry() && !kafka {
         errs.push(
             format!("{path}.format"),
@@ -1075,6 +1059,25 @@ fn check_format(errs: &mut ValidationErrors, path: &str, format: Format, registr
                 format.name()
             ),
         );
+    }
+}
+
+/// A `registry` at `path` exactly when `format` uses one (`what_for`: why it is needed), and
+/// valid.
+fn check_registry_use(
+    errs: &mut ValidationErrors,
+    path: &str,
+    format: Format,
+    registry: Option<&RegistrySpec>,
+    what_for: &str,
+) {
+    match (format.uses_registry(), registry) {
+        (true, None) => {
+            errs.push(format!("{path}.registry"), format!("format: {} needs the registry {what_for}", format.name()))
+        }
+        (false, Some(_)) => errs.push(format!("{path}.registry"), REGISTRY_UNUSED),
+        (_, Some(r)) => check_registry(errs, &format!("{path}.registry"), r),
+        _ => {}
     }
 }
 

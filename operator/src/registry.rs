@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kube::Client;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use weir_crds::registry::{apply_registry_schemas, schema_lookups, subject_path, SchemaLookup, SubjectSchema};
 use weir_crds::{StreamJob, StreamJobSpec, ValidationErrors};
 
@@ -71,24 +70,12 @@ async fn fetch(client: &Client, ns: &str, job: &StreamJob, l: &SchemaLookup) -> 
     let request = format!(
         "GET {path} HTTP/1.0\r\nHost: {hostport}\r\n{auth}Accept: application/vnd.schemaregistry.v1+json\r\n\r\n"
     );
-    let call = async {
-        let mut s = tokio::net::TcpStream::connect(&hostport).await?;
-        s.write_all(request.as_bytes()).await?;
-        let mut out = Vec::new();
-        s.read_to_end(&mut out).await?;
-        Ok::<_, std::io::Error>(out)
-    };
-    let out = tokio::time::timeout(Duration::from_secs(5), call)
+    let (status, body) = crate::workers::http_exchange(&hostport, &request, Duration::from_secs(5))
         .await
-        .map_err(|_| format!("the registry at {} did not answer within 5 s", r.url))?
         .map_err(|e| format!("asking the registry at {}: {e}", r.url))?;
-    let text = String::from_utf8_lossy(&out);
-    let (head, body) =
-        text.split_once("\r\n\r\n").ok_or_else(|| format!("the registry at {} sent no HTTP answer", r.url))?;
-    let status: u16 = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     match status {
         200 => {
-            let json: serde_json::Value = serde_json::from_str(body)
+            let json: serde_json::Value = serde_json::from_str(&body)
                 .map_err(|e| format!("the registry at {} answered with bad JSON: {e}", r.url))?;
             match (json["version"].as_u64(), json["schema"].as_str()) {
                 (Some(version), Some(schema)) => {

@@ -23,18 +23,25 @@ pub async fn http_call(
     path: &str,
     token: Option<&str>,
 ) -> anyhow::Result<(u16, String)> {
-    let fetch = async {
-        let mut s = tokio::net::TcpStream::connect(format!("{ip}:{port}")).await?;
-        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-        let req = format!("{method} {path} HTTP/1.0\r\nHost: {ip}\r\n{auth}Content-Length: 0\r\n\r\n");
-        s.write_all(req.as_bytes()).await?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).await?;
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let req = format!("{method} {path} HTTP/1.0\r\nHost: {ip}\r\n{auth}Content-Length: 0\r\n\r\n");
+    http_exchange(&format!("{ip}:{port}"), &req, Duration::from_secs(3)).await
+}
+
+/// Sends `request` (a whole HTTP/1.0 request) to `addr` (`host:port`) and reads the answer to
+/// the connection's end: the status code and the body; an error after `timeout`.
+pub async fn http_exchange(addr: &str, request: &str, timeout: Duration) -> anyhow::Result<(u16, String)> {
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(request.as_bytes()).await?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await?;
+        let out = String::from_utf8_lossy(&out);
         let (head, body) = out.split_once("\r\n\r\n").ok_or_else(|| anyhow::anyhow!("no HTTP answer"))?;
         let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
         Ok((code, body.to_string()))
     };
-    tokio::time::timeout(Duration::from_secs(3), fetch).await.map_err(|_| anyhow::anyhow!("timed out"))?
+    tokio::time::timeout(timeout, exchange).await.map_err(|_| anyhow::anyhow!("timed out after {timeout:?}"))?
 }
 
 /// GET `path` from `ip:port` (with `token`); the body of a 200 answer.

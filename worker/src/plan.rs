@@ -298,9 +298,8 @@ impl JobPlan {
             .iter()
             .map(|(name, s)| {
                 let fields = source_fields(s);
-                let subject = s.registry.as_ref().map(|r| r.subject_for(s.kafka.as_ref().map_or("", |k| &k.topic)));
-                let decoder = Decoder::new(s.format, s.registry.as_ref(), subject.as_deref().unwrap_or(""), &fields)
-                    .unwrap_or_else(|e| {
+                let decoder =
+                    Decoder::new(s.format, s.registry.as_ref(), s.kafka.as_ref(), &fields).unwrap_or_else(|e| {
                         errs.push(format!("spec.pipeline.sources.{name}.registry"), e);
                         Decoder::Json(JsonDecoder::new(&fields))
                     });
@@ -454,10 +453,7 @@ impl JobPlan {
                 (Some(pq), _, Some(schema)) => parquet_timestamps(&mut errs, name, pq, schema, &sources),
                 // Cassandra and Avro: the default timestamp fields become timestamps (in JSON
                 // Schema they stay integers).
-                (None, Some(_), Some(schema)) => {
-                    parquet_timestamps(&mut errs, name, &Default::default(), schema, &sources)
-                }
-                (None, None, Some(schema)) if registered.is_some() => {
+                (None, cassandra, Some(schema)) if cassandra.is_some() || registered.is_some() => {
                     parquet_timestamps(&mut errs, name, &Default::default(), schema, &sources)
                 }
                 _ => Vec::new(),

@@ -54,9 +54,7 @@ impl TablePlan {
     /// The plan of table `name`; `Err` when its schema cannot be read from its registry.
     pub fn new(name: &str, spec: &TableSpec) -> Result<TablePlan, String> {
         let fields = weir_crds::table_fields(spec);
-        let subject = spec.registry.as_ref().map(|r| r.subject_for(spec.kafka.as_ref().map_or("", |k| &k.topic)));
-        let decoder =
-            Arc::new(Decoder::new(spec.format, spec.registry.as_ref(), subject.as_deref().unwrap_or(""), &fields)?);
+        let decoder = Arc::new(Decoder::new(spec.format, spec.registry.as_ref(), spec.kafka.as_ref(), &fields)?);
         let key_col = decoder.schema().index_of(&spec.key).unwrap_or(0);
         let key_type = decoder.schema().field(key_col).data_type().clone();
         let time_col = spec.versions.as_ref().and_then(|v| decoder.schema().index_of(&v.field).ok());

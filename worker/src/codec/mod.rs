@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use datafusion::arrow::datatypes::SchemaRef;
 pub use json::{encode_json_lines, Decoded, JsonDecoder};
-use weir_crds::{FieldType, Format, RegistrySpec};
+use weir_crds::{FieldType, Format, KafkaSourceSpec, RegistrySpec};
 
 use crate::source::Records;
 use avro::{AvroDecoder, AvroSchema, ReaderOf};
@@ -73,26 +73,27 @@ impl RegistryJsonDecoder {
 }
 
 impl Decoder {
-    /// The decoder of an input with `fields`. Avro reads with the registry subject's schema
-    /// (`subject`, its pinned `version`) as the reader's schema, so fields the writer lacks
-    /// take that schema's defaults.
+    /// The decoder of an input with `fields`, read from `kafka`. Avro reads with its registry
+    /// subject's schema (the subject of `kafka`'s topic, its pinned `version`) as the reader's
+    /// schema, so fields the writer lacks take that schema's defaults.
     pub fn new(
         format: Format,
         registry: Option<&RegistrySpec>,
-        subject: &str,
+        kafka: Option<&KafkaSourceSpec>,
         fields: &BTreeMap<String, FieldType>,
     ) -> Result<Decoder, String> {
-        let registry = match (format, registry) {
-            (Format::Json, _) => return Ok(Decoder::Json(JsonDecoder::new(fields))),
-            (_, Some(r)) => r,
-            (_, None) => return Err(format!("format: {} needs a registry", format.name())),
+        let (registry, kafka) = match (format, registry, kafka) {
+            (Format::Json, _, _) => return Ok(Decoder::Json(JsonDecoder::new(fields))),
+            (_, Some(r), Some(k)) => (r, k),
+            _ => return Err(format!("format: {} needs a registry and a Kafka topic", format.name())),
         };
+        let subject = registry.subject_for(&kafka.topic);
         let client = Registry::for_spec(registry)?;
         if format == Format::JsonSchema {
             // The subject's schema gave (or checked) the fields; records are JSON objects.
             return Ok(Decoder::JsonSchema(RegistryJsonDecoder::new(JsonDecoder::new(fields), Box::new(client))));
         }
-        let v = client.version(subject, registry.version)?.ok_or_else(|| {
+        let v = client.version(&subject, registry.version)?.ok_or_else(|| {
             let which = registry.version.map_or("any version".to_string(), |v| format!("version {v}"));
             format!("the registry at {} has no {which} of subject `{subject}`", registry.url)
         })?;
